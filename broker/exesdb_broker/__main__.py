@@ -1,0 +1,5 @@
+"""``python -m exesdb_broker`` runs the daemon."""
+
+from .cli import main
+
+main()

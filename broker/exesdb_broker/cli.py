@@ -1,0 +1,121 @@
+"""The ``exesdb-broker`` command."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Final, NoReturn
+
+import typer
+from exesdb_sdk.errors import ExesdbError
+
+from .broker import Broker
+from .config import LOG_FORMATS, LOG_LEVELS, load_config
+from .logs import readiness_line, setup_logging
+
+__all__ = ["main", "serve"]
+
+EXIT_FAILURE: Final = 1
+EXIT_USAGE: Final = 2
+_SIGNALS: Final = {signal.SIGTERM, signal.SIGINT}
+
+HELP = """Run the exesdb-pubsub broker.
+
+Publishers connect to the frontend, subscribers to the backend, tools to the control
+endpoint. Every setting also comes from an EXESDB_* environment variable (EXESDB_FRONTEND,
+EXESDB_LOG_LEVEL, ...) or the [broker] table of a TOML file; flags win over the
+environment, which wins over the file. Endpoints bind 127.0.0.1 by default; use
+tcp://127.0.0.1:* for a free port.
+
+Once bound it prints one line on stderr, "exesdb-broker ready frontend=... backend=...
+control=...". SIGTERM or SIGINT stops it cleanly with status 0.
+
+Exit status: 0 clean stop, 1 runtime failure (e.g. an endpoint in use), 2 bad
+configuration.
+"""
+
+
+def serve(
+    frontend: Annotated[
+        str | None,
+        typer.Option(help="XSUB endpoint publishers connect to [default: tcp://127.0.0.1:7100]"),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="XPUB endpoint subscribers connect to [default: tcp://127.0.0.1:7101]"),
+    ] = None,
+    control: Annotated[
+        str | None,
+        typer.Option(help="ROUTER endpoint for control requests [default: tcp://127.0.0.1:7102]"),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="TOML file with a [broker] table (or EXESDB_CONFIG)")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help=f"One of {', '.join(LOG_LEVELS)} [default: info]")
+    ] = None,
+    log_format: Annotated[
+        str | None, typer.Option(help=f"One of {', '.join(LOG_FORMATS)} [default: text]")
+    ] = None,
+    max_message_size: Annotated[
+        int | None, typer.Option(help="Largest accepted frame in bytes [default: 1048576]")
+    ] = None,
+    hwm: Annotated[int | None, typer.Option(help="Messages queued per connection [default: 10000]")] = None,
+    metrics_interval: Annotated[
+        float | None, typer.Option(help="Seconds between broker metrics [default: 5]")
+    ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option(help="Node name in the broker's own messages [default: host name]"),
+    ] = None,
+) -> None:
+    flags = {
+        "frontend": frontend,
+        "backend": backend,
+        "control": control,
+        "log_level": log_level.lower() if log_level else None,
+        "log_format": log_format,
+        "max_message_size": max_message_size,
+        "hwm": hwm,
+        "metrics_interval": metrics_interval,
+        "node": node,
+    }
+    try:
+        settings = load_config(flags, config_file=config)
+    except ExesdbError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    setup_logging(settings.log_level, settings.log_format)
+    # Signals go to sigwait below, never to a handler running in the middle of broker code.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    broker = Broker(settings)
+    try:
+        broker.start()
+    except ExesdbError as exc:
+        _fail(str(exc), EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILURE)
+    print(
+        readiness_line(settings.log_format, broker.frontend, broker.backend, broker.control),
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        while broker.running:
+            if signal.sigtimedwait(_SIGNALS, 0.5) is not None:
+                break
+        failed = not broker.running
+    finally:
+        broker.stop()
+    if failed:
+        _fail("broker stopped unexpectedly (see the log above)", EXIT_FAILURE)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    print(f"exesdb-broker: error: {message}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    """Entry point of the ``exesdb-broker`` console script."""
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app.command(help=HELP)(serve)
+    app()

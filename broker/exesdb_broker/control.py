@@ -1,0 +1,102 @@
+"""Control requests: routing envelopes and the operations ``ping``, ``stats`` and ``instances``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from exesdb_sdk import __version__
+from exesdb_sdk.errors import ProtocolError
+from exesdb_sdk.instances import Instance
+from exesdb_sdk.protocol import PROTOCOL_VERSION, decode_request, encode_error_reply, encode_reply
+
+__all__ = ["ControlHandler", "instance_table"]
+
+log = logging.getLogger("exesdb.broker.control")
+
+Operation = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def instance_table() -> list[dict[str, Any]]:
+    """The ``instances`` reply: every instance with its alias, prefix and description."""
+    return [
+        {
+            "name": instance.value,
+            "alias": instance.alias,
+            "prefix": instance.prefix,
+            "description": instance.description,
+        }
+        for instance in Instance
+    ]
+
+
+class ControlHandler:
+    """Answers control requests. Never raises: every failure becomes an error reply."""
+
+    def __init__(self, node: str, stats: Callable[[], dict[str, Any]]) -> None:
+        self._node = node
+        self._stats = stats
+        self._ops: dict[str, Operation] = {
+            "ping": self._ping,
+            "stats": self._stats_op,
+            "instances": self._instances,
+        }
+
+    def register(self, op: str, operation: Operation) -> None:
+        """Add an operation (later features add ``replay`` and ``last``)."""
+        self._ops[op] = operation
+
+    def handle(self, frames: list[bytes]) -> list[bytes] | None:
+        """Reply frames for the ROUTER frames of one request, or ``None`` to send nothing.
+
+        REQ clients send ``[identity, b"", request]``; DEALER clients may omit the empty
+        delimiter. The reply mirrors whichever envelope arrived.
+        """
+        if len(frames) < 2:
+            return None  # no identity and request: nothing we could address a reply to
+        identity, rest = frames[0], frames[1:]
+        head = [identity, b""] if rest[0] == b"" else [identity]
+        body = rest[len(head) - 1 :]
+        if len(body) != 1:
+            return [*head, encode_error_reply("bad_request", "expected exactly one request frame")]
+        return [*head, self._reply(body[0])]
+
+    def _reply(self, frame: bytes) -> bytes:
+        try:
+            request = decode_request(frame)
+        except ProtocolError as exc:
+            return encode_error_reply("bad_request", exc.detail)
+        request_id = request.get("id")
+        operation = self._ops.get(request["op"])
+        if operation is None:
+            known = ", ".join(sorted(self._ops))
+            return encode_error_reply(
+                "unknown_op", f"unknown op {request['op']!r} (known: {known})", request_id
+            )
+        try:
+            return encode_reply(operation(request), request_id)
+        except ProtocolError as exc:
+            return encode_error_reply("bad_request", exc.detail, request_id)
+        except Exception as exc:  # an operation's bug must not take the control endpoint down
+            log.exception("control op %r failed", request["op"])
+            return encode_error_reply("internal", f"{type(exc).__name__}: {exc}", request_id)
+
+    def _ping(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "pong": True,
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "node": self._node,
+        }
+
+    def _stats_op(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "node": self._node,
+            **self._stats(),
+        }
+
+    def _instances(self, request: dict[str, Any]) -> dict[str, Any]:
+        return {"instances": instance_table()}

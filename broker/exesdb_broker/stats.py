@@ -1,0 +1,110 @@
+"""The broker's statistics: counts from the tap and the proxy, rates, and the ``stats`` reply."""
+
+from __future__ import annotations
+
+import struct
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from exesdb_sdk.instances import Instance
+
+from .tap import TapCounters
+
+__all__ = ["ProxyTotals", "StatsBook"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyTotals:
+    """The libzmq proxy's own counters (frames and bytes, exact, counted in C)."""
+
+    frames_in: int = 0
+    bytes_in: int = 0
+    frames_out: int = 0
+    bytes_out: int = 0
+
+    @classmethod
+    def from_reply(cls, frames: list[bytes]) -> ProxyTotals:
+        """Parse the 8-frame reply to the proxy's ``STATISTICS`` command (native uint64s).
+
+        The order is frontend (recv n, recv bytes, send n, send bytes), then backend; the
+        data flows frontend recv -> backend send.
+        """
+        values = [struct.unpack("=Q", frame)[0] for frame in frames]
+        return cls(values[0], values[1], values[6], values[7])
+
+
+class StatsBook:
+    """Derives the figures the broker reports from the raw counters.
+
+    Rates are messages per second over the last sampling window, updated by :meth:`sample`.
+    """
+
+    def __init__(self, counters: TapCounters) -> None:
+        self.counters = counters
+        self.started_ns = time.time_ns()
+        self._started = time.monotonic()
+        self.subscribers = 0
+        self.publishers = 0
+        self._last_sample = time.monotonic()
+        self._last_messages: dict[Instance, int] = {}
+        self.rates: dict[Instance, float] = {}
+
+    @property
+    def uptime(self) -> float:
+        return time.monotonic() - self._started
+
+    def sample(self) -> None:
+        """Update the per-instance rates from the counts since the previous sample."""
+        now = time.monotonic()
+        elapsed = now - self._last_sample
+        if elapsed <= 0:
+            return
+        messages = dict(self.counters.messages)
+        self.rates = {
+            instance: (count - self._last_messages.get(instance, 0)) / elapsed
+            for instance, count in messages.items()
+        }
+        self._last_messages = messages
+        self._last_sample = now
+
+    def snapshot(self, proxy: ProxyTotals | None) -> dict[str, Any]:
+        """The ``stats`` reply fields (see docs/protocol.md)."""
+        counters = self.counters
+        messages = dict(counters.messages)
+        envelopes = dict(counters.envelopes)
+        sizes = dict(counters.sizes)
+        malformed = {reason: n for reason, n in dict(counters.malformed).items() if n}
+        instances = {
+            instance.value: {
+                "messages": messages.get(instance, 0),
+                "envelopes": envelopes.get(instance, 0),
+                "bytes": sizes.get(instance, 0),
+                "rate": round(self.rates.get(instance, 0.0), 3),
+            }
+            for instance in Instance
+        }
+        reply: dict[str, Any] = {
+            "uptime": round(self.uptime, 3),
+            "started_at": self.started_ns,
+            "totals": {
+                "messages": sum(messages.values()),
+                "envelopes": sum(envelopes.values()),
+                "bytes": sum(sizes.values()),
+                "rate": round(sum(self.rates.values()), 3),
+            },
+            "instances": instances,
+            "malformed": sum(malformed.values()),
+            "malformed_by_reason": malformed,
+            "subscribers": self.subscribers,
+            "publishers": self.publishers,
+        }
+        if proxy is not None:
+            reply["forwarded"] = {
+                "frames_in": proxy.frames_in,
+                "bytes_in": proxy.bytes_in,
+                "frames_out": proxy.frames_out,
+                "bytes_out": proxy.bytes_out,
+            }
+            reply["tap_behind_frames"] = max(0, proxy.frames_out - counters.frames)
+        return reply

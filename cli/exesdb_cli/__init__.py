@@ -1,0 +1,1 @@
+"""exesdb_cli: the ``exesdb`` command-line tool."""

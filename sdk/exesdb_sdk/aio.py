@@ -1,0 +1,384 @@
+"""Asyncio twins of :class:`Publisher`, :class:`Subscriber` and :class:`ControlClient`.
+
+They share the protocol code and behaviour of the synchronous classes; only the I/O is
+awaited. Create, use and close each one inside one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from types import TracebackType
+from typing import Any, Self
+
+import zmq
+import zmq.asyncio
+
+from .control import DEFAULT_CONTROL_TIMEOUT, ReplyMatcher
+from .endpoints import (
+    DEFAULT_BACKEND,
+    DEFAULT_CONTROL,
+    DEFAULT_FRONTEND,
+    ENV_BACKEND,
+    ENV_CONTROL,
+    ENV_FRONTEND,
+    resolve_endpoint,
+)
+from .errors import BrokerUnavailableError, ClosedError, PublishTimeoutError, ReceiveTimeoutError
+from .instances import Instance
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, Message, default_node
+from .publisher import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_HWM,
+    DEFAULT_LINGER,
+    DEFAULT_SEND_TIMEOUT,
+    PublisherStats,
+    prepare_socket,
+)
+from .subscriber import (
+    DEFAULT_RCVHWM,
+    DEFAULT_SUBSCRIBE_TIMEOUT,
+    ErrorCallback,
+    GapCallback,
+    SubscriberCore,
+    SubscriberStats,
+    subscription_prefixes,
+)
+
+__all__ = ["AsyncControlClient", "AsyncPublisher", "AsyncSubscriber"]
+
+
+class _AsyncSocketOwner:
+    """Holds one asyncio socket and, unless given one, its own context."""
+
+    def __init__(self, socket_type: int, context: zmq.asyncio.Context | None) -> None:
+        self._own_context = context is None
+        self._context = zmq.asyncio.Context() if context is None else context
+        self._socket: zmq.asyncio.Socket | None = self._context.socket(socket_type)
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``aclose()`` has been called."""
+        return self._socket is None
+
+    def _live(self, what: str) -> zmq.asyncio.Socket:
+        if self._socket is None:
+            raise ClosedError(f"{what} is closed")
+        return self._socket
+
+    async def aclose(self, linger: float | None = 0) -> None:
+        """Close; with a linger, wait for unsent messages up to that many seconds. Idempotent."""
+        socket, self._socket = self._socket, None
+        if socket is None:
+            return
+        socket.close(linger=None if linger is None else int(linger * 1000))
+        if self._own_context:
+            await asyncio.to_thread(self._context.term)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class AsyncPublisher(_AsyncSocketOwner):
+    """The asyncio :class:`~exesdb_sdk.Publisher`: the same arguments, awaited I/O.
+
+    ``await connect()`` (or ``async with``) waits until the broker's subscription has
+    arrived, so the first publish is never lost; it raises
+    :class:`~exesdb_sdk.errors.BrokerUnavailableError` after ``connect_timeout`` seconds.
+
+    Example::
+
+        async with AsyncPublisher() as pub:
+            await pub.publish("alerts", "critical", "SystemAlert", {"title": "disk full"})
+    """
+
+    def __init__(
+        self,
+        frontend: str | None = None,
+        *,
+        node: str | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        linger: float = DEFAULT_LINGER,
+        hwm: int = DEFAULT_HWM,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.frontend = resolve_endpoint(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend")
+        self.connect_timeout = connect_timeout
+        self._linger = linger
+        self._send_timeout = send_timeout
+        self._encoder = Encoder(src=node or default_node(), max_message_size=max_message_size)
+        self._connected = False
+        self._messages = 0
+        self._envelopes = 0
+        self._bytes = 0
+        super().__init__(zmq.XPUB, context)
+        assert self._socket is not None
+        prepare_socket(self._socket, hwm=hwm, send_timeout=send_timeout, linger=linger)
+
+    @property
+    def node(self) -> str:
+        """The ``src`` of this publisher's envelopes."""
+        return self._encoder.src
+
+    @property
+    def pub_id(self) -> str:
+        """This publisher's random instance id (the envelopes' ``pub``)."""
+        return self._encoder.pub
+
+    @property
+    def stats(self) -> PublisherStats:
+        """Counters since this publisher connected."""
+        return PublisherStats(self._messages, self._envelopes, self._bytes)
+
+    async def connect(self) -> Self:
+        """Connect and wait for the broker's subscription. Returns ``self``."""
+        socket = self._live("publisher")
+        if not self._connected:
+            socket.connect(self.frontend)
+            if not await socket.poll(int(self.connect_timeout * 1000)):
+                await self.aclose()
+                raise BrokerUnavailableError(self.frontend, self.connect_timeout)
+            self._connected = True
+            await self._drain()
+        return self
+
+    async def __aenter__(self) -> Self:
+        return await self.connect()
+
+    async def publish(
+        self,
+        instance: Instance | str,
+        subtopic: str,
+        type: str,
+        data: Mapping[str, Any],
+        *,
+        corr: str | None = None,
+        cause: str | None = None,
+        trace: str | None = None,
+    ) -> int:
+        """Publish one envelope; return its sequence number (see :meth:`Publisher.publish`)."""
+        encoder = self._encoder
+        topic = encoder.topic(instance, subtopic)
+        body = encoder.encode(topic, type, data, corr, cause, trace)
+        await self._send(topic, body)
+        self._envelopes += 1
+        return encoder.seq(topic)
+
+    async def publish_batch(
+        self,
+        instance: Instance | str,
+        subtopic: str,
+        type: str,
+        batch: Iterable[Mapping[str, Any]],
+        *,
+        corr: str | None = None,
+        cause: str | None = None,
+        trace: str | None = None,
+    ) -> int:
+        """Publish a batch; return the envelope count (see :meth:`Publisher.publish_batch`)."""
+        encoder = self._encoder
+        topic = encoder.topic(instance, subtopic)
+        before = encoder.seq(topic)
+        body = encoder.encode_batch(topic, type, batch, corr, cause, trace)
+        await self._send(topic, body)
+        count = encoder.seq(topic) - before
+        self._envelopes += count
+        return count
+
+    async def _send(self, topic: bytes, body: bytes) -> None:
+        socket = self._live("publisher")
+        if not self._connected:
+            raise ClosedError("publisher is not connected: await connect() first")
+        try:
+            await socket.send_multipart((topic, body))
+        except zmq.Again:
+            raise PublishTimeoutError(topic.decode(), self._send_timeout or 0.0) from None
+        self._messages += 1
+        self._bytes += len(topic) + len(body)
+        if self._messages % 4096 == 0:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        socket = self._live("publisher")
+        for _ in range(10_000):
+            try:
+                await socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    async def aclose(self, linger: float | None = None) -> None:
+        """Close, flushing unsent messages for at most ``linger`` seconds (default: the
+        constructor's). Idempotent."""
+        await super().aclose(self._linger if linger is None else linger)
+
+
+class AsyncSubscriber(_AsyncSocketOwner):
+    """The asyncio :class:`~exesdb_sdk.Subscriber`: the same arguments, awaited I/O.
+
+    Example::
+
+        async with AsyncSubscriber() as sub:
+            await sub.subscribe("health")
+            async for message in sub.iter(timeout=10):
+                print(message.type, message.data)
+    """
+
+    def __init__(
+        self,
+        backend: str | None = None,
+        *,
+        hwm: int = DEFAULT_RCVHWM,
+        subscribe_timeout: float = DEFAULT_SUBSCRIBE_TIMEOUT,
+        on_gap: GapCallback | None = None,
+        on_error: ErrorCallback | None = None,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
+        self.subscribe_timeout = subscribe_timeout
+        self._core = SubscriberCore(on_gap, on_error)
+        super().__init__(zmq.SUB, context)
+        assert self._socket is not None
+        self._socket.setsockopt(zmq.RCVHWM, hwm)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(self.backend)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    @property
+    def stats(self) -> SubscriberStats:
+        """Counters since this subscriber was created."""
+        return self._core.stats()
+
+    async def subscribe(
+        self,
+        instance: Instance | str | None = None,
+        prefix: str = "",
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Subscribe (see :meth:`Subscriber.subscribe`); with ``wait``, until the broker confirms."""
+        socket = self._live("subscriber")
+        for topic in subscription_prefixes(instance, prefix):
+            socket.setsockopt(zmq.SUBSCRIBE, topic)
+        if wait:
+            await self.wait_ready(timeout)
+
+    async def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
+        """Undo a :meth:`subscribe` with the same arguments."""
+        socket = self._live("subscriber")
+        for topic in subscription_prefixes(instance, prefix):
+            socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once the broker has applied every subscription made so far."""
+        socket = self._live("subscriber")
+        timeout = self.subscribe_timeout if timeout is None else timeout
+        token, topic = self._core.new_probe()
+        socket.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            deadline = time.monotonic() + timeout
+            while token not in self._core.acked:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not await socket.poll(max(1, int(remaining * 1000))):
+                    raise BrokerUnavailableError(self.backend, timeout)
+                self._core.feed(await socket.recv_multipart())
+        finally:
+            self._core.acked.discard(token)
+            if self._socket is not None:
+                socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    async def recv(self, timeout: float | None = None) -> Message:
+        """The next message; waits up to ``timeout`` seconds (``None``: forever)."""
+        core = self._core
+        pending = core.pending
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not pending:
+            socket = self._live("subscriber")
+            try:
+                core.feed(await socket.recv_multipart(zmq.NOBLOCK))
+                continue
+            except zmq.Again:
+                pass
+            if deadline is None:
+                await socket.poll(None)
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await socket.poll(int(remaining * 1000) + 1):
+                raise ReceiveTimeoutError(timeout or 0.0)
+        return pending.popleft()
+
+    async def iter(self, timeout: float | None = None) -> AsyncIterator[Message]:
+        """Yield messages until none arrives for ``timeout`` seconds (``None``: forever)."""
+        while True:
+            try:
+                yield await self.recv(timeout)
+            except ReceiveTimeoutError:
+                return
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self.iter()
+
+
+class AsyncControlClient(_AsyncSocketOwner):
+    """The asyncio :class:`~exesdb_sdk.ControlClient`."""
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        timeout: float = DEFAULT_CONTROL_TIMEOUT,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.endpoint = resolve_endpoint(endpoint, ENV_CONTROL, DEFAULT_CONTROL, "control")
+        self.timeout = timeout
+        self._matcher = ReplyMatcher()
+        super().__init__(zmq.DEALER, context)
+        assert self._socket is not None
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(self.endpoint)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def request(
+        self, op: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send a control request and return the reply (see :meth:`ControlClient.request`)."""
+        socket = self._live("control client")
+        timeout = self.timeout if timeout is None else timeout
+        request_id, frames = self._matcher.request(op, args)
+        deadline = time.monotonic() + timeout
+        try:
+            await socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint") from None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not await socket.poll(max(1, int(remaining * 1000))):
+                raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint")
+            reply = self._matcher.match(await socket.recv_multipart(), request_id)
+            if reply is not None:
+                return reply
+
+    async def ping(self) -> dict[str, Any]:
+        """Check the broker answers."""
+        return await self.request("ping")
+
+    async def stats(self) -> dict[str, Any]:
+        """The broker's counters."""
+        return await self.request("stats")
+
+    async def instances(self) -> list[dict[str, Any]]:
+        """The instances the broker carries."""
+        instances: list[dict[str, Any]] = (await self.request("instances"))["instances"]
+        return instances

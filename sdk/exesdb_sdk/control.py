@@ -1,0 +1,136 @@
+"""The synchronous client of the broker's control endpoint."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any, Final, Self
+
+import zmq
+
+from .endpoints import DEFAULT_CONTROL, ENV_CONTROL, resolve_endpoint
+from .errors import BrokerUnavailableError, ClosedError, ProtocolError
+from .protocol import decode_reply, encode_request
+
+__all__ = ["DEFAULT_CONTROL_TIMEOUT", "ControlClient"]
+
+DEFAULT_CONTROL_TIMEOUT: Final = 5.0
+"""Seconds to wait for a control reply."""
+
+
+class ReplyMatcher:
+    """Numbers requests and recognises the reply to the latest one (shared by both clients).
+
+    A reply to an earlier request that timed out carries an older id and is skipped.
+    """
+
+    __slots__ = ("_ids",)
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+
+    def request(self, op: str, args: Mapping[str, Any] | None) -> tuple[int, list[bytes]]:
+        request_id = next(self._ids)
+        return request_id, [b"", encode_request(op, args, request_id)]
+
+    @staticmethod
+    def match(frames: list[bytes], request_id: int) -> dict[str, Any] | None:
+        """The decoded reply if ``frames`` answer ``request_id``, else ``None``.
+
+        Raises :class:`~exesdb_sdk.errors.ControlError` for an error reply to this request.
+        """
+        if not frames:
+            return None
+        try:
+            reply = decode_reply(frames[-1])
+        except ProtocolError:
+            return None
+        return reply if reply.get("id") == request_id else None
+
+
+class ControlClient:
+    """Sends control requests (``ping``, ``stats``, ``instances``...) and returns the replies.
+
+    ``endpoint`` defaults to ``$EXESDB_CONTROL``, else ``tcp://127.0.0.1:7102``. A request
+    that gets no reply within ``timeout`` seconds raises
+    :class:`~exesdb_sdk.errors.BrokerUnavailableError`; an error reply raises
+    :class:`~exesdb_sdk.errors.ControlError`.
+
+    Example::
+
+        with ControlClient() as control:
+            print(control.stats()["instances"]["ex_esdb_health"]["messages"])
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        timeout: float = DEFAULT_CONTROL_TIMEOUT,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.endpoint = resolve_endpoint(endpoint, ENV_CONTROL, DEFAULT_CONTROL, "control")
+        self.timeout = timeout
+        self._matcher = ReplyMatcher()
+        self._own_context = context is None
+        self._context: zmq.Context[Any] = zmq.Context() if context is None else context
+        self._socket: zmq.Socket[Any] | None = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(self.endpoint)
+
+    def request(
+        self, op: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """Send ``{"op": op, **args}`` and return the reply map (``ok`` is true)."""
+        socket = self._socket
+        if socket is None:
+            raise ClosedError("control client is closed")
+        timeout = self.timeout if timeout is None else timeout
+        request_id, frames = self._matcher.request(op, args)
+        deadline = time.monotonic() + timeout
+        try:
+            socket.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint") from None
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not socket.poll(max(1, int(remaining * 1000))):
+                raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint")
+            reply = self._matcher.match(socket.recv_multipart(), request_id)
+            if reply is not None:
+                return reply
+
+    def ping(self) -> dict[str, Any]:
+        """Check the broker answers: version, protocol and node."""
+        return self.request("ping")
+
+    def stats(self) -> dict[str, Any]:
+        """The broker's counters (see ``docs/protocol.md`` for every field)."""
+        return self.request("stats")
+
+    def instances(self) -> list[dict[str, Any]]:
+        """The instances the broker carries, with their aliases."""
+        instances: list[dict[str, Any]] = self.request("instances")["instances"]
+        return instances
+
+    def close(self) -> None:
+        """Disconnect. Idempotent."""
+        socket, self._socket = self._socket, None
+        if socket is None:
+            return
+        socket.close(linger=0)
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,96 @@
+"""Broker endpoints: defaults, environment variables and validation.
+
+The same ``EXESDB_FRONTEND`` / ``EXESDB_BACKEND`` / ``EXESDB_CONTROL`` variables tell the
+broker where to bind and the clients where to connect, as ``NATS_URL`` does for NATS.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Final
+
+from .errors import ConfigError
+
+__all__ = [
+    "DEFAULT_BACKEND",
+    "DEFAULT_CONTROL",
+    "DEFAULT_FRONTEND",
+    "ENV_BACKEND",
+    "ENV_CONTROL",
+    "ENV_FRONTEND",
+    "is_loopback",
+    "resolve_endpoint",
+    "validate_endpoint",
+]
+
+DEFAULT_FRONTEND: Final = "tcp://127.0.0.1:7100"
+"""Where publishers connect (the broker's XSUB socket)."""
+DEFAULT_BACKEND: Final = "tcp://127.0.0.1:7101"
+"""Where subscribers connect (the broker's XPUB socket)."""
+DEFAULT_CONTROL: Final = "tcp://127.0.0.1:7102"
+"""Where control clients connect (the broker's ROUTER socket)."""
+
+ENV_FRONTEND: Final = "EXESDB_FRONTEND"
+ENV_BACKEND: Final = "EXESDB_BACKEND"
+ENV_CONTROL: Final = "EXESDB_CONTROL"
+
+_TRANSPORTS: Final = ("tcp", "ipc", "inproc")
+
+
+def validate_endpoint(url: str, what: str = "endpoint", *, bind: bool = False) -> str:
+    """Check that ``url`` is a ZeroMQ endpoint this project supports; return it unchanged.
+
+    Supported: ``tcp://HOST:PORT`` (HOST an IP literal, ``[IPv6]`` or ``localhost``;
+    when binding, PORT may be ``*`` or ``0`` for an ephemeral port), ``ipc://PATH`` and
+    ``inproc://NAME``. Raises :class:`~exesdb_sdk.errors.ConfigError` naming ``what``.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"{what}: {url!r} is not an endpoint URL (e.g. tcp://127.0.0.1:7100)")
+    transport, _, address = url.partition("://")
+    if transport not in _TRANSPORTS:
+        raise ConfigError(f"{what}: transport {transport!r} in {url!r} is not one of tcp, ipc, inproc")
+    if not address:
+        raise ConfigError(f"{what}: {url!r} has no address")
+    if transport != "tcp":
+        return url
+    host, sep, port = address.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"{what}: {url!r} needs HOST:PORT")
+    if bind and port in ("*", "0"):
+        pass
+    elif not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{what}: port {port!r} in {url!r} is not a number from 1 to 65535")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare == "localhost" or (bind and bare == "*"):
+        return url
+    try:
+        ipaddress.ip_address(bare)
+    except ValueError:
+        raise ConfigError(f"{what}: host {host!r} in {url!r} is not an IP address") from None
+    return url
+
+
+def resolve_endpoint(explicit: str | None, env_var: str, default: str, what: str) -> str:
+    """The endpoint to use: ``explicit``, else the environment variable, else ``default``; validated."""
+    if explicit is not None:
+        return validate_endpoint(explicit, what)
+    from_env = os.environ.get(env_var)
+    if from_env:
+        return validate_endpoint(from_env, f"{what} (from {env_var})")
+    return default
+
+
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` stays on this machine: loopback tcp, ipc or inproc."""
+    transport, _, address = url.partition("://")
+    if transport != "tcp":
+        return True
+    host = address.rpartition(":")[0]
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if bare == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(bare).is_loopback
+    except ValueError:
+        return False

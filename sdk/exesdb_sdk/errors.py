@@ -1,0 +1,114 @@
+"""The one exception tree of exesdb-pubsub.
+
+Every error the SDK, the broker and the CLI raise on purpose derives from
+:class:`ExesdbError`, and also from the built-in class whose meaning matches, so
+``except TimeoutError`` and ``except ValueError`` work as expected::
+
+    ExesdbError
+    ├── ConfigError                 (ValueError)   a setting, flag, variable or file is invalid
+    ├── UnknownInstanceError        (ValueError)   not one of the ten instances or their aliases
+    ├── ProtocolError               (ValueError)   frames that do not follow wire protocol v1
+    ├── MessageTooLargeError        (ValueError)   a message over the size limit; nothing was sent
+    ├── BrokerUnavailableError      (TimeoutError) no broker answered at an endpoint in time
+    ├── ReceiveTimeoutError         (TimeoutError) no message arrived within the timeout
+    ├── PublishTimeoutError         (TimeoutError) the broker did not take a message in time
+    ├── ControlError                               the broker answered a control request with an error
+    └── ClosedError                 (RuntimeError) the publisher, subscriber or client is closed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BrokerUnavailableError",
+    "ClosedError",
+    "ConfigError",
+    "ControlError",
+    "ExesdbError",
+    "MessageTooLargeError",
+    "ProtocolError",
+    "PublishTimeoutError",
+    "ReceiveTimeoutError",
+    "UnknownInstanceError",
+]
+
+
+class ExesdbError(Exception):
+    """Base class of every error exesdb-pubsub raises on purpose."""
+
+
+class ConfigError(ExesdbError, ValueError):
+    """A setting is invalid. The message names the setting and where it came from."""
+
+
+class UnknownInstanceError(ExesdbError, ValueError):
+    """A name is not one of the ten instances nor one of their short aliases."""
+
+    def __init__(self, name: object) -> None:
+        self.name = name
+        super().__init__(
+            f"unknown instance {name!r}: expected one of "
+            "events, system, health, metrics, lifecycle, alerts, audit, diagnostics, security, "
+            "logging (or their full ex_esdb_* names)"
+        )
+
+
+class ProtocolError(ExesdbError, ValueError):
+    """Frames or a control message that do not follow wire protocol v1.
+
+    ``reason`` is a short machine-readable code (``single_frame``, ``bad_topic``,
+    ``unknown_instance``, ``bad_body``, ``bad_envelope``, ``bad_request``...).
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class MessageTooLargeError(ExesdbError, ValueError):
+    """A message is larger than the configured limit; nothing was sent."""
+
+    def __init__(self, topic: str, size: int, limit: int) -> None:
+        self.topic = topic
+        self.size = size
+        self.limit = limit
+        super().__init__(f"message on {topic!r} is {size} bytes, over the limit of {limit} bytes; not sent")
+
+
+class BrokerUnavailableError(ExesdbError, TimeoutError):
+    """No broker answered at ``endpoint`` within ``timeout`` seconds."""
+
+    def __init__(self, endpoint: str, timeout: float, what: str = "broker") -> None:
+        self.endpoint = endpoint
+        self.timeout = timeout
+        super().__init__(f"no {what} answered at {endpoint} within {timeout:g} s")
+
+
+class ReceiveTimeoutError(ExesdbError, TimeoutError):
+    """No message arrived within ``timeout`` seconds."""
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(f"no message within {timeout:g} s")
+
+
+class PublishTimeoutError(ExesdbError, TimeoutError):
+    """The broker did not take a message within ``timeout`` seconds (its queue stayed full)."""
+
+    def __init__(self, topic: str, timeout: float) -> None:
+        self.topic = topic
+        self.timeout = timeout
+        super().__init__(f"broker did not take the message on {topic!r} within {timeout:g} s")
+
+
+class ControlError(ExesdbError):
+    """The broker answered a control request with ``{"ok": false, "error": ...}``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
+class ClosedError(ExesdbError, RuntimeError):
+    """The object was used after ``close()``."""

@@ -1,0 +1,445 @@
+"""Wire protocol v1: topics, envelopes, batches and control messages.
+
+This module is the one implementation of the protocol; the publisher, the subscriber,
+the control client and the broker all use it. ``docs/protocol.md`` is its normative
+description for clients in other languages.
+
+A data message is ZeroMQ frames ``[topic, body, *reserved]``. ``topic`` is UTF-8
+``"<instance>/<subtopic>"``; ``body`` is MessagePack, either one envelope (a map) or a
+batch (an array of envelopes, all for that topic).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+import msgspec
+
+from .errors import ControlError, MessageTooLargeError, ProtocolError, UnknownInstanceError
+from .instances import Instance
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "PROBE_PREFIX",
+    "PROTOCOL_VERSION",
+    "RESERVED_PREFIX",
+    "Decoder",
+    "Encoder",
+    "GapTracker",
+    "Message",
+    "build_topic",
+    "decode_reply",
+    "decode_request",
+    "default_node",
+    "encode_error_reply",
+    "encode_reply",
+    "encode_request",
+    "is_reserved",
+    "new_publisher_id",
+    "parse_topic",
+]
+
+PROTOCOL_VERSION: Final = 1
+DEFAULT_MAX_MESSAGE_SIZE: Final = 1 << 20
+"""Default limit, in bytes, for any one frame (1 MiB)."""
+
+SEPARATOR: Final = "/"
+MAX_SUBTOPIC_BYTES: Final = 1024
+RESERVED_PREFIX: Final = "_exesdb/"
+"""Topics starting with this are the protocol's own (subscription probes); not user data."""
+PROBE_PREFIX: Final = "_exesdb/probe/"
+"""A subscriber subscribes to ``PROBE_PREFIX + token``; the broker echoes a ``ProbeAck`` there."""
+
+_RESERVED_BYTES: Final = RESERVED_PREFIX.encode()
+_TOPIC_CACHE_LIMIT: Final = 4096
+_GAP_TRACKER_LIMIT: Final = 100_000
+
+
+def new_publisher_id() -> str:
+    """A random publisher instance id: 16 hex characters."""
+    return secrets.token_hex(8)
+
+
+def is_reserved(topic: bytes) -> bool:
+    """Whether ``topic`` is one of the protocol's own topics (``_exesdb/...``)."""
+    return topic.startswith(_RESERVED_BYTES)
+
+
+def _check_subtopic(subtopic: str) -> None:
+    if not isinstance(subtopic, str):
+        raise ProtocolError("bad_topic", f"subtopic must be a string, not {type(subtopic).__name__}")
+    size = len(subtopic.encode("utf-8", "surrogatepass"))
+    if size == 0:
+        raise ProtocolError("bad_topic", "subtopic must not be empty")
+    if size > MAX_SUBTOPIC_BYTES:
+        raise ProtocolError("bad_topic", f"subtopic is {size} bytes, over {MAX_SUBTOPIC_BYTES}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in subtopic):
+        raise ProtocolError("bad_topic", f"subtopic {subtopic!r} contains a control character")
+    try:
+        subtopic.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ProtocolError("bad_topic", f"subtopic {subtopic!r} is not valid UTF-8") from None
+
+
+def build_topic(instance: Instance | str, subtopic: str) -> str:
+    """Return the topic ``"<instance>/<subtopic>"``, validating both parts.
+
+    ``instance`` is an :class:`Instance`, a full name or an alias. The subtopic is
+    non-empty UTF-8 of at most 1024 bytes without control characters.
+    """
+    resolved = Instance.resolve(instance)
+    _check_subtopic(subtopic)
+    return resolved.value + SEPARATOR + subtopic
+
+
+def parse_topic(topic: bytes | str) -> tuple[Instance, str]:
+    """Split a topic into its instance and subtopic.
+
+    Raises :class:`ProtocolError` with reason ``bad_topic`` (not UTF-8, no ``/``) or
+    ``unknown_instance``.
+    """
+    if isinstance(topic, bytes):
+        try:
+            text = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError("bad_topic", f"topic {topic[:64]!r} is not UTF-8") from None
+    else:
+        text = topic
+    name, sep, subtopic = text.partition(SEPARATOR)
+    if not sep:
+        raise ProtocolError("bad_topic", f"topic {text[:64]!r} has no '/'")
+    try:
+        instance = Instance.resolve(name)
+    except UnknownInstanceError:
+        raise ProtocolError("unknown_instance", f"topic {text[:64]!r} names no instance") from None
+    if instance.value != name:  # aliases are for people; the wire uses full names
+        raise ProtocolError("unknown_instance", f"topic {text[:64]!r} names no instance")
+    return instance, subtopic
+
+
+class Message(msgspec.Struct, gc=False):
+    """One envelope, as a subscriber receives it: ``topic`` plus the envelope's keys.
+
+    ``data`` is the payload map; ``seq`` is the per (publisher, topic) sequence (0 when the
+    publisher sent none). Keys the envelope does not have take the defaults below; keys
+    this version does not know are ignored. Treat instances as read-only.
+    """
+
+    type: Annotated[str, msgspec.Meta(min_length=1)]
+    data: dict[str, Any] = {}
+    v: int = PROTOCOL_VERSION
+    ts: int = 0
+    src: str = ""
+    pub: str = ""
+    seq: int = 0
+    id: str | None = None
+    corr: str | None = None
+    cause: str | None = None
+    trace: str | None = None
+    sig: bytes | None = None
+    # Not an envelope key: the decoder sets it from the topic frame. The odd wire name keeps
+    # any envelope key from landing here.
+    topic: str = msgspec.field(default="", name="~topic")
+
+    @property
+    def instance(self) -> Instance:
+        """The instance the topic belongs to."""
+        return Instance.resolve(self.topic.partition(SEPARATOR)[0])
+
+    @property
+    def subtopic(self) -> str:
+        """The part of the topic after ``<instance>/``."""
+        return self.topic.partition(SEPARATOR)[2]
+
+    @property
+    def message_id(self) -> str:
+        """The envelope's ``id``, else ``"<pub>:<topic>:<seq>"`` (unique per publisher object)."""
+        if self.id is not None:
+            return self.id
+        return f"{self.pub}:{self.topic}:{self.seq}"
+
+    @property
+    def time(self) -> datetime:
+        """``ts`` as an aware UTC datetime (microsecond precision)."""
+        return datetime.fromtimestamp(self.ts / 1e9, UTC)
+
+
+class _TopicCache:
+    """Maps valid topic bytes to their text, bounded so unique topics cannot grow it forever."""
+
+    __slots__ = ("_entries",)
+
+    def __init__(self) -> None:
+        self._entries: dict[bytes, str] = {}
+
+    def lookup(self, topic: bytes) -> str:
+        hit = self._entries.get(topic)
+        if hit is None:
+            parse_topic(topic)
+            hit = topic.decode("utf-8")
+            if len(self._entries) >= _TOPIC_CACHE_LIMIT:
+                self._entries.clear()
+            self._entries[topic] = hit
+        return hit
+
+
+class Encoder:
+    """Builds data-message frames for one publisher.
+
+    It caches topic bytes, keeps the per-topic sequence numbers and reuses one
+    MessagePack packer. ``src`` is the origin node name, ``pub`` the publisher id.
+    """
+
+    __slots__ = ("_pack", "_seqs", "_topics", "max_message_size", "pub", "src")
+
+    def __init__(
+        self,
+        *,
+        src: str,
+        pub: str | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        self.src = src
+        self.pub = pub if pub is not None else new_publisher_id()
+        self.max_message_size = max_message_size
+        self._pack = msgspec.msgpack.Encoder().encode
+        self._seqs: dict[bytes, int] = {}
+        self._topics: dict[tuple[str, str], bytes] = {}
+
+    def topic(self, instance: Instance | str, subtopic: str) -> bytes:
+        """The topic bytes for ``instance`` and ``subtopic`` (validated once, then cached)."""
+        key = (instance, subtopic)
+        cached = self._topics.get(key)
+        if cached is None:
+            cached = build_topic(instance, subtopic).encode("utf-8")
+            if len(self._topics) >= _TOPIC_CACHE_LIMIT:
+                self._topics.clear()
+            self._topics[key] = cached
+        return cached
+
+    def seq(self, topic: bytes) -> int:
+        """The last sequence number taken on ``topic`` (0 before the first)."""
+        return self._seqs.get(topic, 0)
+
+    def envelope(
+        self,
+        topic: bytes,
+        type: str,
+        data: Mapping[str, Any],
+        corr: str | None = None,
+        cause: str | None = None,
+        trace: str | None = None,
+    ) -> dict[str, Any]:
+        """A new envelope for ``topic``; takes the topic's next sequence number."""
+        seq = self._seqs.get(topic, 0) + 1
+        self._seqs[topic] = seq
+        env = {
+            "v": PROTOCOL_VERSION,
+            "type": type,
+            "ts": time.time_ns(),
+            "src": self.src,
+            "pub": self.pub,
+            "seq": seq,
+            "data": data,
+        }
+        if corr is not None:
+            env["corr"] = corr
+        if cause is not None:
+            env["cause"] = cause
+        if trace is not None:
+            env["trace"] = trace
+        return env
+
+    def pack(self, topic: bytes, payload: dict[str, Any] | list[dict[str, Any]]) -> bytes:
+        """Pack an envelope or a batch, enforcing the size limit."""
+        try:
+            body: bytes = self._pack(payload)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            raise ProtocolError("bad_data", f"data cannot be packed as MessagePack: {exc}") from None
+        if len(body) > self.max_message_size:
+            raise MessageTooLargeError(topic.decode(), len(body), self.max_message_size)
+        return body
+
+    def encode(
+        self,
+        topic: bytes,
+        type: str,
+        data: Mapping[str, Any],
+        corr: str | None = None,
+        cause: str | None = None,
+        trace: str | None = None,
+    ) -> bytes:
+        """The body of a single-envelope message."""
+        return self.pack(topic, self.envelope(topic, type, data, corr, cause, trace))
+
+    def encode_batch(
+        self,
+        topic: bytes,
+        type: str,
+        batch: Iterable[Mapping[str, Any]],
+        corr: str | None = None,
+        cause: str | None = None,
+        trace: str | None = None,
+    ) -> bytes:
+        """The body of a batch: one envelope per item of ``batch``, consecutive sequence numbers.
+
+        If packing fails, the sequence numbers taken are given back so no gap appears.
+        """
+        start = self._seqs.get(topic, 0)
+        try:
+            envelopes = [self.envelope(topic, type, data, corr, cause, trace) for data in batch]
+            if not envelopes:
+                raise ProtocolError("bad_data", "a batch needs at least one item")
+            return self.pack(topic, envelopes)
+        except BaseException:
+            self._seqs[topic] = start
+            raise
+
+
+_ARRAY_MARKERS: Final = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
+
+
+class Decoder:
+    """Turns received frames into :class:`Message` objects, or raises :class:`ProtocolError`.
+
+    Reasons: ``single_frame``, ``bad_topic``, ``unknown_instance``, ``reserved_topic``,
+    ``bad_body`` (not MessagePack) and ``bad_envelope`` (MessagePack, but not envelopes).
+    """
+
+    __slots__ = ("_batch", "_single", "_topics")
+
+    def __init__(self) -> None:
+        self._topics = _TopicCache()
+        self._single = msgspec.msgpack.Decoder(Message)
+        self._batch = msgspec.msgpack.Decoder(list[Message])
+
+    def decode(self, frames: Sequence[bytes]) -> list[Message]:
+        """Decode one data message (a single envelope or a batch) into messages."""
+        if len(frames) < 2:
+            raise ProtocolError("single_frame", "a data message needs [topic, body] frames")
+        topic_bytes = frames[0]
+        if topic_bytes.startswith(_RESERVED_BYTES):
+            raise ProtocolError("reserved_topic", f"{topic_bytes[:64]!r} is a protocol topic")
+        topic = self._topics.lookup(topic_bytes)
+        body = frames[1]
+        try:
+            if body and body[0] in _ARRAY_MARKERS:
+                messages = self._batch.decode(body)
+                if not messages:
+                    raise ProtocolError("bad_envelope", "a batch must not be empty")
+                for message in messages:
+                    message.topic = topic
+                return messages
+            message = self._single.decode(body)
+        except msgspec.ValidationError as exc:
+            raise ProtocolError("bad_envelope", str(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise ProtocolError("bad_body", f"body is not MessagePack: {exc}") from None
+        message.topic = topic
+        return [message]
+
+
+class GapTracker:
+    """Counts sequence gaps per (publisher, topic).
+
+    The first message seen from a (publisher, topic) sets the baseline; after that a
+    jump from ``n`` to ``n + k`` counts ``k - 1`` missing messages. Bounded: past
+    100,000 tracked pairs it forgets them all and starts new baselines.
+    """
+
+    __slots__ = ("_last", "gaps")
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], int] = {}
+        self.gaps = 0
+
+    def observe(self, message: Message) -> int:
+        """Record ``message``; return how many messages are missing just before it."""
+        seq = message.seq
+        if seq <= 0 or not message.pub:
+            return 0
+        key = (message.pub, message.topic)
+        last = self._last.get(key)
+        if last is not None and seq <= last:
+            return 0  # a duplicate or a reordering: not a gap, and keep the high-water mark
+        if last is None and len(self._last) >= _GAP_TRACKER_LIMIT:
+            self._last.clear()
+        self._last[key] = seq
+        if last is None:
+            return 0
+        missing = seq - last - 1
+        self.gaps += missing
+        return missing
+
+
+# -- control messages ------------------------------------------------------------------------
+
+_encode: Final = msgspec.msgpack.Encoder().encode
+
+
+def encode_request(op: str, args: Mapping[str, Any] | None = None, request_id: int | None = None) -> bytes:
+    """A control request frame: ``{"op": op, **args}``, with ``id`` when given."""
+    request: dict[str, Any] = {"op": op}
+    if args:
+        request.update(args)
+    if request_id is not None:
+        request["id"] = request_id
+    return _encode(request)
+
+
+def decode_request(frame: bytes) -> dict[str, Any]:
+    """Decode a control request; raises :class:`ProtocolError` (reason ``bad_request``)."""
+    try:
+        request = msgspec.msgpack.decode(frame)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("bad_request", f"request is not MessagePack: {exc}") from None
+    if type(request) is not dict:
+        raise ProtocolError("bad_request", "request must be a map")
+    if type(request.get("op")) is not str:
+        raise ProtocolError("bad_request", "request needs an 'op' string")
+    return request
+
+
+def encode_reply(fields: Mapping[str, Any], request_id: Any = None) -> bytes:
+    """A success reply: ``{"ok": true, **fields}``, echoing the request's ``id``."""
+    reply: dict[str, Any] = {"ok": True}
+    reply.update(fields)
+    if request_id is not None:
+        reply["id"] = request_id
+    return _encode(reply)
+
+
+def encode_error_reply(code: str, message: str, request_id: Any = None) -> bytes:
+    """An error reply: ``{"ok": false, "error": {"code": code, "message": message}}``."""
+    reply: dict[str, Any] = {"ok": False, "error": {"code": code, "message": message}}
+    if request_id is not None:
+        reply["id"] = request_id
+    return _encode(reply)
+
+
+def decode_reply(frame: bytes) -> dict[str, Any]:
+    """Decode a control reply; raises :class:`ControlError` for an error reply and
+    :class:`ProtocolError` (reason ``bad_reply``) for anything that is not a reply."""
+    try:
+        reply = msgspec.msgpack.decode(frame)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("bad_reply", f"reply is not MessagePack: {exc}") from None
+    if type(reply) is not dict or type(reply.get("ok")) is not bool:
+        raise ProtocolError("bad_reply", "reply must be a map with a boolean 'ok'")
+    if not reply["ok"]:
+        error = reply.get("error")
+        if type(error) is not dict:
+            raise ProtocolError("bad_reply", "error reply without an 'error' map")
+        raise ControlError(str(error.get("code", "error")), str(error.get("message", "")))
+    return reply
+
+
+def default_node() -> str:
+    """The node name put in ``src``: ``EXESDB_NODE``, else the host name."""
+    return os.environ.get("EXESDB_NODE") or socket.gethostname()

@@ -1,0 +1,224 @@
+"""The synchronous publisher."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
+
+import zmq
+
+from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
+from .errors import BrokerUnavailableError, ClosedError, PublishTimeoutError
+from .instances import Instance
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_HWM",
+    "DEFAULT_LINGER",
+    "Publisher",
+    "PublisherStats",
+]
+
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+"""Seconds to wait for the broker's subscription before giving up."""
+DEFAULT_SEND_TIMEOUT: Final = 5.0
+"""Seconds a publish may wait while the broker's queue for this publisher is full."""
+DEFAULT_LINGER: Final = 1.0
+"""Seconds ``close()`` waits to flush messages not yet sent."""
+DEFAULT_HWM: Final = 10_000
+"""Messages queued per connection before a publish waits (or a subscriber's backlog drops)."""
+
+_DRAIN_EVERY: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherStats:
+    """A snapshot of a publisher's counters."""
+
+    messages: int
+    """Data messages sent (a batch counts once)."""
+    envelopes: int
+    """Envelopes sent (each item of a batch counts)."""
+    bytes: int
+    """Bytes of topic and body sent."""
+
+
+def prepare_socket(socket: zmq.Socket[Any], *, hwm: int, send_timeout: float | None, linger: float) -> None:
+    """Set the options every publisher socket uses: an XPUB that waits (never drops) when full."""
+    socket.setsockopt(zmq.XPUB_NODROP, 1)
+    socket.setsockopt(zmq.SNDHWM, hwm)
+    socket.setsockopt(zmq.SNDTIMEO, -1 if send_timeout is None else int(send_timeout * 1000))
+    socket.setsockopt(zmq.LINGER, int(linger * 1000))
+
+
+class Publisher:
+    """Publishes envelopes to the broker's frontend.
+
+    The constructor connects and returns once the broker's subscription has reached this
+    publisher, so a publish right after it is never lost to the slow-joiner effect. If no
+    broker answers within ``connect_timeout`` seconds it raises
+    :class:`~exesdb_sdk.errors.BrokerUnavailableError` naming the endpoint.
+
+    ``frontend`` defaults to ``$EXESDB_FRONTEND``, else ``tcp://127.0.0.1:7100``. ``node`` is
+    the ``src`` of every envelope (``$EXESDB_NODE``, else the host name). When the broker
+    cannot keep up, a publish waits up to ``send_timeout`` seconds (``None``: forever) and then
+    raises :class:`~exesdb_sdk.errors.PublishTimeoutError`; nothing is dropped silently.
+    ``close()`` flushes for at most ``linger`` seconds. Use from one thread only.
+
+    Example::
+
+        with Publisher() as pub:
+            pub.publish("health", "store_health:main", "NodeHealth",
+                        {"node": "n1", "status": "healthy"})
+    """
+
+    def __init__(
+        self,
+        frontend: str | None = None,
+        *,
+        node: str | None = None,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        send_timeout: float | None = DEFAULT_SEND_TIMEOUT,
+        linger: float = DEFAULT_LINGER,
+        hwm: int = DEFAULT_HWM,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.frontend = resolve_endpoint(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend")
+        self._encoder = Encoder(src=node or default_node(), max_message_size=max_message_size)
+        self._send_timeout = send_timeout
+        self._own_context = context is None
+        self._context: zmq.Context[Any] = zmq.Context() if context is None else context
+        self._socket: zmq.Socket[Any] | None = self._context.socket(zmq.XPUB)
+        self._messages = 0
+        self._envelopes = 0
+        self._bytes = 0
+        try:
+            prepare_socket(self._socket, hwm=hwm, send_timeout=send_timeout, linger=linger)
+            self._socket.connect(self.frontend)
+            if not self._socket.poll(int(connect_timeout * 1000)):
+                raise BrokerUnavailableError(self.frontend, connect_timeout)
+            self._drain()
+        except BaseException:
+            self.close(linger=0)
+            raise
+
+    @property
+    def node(self) -> str:
+        """The ``src`` of this publisher's envelopes."""
+        return self._encoder.src
+
+    @property
+    def pub_id(self) -> str:
+        """This publisher's random instance id (the envelopes' ``pub``)."""
+        return self._encoder.pub
+
+    @property
+    def stats(self) -> PublisherStats:
+        """Counters since this publisher connected."""
+        return PublisherStats(self._messages, self._envelopes, self._bytes)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._socket is None
+
+    def publish(
+        self,
+        instance: Instance | str,
+        subtopic: str,
+        type: str,
+        data: Mapping[str, Any],
+        *,
+        corr: str | None = None,
+        cause: str | None = None,
+        trace: str | None = None,
+    ) -> int:
+        """Publish one envelope on ``<instance>/<subtopic>``; return its sequence number.
+
+        ``corr``, ``cause`` and ``trace`` set the correlation id, causation id and W3C
+        traceparent. Raises :class:`~exesdb_sdk.errors.MessageTooLargeError` (nothing sent) for a
+        body over the size limit, and :class:`~exesdb_sdk.errors.PublishTimeoutError`.
+        """
+        encoder = self._encoder
+        topic = encoder.topic(instance, subtopic)
+        body = encoder.encode(topic, type, data, corr, cause, trace)
+        self._send(topic, body)
+        self._envelopes += 1
+        return encoder.seq(topic)
+
+    def publish_batch(
+        self,
+        instance: Instance | str,
+        subtopic: str,
+        type: str,
+        batch: Iterable[Mapping[str, Any]],
+        *,
+        corr: str | None = None,
+        cause: str | None = None,
+        trace: str | None = None,
+    ) -> int:
+        """Publish one message carrying an envelope per item of ``batch``; return the count.
+
+        The envelopes take consecutive sequence numbers; subscribers receive them one by one.
+        """
+        encoder = self._encoder
+        topic = encoder.topic(instance, subtopic)
+        before = encoder.seq(topic)
+        body = encoder.encode_batch(topic, type, batch, corr, cause, trace)
+        self._send(topic, body)
+        count = encoder.seq(topic) - before
+        self._envelopes += count
+        return count
+
+    def _send(self, topic: bytes, body: bytes) -> None:
+        socket = self._socket
+        if socket is None:
+            raise ClosedError("publisher is closed")
+        try:
+            socket.send(topic, zmq.SNDMORE)
+            socket.send(body)
+        except zmq.Again:
+            raise PublishTimeoutError(topic.decode(), self._send_timeout or 0.0) from None
+        self._messages += 1
+        self._bytes += len(topic) + len(body)
+        if self._messages % _DRAIN_EVERY == 0:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Read the subscription messages the broker sends, so they never pile up."""
+        socket = self._socket
+        assert socket is not None
+        for _ in range(10_000):
+            try:
+                socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def close(self, linger: float | None = None) -> None:
+        """Close the connection, flushing unsent messages for at most ``linger`` seconds
+        (default: the constructor's). Idempotent."""
+        socket, self._socket = self._socket, None
+        if socket is None:
+            return
+        socket.close(linger=None if linger is None else int(linger * 1000))
+        if self._own_context:
+            self._context.term()  # returns once flushed or the linger has run out
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "connected"
+        return f"<Publisher {self.frontend} pub={self.pub_id} {state}>"

@@ -1,0 +1,283 @@
+"""The synchronous subscriber, and the decoding core it shares with the asyncio one."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
+
+import zmq
+
+from ._frames import recv_frames
+from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, resolve_endpoint
+from .errors import BrokerUnavailableError, ClosedError, ProtocolError, ReceiveTimeoutError
+from .instances import Instance
+from .protocol import PROBE_PREFIX, Decoder, GapTracker, Message, is_reserved
+
+__all__ = [
+    "DEFAULT_SUBSCRIBE_TIMEOUT",
+    "ErrorCallback",
+    "GapCallback",
+    "Subscriber",
+    "SubscriberStats",
+]
+
+DEFAULT_SUBSCRIBE_TIMEOUT: Final = 5.0
+"""Seconds ``subscribe()`` waits for the broker to confirm the subscription."""
+DEFAULT_RCVHWM: Final = 100_000
+"""Messages queued for a subscriber before the broker drops for it (seen as gaps)."""
+
+GapCallback = Callable[[Message, int], None]
+"""Called with the message after a gap and how many messages are missing before it."""
+ErrorCallback = Callable[[ProtocolError, Sequence[bytes]], None]
+"""Called with the error and the frames of a message that could not be decoded."""
+
+_PROBE_BYTES: Final = PROBE_PREFIX.encode()
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberStats:
+    """A snapshot of a subscriber's counters."""
+
+    received: int
+    """Envelopes decoded (each item of a batch counts)."""
+    gaps: int
+    """Messages missing according to per (publisher, topic) sequence numbers."""
+    decode_errors: int
+    """Messages skipped because they did not follow the protocol."""
+    pending: int
+    """Decoded envelopes waiting to be read."""
+
+
+def subscription_prefixes(instance: Instance | str | None, prefix: str) -> list[bytes]:
+    """The ZeroMQ subscriptions for ``instance`` (``None``: all ten) narrowed by ``prefix``."""
+    if instance is None:
+        if prefix:
+            raise ValueError("a prefix needs an instance")
+        return [i.prefix.encode() for i in Instance]
+    return [(Instance.resolve(instance).prefix + prefix).encode()]
+
+
+class SubscriberCore:
+    """Decoding, gap counting and probe handling, independent of how frames are received."""
+
+    __slots__ = (
+        "_decoder",
+        "_gaps",
+        "acked",
+        "decode_errors",
+        "on_error",
+        "on_gap",
+        "pending",
+        "received",
+    )
+
+    def __init__(self, on_gap: GapCallback | None, on_error: ErrorCallback | None) -> None:
+        self._decoder = Decoder()
+        self._gaps = GapTracker()
+        self.pending: deque[Message] = deque()
+        self.acked: set[str] = set()
+        self.received = 0
+        self.decode_errors = 0
+        self.on_gap = on_gap
+        self.on_error = on_error
+
+    @staticmethod
+    def new_probe() -> tuple[str, bytes]:
+        """A fresh probe token and the topic to subscribe to for it."""
+        token = secrets.token_hex(8)
+        return token, _PROBE_BYTES + token.encode()
+
+    def feed(self, frames: Sequence[bytes]) -> None:
+        """Take one received ZeroMQ message: queue its envelopes, note probe acks, count errors."""
+        if frames and is_reserved(frames[0]):
+            if frames[0].startswith(_PROBE_BYTES):
+                self.acked.add(frames[0][len(_PROBE_BYTES) :].decode("ascii", "replace"))
+            return
+        try:
+            messages = self._decoder.decode(frames)
+        except ProtocolError as exc:
+            self.decode_errors += 1
+            if self.on_error is not None:
+                self.on_error(exc, frames)
+            return
+        gaps = self._gaps
+        for message in messages:
+            missing = gaps.observe(message)
+            if missing and self.on_gap is not None:
+                self.on_gap(message, missing)
+            self.pending.append(message)
+        self.received += len(messages)
+
+    def stats(self) -> SubscriberStats:
+        return SubscriberStats(self.received, self._gaps.gaps, self.decode_errors, len(self.pending))
+
+
+class Subscriber:
+    """Receives envelopes from the broker's backend.
+
+    ``backend`` defaults to ``$EXESDB_BACKEND``, else ``tcp://127.0.0.1:7101``. Subscribe to
+    whole instances or to topic prefixes within one, then :meth:`recv` or iterate. Messages
+    that do not follow the protocol are skipped and counted, never raised. ``on_gap`` and
+    ``on_error`` are optional callbacks for sequence gaps and undecodable messages. Use from
+    one thread only.
+
+    Example::
+
+        with Subscriber() as sub:
+            sub.subscribe("health")                      # all of ex_esdb_health
+            sub.subscribe("metrics", "store_metrics:")   # a prefix within ex_esdb_metrics
+            for message in sub.iter(timeout=10):
+                print(message.topic, message.type, message.data)
+    """
+
+    def __init__(
+        self,
+        backend: str | None = None,
+        *,
+        hwm: int = DEFAULT_RCVHWM,
+        subscribe_timeout: float = DEFAULT_SUBSCRIBE_TIMEOUT,
+        on_gap: GapCallback | None = None,
+        on_error: ErrorCallback | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
+        self.subscribe_timeout = subscribe_timeout
+        self._core = SubscriberCore(on_gap, on_error)
+        self._own_context = context is None
+        self._context: zmq.Context[Any] = zmq.Context() if context is None else context
+        self._socket: zmq.Socket[Any] | None = self._context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.RCVHWM, hwm)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(self.backend)
+
+    @property
+    def stats(self) -> SubscriberStats:
+        """Counters since this subscriber was created."""
+        return self._core.stats()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._socket is None
+
+    def _live(self) -> zmq.Socket[Any]:
+        if self._socket is None:
+            raise ClosedError("subscriber is closed")
+        return self._socket
+
+    def subscribe(
+        self,
+        instance: Instance | str | None = None,
+        prefix: str = "",
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Subscribe to ``instance`` (``None``: all ten), narrowed to sub-topics starting with ``prefix``.
+
+        With ``wait`` (the default) it returns once the broker has confirmed the
+        subscription, so a message published after that reaches this subscriber; if the
+        broker does not confirm within ``timeout`` (default ``subscribe_timeout``) it raises
+        :class:`~exesdb_sdk.errors.BrokerUnavailableError`.
+        """
+        socket = self._live()
+        for topic in subscription_prefixes(instance, prefix):
+            socket.setsockopt(zmq.SUBSCRIBE, topic)
+        if wait:
+            self.wait_ready(timeout)
+
+    def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
+        """Undo a :meth:`subscribe` with the same arguments."""
+        socket = self._live()
+        for topic in subscription_prefixes(instance, prefix):
+            socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Return once the broker has applied every subscription made so far.
+
+        It subscribes to a one-off probe topic, which the broker echoes; subscriptions
+        travel in order, so the echo proves the earlier ones arrived. Messages received
+        meanwhile are kept for :meth:`recv`.
+        """
+        socket = self._live()
+        timeout = self.subscribe_timeout if timeout is None else timeout
+        token, topic = self._core.new_probe()
+        socket.setsockopt(zmq.SUBSCRIBE, topic)
+        try:
+            deadline = time.monotonic() + timeout
+            while token not in self._core.acked:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not socket.poll(max(1, int(remaining * 1000))):
+                    raise BrokerUnavailableError(self.backend, timeout)
+                self._core.feed(recv_frames(socket))
+        finally:
+            self._core.acked.discard(token)
+            if self._socket is not None:
+                socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """The next message; waits up to ``timeout`` seconds (``None``: forever).
+
+        Raises :class:`~exesdb_sdk.errors.ReceiveTimeoutError` when none arrives in time.
+        """
+        core = self._core
+        pending = core.pending
+        if pending:
+            return pending.popleft()
+        socket = self._live()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                core.feed(recv_frames(socket, zmq.NOBLOCK))
+            except zmq.Again:
+                if deadline is None:
+                    socket.poll(None)
+                else:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or not socket.poll(int(remaining * 1000) + 1):
+                        if pending:
+                            return pending.popleft()
+                        raise ReceiveTimeoutError(timeout or 0.0) from None
+                continue
+            if pending:
+                return pending.popleft()
+
+    def iter(self, timeout: float | None = None) -> Iterator[Message]:
+        """Yield messages until none arrives for ``timeout`` seconds (``None``: forever)."""
+        while True:
+            try:
+                yield self.recv(timeout)
+            except ReceiveTimeoutError:
+                return
+
+    def __iter__(self) -> Iterator[Message]:
+        return self.iter()
+
+    def close(self) -> None:
+        """Disconnect. Messages not yet read are discarded. Idempotent."""
+        socket, self._socket = self._socket, None
+        if socket is None:
+            return
+        socket.close(linger=0)
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "connected"
+        return f"<Subscriber {self.backend} {state}>"
