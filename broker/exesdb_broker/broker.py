@@ -107,8 +107,10 @@ class Broker:
             socket.bind(endpoint)
         except zmq.ZMQError as exc:
             if exc.errno in (zmq.EINVAL, zmq.EPROTONOSUPPORT):
-                raise ConfigError(f"{role}: {endpoint!r} is not a valid endpoint: {exc.strerror}") from None
-            raise BindError(role, endpoint, exc.strerror) from None
+                raise ConfigError(
+                    f"{role}: {endpoint!r} is not a valid endpoint: {zmq.strerror(exc.errno)}"
+                ) from None
+            raise BindError(role, endpoint, zmq.strerror(exc.errno)) from None
         bound: str = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         return bound
 

@@ -229,16 +229,14 @@ class Encoder:
 
     def envelope(
         self,
-        topic: bytes,
+        seq: int,
         type: str,
         data: Mapping[str, Any],
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
     ) -> dict[str, Any]:
-        """A new envelope for ``topic``; takes the topic's next sequence number."""
-        seq = self._seqs.get(topic, 0) + 1
-        self._seqs[topic] = seq
+        """An envelope with sequence number ``seq``, stamped now."""
         env = {
             "v": PROTOCOL_VERSION,
             "type": type,
@@ -275,8 +273,12 @@ class Encoder:
         cause: str | None = None,
         trace: str | None = None,
     ) -> bytes:
-        """The body of a single-envelope message."""
-        return self.pack(topic, self.envelope(topic, type, data, corr, cause, trace))
+        """The body of a single-envelope message; takes the topic's next sequence number
+        only once the body is built, so a refused message leaves no gap."""
+        seq = self._seqs.get(topic, 0) + 1
+        body = self.pack(topic, self.envelope(seq, type, data, corr, cause, trace))
+        self._seqs[topic] = seq
+        return body
 
     def encode_batch(
         self,
@@ -287,19 +289,16 @@ class Encoder:
         cause: str | None = None,
         trace: str | None = None,
     ) -> bytes:
-        """The body of a batch: one envelope per item of ``batch``, consecutive sequence numbers.
-
-        If packing fails, the sequence numbers taken are given back so no gap appears.
-        """
+        """The body of a batch: one envelope per item of ``batch``, consecutive sequence numbers."""
         start = self._seqs.get(topic, 0)
-        try:
-            envelopes = [self.envelope(topic, type, data, corr, cause, trace) for data in batch]
-            if not envelopes:
-                raise ProtocolError("bad_data", "a batch needs at least one item")
-            return self.pack(topic, envelopes)
-        except BaseException:
-            self._seqs[topic] = start
-            raise
+        envelopes = [
+            self.envelope(seq, type, data, corr, cause, trace) for seq, data in enumerate(batch, start + 1)
+        ]
+        if not envelopes:
+            raise ProtocolError("bad_data", "a batch needs at least one item")
+        body = self.pack(topic, envelopes)
+        self._seqs[topic] = start + len(envelopes)
+        return body
 
 
 _ARRAY_MARKERS: Final = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}

@@ -1,0 +1,151 @@
+"""Shared fixtures: a real ``exesdb-broker`` process on free 127.0.0.1 ports.
+
+The broker binds ``tcp://127.0.0.1:*``; the fixture reads the real ports from its readiness
+line on stderr (waiting with a deadline, never a fixed sleep) and stops it in teardown:
+SIGTERM, wait, then kill.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+READY = re.compile(
+    r"exesdb-broker ready frontend=(\S+) backend=(\S+) control=(\S+)"  # --log-format text
+    r'|"event": "ready", "frontend": "(\S+)", "backend": "(\S+)", "control": "(\S+)"'  # json
+)
+FREE = "tcp://127.0.0.1:*"
+START_TIMEOUT = 15.0
+
+
+def broker_command() -> list[str]:
+    """The installed ``exesdb-broker`` script next to this Python, else ``python -m exesdb_broker``."""
+    script = Path(sys.executable).with_name("exesdb-broker")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "exesdb_broker"]
+
+
+class BrokerProcess:
+    """A running ``exesdb-broker`` subprocess and what it printed on stderr."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [*broker_command(), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.frontend = self.backend = self.control = ""
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        with self.proc.stderr:
+            for line in self.proc.stderr:
+                self.lines.append(line.rstrip("\n"))
+                self._queue.put(line)
+        self._queue.put(None)
+
+    def wait_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str] | None:
+        """The first new stderr line matching ``pattern`` within ``timeout``; ``None`` at EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return None
+            if line is None:
+                return None
+            match = pattern.search(line)
+            if match:
+                return match
+        return None
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> BrokerProcess:
+        match = self.wait_line(READY, timeout)
+        if match is None:
+            self.stop()
+            raise RuntimeError("broker did not become ready:\n" + "\n".join(self.lines))
+        self.frontend, self.backend, self.control = [g for g in match.groups() if g]
+        return self
+
+    def wait_exit(self, timeout: float) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(timeout)
+        return code
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        """SIGTERM, wait up to 5 s, then kill. Returns the exit status."""
+        self.terminate()
+        try:
+            return self.wait_exit(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.wait_exit(5)
+
+
+StartBroker = Callable[..., BrokerProcess]
+
+
+@pytest.fixture
+def start_broker() -> Iterator[StartBroker]:
+    """Start brokers with extra flags: ``start_broker("--metrics-interval", "0.2")``."""
+    started: list[BrokerProcess] = []
+
+    def start(*extra: str, env: dict[str, str] | None = None, ready: bool = True) -> BrokerProcess:
+        args = ["--frontend", FREE, "--backend", FREE, "--control", FREE, *extra]
+        broker = BrokerProcess(args, env=env)
+        started.append(broker)
+        return broker.wait_ready() if ready else broker
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(start_broker: StartBroker) -> BrokerProcess:
+    """A fresh broker for one test."""
+    return start_broker()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """An environment without EXESDB_* variables, for subprocesses and settings tests."""
+    for name in list(os.environ):
+        if name.startswith("EXESDB_"):
+            monkeypatch.delenv(name)
+    return dict(os.environ)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` passes; return its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
