@@ -12,7 +12,6 @@ from typing import Any
 import msgspec
 import pytest
 import zmq
-
 from exesdb_sdk import ControlClient, ControlError, Instance, Publisher, ReceiveTimeoutError, Subscriber
 
 from .conftest import BrokerProcess, StartBroker, wait_until

@@ -12,7 +12,6 @@ import time
 import msgspec
 import pytest
 import zmq
-
 from exesdb_sdk import (
     AsyncPublisher,
     AsyncSubscriber,

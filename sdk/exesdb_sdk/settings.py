@@ -148,5 +148,6 @@ def check_settings(settings: Any) -> None:
     for name, kind in _field_types(cls).items():
         value = getattr(settings, name)
         where = f"{cls.__name__}.{name}"
-        _coerce(kind, value, where)
+        if not (type(value) is kind or (kind is float and type(value) is int)):
+            raise ConfigError(f"{where}: expected {kind.__name__}, got {type(value).__name__} {value!r}")
         _apply_check(cls, name, value, where)

@@ -1,0 +1,186 @@
+"""Wire protocol v1 in isolation, and a property test of envelopes through a real broker."""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+import pytest
+from exesdb_sdk import Instance, Message, Publisher, Subscriber, UnknownInstanceError
+from exesdb_sdk.errors import ControlError, ProtocolError
+from exesdb_sdk.protocol import (
+    Decoder,
+    Encoder,
+    GapTracker,
+    build_topic,
+    decode_reply,
+    decode_request,
+    encode_error_reply,
+    encode_reply,
+    encode_request,
+    parse_topic,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from .conftest import FREE, BrokerProcess
+
+# MessagePack values a payload may hold: what comes back must equal what went in.
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=50)
+    | st.binary(max_size=50)
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20,
+)
+payloads = st.dictionaries(st.text(max_size=20), values, max_size=8)
+subtopics = st.text(alphabet=st.characters(blacklist_categories=["Cc", "Cs"]), min_size=1, max_size=40)
+optional_ids = st.none() | st.text(alphabet=string.printable, max_size=30)
+
+
+@given(
+    instance=st.sampled_from(list(Instance)),
+    subtopic=subtopics,
+    msg_type=st.text(min_size=1, max_size=30),
+    data=payloads,
+    corr=optional_ids,
+    cause=optional_ids,
+)
+def test_envelopes_round_trip(
+    instance: Instance,
+    subtopic: str,
+    msg_type: str,
+    data: dict[str, Any],
+    corr: str | None,
+    cause: str | None,
+) -> None:
+    encoder = Encoder(src="node")
+    topic = encoder.topic(instance, subtopic)
+    body = encoder.encode(topic, msg_type, data, corr, cause)
+    (message,) = Decoder().decode([topic, body])
+    assert message.topic == f"{instance.value}/{subtopic}"
+    assert message.instance is instance
+    assert message.subtopic == subtopic
+    assert (message.type, message.data, message.corr, message.cause) == (msg_type, data, corr, cause)
+    assert (message.src, message.pub, message.seq, message.v) == ("node", encoder.pub, 1, 1)
+
+
+@given(batch=st.lists(payloads, min_size=1, max_size=10))
+def test_batches_round_trip_with_consecutive_sequences(batch: list[dict[str, Any]]) -> None:
+    encoder = Encoder(src="n")
+    topic = encoder.topic("events", "store:s")
+    encoder.encode(topic, "Events", {})
+    body = encoder.encode_batch(topic, "Events", batch)
+    messages = Decoder().decode([topic, body])
+    assert [m.data for m in messages] == batch
+    assert [m.seq for m in messages] == list(range(2, 2 + len(batch)))
+
+
+@given(junk=st.binary(max_size=64))
+def test_arbitrary_bodies_decode_or_raise_protocol_error(junk: bytes) -> None:
+    try:
+        messages = Decoder().decode([b"ex_esdb_health/x", junk])
+    except ProtocolError as exc:
+        assert exc.reason in {"bad_body", "bad_envelope"}
+    else:
+        assert all(isinstance(m, Message) for m in messages)
+
+
+def test_unknown_keys_are_ignored_and_missing_optional_keys_default() -> None:
+    body = msgspec.msgpack.encode({"type": "T", "future_key": [1, 2], "v": 2})
+    (message,) = Decoder().decode([b"ex_esdb_health/x", body, b"extra frame"])
+    assert (message.type, message.v, message.data, message.ts, message.seq, message.pub) == (
+        "T",
+        2,
+        {},
+        0,
+        0,
+        "",
+    )
+    # an envelope cannot set the topic: it always comes from the topic frame
+    body = msgspec.msgpack.encode({"type": "T", "~topic": "ex_esdb_audit/forged", "topic": "x"})
+    assert Decoder().decode([b"ex_esdb_health/real", body])[0].topic == "ex_esdb_health/real"
+
+
+def test_topic_grammar() -> None:
+    assert build_topic("health", "store_health:s") == "ex_esdb_health/store_health:s"
+    assert build_topic(":ex_esdb_health", "a/b") == "ex_esdb_health/a/b"
+    assert parse_topic(b"ex_esdb_metrics/x/y") == (Instance.METRICS, "x/y")
+    for bad in ("", "tab\there", "x" * 1025, "\ud800"):
+        with pytest.raises(ProtocolError):
+            build_topic("health", bad)
+    with pytest.raises(UnknownInstanceError):
+        build_topic("ex_esdb_nope", "x")
+    for topic, reason in [
+        (b"\xff/x", "bad_topic"),
+        (b"ex_esdb_health", "bad_topic"),
+        (b"health/x", "unknown_instance"),
+    ]:
+        with pytest.raises(ProtocolError) as caught:
+            parse_topic(topic)
+        assert caught.value.reason == reason
+
+
+def test_gap_tracker() -> None:
+    tracker = GapTracker()
+
+    def msg(pub: str, seq: int, topic: str = "ex_esdb_health/x") -> Message:
+        return Message(type="T", pub=pub, seq=seq, topic=topic)
+
+    observed = [tracker.observe(m) for m in (msg("a", 3), msg("a", 4), msg("a", 7), msg("a", 5), msg("b", 9))]
+    assert observed == [0, 0, 2, 0, 0]
+    assert tracker.observe(msg("a", 8)) == 0, "a late duplicate does not move the high-water mark back"
+    assert tracker.observe(msg("a", 9, "ex_esdb_health/y")) == 0
+    assert tracker.gaps == 2
+
+
+def test_control_codec() -> None:
+    request = decode_request(encode_request("replay", {"instance": "audit"}, 7))
+    assert request == {"op": "replay", "instance": "audit", "id": 7}
+    assert decode_reply(encode_reply({"pong": True}, 7)) == {"ok": True, "pong": True, "id": 7}
+    with pytest.raises(ControlError) as caught:
+        decode_reply(encode_error_reply("unknown_op", "no such op", 7))
+    assert (caught.value.code, caught.value.message) == ("unknown_op", "no such op")
+    for bad in (b"\xc1", msgspec.msgpack.encode([1]), msgspec.msgpack.encode({"op": None})):
+        with pytest.raises(ProtocolError):
+            decode_request(bad)
+    with pytest.raises(ProtocolError):
+        decode_reply(msgspec.msgpack.encode({"pong": True}))
+
+
+@pytest.fixture(scope="module")
+def shared_broker() -> Iterator[BrokerProcess]:
+    broker = BrokerProcess(["--frontend", FREE, "--backend", FREE, "--control", FREE]).wait_ready()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(shared_broker: BrokerProcess) -> Iterator[tuple[Publisher, Subscriber]]:
+    with Publisher(shared_broker.frontend) as pub, Subscriber(shared_broker.backend) as sub:
+        sub.subscribe()
+        yield pub, sub
+
+
+@settings(max_examples=60, deadline=None)
+@given(instance=st.sampled_from(list(Instance)), subtopic=subtopics, data=payloads, corr=optional_ids)
+def test_envelopes_round_trip_through_a_real_broker(
+    pair: tuple[Publisher, Subscriber],
+    instance: Instance,
+    subtopic: str,
+    data: dict[str, Any],
+    corr: str | None,
+) -> None:
+    pub, sub = pair
+    seq = pub.publish(instance, subtopic, "Prop", data, corr=corr)
+    message = sub.recv(timeout=5)
+    assert (message.instance, message.subtopic, message.seq) == (instance, subtopic, seq)
+    assert (message.type, message.data, message.corr) == ("Prop", data, corr)
