@@ -20,20 +20,18 @@ EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 _SIGNALS: Final = {signal.SIGTERM, signal.SIGINT}
 
-HELP = """Run the exesdb-pubsub broker.
-
-Publishers connect to the frontend, subscribers to the backend, tools to the control
-endpoint. Every setting also comes from an EXESDB_* environment variable (EXESDB_FRONTEND,
-EXESDB_LOG_LEVEL, ...) or the [broker] table of a TOML file; flags win over the
-environment, which wins over the file. Endpoints bind 127.0.0.1 by default; use
-tcp://127.0.0.1:* for a free port.
-
-Once bound it prints one line on stderr, "exesdb-broker ready frontend=... backend=...
-control=...". SIGTERM or SIGINT stops it cleanly with status 0.
-
-Exit status: 0 clean stop, 1 runtime failure (e.g. an endpoint in use), 2 bad
-configuration.
-"""
+HELP = (
+    "Run the exesdb-pubsub broker.\n\n"
+    "Publishers connect to the frontend, subscribers to the backend, tools to the control "
+    "endpoint. Every setting also comes from an EXESDB_* environment variable (EXESDB_FRONTEND, "
+    "EXESDB_LOG_LEVEL, ...) or the [broker] table of a TOML file; flags win over the environment, "
+    "which wins over the file. Endpoints bind 127.0.0.1 by default; use tcp://127.0.0.1:* for a "
+    "free port.\n\n"
+    'Once bound it prints one line on stderr: "exesdb-broker ready frontend=... backend=... '
+    'control=...". SIGTERM or SIGINT stops it cleanly with status 0.\n\n'
+    "Exit status: 0 clean stop, 1 runtime failure (e.g. an endpoint in use), 2 bad configuration.\n\n"
+    "Example: exesdb-broker --frontend tcp://127.0.0.1:7100 --log-format json"
+)
 
 
 def serve(
@@ -116,6 +114,6 @@ def _fail(message: str, code: int) -> NoReturn:
 
 def main() -> None:
     """Entry point of the ``exesdb-broker`` console script."""
-    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
     app.command(help=HELP)(serve)
     app()

@@ -10,8 +10,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
-    help="exesdb: follow, publish and inspect the exesdb-pubsub bus.",
+    rich_markup_mode=None,
 )
+
+
+@app.callback()
+def _root() -> None:
+    """exesdb: follow, publish and inspect the exesdb-pubsub bus."""
 
 
 @app.command(
