@@ -1,8 +1,8 @@
 """exesdb_broker: the exesdb-pubsub broker daemon, and the ``Broker`` class to embed it."""
 
-from exesdb_sdk import __version__
+from exesdb_sdk import BindError, __version__
 
-from .broker import BindError, Broker
+from .broker import Broker
 from .config import BrokerConfig, load_config
 
 __all__ = ["BindError", "Broker", "BrokerConfig", "__version__", "load_config"]

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any, Final, Self
 
 import zmq
-from exesdb_sdk.errors import BrokerUnavailableError, ConfigError, ExesdbError
+from exesdb_sdk.errors import BindError, BrokerUnavailableError, ConfigError, ExesdbError
 from exesdb_sdk.publisher import prepare_socket
 from exesdb_sdk.settings import check_settings
 
@@ -29,7 +29,7 @@ from .service import Service, ServiceSockets, stop_workers
 from .stats import StatsBook
 from .tap import Tap
 
-__all__ = ["BindError", "Broker"]
+__all__ = ["Broker"]
 
 log = logging.getLogger("exesdb.broker")
 
@@ -37,15 +37,6 @@ _START_TIMEOUT: Final = 5.0
 _CONTROL_MAX_MESSAGE: Final = 64 * 1024
 _BACKEND_LINGER_MS: Final = 500
 _MONITOR_EVENTS: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
-
-
-class BindError(ExesdbError, OSError):
-    """An endpoint could not be bound (in use, no such address, no permission)."""
-
-    def __init__(self, role: str, endpoint: str, reason: str) -> None:
-        self.role = role
-        self.endpoint = endpoint
-        super().__init__(f"cannot bind {role} to {endpoint}: {reason}")
 
 
 class Broker:
@@ -106,11 +97,10 @@ class Broker:
         try:
             socket.bind(endpoint)
         except zmq.ZMQError as exc:
+            reason = zmq.strerror(exc.errno or 0)
             if exc.errno in (zmq.EINVAL, zmq.EPROTONOSUPPORT):
-                raise ConfigError(
-                    f"{role}: {endpoint!r} is not a valid endpoint: {zmq.strerror(exc.errno)}"
-                ) from None
-            raise BindError(role, endpoint, zmq.strerror(exc.errno)) from None
+                raise ConfigError(f"{role}: {endpoint!r} is not a valid endpoint: {reason}") from None
+            raise BindError(role, endpoint, reason) from None
         bound: str = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         return bound
 

@@ -16,6 +16,7 @@ from .aio import AsyncControlClient, AsyncPublisher, AsyncSubscriber
 from .control import ControlClient
 from .endpoints import DEFAULT_BACKEND, DEFAULT_CONTROL, DEFAULT_FRONTEND
 from .errors import (
+    BindError,
     BrokerUnavailableError,
     ClosedError,
     ConfigError,
@@ -40,6 +41,7 @@ __all__ = [
     "AsyncControlClient",
     "AsyncPublisher",
     "AsyncSubscriber",
+    "BindError",
     "BrokerUnavailableError",
     "ClosedError",
     "ConfigError",

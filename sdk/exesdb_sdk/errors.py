@@ -9,6 +9,7 @@ Every error the SDK, the broker and the CLI raise on purpose derives from
     ├── UnknownInstanceError        (ValueError)   not one of the ten instances or their aliases
     ├── ProtocolError               (ValueError)   frames that do not follow wire protocol v1
     ├── MessageTooLargeError        (ValueError)   a message over the size limit; nothing was sent
+    ├── BindError                   (OSError)      the broker cannot bind an endpoint (in use...)
     ├── BrokerUnavailableError      (TimeoutError) no broker answered at an endpoint in time
     ├── ReceiveTimeoutError         (TimeoutError) no message arrived within the timeout
     ├── PublishTimeoutError         (TimeoutError) the broker did not take a message in time
@@ -19,6 +20,7 @@ Every error the SDK, the broker and the CLI raise on purpose derives from
 from __future__ import annotations
 
 __all__ = [
+    "BindError",
     "BrokerUnavailableError",
     "ClosedError",
     "ConfigError",
@@ -73,6 +75,15 @@ class MessageTooLargeError(ExesdbError, ValueError):
         self.size = size
         self.limit = limit
         super().__init__(f"message on {topic!r} is {size} bytes, over the limit of {limit} bytes; not sent")
+
+
+class BindError(ExesdbError, OSError):
+    """The broker could not bind ``endpoint`` for ``role`` (in use, no such address...)."""
+
+    def __init__(self, role: str, endpoint: str, reason: str) -> None:
+        self.role = role
+        self.endpoint = endpoint
+        super().__init__(f"cannot bind {role} to {endpoint}: {reason}")
 
 
 class BrokerUnavailableError(ExesdbError, TimeoutError):
