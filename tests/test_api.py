@@ -5,9 +5,8 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-import pytest
-
 import exesdb_sdk
+import pytest
 from exesdb_sdk import errors
 
 

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-import pytest
 from exesdb_sdk import Message, Publisher, Subscriber
 
 from .conftest import BrokerProcess, wait_until
@@ -292,12 +291,6 @@ def test_malformed_messages_are_skipped_and_counted(broker: BrokerProcess) -> No
     assert set(reasons) <= {"single_frame", "bad_topic", "unknown_instance", "bad_body", "bad_envelope"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeDecodeError,
-    reason="SDK bug: invalid UTF-8 inside an envelope string escapes Subscriber.recv() "
-    "instead of being skipped and counted (§8.1: 'never stop on it')",
-)
 def test_sdk_subscriber_skips_invalid_utf8_string(broker: BrokerProcess) -> None:
     body = pack({"type": "T", "src": "@"}).replace(b"\xa1@", b"\xa1\xff")  # "src": invalid UTF-8
     with Subscriber(broker.backend) as sub, RawSubscriber(broker.backend) as raw:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from exesdb_broker import BrokerConfig, load_config
 from exesdb_sdk import ConfigError
 from exesdb_sdk.endpoints import is_loopback, validate_endpoint

@@ -29,7 +29,9 @@ log = logging.getLogger("exesdb.broker.tap")
 
 TAP_HWM: Final = 200_000
 """Messages the tap may fall behind before the broker drops for it (counted as ``behind``)."""
-_BURST: Final = 1000
+_TICK_MS: Final = 50
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+_INSTANCE_CACHE_LIMIT: Final = 4096
 
 
 @dataclass(slots=True)
@@ -94,18 +96,16 @@ class Tap:
             stop.close(linger=0)
 
     def _loop(self, sub: zmq.Socket[Any], stop: zmq.Socket[Any]) -> None:
-        poller = zmq.Poller()
-        poller.register(sub, zmq.POLLIN)
-        poller.register(stop, zmq.POLLIN)
+        # Wake on a timer, not per message: a thread woken for every message costs the
+        # forwarding path latency on a 2-core machine (p50 +15-20% measured), a 50 ms
+        # drain costs nothing measurable. The queue (TAP_HWM) holds far more than 50 ms.
         counters = self.counters
         decoder = Decoder()
-        while True:
-            ready = dict(poller.poll())
-            if stop in ready:
-                return
-            for _ in range(_BURST):
+        instances: dict[bytes, Instance] = {}
+        while not stop.poll(_TICK_MS):
+            for _ in range(TAP_HWM):
                 try:
-                    frames = recv_frames(sub, zmq.NOBLOCK)
+                    frames = recv_frames(sub, _NOBLOCK)
                 except zmq.Again:
                     break
                 counters.frames += len(frames)
@@ -120,7 +120,11 @@ class Tap:
                 except ProtocolError as exc:
                     counters.malformed[exc.reason] += 1
                     continue
-                instance = messages[0].instance
+                instance = instances.get(topic)
+                if instance is None:
+                    if len(instances) >= _INSTANCE_CACHE_LIMIT:
+                        instances.clear()
+                    instance = instances[topic] = messages[0].instance
                 counters.messages[instance] += 1
                 counters.envelopes[instance] += len(messages)
                 counters.sizes[instance] += sum(map(len, frames))

@@ -299,23 +299,27 @@ class AsyncSubscriber(_AsyncSocketOwner):
 
     async def recv(self, timeout: float | None = None) -> Message:
         """The next message; waits up to ``timeout`` seconds (``None``: forever)."""
-        core = self._core
-        pending = core.pending
+        pending = self._core.pending
+        if pending:
+            return pending.popleft()
+        take = self._core.take
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not pending:
+        while True:
             socket = self._live("subscriber")
             try:
-                core.feed(await socket.recv_multipart(zmq.NOBLOCK))
-                continue
+                messages = take(await socket.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
-                pass
-            if deadline is None:
-                await socket.poll(None)
+                if deadline is None:
+                    await socket.poll(None)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not await socket.poll(int(remaining * 1000) + 1):
+                    raise ReceiveTimeoutError(timeout or 0.0) from None
                 continue
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await socket.poll(int(remaining * 1000) + 1):
-                raise ReceiveTimeoutError(timeout or 0.0)
-        return pending.popleft()
+            if messages:
+                if len(messages) > 1:
+                    pending.extend(messages[1:])
+                return messages[0]
 
     async def iter(self, timeout: float | None = None) -> AsyncIterator[Message]:
         """Yield messages until none arrives for ``timeout`` seconds (``None``: forever)."""

@@ -340,6 +340,8 @@ class Decoder:
             raise ProtocolError("bad_envelope", str(exc)) from None
         except msgspec.DecodeError as exc:
             raise ProtocolError("bad_body", f"body is not MessagePack: {exc}") from None
+        except UnicodeDecodeError as exc:  # msgspec lets invalid UTF-8 in a str through as this
+            raise ProtocolError("bad_body", f"a string in the body is not UTF-8: {exc.reason}") from None
         message.topic = topic
         return [message]
 

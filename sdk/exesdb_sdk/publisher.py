@@ -9,6 +9,7 @@ from typing import Any, Final, Self
 
 import zmq
 
+from ._frames import send_frames
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
 from .errors import BrokerUnavailableError, ClosedError, PublishTimeoutError
 from .instances import Instance
@@ -179,8 +180,7 @@ class Publisher:
         if socket is None:
             raise ClosedError("publisher is closed")
         try:
-            socket.send(topic, zmq.SNDMORE)
-            socket.send(body)
+            send_frames(socket, topic, body)
         except zmq.Again:
             raise PublishTimeoutError(topic.decode(), self._send_timeout or 0.0) from None
         self._messages += 1

@@ -16,7 +16,7 @@ from ._frames import recv_frames
 from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, resolve_endpoint
 from .errors import BrokerUnavailableError, ClosedError, ProtocolError, ReceiveTimeoutError
 from .instances import Instance
-from .protocol import PROBE_PREFIX, Decoder, GapTracker, Message, is_reserved
+from .protocol import PROBE_PREFIX, RESERVED_PREFIX, Decoder, GapTracker, Message
 
 __all__ = [
     "DEFAULT_SUBSCRIBE_TIMEOUT",
@@ -37,6 +37,8 @@ ErrorCallback = Callable[[ProtocolError, Sequence[bytes]], None]
 """Called with the error and the frames of a message that could not be decoded."""
 
 _PROBE_BYTES: Final = PROBE_PREFIX.encode()
+_RESERVED: Final = RESERVED_PREFIX.encode()
+_NOBLOCK: Final = int(zmq.NOBLOCK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,26 +94,34 @@ class SubscriberCore:
         token = secrets.token_hex(8)
         return token, _PROBE_BYTES + token.encode()
 
-    def feed(self, frames: Sequence[bytes]) -> None:
-        """Take one received ZeroMQ message: queue its envelopes, note probe acks, count errors."""
-        if frames and is_reserved(frames[0]):
+    def take(self, frames: Sequence[bytes]) -> list[Message]:
+        """Decode one received ZeroMQ message into its envelopes, counting gaps on the way.
+
+        Probe acks are noted in :attr:`acked`; malformed messages are counted and reported
+        to ``on_error``. Both give an empty list.
+        """
+        if frames[0].startswith(_RESERVED):
             if frames[0].startswith(_PROBE_BYTES):
                 self.acked.add(frames[0][len(_PROBE_BYTES) :].decode("ascii", "replace"))
-            return
+            return []
         try:
             messages = self._decoder.decode(frames)
         except ProtocolError as exc:
             self.decode_errors += 1
             if self.on_error is not None:
                 self.on_error(exc, frames)
-            return
-        gaps = self._gaps
+            return []
+        observe = self._gaps.observe
         for message in messages:
-            missing = gaps.observe(message)
+            missing = observe(message)
             if missing and self.on_gap is not None:
                 self.on_gap(message, missing)
-            self.pending.append(message)
         self.received += len(messages)
+        return messages
+
+    def feed(self, frames: Sequence[bytes]) -> None:
+        """Queue the envelopes of one received message for later reading."""
+        self.pending.extend(self.take(frames))
 
     def stats(self) -> SubscriberStats:
         return SubscriberStats(self.received, self._gaps.gaps, self.decode_errors, len(self.pending))
@@ -225,27 +235,27 @@ class Subscriber:
 
         Raises :class:`~exesdb_sdk.errors.ReceiveTimeoutError` when none arrives in time.
         """
-        core = self._core
-        pending = core.pending
+        pending = self._core.pending
         if pending:
             return pending.popleft()
         socket = self._live()
+        take = self._core.take
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                core.feed(recv_frames(socket, zmq.NOBLOCK))
+                messages = take(recv_frames(socket, _NOBLOCK))
             except zmq.Again:
                 if deadline is None:
                     socket.poll(None)
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or not socket.poll(int(remaining * 1000) + 1):
-                        if pending:
-                            return pending.popleft()
-                        raise ReceiveTimeoutError(timeout or 0.0) from None
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not socket.poll(int(remaining * 1000) + 1):
+                    raise ReceiveTimeoutError(timeout or 0.0) from None
                 continue
-            if pending:
-                return pending.popleft()
+            if messages:
+                if len(messages) > 1:
+                    pending.extend(messages[1:])
+                return messages[0]
 
     def iter(self, timeout: float | None = None) -> Iterator[Message]:
         """Yield messages until none arrives for ``timeout`` seconds (``None``: forever)."""
