@@ -708,6 +708,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", type=Path, metavar="DIR", help="after the runs, one more per side under cProfile"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["raw_throughput", "raw_latency", "sdk_throughput"],
+        help="run only this scenario (repeatable)",
+    )
     parser.add_argument("--serve-bare-proxy", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_bare_proxy:
@@ -749,7 +755,8 @@ def main(argv: list[str] | None = None) -> int:
         ("raw_latency", raw_latency),
         ("sdk_throughput", sdk_throughput),
     ):
-        report["scenarios"][name] = scenario(config)
+        if args.only is None or name in args.only:
+            report["scenarios"][name] = scenario(config)
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)
 
     print()
