@@ -15,7 +15,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
@@ -170,25 +170,6 @@ class Message(msgspec.Struct, gc=False):
         return datetime.fromtimestamp(self.ts / 1e9, UTC)
 
 
-class _TopicCache:
-    """Maps valid topic bytes to their text, bounded so unique topics cannot grow it forever."""
-
-    __slots__ = ("_entries",)
-
-    def __init__(self) -> None:
-        self._entries: dict[bytes, str] = {}
-
-    def lookup(self, topic: bytes) -> str:
-        hit = self._entries.get(topic)
-        if hit is None:
-            parse_topic(topic)
-            hit = topic.decode("utf-8")
-            if len(self._entries) >= _TOPIC_CACHE_LIMIT:
-                self._entries.clear()
-            self._entries[topic] = hit
-        return hit
-
-
 class Encoder:
     """Builds data-message frames for one publisher.
 
@@ -308,24 +289,32 @@ class Decoder:
     """Turns received frames into :class:`Message` objects, or raises :class:`ProtocolError`.
 
     Reasons: ``single_frame``, ``bad_topic``, ``unknown_instance``, ``reserved_topic``,
-    ``bad_body`` (not MessagePack) and ``bad_envelope`` (MessagePack, but not envelopes).
+    ``bad_body`` (not MessagePack, or a string that is not UTF-8) and ``bad_envelope``
+    (MessagePack, but not an envelope or a non-empty batch of envelopes).
     """
 
     __slots__ = ("_batch", "_single", "_topics")
 
     def __init__(self) -> None:
-        self._topics = _TopicCache()
+        self._topics: dict[bytes, str] = {}  # valid topics seen, bounded
         self._single = msgspec.msgpack.Decoder(Message)
         self._batch = msgspec.msgpack.Decoder(list[Message])
+
+    def _learn(self, topic: bytes) -> str:
+        if topic.startswith(_RESERVED_BYTES):
+            raise ProtocolError("reserved_topic", f"{topic[:64]!r} is a protocol topic")
+        parse_topic(topic)
+        text = topic.decode("utf-8")
+        if len(self._topics) >= _TOPIC_CACHE_LIMIT:
+            self._topics.clear()
+        self._topics[topic] = text
+        return text
 
     def decode(self, frames: Sequence[bytes]) -> list[Message]:
         """Decode one data message (a single envelope or a batch) into messages."""
         if len(frames) < 2:
             raise ProtocolError("single_frame", "a data message needs [topic, body] frames")
-        topic_bytes = frames[0]
-        if topic_bytes.startswith(_RESERVED_BYTES):
-            raise ProtocolError("reserved_topic", f"{topic_bytes[:64]!r} is a protocol topic")
-        topic = self._topics.lookup(topic_bytes)
+        topic = self._topics.get(frames[0]) or self._learn(frames[0])
         body = frames[1]
         try:
             if body and body[0] in _ARRAY_MARKERS:
@@ -360,23 +349,31 @@ class GapTracker:
         self._last: dict[tuple[str, str], int] = {}
         self.gaps = 0
 
+    def observe_all(self, messages: list[Message], on_gap: Callable[[Message, int], None] | None) -> None:
+        """:meth:`observe` each message, calling ``on_gap(message, missing)`` after a gap."""
+        last_seen = self._last
+        for message in messages:
+            seq = message.seq
+            if seq <= 0 or not message.pub:
+                continue
+            key = (message.pub, message.topic)
+            last = last_seen.get(key)
+            if last is None:
+                if len(last_seen) >= _GAP_TRACKER_LIMIT:
+                    last_seen.clear()
+                last_seen[key] = seq
+            elif seq > last:
+                last_seen[key] = seq
+                if seq > last + 1:
+                    self.gaps += seq - last - 1
+                    if on_gap is not None:
+                        on_gap(message, seq - last - 1)
+
     def observe(self, message: Message) -> int:
         """Record ``message``; return how many messages are missing just before it."""
-        seq = message.seq
-        if seq <= 0 or not message.pub:
-            return 0
-        key = (message.pub, message.topic)
-        last = self._last.get(key)
-        if last is not None and seq <= last:
-            return 0  # a duplicate or a reordering: not a gap, and keep the high-water mark
-        if last is None and len(self._last) >= _GAP_TRACKER_LIMIT:
-            self._last.clear()
-        self._last[key] = seq
-        if last is None:
-            return 0
-        missing = seq - last - 1
-        self.gaps += missing
-        return missing
+        before = self.gaps
+        self.observe_all([message], None)
+        return self.gaps - before
 
 
 # -- control messages ------------------------------------------------------------------------

@@ -111,11 +111,7 @@ class SubscriberCore:
             if self.on_error is not None:
                 self.on_error(exc, frames)
             return []
-        observe = self._gaps.observe
-        for message in messages:
-            missing = observe(message)
-            if missing and self.on_gap is not None:
-                self.on_gap(message, missing)
+        self._gaps.observe_all(messages, self.on_gap)
         self.received += len(messages)
         return messages
 
