@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import zmq
 
 READY = re.compile(
     r"exesdb-broker ready frontend=(\S+) backend=(\S+) control=(\S+)"  # --log-format text
@@ -138,6 +139,18 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
         if name.startswith("EXESDB_"):
             monkeypatch.delenv(name)
     return dict(os.environ)
+
+
+def raw_publisher(frontend: str) -> zmq.Socket[bytes]:
+    """A bare pyzmq XPUB connected to the broker, ready (the broker's subscription arrived)."""
+    raw = zmq.Context.instance().socket(zmq.XPUB)
+    raw.setsockopt(zmq.LINGER, 1000)
+    raw.setsockopt(zmq.XPUB_NODROP, 1)  # wait rather than drop when the queue is full
+    raw.setsockopt(zmq.SNDTIMEO, 5000)
+    raw.connect(frontend)
+    assert raw.poll(5000), "no subscription from the broker"
+    raw.recv()
+    return raw
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.01) -> bool:

@@ -14,18 +14,7 @@ import pytest
 import zmq
 from exesdb_sdk import ControlClient, ControlError, Instance, Publisher, ReceiveTimeoutError, Subscriber
 
-from .conftest import BrokerProcess, StartBroker, wait_until
-
-
-def _raw_publisher(frontend: str) -> zmq.Socket[bytes]:
-    raw = zmq.Context.instance().socket(zmq.XPUB)
-    raw.setsockopt(zmq.LINGER, 1000)
-    raw.setsockopt(zmq.XPUB_NODROP, 1)  # wait rather than drop when the queue is full
-    raw.setsockopt(zmq.SNDTIMEO, 5000)
-    raw.connect(frontend)
-    assert raw.poll(5000), "no subscription from the broker"
-    raw.recv()
-    return raw
+from .conftest import BrokerProcess, StartBroker, raw_publisher, wait_until
 
 
 def _stats(broker: BrokerProcess) -> dict[str, Any]:
@@ -52,7 +41,7 @@ def test_exact_stats_after_a_known_burst(broker: BrokerProcess) -> None:
     frames += [(b"ex_esdb_security/auth", _envelope(seq)) for seq in range(1, 11)]
     batch = msgspec.msgpack.encode([msgspec.msgpack.decode(_envelope(s)) for s in (11, 12, 13)])
     frames.append((b"ex_esdb_security/auth", batch))
-    raw = _raw_publisher(broker.frontend)
+    raw = raw_publisher(broker.frontend)
     try:
         for topic, body in frames:
             raw.send_multipart([topic, body])
@@ -104,7 +93,7 @@ def test_malformed_input_is_counted_and_the_broker_carries_on(broker: BrokerProc
     errors: list[str] = []
     with Subscriber(broker.backend, on_error=lambda exc, frames: errors.append(exc.reason)) as sub:
         sub.subscribe("health")
-        raw = _raw_publisher(broker.frontend)
+        raw = raw_publisher(broker.frontend)
         try:
             for _, frames in MALFORMED:
                 raw.send_multipart(frames)
@@ -132,7 +121,7 @@ def test_oversized_message_is_refused(start_broker: StartBroker) -> None:
     broker = start_broker("--max-message-size", "2048")
     with Subscriber(broker.backend) as sub:
         sub.subscribe("diagnostics")
-        raw = _raw_publisher(broker.frontend)
+        raw = raw_publisher(broker.frontend)
         try:
             raw.send_multipart([b"ex_esdb_diagnostics/big", _envelope(1, blob=b"x" * 4096)])
         finally:

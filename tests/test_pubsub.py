@@ -11,7 +11,6 @@ import time
 
 import msgspec
 import pytest
-import zmq
 from exesdb_sdk import (
     AsyncPublisher,
     AsyncSubscriber,
@@ -26,7 +25,7 @@ from exesdb_sdk import (
 )
 from exesdb_sdk.protocol import ProtocolError
 
-from .conftest import BrokerProcess
+from .conftest import BrokerProcess, raw_publisher
 
 
 def test_round_trip_carries_every_envelope_field(broker: BrokerProcess) -> None:
@@ -139,18 +138,6 @@ def test_batches_arrive_as_separate_messages_in_order(broker: BrokerProcess) -> 
         assert pub.stats.messages == 3 and pub.stats.envelopes == 102
 
 
-def _raw_publisher(frontend: str) -> zmq.Socket[bytes]:
-    context = zmq.Context.instance()
-    raw = context.socket(zmq.XPUB)
-    raw.setsockopt(zmq.LINGER, 1000)
-    raw.setsockopt(zmq.XPUB_NODROP, 1)  # wait rather than drop when the queue is full
-    raw.setsockopt(zmq.SNDTIMEO, 5000)
-    raw.connect(frontend)
-    assert raw.poll(5000), "no subscription from the broker"
-    raw.recv()
-    return raw
-
-
 def _envelope(seq: int, pub: str = "feedfacefeedface") -> bytes:
     return msgspec.msgpack.encode(
         {"v": 1, "type": "T", "ts": time.time_ns(), "src": "n", "pub": pub, "seq": seq, "data": {"seq": seq}}
@@ -161,7 +148,7 @@ def test_a_gap_is_counted_and_reported(broker: BrokerProcess) -> None:
     gaps: list[tuple[int, int]] = []
     with Subscriber(broker.backend, on_gap=lambda m, missing: gaps.append((m.seq, missing))) as sub:
         sub.subscribe("metrics")
-        raw = _raw_publisher(broker.frontend)
+        raw = raw_publisher(broker.frontend)
         try:
             for seq in (1, 2, 5, 6, 10):
                 raw.send_multipart([b"ex_esdb_metrics/x", _envelope(seq)])

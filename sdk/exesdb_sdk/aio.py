@@ -6,34 +6,31 @@ awaited. Create, use and close each one inside one event loop.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from types import TracebackType
 from typing import Any, Self
 
 import zmq
 import zmq.asyncio
 
+from ._owner import AsyncSocketOwner
 from .control import DEFAULT_CONTROL_TIMEOUT, ReplyMatcher
 from .endpoints import (
     DEFAULT_BACKEND,
     DEFAULT_CONTROL,
-    DEFAULT_FRONTEND,
     ENV_BACKEND,
     ENV_CONTROL,
-    ENV_FRONTEND,
     resolve_endpoint,
 )
-from .errors import BrokerUnavailableError, ClosedError, PublishTimeoutError, ReceiveTimeoutError
+from .errors import BrokerUnavailableError, ClosedError, ReceiveTimeoutError
 from .instances import Instance
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, Message, default_node
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Message
 from .publisher import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_HWM,
     DEFAULT_LINGER,
     DEFAULT_SEND_TIMEOUT,
-    PublisherStats,
+    PublisherCore,
     prepare_socket,
 )
 from .subscriber import (
@@ -49,43 +46,7 @@ from .subscriber import (
 __all__ = ["AsyncControlClient", "AsyncPublisher", "AsyncSubscriber"]
 
 
-class _AsyncSocketOwner:
-    """Holds one asyncio socket and, unless given one, its own context."""
-
-    def __init__(self, socket_type: int, context: zmq.asyncio.Context | None) -> None:
-        self._own_context = context is None
-        self._context = zmq.asyncio.Context() if context is None else context
-        self._socket: zmq.asyncio.Socket | None = self._context.socket(socket_type)
-
-    @property
-    def closed(self) -> bool:
-        """Whether ``aclose()`` has been called."""
-        return self._socket is None
-
-    def _live(self, what: str) -> zmq.asyncio.Socket:
-        if self._socket is None:
-            raise ClosedError(f"{what} is closed")
-        return self._socket
-
-    async def aclose(self, linger: float | None = 0) -> None:
-        """Close; with a linger, wait for unsent messages up to that many seconds. Idempotent."""
-        socket, self._socket = self._socket, None
-        if socket is None:
-            return
-        socket.close(linger=None if linger is None else int(linger * 1000))
-        if self._own_context:
-            await asyncio.to_thread(self._context.term)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class AsyncPublisher(_AsyncSocketOwner):
+class AsyncPublisher(AsyncSocketOwner, PublisherCore):
     """The asyncio :class:`~exesdb_sdk.Publisher`: the same arguments, awaited I/O.
 
     ``await connect()`` (or ``async with``) waits until the broker's subscription has
@@ -97,6 +58,8 @@ class AsyncPublisher(_AsyncSocketOwner):
         async with AsyncPublisher() as pub:
             await pub.publish("alerts", "critical", "SystemAlert", {"title": "disk full"})
     """
+
+    _what = "publisher"
 
     def __init__(
         self,
@@ -110,37 +73,16 @@ class AsyncPublisher(_AsyncSocketOwner):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
-        self.frontend = resolve_endpoint(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend")
+        PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout)
+        AsyncSocketOwner.__init__(self, zmq.XPUB, context)
         self.connect_timeout = connect_timeout
         self._linger = linger
-        self._send_timeout = send_timeout
-        self._encoder = Encoder(src=node or default_node(), max_message_size=max_message_size)
         self._connected = False
-        self._messages = 0
-        self._envelopes = 0
-        self._bytes = 0
-        super().__init__(zmq.XPUB, context)
-        assert self._socket is not None
-        prepare_socket(self._socket, hwm=hwm, send_timeout=send_timeout, linger=linger)
-
-    @property
-    def node(self) -> str:
-        """The ``src`` of this publisher's envelopes."""
-        return self._encoder.src
-
-    @property
-    def pub_id(self) -> str:
-        """This publisher's random instance id (the envelopes' ``pub``)."""
-        return self._encoder.pub
-
-    @property
-    def stats(self) -> PublisherStats:
-        """Counters since this publisher connected."""
-        return PublisherStats(self._messages, self._envelopes, self._bytes)
+        prepare_socket(self._live(), hwm=hwm, send_timeout=send_timeout, linger=linger)
 
     async def connect(self) -> Self:
         """Connect and wait for the broker's subscription. Returns ``self``."""
-        socket = self._live("publisher")
+        socket = self._live()
         if not self._connected:
             socket.connect(self.frontend)
             if not await socket.poll(int(self.connect_timeout * 1000)):
@@ -165,12 +107,9 @@ class AsyncPublisher(_AsyncSocketOwner):
         trace: str | None = None,
     ) -> int:
         """Publish one envelope; return its sequence number (see :meth:`Publisher.publish`)."""
-        encoder = self._encoder
-        topic = encoder.topic(instance, subtopic)
-        body = encoder.encode(topic, type, data, corr, cause, trace)
-        await self._send(topic, body)
-        self._envelopes += 1
-        return encoder.seq(topic)
+        topic, body, count = self._encode_one(instance, subtopic, type, data, corr, cause, trace)
+        await self._send(topic, body, count)
+        return self._encoder.seq(topic)
 
     async def publish_batch(
         self,
@@ -184,30 +123,23 @@ class AsyncPublisher(_AsyncSocketOwner):
         trace: str | None = None,
     ) -> int:
         """Publish a batch; return the envelope count (see :meth:`Publisher.publish_batch`)."""
-        encoder = self._encoder
-        topic = encoder.topic(instance, subtopic)
-        before = encoder.seq(topic)
-        body = encoder.encode_batch(topic, type, batch, corr, cause, trace)
-        await self._send(topic, body)
-        count = encoder.seq(topic) - before
-        self._envelopes += count
+        topic, body, count = self._encode_batch(instance, subtopic, type, batch, corr, cause, trace)
+        await self._send(topic, body, count)
         return count
 
-    async def _send(self, topic: bytes, body: bytes) -> None:
-        socket = self._live("publisher")
+    async def _send(self, topic: bytes, body: bytes, envelopes: int) -> None:
+        socket = self._live()
         if not self._connected:
             raise ClosedError("publisher is not connected: await connect() first")
         try:
             await socket.send_multipart((topic, body))
         except zmq.Again:
-            raise PublishTimeoutError(topic.decode(), self._send_timeout or 0.0) from None
-        self._messages += 1
-        self._bytes += len(topic) + len(body)
-        if self._messages % 4096 == 0:
+            raise self._timed_out(topic) from None
+        if self._count(topic, body, envelopes):
             await self._drain()
 
     async def _drain(self) -> None:
-        socket = self._live("publisher")
+        socket = self._live()
         for _ in range(10_000):
             try:
                 await socket.recv(zmq.NOBLOCK)
@@ -220,7 +152,7 @@ class AsyncPublisher(_AsyncSocketOwner):
         await super().aclose(self._linger if linger is None else linger)
 
 
-class AsyncSubscriber(_AsyncSocketOwner):
+class AsyncSubscriber(AsyncSocketOwner):
     """The asyncio :class:`~exesdb_sdk.Subscriber`: the same arguments, awaited I/O.
 
     Example::
@@ -230,6 +162,8 @@ class AsyncSubscriber(_AsyncSocketOwner):
             async for message in sub.iter(timeout=10):
                 print(message.type, message.data)
     """
+
+    _what = "subscriber"
 
     def __init__(
         self,
@@ -245,13 +179,10 @@ class AsyncSubscriber(_AsyncSocketOwner):
         self.subscribe_timeout = subscribe_timeout
         self._core = SubscriberCore(on_gap, on_error)
         super().__init__(zmq.SUB, context)
-        assert self._socket is not None
-        self._socket.setsockopt(zmq.RCVHWM, hwm)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(self.backend)
-
-    async def __aenter__(self) -> Self:
-        return self
+        socket = self._live()
+        socket.setsockopt(zmq.RCVHWM, hwm)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.backend)
 
     @property
     def stats(self) -> SubscriberStats:
@@ -267,7 +198,7 @@ class AsyncSubscriber(_AsyncSocketOwner):
         timeout: float | None = None,
     ) -> None:
         """Subscribe (see :meth:`Subscriber.subscribe`); with ``wait``, until the broker confirms."""
-        socket = self._live("subscriber")
+        socket = self._live()
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.SUBSCRIBE, topic)
         if wait:
@@ -275,13 +206,13 @@ class AsyncSubscriber(_AsyncSocketOwner):
 
     async def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
         """Undo a :meth:`subscribe` with the same arguments."""
-        socket = self._live("subscriber")
+        socket = self._live()
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.UNSUBSCRIBE, topic)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Return once the broker has applied every subscription made so far."""
-        socket = self._live("subscriber")
+        socket = self._live()
         timeout = self.subscribe_timeout if timeout is None else timeout
         token, topic = self._core.new_probe()
         socket.setsockopt(zmq.SUBSCRIBE, topic)
@@ -305,7 +236,7 @@ class AsyncSubscriber(_AsyncSocketOwner):
         take = self._core.take
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            socket = self._live("subscriber")
+            socket = self._live()
             try:
                 messages = take(await socket.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
@@ -333,8 +264,10 @@ class AsyncSubscriber(_AsyncSocketOwner):
         return self.iter()
 
 
-class AsyncControlClient(_AsyncSocketOwner):
+class AsyncControlClient(AsyncSocketOwner):
     """The asyncio :class:`~exesdb_sdk.ControlClient`."""
+
+    _what = "control client"
 
     def __init__(
         self,
@@ -347,18 +280,15 @@ class AsyncControlClient(_AsyncSocketOwner):
         self.timeout = timeout
         self._matcher = ReplyMatcher()
         super().__init__(zmq.DEALER, context)
-        assert self._socket is not None
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(self.endpoint)
-
-    async def __aenter__(self) -> Self:
-        return self
+        socket = self._live()
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.endpoint)
 
     async def request(
         self, op: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> dict[str, Any]:
         """Send a control request and return the reply (see :meth:`ControlClient.request`)."""
-        socket = self._live("control client")
+        socket = self._live()
         timeout = self.timeout if timeout is None else timeout
         request_id, frames = self._matcher.request(op, args)
         deadline = time.monotonic() + timeout

@@ -5,13 +5,13 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Mapping
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import zmq
 
+from ._owner import SocketOwner
 from .endpoints import DEFAULT_CONTROL, ENV_CONTROL, resolve_endpoint
-from .errors import BrokerUnavailableError, ClosedError, ProtocolError
+from .errors import BrokerUnavailableError, ProtocolError
 from .protocol import decode_reply, encode_request
 
 __all__ = ["DEFAULT_CONTROL_TIMEOUT", "ControlClient"]
@@ -50,7 +50,7 @@ class ReplyMatcher:
         return reply if reply.get("id") == request_id else None
 
 
-class ControlClient:
+class ControlClient(SocketOwner):
     """Sends control requests (``ping``, ``stats``, ``instances``...) and returns the replies.
 
     ``endpoint`` defaults to ``$EXESDB_CONTROL``, else ``tcp://127.0.0.1:7102``. A request
@@ -64,6 +64,8 @@ class ControlClient:
             print(control.stats()["instances"]["ex_esdb_health"]["messages"])
     """
 
+    _what = "control client"
+
     def __init__(
         self,
         endpoint: str | None = None,
@@ -74,19 +76,16 @@ class ControlClient:
         self.endpoint = resolve_endpoint(endpoint, ENV_CONTROL, DEFAULT_CONTROL, "control")
         self.timeout = timeout
         self._matcher = ReplyMatcher()
-        self._own_context = context is None
-        self._context: zmq.Context[Any] = zmq.Context() if context is None else context
-        self._socket: zmq.Socket[Any] | None = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(self.endpoint)
+        super().__init__(zmq.DEALER, context)
+        socket = self._live()
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.endpoint)
 
     def request(
         self, op: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> dict[str, Any]:
         """Send ``{"op": op, **args}`` and return the reply map (``ok`` is true)."""
-        socket = self._socket
-        if socket is None:
-            raise ClosedError("control client is closed")
+        socket = self._live()
         timeout = self.timeout if timeout is None else timeout
         request_id, frames = self._matcher.request(op, args)
         deadline = time.monotonic() + timeout
@@ -114,23 +113,3 @@ class ControlClient:
         """The instances the broker carries, with their aliases."""
         instances: list[dict[str, Any]] = self.request("instances")["instances"]
         return instances
-
-    def close(self) -> None:
-        """Disconnect. Idempotent."""
-        socket, self._socket = self._socket, None
-        if socket is None:
-            return
-        socket.close(linger=0)
-        if self._own_context:
-            self._context.term()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import zmq
 
 from ._frames import send_frames
+from ._owner import SocketOwner
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
-from .errors import BrokerUnavailableError, ClosedError, PublishTimeoutError
+from .errors import BrokerUnavailableError, PublishTimeoutError
 from .instances import Instance
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node
 
@@ -55,7 +55,79 @@ def prepare_socket(socket: zmq.Socket[Any], *, hwm: int, send_timeout: float | N
     socket.setsockopt(zmq.LINGER, int(linger * 1000))
 
 
-class Publisher:
+class PublisherCore:
+    """What the synchronous and asyncio publishers share: the encoder and the counters."""
+
+    _what = "publisher"
+
+    def __init__(
+        self, frontend: str | None, node: str | None, max_message_size: int, send_timeout: float | None
+    ) -> None:
+        self.frontend = resolve_endpoint(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend")
+        self._encoder = Encoder(src=node or default_node(), max_message_size=max_message_size)
+        self._send_timeout = send_timeout
+        self._messages = 0
+        self._envelopes = 0
+        self._bytes = 0
+
+    @property
+    def node(self) -> str:
+        """The ``src`` of this publisher's envelopes."""
+        return self._encoder.src
+
+    @property
+    def pub_id(self) -> str:
+        """This publisher's random instance id (the envelopes' ``pub``)."""
+        return self._encoder.pub
+
+    @property
+    def stats(self) -> PublisherStats:
+        """Counters since this publisher connected."""
+        return PublisherStats(self._messages, self._envelopes, self._bytes)
+
+    def _encode_one(
+        self,
+        instance: Instance | str,
+        subtopic: str,
+        type: str,
+        data: Mapping[str, Any],
+        corr: str | None,
+        cause: str | None,
+        trace: str | None,
+    ) -> tuple[bytes, bytes, int]:
+        """The topic, the body and the envelope count of one publish."""
+        encoder = self._encoder
+        topic = encoder.topic(instance, subtopic)
+        return topic, encoder.encode(topic, type, data, corr, cause, trace), 1
+
+    def _encode_batch(
+        self,
+        instance: Instance | str,
+        subtopic: str,
+        type: str,
+        batch: Iterable[Mapping[str, Any]],
+        corr: str | None,
+        cause: str | None,
+        trace: str | None,
+    ) -> tuple[bytes, bytes, int]:
+        encoder = self._encoder
+        topic = encoder.topic(instance, subtopic)
+        before = encoder.seq(topic)
+        body = encoder.encode_batch(topic, type, batch, corr, cause, trace)
+        return topic, body, encoder.seq(topic) - before
+
+    def _timed_out(self, topic: bytes) -> PublishTimeoutError:
+        return PublishTimeoutError(topic.decode(), self._send_timeout or 0.0)
+
+    def _count(self, topic: bytes, body: bytes, envelopes: int) -> bool:
+        """Count a sent message; true when it is time to drain subscription messages."""
+        self._messages += 1
+        self._envelopes += envelopes
+        self._bytes += len(topic) + len(body)
+        return self._messages % _DRAIN_EVERY == 0
+
+
+class Publisher(SocketOwner, PublisherCore):
     """Publishes envelopes to the broker's frontend.
 
     The constructor connects and returns once the broker's subscription has reached this
@@ -88,44 +160,19 @@ class Publisher:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        self.frontend = resolve_endpoint(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend")
-        self._encoder = Encoder(src=node or default_node(), max_message_size=max_message_size)
-        self._send_timeout = send_timeout
-        self._own_context = context is None
-        self._context: zmq.Context[Any] = zmq.Context() if context is None else context
-        self._socket: zmq.Socket[Any] | None = self._context.socket(zmq.XPUB)
-        self._messages = 0
-        self._envelopes = 0
-        self._bytes = 0
+        PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout)
+        SocketOwner.__init__(self, zmq.XPUB, context)
+        self._linger = linger
+        socket = self._live()
         try:
-            prepare_socket(self._socket, hwm=hwm, send_timeout=send_timeout, linger=linger)
-            self._socket.connect(self.frontend)
-            if not self._socket.poll(int(connect_timeout * 1000)):
+            prepare_socket(socket, hwm=hwm, send_timeout=send_timeout, linger=linger)
+            socket.connect(self.frontend)
+            if not socket.poll(int(connect_timeout * 1000)):
                 raise BrokerUnavailableError(self.frontend, connect_timeout)
             self._drain()
         except BaseException:
-            self.close(linger=0)
+            self._close(0)
             raise
-
-    @property
-    def node(self) -> str:
-        """The ``src`` of this publisher's envelopes."""
-        return self._encoder.src
-
-    @property
-    def pub_id(self) -> str:
-        """This publisher's random instance id (the envelopes' ``pub``)."""
-        return self._encoder.pub
-
-    @property
-    def stats(self) -> PublisherStats:
-        """Counters since this publisher connected."""
-        return PublisherStats(self._messages, self._envelopes, self._bytes)
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._socket is None
 
     def publish(
         self,
@@ -144,12 +191,9 @@ class Publisher:
         traceparent. Raises :class:`~exesdb_sdk.errors.MessageTooLargeError` (nothing sent) for a
         body over the size limit, and :class:`~exesdb_sdk.errors.PublishTimeoutError`.
         """
-        encoder = self._encoder
-        topic = encoder.topic(instance, subtopic)
-        body = encoder.encode(topic, type, data, corr, cause, trace)
-        self._send(topic, body)
-        self._envelopes += 1
-        return encoder.seq(topic)
+        topic, body, count = self._encode_one(instance, subtopic, type, data, corr, cause, trace)
+        self._send(topic, body, count)
+        return self._encoder.seq(topic)
 
     def publish_batch(
         self,
@@ -166,32 +210,22 @@ class Publisher:
 
         The envelopes take consecutive sequence numbers; subscribers receive them one by one.
         """
-        encoder = self._encoder
-        topic = encoder.topic(instance, subtopic)
-        before = encoder.seq(topic)
-        body = encoder.encode_batch(topic, type, batch, corr, cause, trace)
-        self._send(topic, body)
-        count = encoder.seq(topic) - before
-        self._envelopes += count
+        topic, body, count = self._encode_batch(instance, subtopic, type, batch, corr, cause, trace)
+        self._send(topic, body, count)
         return count
 
-    def _send(self, topic: bytes, body: bytes) -> None:
-        socket = self._socket
-        if socket is None:
-            raise ClosedError("publisher is closed")
+    def _send(self, topic: bytes, body: bytes, envelopes: int) -> None:
+        socket = self._live()
         try:
             send_frames(socket, topic, body)
         except zmq.Again:
-            raise PublishTimeoutError(topic.decode(), self._send_timeout or 0.0) from None
-        self._messages += 1
-        self._bytes += len(topic) + len(body)
-        if self._messages % _DRAIN_EVERY == 0:
+            raise self._timed_out(topic) from None
+        if self._count(topic, body, envelopes):
             self._drain()
 
     def _drain(self) -> None:
         """Read the subscription messages the broker sends, so they never pile up."""
-        socket = self._socket
-        assert socket is not None
+        socket = self._live()
         for _ in range(10_000):
             try:
                 socket.recv(zmq.NOBLOCK)
@@ -201,23 +235,7 @@ class Publisher:
     def close(self, linger: float | None = None) -> None:
         """Close the connection, flushing unsent messages for at most ``linger`` seconds
         (default: the constructor's). Idempotent."""
-        socket, self._socket = self._socket, None
-        if socket is None:
-            return
-        socket.close(linger=None if linger is None else int(linger * 1000))
-        if self._own_context:
-            self._context.term()  # returns once flushed or the linger has run out
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
+        self._close(self._linger if linger is None else linger)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "connected"

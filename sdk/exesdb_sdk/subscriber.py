@@ -7,14 +7,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 import zmq
 
 from ._frames import recv_frames
+from ._owner import SocketOwner
 from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, resolve_endpoint
-from .errors import BrokerUnavailableError, ClosedError, ProtocolError, ReceiveTimeoutError
+from .errors import BrokerUnavailableError, ProtocolError, ReceiveTimeoutError
 from .instances import Instance
 from .protocol import PROBE_PREFIX, RESERVED_PREFIX, Decoder, GapTracker, Message
 
@@ -123,7 +123,7 @@ class SubscriberCore:
         return SubscriberStats(self.received, self._gaps.gaps, self.decode_errors, len(self.pending))
 
 
-class Subscriber:
+class Subscriber(SocketOwner):
     """Receives envelopes from the broker's backend.
 
     ``backend`` defaults to ``$EXESDB_BACKEND``, else ``tcp://127.0.0.1:7101``. Subscribe to
@@ -141,6 +141,8 @@ class Subscriber:
                 print(message.topic, message.type, message.data)
     """
 
+    _what = "subscriber"
+
     def __init__(
         self,
         backend: str | None = None,
@@ -154,27 +156,16 @@ class Subscriber:
         self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
         self.subscribe_timeout = subscribe_timeout
         self._core = SubscriberCore(on_gap, on_error)
-        self._own_context = context is None
-        self._context: zmq.Context[Any] = zmq.Context() if context is None else context
-        self._socket: zmq.Socket[Any] | None = self._context.socket(zmq.SUB)
-        self._socket.setsockopt(zmq.RCVHWM, hwm)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.connect(self.backend)
+        super().__init__(zmq.SUB, context)
+        socket = self._live()
+        socket.setsockopt(zmq.RCVHWM, hwm)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(self.backend)
 
     @property
     def stats(self) -> SubscriberStats:
         """Counters since this subscriber was created."""
         return self._core.stats()
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
-        return self._socket is None
-
-    def _live(self) -> zmq.Socket[Any]:
-        if self._socket is None:
-            raise ClosedError("subscriber is closed")
-        return self._socket
 
     def subscribe(
         self,
@@ -263,26 +254,6 @@ class Subscriber:
 
     def __iter__(self) -> Iterator[Message]:
         return self.iter()
-
-    def close(self) -> None:
-        """Disconnect. Messages not yet read are discarded. Idempotent."""
-        socket, self._socket = self._socket, None
-        if socket is None:
-            return
-        socket.close(linger=0)
-        if self._own_context:
-            self._context.term()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "connected"

@@ -1,0 +1,99 @@
+"""Socket ownership shared by every client class: one socket and, unless given one, its context."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any, Self
+
+import zmq
+import zmq.asyncio
+
+from .errors import ClosedError
+
+__all__ = ["AsyncSocketOwner", "SocketOwner"]
+
+
+class SocketOwner:
+    """A synchronous client's socket; closing it terminates the context it created."""
+
+    _what = "socket"
+
+    def __init__(self, socket_type: int, context: zmq.Context[Any] | None) -> None:
+        self._own_context = context is None
+        self._context: zmq.Context[Any] = zmq.Context() if context is None else context
+        self._socket: zmq.Socket[Any] | None = self._context.socket(socket_type)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._socket is None
+
+    def _live(self) -> zmq.Socket[Any]:
+        if self._socket is None:
+            raise ClosedError(f"{self._what} is closed")
+        return self._socket
+
+    def _close(self, linger: float | None) -> None:
+        socket, self._socket = self._socket, None
+        if socket is None:
+            return
+        socket.close(linger=None if linger is None else int(linger * 1000))
+        if self._own_context:
+            self._context.term()  # returns once flushed or the linger has run out
+
+    def close(self) -> None:
+        """Disconnect; messages not yet read are discarded. Idempotent."""
+        self._close(0)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncSocketOwner:
+    """An asyncio client's socket; closing it terminates the context it created."""
+
+    _what = "socket"
+
+    def __init__(self, socket_type: int, context: zmq.asyncio.Context | None) -> None:
+        self._own_context = context is None
+        self._context = zmq.asyncio.Context() if context is None else context
+        self._socket: zmq.asyncio.Socket | None = self._context.socket(socket_type)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has been called."""
+        return self._socket is None
+
+    def _live(self) -> zmq.asyncio.Socket:
+        if self._socket is None:
+            raise ClosedError(f"{self._what} is closed")
+        return self._socket
+
+    async def aclose(self, linger: float | None = 0) -> None:
+        """Close; with a linger, wait for unsent messages up to that many seconds. Idempotent."""
+        socket, self._socket = self._socket, None
+        if socket is None:
+            return
+        socket.close(linger=None if linger is None else int(linger * 1000))
+        if self._own_context:
+            await asyncio.to_thread(self._context.term)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
