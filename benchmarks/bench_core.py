@@ -152,7 +152,7 @@ def sdk_body_size(count: int) -> int:
     """The length of the SDK publisher's body for ``SDK_DATA`` at the run's middle sequence number
     (the msgpack width of ``seq`` is the only thing that varies, by at most 4 bytes)."""
     encoder = Encoder(src="bench")
-    return len(encoder.pack(TOPIC, encoder.envelope(count // 2 + 1, "NodeHealth", SDK_DATA)))
+    return len(msgspec.msgpack.encode(encoder.envelope(count // 2 + 1, "NodeHealth", SDK_DATA)))
 
 
 # -- processes: brokers --------------------------------------------------------------------------

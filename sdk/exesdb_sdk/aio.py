@@ -24,6 +24,7 @@ from .endpoints import (
 )
 from .errors import BrokerUnavailableError, ClosedError, ReceiveTimeoutError
 from .instances import Instance
+from .messages.base import Payload
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Message
 from .publisher import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -71,9 +72,10 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         linger: float = DEFAULT_LINGER,
         hwm: int = DEFAULT_HWM,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        secret: str | bytes | None = None,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
-        PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout)
+        PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret)
         AsyncSocketOwner.__init__(self, zmq.XPUB, context)
         self.connect_timeout = connect_timeout
         self._linger = linger
@@ -108,6 +110,21 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
     ) -> int:
         """Publish one envelope; return its sequence number (see :meth:`Publisher.publish`)."""
         topic, body, count = self._encode_one(instance, subtopic, type, data, corr, cause, trace)
+        await self._send(topic, body, count)
+        return self._encoder.seq(topic)
+
+    async def publish_message(
+        self,
+        payload: Payload,
+        subtopic: str | None = None,
+        *,
+        corr: str | None = None,
+        cause: str | None = None,
+        trace: str | None = None,
+    ) -> int:
+        """Publish a typed message; return its sequence number (see
+        :meth:`Publisher.publish_message`)."""
+        topic, body, count = self._encode_payload(payload, subtopic, corr, cause, trace)
         await self._send(topic, body, count)
         return self._encoder.seq(topic)
 
@@ -173,11 +190,13 @@ class AsyncSubscriber(AsyncSocketOwner):
         subscribe_timeout: float = DEFAULT_SUBSCRIBE_TIMEOUT,
         on_gap: GapCallback | None = None,
         on_error: ErrorCallback | None = None,
+        secret: str | bytes | None = None,
+        typed: bool = True,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
         self.subscribe_timeout = subscribe_timeout
-        self._core = SubscriberCore(on_gap, on_error)
+        self._core = SubscriberCore(on_gap, on_error, secret=secret, typed=typed)
         super().__init__(zmq.SUB, context)
         socket = self._live()
         socket.setsockopt(zmq.RCVHWM, hwm)

@@ -8,6 +8,7 @@ Every error the SDK, the broker and the CLI raise on purpose derives from
     ├── ConfigError                 (ValueError)   a setting, flag, variable or file is invalid
     ├── UnknownInstanceError        (ValueError)   not one of the ten instances or their aliases
     ├── ProtocolError               (ValueError)   frames that do not follow wire protocol v1
+    ├── ValidationError             (ValueError)   a typed message field with a wrong type or value
     ├── MessageTooLargeError        (ValueError)   a message over the size limit; nothing was sent
     ├── BindError                   (OSError)      the broker cannot bind an endpoint (in use...)
     ├── BrokerUnavailableError      (TimeoutError) no broker answered at an endpoint in time
@@ -18,6 +19,8 @@ Every error the SDK, the broker and the CLI raise on purpose derives from
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = [
     "BindError",
@@ -31,6 +34,7 @@ __all__ = [
     "PublishTimeoutError",
     "ReceiveTimeoutError",
     "UnknownInstanceError",
+    "ValidationError",
 ]
 
 
@@ -65,6 +69,27 @@ class ProtocolError(ExesdbError, ValueError):
         self.reason = reason
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
+
+
+class ValidationError(ExesdbError, ValueError):
+    """A field of a typed message has a wrong type or a value outside its set.
+
+    The message names the type and the field: ``NodeHealth.status: 'fine' is not one of ...``.
+    """
+
+    def __init__(self, message_type: str, field: str, reason: str) -> None:
+        self.message_type = message_type
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{message_type}.{field}: {reason}")
+
+    @classmethod
+    def from_msgspec(cls, message_type: str, error: Exception) -> ValidationError:
+        """Translate msgspec's ``Expected `str`, got `int` - at `$.node``` wording."""
+        text = str(error)
+        found = re.search(r"at `\$\.([A-Za-z0-9_]+)", text) or re.search(r"field `([A-Za-z0-9_]+)`", text)
+        reason = text.split(" - at ")[0]
+        return cls(message_type, found.group(1) if found else "?", reason)
 
 
 class MessageTooLargeError(ExesdbError, ValueError):

@@ -23,6 +23,7 @@ import msgspec
 
 from .errors import ControlError, MessageTooLargeError, ProtocolError, UnknownInstanceError
 from .instances import Instance
+from .signing import sign, verify
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -123,7 +124,7 @@ def parse_topic(topic: bytes | str) -> tuple[Instance, str]:
     return instance, subtopic
 
 
-class Message(msgspec.Struct, gc=False):
+class Message(msgspec.Struct, gc=False, repr_omit_defaults=True):
     """One envelope, as a subscriber receives it: ``topic`` plus the envelope's keys.
 
     ``data`` is the payload map; ``seq`` is the per (publisher, topic) sequence (0 when the
@@ -143,9 +144,11 @@ class Message(msgspec.Struct, gc=False):
     cause: str | None = None
     trace: str | None = None
     sig: bytes | None = None
-    # Not an envelope key: the decoder sets it from the topic frame. The odd wire name keeps
-    # any envelope key from landing here.
+    # Not envelope keys: the decoder sets the topic from the topic frame, and a subscriber
+    # the typed payload. The odd wire names keep any envelope key from landing here.
     topic: str = msgspec.field(default="", name="~topic")
+    payload: Any = msgspec.field(default=None, name="~payload")
+    """The typed message (e.g. ``NodeHealth``) when ``type`` is in the catalogue, else None."""
 
     @property
     def instance(self) -> Instance:
@@ -174,10 +177,11 @@ class Encoder:
     """Builds data-message frames for one publisher.
 
     It caches topic bytes, keeps the per-topic sequence numbers and reuses one
-    MessagePack packer. ``src`` is the origin node name, ``pub`` the publisher id.
+    MessagePack packer. ``src`` is the origin node name, ``pub`` the publisher id. With a
+    ``secret``, every envelope is signed (see :mod:`exesdb_sdk.signing`).
     """
 
-    __slots__ = ("_pack", "_seqs", "_topics", "max_message_size", "pub", "src")
+    __slots__ = ("_pack", "_seqs", "_topics", "max_message_size", "pub", "secret", "src")
 
     def __init__(
         self,
@@ -185,10 +189,12 @@ class Encoder:
         src: str,
         pub: str | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        secret: bytes | None = None,
     ) -> None:
         self.src = src
         self.pub = pub if pub is not None else new_publisher_id()
         self.max_message_size = max_message_size
+        self.secret = secret
         self._pack = msgspec.msgpack.Encoder().encode
         self._seqs: dict[bytes, int] = {}
         self._topics: dict[tuple[str, str], bytes] = {}
@@ -212,7 +218,7 @@ class Encoder:
         self,
         seq: int,
         type: str,
-        data: Mapping[str, Any],
+        data: Mapping[str, Any] | msgspec.Struct,
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
@@ -235,21 +241,27 @@ class Encoder:
             env["trace"] = trace
         return env
 
-    def pack(self, topic: bytes, payload: dict[str, Any] | list[dict[str, Any]]) -> bytes:
-        """Pack an envelope or a batch, enforcing the size limit."""
+    def _packed(self, value: Any) -> bytes:
         try:
-            body: bytes = self._pack(payload)
+            body: bytes = self._pack(value)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             raise ProtocolError("bad_data", f"data cannot be packed as MessagePack: {exc}") from None
+        return body
+
+    def _checked(self, topic: bytes, body: bytes) -> bytes:
         if len(body) > self.max_message_size:
             raise MessageTooLargeError(topic.decode(), len(body), self.max_message_size)
         return body
+
+    def _envelope_bytes(self, topic: bytes, envelope: dict[str, Any]) -> bytes:
+        body = self._packed(envelope)
+        return body if self.secret is None else sign(self.secret, topic, body)
 
     def encode(
         self,
         topic: bytes,
         type: str,
-        data: Mapping[str, Any],
+        data: Mapping[str, Any] | msgspec.Struct,
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
@@ -257,7 +269,8 @@ class Encoder:
         """The body of a single-envelope message; takes the topic's next sequence number
         only once the body is built, so a refused message leaves no gap."""
         seq = self._seqs.get(topic, 0) + 1
-        body = self.pack(topic, self.envelope(seq, type, data, corr, cause, trace))
+        envelope = self.envelope(seq, type, data, corr, cause, trace)
+        body = self._checked(topic, self._envelope_bytes(topic, envelope))
         self._seqs[topic] = seq
         return body
 
@@ -265,7 +278,7 @@ class Encoder:
         self,
         topic: bytes,
         type: str,
-        batch: Iterable[Mapping[str, Any]],
+        batch: Iterable[Mapping[str, Any] | msgspec.Struct],
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
@@ -277,9 +290,23 @@ class Encoder:
         ]
         if not envelopes:
             raise ProtocolError("bad_data", "a batch needs at least one item")
-        body = self.pack(topic, envelopes)
+        if self.secret is None:
+            body = self._packed(envelopes)
+        else:  # each envelope signed on its own, so each can be verified on its own
+            body = _array_header(len(envelopes)) + b"".join(
+                self._envelope_bytes(topic, envelope) for envelope in envelopes
+            )
+        self._checked(topic, body)
         self._seqs[topic] = start + len(envelopes)
         return body
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes([0x90 | count])
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
 
 
 _ARRAY_MARKERS: Final = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
@@ -289,16 +316,33 @@ class Decoder:
     """Turns received frames into :class:`Message` objects, or raises :class:`ProtocolError`.
 
     Reasons: ``single_frame``, ``bad_topic``, ``unknown_instance``, ``reserved_topic``,
-    ``bad_body`` (not MessagePack, or a string that is not UTF-8) and ``bad_envelope``
-    (MessagePack, but not an envelope or a non-empty batch of envelopes).
+    ``bad_body`` (not MessagePack, or a string that is not UTF-8), ``bad_envelope``
+    (MessagePack, but not an envelope or a non-empty batch of envelopes) and, with a
+    ``secret``, ``bad_signature``.
     """
 
-    __slots__ = ("_batch", "_single", "_topics")
+    __slots__ = ("_batch", "_raws", "_secret", "_single", "_topics")
 
-    def __init__(self) -> None:
+    def __init__(self, secret: bytes | None = None) -> None:
         self._topics: dict[bytes, str] = {}  # valid topics seen, bounded
         self._single = msgspec.msgpack.Decoder(Message)
         self._batch = msgspec.msgpack.Decoder(list[Message])
+        self._raws = msgspec.msgpack.Decoder(list[msgspec.Raw])
+        self._secret = secret
+
+    def _verify(self, topic: bytes, body: bytes) -> None:
+        """Raise ``bad_signature`` unless every envelope of ``body`` is signed with the secret."""
+        assert self._secret is not None
+        if body and body[0] in _ARRAY_MARKERS:
+            try:
+                envelopes = [bytes(raw) for raw in self._raws.decode(body)]
+            except msgspec.DecodeError as exc:
+                raise ProtocolError("bad_body", f"body is not MessagePack: {exc}") from None
+        else:
+            envelopes = [body]
+        for envelope in envelopes:
+            if not verify(self._secret, topic, envelope):
+                raise ProtocolError("bad_signature", "unsigned, or signed with another secret, or altered")
 
     def _learn(self, topic: bytes) -> str:
         if topic.startswith(_RESERVED_BYTES):
@@ -316,6 +360,8 @@ class Decoder:
             raise ProtocolError("single_frame", "a data message needs [topic, body] frames")
         topic = self._topics.get(frames[0]) or self._learn(frames[0])
         body = frames[1]
+        if self._secret is not None:
+            self._verify(frames[0], body)
         try:
             if body and body[0] in _ARRAY_MARKERS:
                 messages = self._batch.decode(body)

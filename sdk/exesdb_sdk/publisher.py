@@ -13,7 +13,9 @@ from ._owner import SocketOwner
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
 from .errors import BrokerUnavailableError, PublishTimeoutError
 from .instances import Instance
+from .messages.base import Payload
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node
+from .signing import resolve_secret
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -61,10 +63,19 @@ class PublisherCore:
     _what = "publisher"
 
     def __init__(
-        self, frontend: str | None, node: str | None, max_message_size: int, send_timeout: float | None
+        self,
+        frontend: str | None,
+        node: str | None,
+        max_message_size: int,
+        send_timeout: float | None,
+        secret: str | bytes | None,
     ) -> None:
         self.frontend = resolve_endpoint(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend")
-        self._encoder = Encoder(src=node or default_node(), max_message_size=max_message_size)
+        self._encoder = Encoder(
+            src=node or default_node(),
+            max_message_size=max_message_size,
+            secret=resolve_secret(secret),
+        )
         self._send_timeout = send_timeout
         self._messages = 0
         self._envelopes = 0
@@ -99,6 +110,20 @@ class PublisherCore:
         encoder = self._encoder
         topic = encoder.topic(instance, subtopic)
         return topic, encoder.encode(topic, type, data, corr, cause, trace), 1
+
+    def _encode_payload(
+        self,
+        payload: Payload,
+        subtopic: str | None,
+        corr: str | None,
+        cause: str | None,
+        trace: str | None,
+    ) -> tuple[bytes, bytes, int]:
+        encoder = self._encoder
+        topic = encoder.topic(payload.__instance__, subtopic or payload.default_subtopic())
+        # msgspec encodes the struct itself as the data map: no dict is built
+        body = encoder.encode(topic, type(payload).__name__, payload, corr, cause, trace)
+        return topic, body, 1
 
     def _encode_batch(
         self,
@@ -139,7 +164,8 @@ class Publisher(SocketOwner, PublisherCore):
     the ``src`` of every envelope (``$EXESDB_NODE``, else the host name). When the broker
     cannot keep up, a publish waits up to ``send_timeout`` seconds (``None``: forever) and then
     raises :class:`~exesdb_sdk.errors.PublishTimeoutError`; nothing is dropped silently.
-    ``close()`` flushes for at most ``linger`` seconds. Use from one thread only.
+    ``close()`` flushes for at most ``linger`` seconds. With a ``secret`` (or ``$EXESDB_SECRET``)
+    every envelope is signed with HMAC-SHA256. Use from one thread only.
 
     Example::
 
@@ -158,9 +184,10 @@ class Publisher(SocketOwner, PublisherCore):
         linger: float = DEFAULT_LINGER,
         hwm: int = DEFAULT_HWM,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        secret: str | bytes | None = None,
         context: zmq.Context[Any] | None = None,
     ) -> None:
-        PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout)
+        PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret)
         SocketOwner.__init__(self, zmq.XPUB, context)
         self._linger = linger
         socket = self._live()
@@ -192,6 +219,21 @@ class Publisher(SocketOwner, PublisherCore):
         body over the size limit, and :class:`~exesdb_sdk.errors.PublishTimeoutError`.
         """
         topic, body, count = self._encode_one(instance, subtopic, type, data, corr, cause, trace)
+        self._send(topic, body, count)
+        return self._encoder.seq(topic)
+
+    def publish_message(
+        self,
+        payload: Payload,
+        subtopic: str | None = None,
+        *,
+        corr: str | None = None,
+        cause: str | None = None,
+        trace: str | None = None,
+    ) -> int:
+        """Publish a typed message (see :mod:`exesdb_sdk.messages`) on its instance, under
+        ``subtopic`` or its documented default sub-topic; return its sequence number."""
+        topic, body, count = self._encode_payload(payload, subtopic, corr, cause, trace)
         self._send(topic, body, count)
         return self._encoder.seq(topic)
 

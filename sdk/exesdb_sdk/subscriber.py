@@ -14,9 +14,11 @@ import zmq
 from ._frames import recv_frames
 from ._owner import SocketOwner
 from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, resolve_endpoint
-from .errors import BrokerUnavailableError, ProtocolError, ReceiveTimeoutError
+from .errors import BrokerUnavailableError, ProtocolError, ReceiveTimeoutError, ValidationError
 from .instances import Instance
+from .messages import registry
 from .protocol import PROBE_PREFIX, RESERVED_PREFIX, Decoder, GapTracker, Message
+from .signing import resolve_secret
 
 __all__ = [
     "DEFAULT_SUBSCRIBE_TIMEOUT",
@@ -53,6 +55,10 @@ class SubscriberStats:
     """Messages skipped because they did not follow the protocol."""
     pending: int
     """Decoded envelopes waiting to be read."""
+    rejected: int = 0
+    """Messages skipped because their signature was missing or wrong (with a secret only)."""
+    invalid_payloads: int = 0
+    """Envelopes of a catalogue type whose data did not fit it: delivered with ``payload`` None."""
 
 
 def subscription_prefixes(instance: Instance | str | None, prefix: str) -> list[bytes]:
@@ -70,21 +76,34 @@ class SubscriberCore:
     __slots__ = (
         "_decoder",
         "_gaps",
+        "_types",
         "acked",
         "decode_errors",
+        "invalid_payloads",
         "on_error",
         "on_gap",
         "pending",
         "received",
+        "rejected",
     )
 
-    def __init__(self, on_gap: GapCallback | None, on_error: ErrorCallback | None) -> None:
-        self._decoder = Decoder()
+    def __init__(
+        self,
+        on_gap: GapCallback | None,
+        on_error: ErrorCallback | None,
+        *,
+        secret: str | bytes | None = None,
+        typed: bool = True,
+    ) -> None:
+        self._decoder = Decoder(resolve_secret(secret))
         self._gaps = GapTracker()
+        self._types = registry() if typed else {}
         self.pending: deque[Message] = deque()
         self.acked: set[str] = set()
         self.received = 0
         self.decode_errors = 0
+        self.rejected = 0
+        self.invalid_payloads = 0
         self.on_gap = on_gap
         self.on_error = on_error
 
@@ -107,10 +126,21 @@ class SubscriberCore:
         try:
             messages = self._decoder.decode(frames)
         except ProtocolError as exc:
-            self.decode_errors += 1
+            if exc.reason == "bad_signature":
+                self.rejected += 1
+            else:
+                self.decode_errors += 1
             if self.on_error is not None:
                 self.on_error(exc, frames)
             return []
+        types = self._types
+        for message in messages:
+            cls = types.get(message.type)
+            if cls is not None:
+                try:
+                    message.payload = cls.from_data(message.data)
+                except ValidationError:  # still delivered, as a generic message: never lost
+                    self.invalid_payloads += 1
         self._gaps.observe_all(messages, self.on_gap)
         self.received += len(messages)
         return messages
@@ -120,7 +150,14 @@ class SubscriberCore:
         self.pending.extend(self.take(frames))
 
     def stats(self) -> SubscriberStats:
-        return SubscriberStats(self.received, self._gaps.gaps, self.decode_errors, len(self.pending))
+        return SubscriberStats(
+            self.received,
+            self._gaps.gaps,
+            self.decode_errors,
+            len(self.pending),
+            self.rejected,
+            self.invalid_payloads,
+        )
 
 
 class Subscriber(SocketOwner):
@@ -151,11 +188,13 @@ class Subscriber(SocketOwner):
         subscribe_timeout: float = DEFAULT_SUBSCRIBE_TIMEOUT,
         on_gap: GapCallback | None = None,
         on_error: ErrorCallback | None = None,
+        secret: str | bytes | None = None,
+        typed: bool = True,
         context: zmq.Context[Any] | None = None,
     ) -> None:
         self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
         self.subscribe_timeout = subscribe_timeout
-        self._core = SubscriberCore(on_gap, on_error)
+        self._core = SubscriberCore(on_gap, on_error, secret=secret, typed=typed)
         super().__init__(zmq.SUB, context)
         socket = self._live()
         socket.setsockopt(zmq.RCVHWM, hwm)
