@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import zmq
 from exesdb_sdk import __version__
-from exesdb_sdk.instances import Instance
+from exesdb_sdk.messages import BrokerMetrics, Payload, SystemEvent, SystemLifecycle
 from exesdb_sdk.protocol import PROBE_PREFIX, Encoder
 from zmq.utils.monitor import recv_monitor_message
 
@@ -100,22 +100,18 @@ class Service:
 
     # -- publishing the broker's own messages --------------------------------------------
 
-    def publish(self, instance: Instance, subtopic: str, type: str, data: dict[str, Any]) -> None:
-        topic = self._encoder.topic(instance, subtopic)
-        body = self._encoder.encode(topic, type, data)
+    def publish(self, payload: Payload) -> None:
+        """Publish one of the broker's own typed messages on its default sub-topic."""
+        topic = self._encoder.topic(payload.__instance__, payload.default_subtopic())
+        body = self._encoder.encode(topic, type(payload).__name__, payload)
         try:
             self._sockets.publisher.send_multipart((topic, body), zmq.NOBLOCK)
         except zmq.Again:
             log.warning("own message on %s dropped: frontend queue full", topic.decode())
 
-    def lifecycle(self, event: str) -> None:
+    def lifecycle(self, event: SystemEvent) -> None:
         """Publish ``SystemLifecycle`` on ``ex_esdb_system/lifecycle``."""
-        self.publish(
-            Instance.SYSTEM,
-            "lifecycle",
-            "SystemLifecycle",
-            {"event": event, "system": SYSTEM_NAME, "version": __version__, "node": self._node},
-        )
+        self.publish(SystemLifecycle(event=event, system=SYSTEM_NAME, version=__version__, node=self._node))
 
     def _publish_metrics(self) -> None:
         now = time.monotonic()
@@ -125,20 +121,17 @@ class Service:
         elapsed = max(now - last_time, 1e-9)
         self._last_metrics = (now, totals["messages"])
         self.publish(
-            Instance.METRICS,
-            "broker",
-            "BrokerMetrics",
-            {
-                "node": self._node,
-                "uptime": snapshot["uptime"],
-                "messages": totals["messages"],
-                "envelopes": totals["envelopes"],
-                "bytes": totals["bytes"],
-                "rate": round((totals["messages"] - last_messages) / elapsed, 3),
-                "malformed": snapshot["malformed"],
-                "subscribers": snapshot["subscribers"],
-                "publishers": snapshot["publishers"],
-            },
+            BrokerMetrics(
+                node=self._node,
+                uptime=snapshot["uptime"],
+                messages=totals["messages"],
+                envelopes=totals["envelopes"],
+                bytes=totals["bytes"],
+                rate=round((totals["messages"] - last_messages) / elapsed, 3),
+                malformed=snapshot["malformed"],
+                subscribers=snapshot["subscribers"],
+                publishers=snapshot["publishers"],
+            )
         )
 
     # -- the loop --------------------------------------------------------------------------

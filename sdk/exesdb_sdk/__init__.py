@@ -27,6 +27,7 @@ from .errors import (
     PublishTimeoutError,
     ReceiveTimeoutError,
     UnknownInstanceError,
+    ValidationError,
 )
 from .instances import Instance
 from .protocol import PROTOCOL_VERSION, Message
@@ -59,5 +60,6 @@ __all__ = [
     "Subscriber",
     "SubscriberStats",
     "UnknownInstanceError",
+    "ValidationError",
     "__version__",
 ]

@@ -56,6 +56,39 @@ def _compile(annotation: Any) -> Check:
     if annotation is _NONE or annotation is None:
         return lambda value: None if value is None else f"expected None, got {type(value).__name__}"
     kind = origin or annotation
+    args = typing.get_args(annotation)
+    if kind is list and args and args[0] is not Any:
+        item = _compile(args[0])
+
+        def items(value: Any) -> str | None:
+            if not isinstance(value, list):
+                return f"expected list, got {type(value).__name__}"
+            for index, element in enumerate(value):
+                reason = item(element)
+                if reason is not None:
+                    return f"item {index}: {reason}"
+            return None
+
+        return items
+    if kind is dict and args and args != (str, Any):
+        key, val = _compile(args[0]), _compile(args[1])
+
+        def entries(value: Any) -> str | None:
+            if not isinstance(value, dict):
+                return f"expected dict, got {type(value).__name__}"
+            for k, v in value.items():
+                reason = key(k) or val(v)
+                if reason is not None:
+                    return f"entry {k!r}: {reason}"
+            return None
+
+        return entries
+    if kind is dict:  # dict[str, Any]: keys must be strings, values anything
+        return lambda value: (
+            None
+            if isinstance(value, dict) and all(type(k) is str for k in value)
+            else f"expected a dict with string keys, got {type(value).__name__}"
+        )
     if kind is float:
         accepted: tuple[type, ...] = (float, int)
     else:
