@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import BrokerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -17,10 +19,14 @@ def _blocks(language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", README, re.DOTALL)
 
 
-def test_sdk_example_runs_and_prints_what_the_readme_says(
-    broker: BrokerProcess, clean_env: dict[str, str]
+MARKER = "This example is run by tests/test_readme.py"
+MARKERS = [m.start() for m in re.finditer(re.escape(MARKER), README)]
+
+
+@pytest.mark.parametrize("marker", MARKERS)
+def test_sdk_examples_run_and_print_what_the_readme_says(
+    broker: BrokerProcess, clean_env: dict[str, str], marker: int
 ) -> None:
-    marker = README.index("This example is run by tests/test_readme.py")
     example = re.search(r"```python\n(.*?)```", README[marker:], re.DOTALL)
     expected = re.search(r"It prints:\n\n```\n(.*?)```", README[marker:], re.DOTALL)
     assert example and expected
