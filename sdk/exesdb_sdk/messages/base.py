@@ -10,6 +10,7 @@ missing optional keys their defaults.
 
 from __future__ import annotations
 
+import string
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -28,7 +29,8 @@ Check = Callable[[Any], str | None]
 """Returns why a value is not acceptable, or None."""
 
 _REGISTRY: dict[str, type[Payload]] = {}
-_CHECKS: dict[type[Payload], tuple[tuple[str, Check], ...]] = {}
+_VALIDATORS: dict[type[Payload], Callable[[Payload], None]] = {}
+_PLACEHOLDERS: dict[str, tuple[str, ...]] = {}
 _NONE: Final = type(None)
 
 
@@ -37,16 +39,24 @@ def _type_name(kind: Any) -> str:
 
 
 def _compile(annotation: Any) -> Check:
-    """A check for the field types the catalogue uses: scalars, Literal, dict, list, unions."""
+    """A check for the field types the catalogue uses: scalars, Literal, dict, list, unions.
+
+    Each returns None at once for the common, valid case (on the publish path, for every
+    field of every message); only a failing value builds a reason.
+    """
     origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
     if annotation is Any:
         return lambda value: None
     if origin is Literal:
-        choices = typing.get_args(annotation)
-        listed = ", ".join(str(c) for c in choices)
-        return lambda value: None if value in choices else f"{value!r} is not one of {listed}"
+        listed = ", ".join(str(c) for c in args)
+        return lambda value: None if value in args else f"{value!r} is not one of {listed}"
     if origin in (types.UnionType, typing.Union):
-        checks = [_compile(arg) for arg in typing.get_args(annotation)]
+        options = [a for a in args if a is not _NONE]
+        if len(options) == 1 and len(args) == 2:  # X | None, the usual optional field
+            inner = _compile(options[0])
+            return lambda value: None if value is None else inner(value)
+        checks = [_compile(arg) for arg in args]
 
         def union(value: Any) -> str | None:
             reasons = [check(value) for check in checks]
@@ -56,12 +66,11 @@ def _compile(annotation: Any) -> Check:
     if annotation is _NONE or annotation is None:
         return lambda value: None if value is None else f"expected None, got {type(value).__name__}"
     kind = origin or annotation
-    args = typing.get_args(annotation)
     if kind is list and args and args[0] is not Any:
         item = _compile(args[0])
 
         def items(value: Any) -> str | None:
-            if not isinstance(value, list):
+            if type(value) is not list:
                 return f"expected list, got {type(value).__name__}"
             for index, element in enumerate(value):
                 reason = item(element)
@@ -74,7 +83,7 @@ def _compile(annotation: Any) -> Check:
         key, val = _compile(args[0]), _compile(args[1])
 
         def entries(value: Any) -> str | None:
-            if not isinstance(value, dict):
+            if type(value) is not dict:
                 return f"expected dict, got {type(value).__name__}"
             for k, v in value.items():
                 reason = key(k) or val(v)
@@ -86,21 +95,70 @@ def _compile(annotation: Any) -> Check:
     if kind is dict:  # dict[str, Any]: keys must be strings, values anything
         return lambda value: (
             None
-            if isinstance(value, dict) and all(type(k) is str for k in value)
+            if type(value) is dict and (not value or all(type(k) is str for k in value))
             else f"expected a dict with string keys, got {type(value).__name__}"
         )
-    if kind is float:
-        accepted: tuple[type, ...] = (float, int)
-    else:
-        accepted = (kind,)
+    exact = frozenset({float, int} if kind is float else {kind})
     name = _type_name(kind)
 
     def scalar(value: Any) -> str | None:
-        if isinstance(value, accepted) and not (isinstance(value, bool) and kind is not bool):
+        if type(value) in exact:
+            return None
+        if isinstance(value, kind) and not isinstance(value, bool):  # a subclass, e.g. a StrEnum
             return None
         return f"expected {name}, got {type(value).__name__} {value!r}"[:200]
 
     return scalar
+
+
+def _fast_test(annotation: Any, index: int, env: dict[str, Any]) -> str | None:
+    """A Python expression over ``v`` that is true for the common valid values, or None."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if annotation is Any:
+        return "True"
+    if origin is Literal:
+        env[f"l{index}"] = args
+        return f"v in l{index}"
+    if origin in (types.UnionType, typing.Union):
+        options = [a for a in args if a is not _NONE]
+        inner = _fast_test(options[0], index, env) if len(options) == 1 else None
+        return f"v is None or ({inner})" if inner else None
+    kind = origin or annotation
+    if kind in (dict, list):
+        return f"type(v) is {kind.__name__} and not v"  # empty; otherwise the full check
+    if kind in (str, int, float, bool):
+        env[f"t{index}"] = frozenset({float, int} if kind is float else {kind})
+        return f"type(v) in t{index}"
+    return None
+
+
+def _build_validator(cls: type[Payload]) -> Callable[[Payload], None]:
+    """One function checking every field of ``cls``, generated like ``dataclasses`` generates
+    ``__init__``: a per-field loop of closures cost 2.2 us per ``NodeHealth``, which made a
+    typed publish 1.7x a dict publish; straight-line type tests first, with the full check
+    only when one fails, cost a fraction of that."""
+    hints = typing.get_type_hints(cls)
+
+    def fail(field: str, reason: str) -> None:
+        raise ValidationError(cls.__name__, field, reason)
+
+    env: dict[str, Any] = {"fail": fail}
+    lines = ["def validate(self):"]
+    for index, name in enumerate(cls.__struct_fields__):
+        env[f"c{index}"] = _compile(hints[name])
+        fast = _fast_test(hints[name], index, env)
+        lines.append(f"    v = self.{name}")
+        indent = "    "
+        if fast is not None:
+            lines.append(f"    if not ({fast}):")
+            indent = "        "
+        lines.append(f"{indent}r = c{index}(v)")
+        lines.append(f"{indent}if r is not None: fail({name!r}, r)")
+    lines.append("    return None")
+    exec("\n".join(lines), env)
+    validate: Callable[[Payload], None] = env["validate"]
+    return validate
 
 
 class Payload(msgspec.Struct, kw_only=True, gc=False, repr_omit_defaults=True):
@@ -116,14 +174,10 @@ class Payload(msgspec.Struct, kw_only=True, gc=False, repr_omit_defaults=True):
 
     def __post_init__(self) -> None:
         cls = type(self)
-        checks = _CHECKS.get(cls)
-        if checks is None:  # compiled on first use: the fields exist only once the class is built
-            hints = typing.get_type_hints(cls)
-            checks = _CHECKS[cls] = tuple((n, _compile(hints[n])) for n in cls.__struct_fields__)
-        for name, check in checks:
-            reason = check(getattr(self, name))
-            if reason is not None:
-                raise ValidationError(type(self).__name__, name, reason)
+        validate = _VALIDATORS.get(cls)
+        if validate is None:  # built on first use: the fields exist only once the class is built
+            validate = _VALIDATORS[cls] = _build_validator(cls)
+        validate(self)
 
     @classmethod
     def type_name(cls) -> str:
@@ -132,7 +186,15 @@ class Payload(msgspec.Struct, kw_only=True, gc=False, repr_omit_defaults=True):
 
     def default_subtopic(self) -> str:
         """The documented sub-topic, filled in from this message's fields."""
-        return self.__subtopic__.format_map({n: getattr(self, n) for n in self.__struct_fields__})
+        template = self.__subtopic__
+        names = _PLACEHOLDERS.get(template)
+        if names is None:
+            names = _PLACEHOLDERS[template] = tuple(
+                name for _, name, _, _ in string.Formatter().parse(template) if name
+            )
+        if not names:
+            return template
+        return template.format(**{name: getattr(self, name) for name in names})
 
     def to_data(self) -> dict[str, Any]:
         """The envelope's ``data``: every field as builtins."""
