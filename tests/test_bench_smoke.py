@@ -58,3 +58,21 @@ def test_quick_benchmark_writes_every_scenario(tmp_path: Path) -> None:
         assert target["metric"] in scenario["ratios"]
         assert isinstance(target["met"], bool)
     assert "ratio" in done.stdout  # the table was printed
+
+
+@pytest.mark.timeout(120)
+def test_quick_catalogue_benchmark_reports_a_ratio(tmp_path: Path) -> None:
+    out = tmp_path / "c.json"
+    script = BENCH.with_name("bench_catalogue.py")
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json-out", str(out)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert _is_number(report["ratio_typed_to_dict"]) and report["ratio_typed_to_dict"] > 0
+    assert all(_is_number(v) and v > 0 for v in report["us_per_message"].values())
+    assert isinstance(report["met"], bool)
