@@ -69,7 +69,7 @@ def sub(shared_broker: BrokerProcess) -> Iterator[Subscriber]:
         yield subscriber
 
 
-# ruff: noqa: E501  (the tables below read better on one line each)
+
 
 
 def test_the_catalogue_has_every_type_of_the_design() -> None:
@@ -86,7 +86,7 @@ def test_the_catalogue_has_every_type_of_the_design() -> None:
         "Events",
     }  # fmt: skip
     assert expected <= set(payload_types())
-    assert set(payload_types()) - expected == {"BrokerMetrics"}
+    assert set(payload_types()) - expected == {"BrokerMetrics", "EmitterMetrics"}
 
 
 def test_every_type_round_trips_through_a_real_broker(shared_broker: BrokerProcess, sub: Subscriber) -> None:
@@ -110,12 +110,8 @@ def test_defaults_of_the_original() -> None:
     cluster = ClusterHealth(status="degraded", healthy_nodes=2, total_nodes=3)
     assert (cluster.degraded_nodes, cluster.unhealthy_nodes, cluster.quorum_status) == ([], [], "available")
     assert re.fullmatch(r"[0-9a-f]{16}", SystemAlert(severity="info", title="t").alert_id)
-    assert (
-        SystemAlert(severity="info", title="t").alert_id != SystemAlert(severity="info", title="t").alert_id
-    )
-    acks = {
-        s: SystemAlert(severity=s, title="t").requires_ack for s in ("info", "warning", "error", "critical")
-    }
+    assert SystemAlert(severity="info", title="t").alert_id != SystemAlert(severity="info", title="t").alert_id
+    acks = {s: SystemAlert(severity=s, title="t").requires_ack for s in ("info", "warning", "error", "critical")}
     assert acks == {"info": False, "warning": False, "error": True, "critical": True}
     assert SystemAlert(severity="info", title="t", requires_ack=True).requires_ack is True
     assert ThroughputMetric(component="c", count=1000, duration_ms=250).rate_per_sec == 4000.0
@@ -210,9 +206,7 @@ def test_every_helper_with_an_explicit_publisher(shared_broker: BrokerProcess, s
     }
     with Publisher(shared_broker.frontend) as pub:
         for name, args, kwargs, _, _ in HELPER_CALLS:
-            getattr(helpers, name)(
-                *args, **kwargs, publisher=pub, correlation_id=f"corr-{name}", causation_id="c0"
-            )
+            getattr(helpers, name)(*args, **kwargs, publisher=pub, correlation_id=f"corr-{name}", causation_id="c0")
     for name, _, _, topic, type_name in HELPER_CALLS:
         message = sub.recv(timeout=5)
         assert (message.topic, message.type, message.corr, message.cause) == (
@@ -222,9 +216,7 @@ def test_every_helper_with_an_explicit_publisher(shared_broker: BrokerProcess, s
             "c0",
         )
         assert isinstance(message.payload, payload_types()[type_name])
-    metric = ThroughputMetric(
-        component="persistence", count=1000, duration_ms=250, success_count=995, error_count=5
-    )
+    metric = ThroughputMetric(component="persistence", count=1000, duration_ms=250, success_count=995, error_count=5)
     assert metric.rate_per_sec == 4000.0
 
 
@@ -264,9 +256,7 @@ def test_helpers_reject_bad_values_before_sending(shared_broker: BrokerProcess) 
 def test_signed_messages_are_verified_and_tampered_ones_rejected(shared_broker: BrokerProcess) -> None:
     errors: list[str] = []
     with (
-        Subscriber(
-            shared_broker.backend, secret="s3cret", on_error=lambda e, f: errors.append(e.reason)
-        ) as strict,
+        Subscriber(shared_broker.backend, secret="s3cret", on_error=lambda e, f: errors.append(e.reason)) as strict,
         Subscriber(shared_broker.backend, secret="") as relaxed,
         Publisher(shared_broker.frontend, secret="s3cret") as signer,
         Publisher(shared_broker.frontend, secret="other") as impostor,

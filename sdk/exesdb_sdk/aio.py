@@ -6,6 +6,7 @@ awaited. Create, use and close each one inside one event loop.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Self
@@ -45,6 +46,8 @@ from .subscriber import (
 )
 
 __all__ = ["AsyncControlClient", "AsyncPublisher", "AsyncSubscriber"]
+
+_PROBE_SLICE = 0.02
 
 
 class AsyncPublisher(AsyncSocketOwner, PublisherCore):
@@ -239,9 +242,13 @@ class AsyncSubscriber(AsyncSocketOwner):
             deadline = time.monotonic() + timeout
             while token not in self._core.acked:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await socket.poll(max(1, int(remaining * 1000))):
+                if remaining <= 0:
                     raise BrokerUnavailableError(self.backend, timeout)
-                self._core.feed(await socket.recv_multipart())
+                # Short polls: another task reading this subscriber may take the ack first,
+                # and it is noted in the shared core all the same.
+                if await socket.poll(max(1, int(min(remaining, _PROBE_SLICE) * 1000))):
+                    with contextlib.suppress(zmq.Again):
+                        self._core.feed(await socket.recv_multipart(zmq.NOBLOCK))
         finally:
             self._core.acked.discard(token)
             if self._socket is not None:

@@ -104,8 +104,10 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    env_prefix: str = ENV_PREFIX,
 ) -> T:
-    """Build ``cls`` from flags > ``EXESDB_<NAME>`` variables > ``[section]`` of the TOML file > defaults.
+    """Build ``cls`` from flags > ``<env_prefix><NAME>`` variables > ``[section]`` of the TOML file
+    > defaults. ``env_prefix`` is ``EXESDB_`` unless a component needs its own namespace.
 
     ``flags`` maps field names to values; ``None`` values are ignored (not given). The file is
     ``config_file``, else ``$EXESDB_CONFIG``, else none. Unknown keys in the file are errors.
@@ -125,7 +127,7 @@ def load_settings(
             values[key] = (_coerce(types[key], value, where), where)
 
     for name, kind in types.items():
-        var = ENV_PREFIX + name.upper()
+        var = env_prefix + name.upper()
         if env.get(var):
             values[name] = (_coerce(kind, env[var], var), var)
 

@@ -25,6 +25,7 @@ from .lifecycle import ClusterMembership, NodeLifecycle, ProcessLifecycle, Super
 from .logs import LogEntry, LogFilter, LogRotation, LogSummary
 from .metrics import (
     BrokerMetrics,
+    EmitterMetrics,
     LatencyMetric,
     MetricAlert,
     MetricsSummary,
@@ -66,6 +67,7 @@ __all__ = [
     "ComponentHealth",
     "DataChange",
     "DebugTrace",
+    "EmitterMetrics",
     "ErrorAnalysis",
     "Events",
     "FeatureToggle",

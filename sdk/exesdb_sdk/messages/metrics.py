@@ -10,6 +10,7 @@ from .vocabulary import Severity
 
 __all__ = [
     "BrokerMetrics",
+    "EmitterMetrics",
     "LatencyMetric",
     "MetricAlert",
     "MetricsSummary",
@@ -115,6 +116,23 @@ class MetricsSummary(Payload):
     dropped_events: int = 0
     period_ms: float | None = None
     node: str | None = None
+
+
+class EmitterMetrics(Payload):
+    """One emitter worker's figures, published every ``metrics_interval``."""
+
+    __instance__: ClassVar[Instance] = Instance.METRICS
+    __subtopic__: ClassVar[str] = "store_metrics:{store}"
+
+    store: str
+    subscription: str
+    events_per_second: float
+    total_events: int
+    dropped_events: int = 0
+    buffered: int = 0
+    paused: bool = False
+    breaker: Literal["closed", "open", "half_open"] = "closed"
+    failures: int = 0
 
 
 class BrokerMetrics(Payload):

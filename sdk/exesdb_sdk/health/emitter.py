@@ -1,0 +1,566 @@
+"""Emitter workers: deliver a store's events to a subscriber, gated by that subscription's health.
+
+An :class:`EmitterPool` owns one thread with an event loop, one subscriber socket and one
+publisher socket, shared by its :class:`EmitterWorker` s. A worker receives ``Events`` from
+``ex_esdb_events/<store>:<selector>`` and delivers each event, in order, to its subscriber (a
+callable or an async callable):
+
+- it pauses while its circuit breaker is open, and while another process reports its
+  subscription ``failed`` on ``ex_esdb_health/store_health:<store>``; a report of
+  ``healthy`` resumes it. Reports about other subscriptions are ignored;
+- while paused (or behind) it holds events in order, up to ``buffer_size``; beyond that the
+  overflow policy drops events, every one counted and warned about;
+- a delivery that raises or exceeds ``delivery_timeout`` is a failure and is retried (it
+  stays first in line): after ``unhealthy_threshold`` consecutive failures the breaker opens;
+  after a backoff (doubling up to ``backoff_max``) one try goes through (half-open); success
+  closes the breaker and the held events follow in order. Every transition is published as a
+  ``SubscriptionHealth``. Without the breaker, an event that fails ``unhealthy_threshold``
+  times in a row is dropped, counted;
+- it publishes its figures on ``ex_esdb_metrics/store_metrics:<store>`` and the pool a
+  ``MetricsSummary`` per store on ``metrics_summary:<store>``, every ``metrics_interval``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import inspect
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final, Self
+
+from .. import observe
+from ..aio import AsyncPublisher, AsyncSubscriber
+from ..messages import EmitterMetrics, Events, HealthSummary, MetricsSummary, SubscriptionHealth
+from ..protocol import Message
+from ._loop import LoopThread
+from .breaker import CircuitBreaker
+from .config import HealthConfig
+from .status import SubscriptionState, apply_event
+from .tracker import REPORTER_KEY
+
+__all__ = ["EmitterPool", "EmitterWorker", "StoreEvent", "SubscriberFunction", "WorkerStats"]
+
+log = logging.getLogger("exesdb.emitter")
+
+StoreEvent = dict[str, Any]
+SubscriberFunction = Callable[[StoreEvent], None] | Callable[[StoreEvent], Awaitable[None]]
+
+_START_TIMEOUT: Final = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """A snapshot of one worker."""
+
+    delivered: int
+    failures: int
+    dropped: int
+    buffered: int
+    paused: bool
+    breaker: str
+    status: str
+
+
+class EmitterWorker:
+    """Delivers the events of ``store``/``selector`` to ``subscriber``; created by
+    :meth:`EmitterPool.add`, run by the pool's loop."""
+
+    def __init__(
+        self,
+        pool: EmitterPool,
+        store: str,
+        selector: str,
+        subscriber: SubscriberFunction,
+        subscription: str,
+    ) -> None:
+        config = pool.config
+        self.store = store
+        self.selector = selector
+        self.subscription = subscription
+        self.topic = f"ex_esdb_events/{store}:{selector}"
+        self._subscriber = subscriber
+        self._is_async = inspect.iscoroutinefunction(subscriber)
+        self._pool = pool
+        self._config = config
+        self._buffer: deque[StoreEvent] = deque()
+        self._state = SubscriptionState(subscription)
+        self._breaker = CircuitBreaker(
+            config.unhealthy_threshold, config.backoff_initial / 1000, config.backoff_max / 1000
+        )
+        self._remote_failed = False
+        self._changed: asyncio.Event | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.delivered = 0
+        self.failures = 0
+        self.dropped = 0
+        self._overflowing = False
+        self._window = (time.monotonic(), 0)
+
+    @property
+    def paused(self) -> bool:
+        """Whether emission is held: the breaker is open, or another process reports failure."""
+        if self._breaker.state == "open":
+            return True
+        return self._config.enabled and self._remote_failed
+
+    @property
+    def stats(self) -> WorkerStats:
+        return WorkerStats(
+            self.delivered,
+            self.failures,
+            self.dropped,
+            len(self._buffer),
+            self.paused,
+            self._breaker.state,
+            self._state.status,
+        )
+
+    # -- in the pool's loop ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._changed = asyncio.Event()
+        if not self._is_async:  # one thread per worker keeps its deliveries in order
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, f"exesdb-deliver-{self.subscription}")
+        self._task = asyncio.create_task(self._run())
+        self._note("registration_success")
+        observe.banner(
+            log,
+            "activation",
+            {
+                "Topic": f'"{self.store}:{self.selector}"',
+                "Store": self.store,
+                "Selector": self.selector,
+                "Subscriber": getattr(self._subscriber, "__qualname__", repr(self._subscriber)),
+                "PID": os.getpid(),
+                "Thread": threading.get_ident(),
+            },
+        )
+
+    async def stop(self, reason: str) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        self._note("proxy_stopped")
+        observe.banner(
+            log,
+            "termination",
+            {
+                "Reason": reason,
+                "Store": self.store,
+                "Selector": self.selector,
+                "Subscriber": getattr(self._subscriber, "__qualname__", repr(self._subscriber)),
+                "PID": os.getpid(),
+                "Thread": threading.get_ident(),
+                "Undelivered": len(self._buffer),
+            },
+        )
+
+    def take(self, events: list[StoreEvent]) -> None:
+        """Queue received events, applying the overflow policy at the bound."""
+        bound = self._config.buffer_size
+        drop_newest = self._config.overflow_policy == "drop_newest"
+        dropped = 0
+        for event in events:
+            if len(self._buffer) >= bound:
+                dropped += 1
+                if drop_newest:
+                    continue
+                self._buffer.popleft()
+            self._buffer.append(event)
+        if dropped:
+            self._count_drops(dropped)
+        self._wake()
+
+    def _count_drops(self, dropped: int) -> None:
+        self.dropped += dropped
+        if not self._overflowing:  # one warning per overflow episode; the count keeps growing
+            self._overflowing = True
+            observe.emit(
+                log,
+                "failure",
+                f"⚠ BUFFER FULL: {self.subscription} dropping events "
+                f"({self._config.overflow_policy}, bound {self._config.buffer_size}); {self.dropped} dropped so far",
+                level=logging.WARNING,
+                subscription=self.subscription,
+                dropped=self.dropped,
+            )
+
+    def on_health(self, report: SubscriptionHealth) -> None:
+        """A report about this worker's subscription from another publisher."""
+        was = self.paused
+        if report.status == "failed":
+            self._remote_failed = True
+        elif report.status == "healthy":
+            self._remote_failed = False
+        if self.paused != was:
+            self._impact(report.status, report.event)
+            self._wake()
+
+    def _impact(self, status: str, cause: str) -> None:
+        word = "PAUSED" if self.paused else "RESUMED"
+        observe.emit(
+            log,
+            "failure" if self.paused else "success",
+            f"🏥 HEALTH IMPACT: {self.subscription} is {status.upper()} ({cause}) - Emission {word}",
+            level=logging.WARNING if self.paused else logging.INFO,
+            subscription=self.subscription,
+            status=status,
+            paused=self.paused,
+        )
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    async def _wait(self, timeout: float | None) -> None:
+        assert self._changed is not None
+        self._changed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+
+    def _note(self, event: str, error: str | None = None, force: bool = False) -> None:
+        """Apply ``event`` with the shared mapping; publish when the status changes."""
+        changed = apply_event(self._state, event, self._config.unhealthy_threshold, error=error)
+        if changed or force:
+            self._pool.report(self, self._state)
+
+    async def _run(self) -> None:
+        breaker = self._breaker
+        while True:
+            if not self._buffer or (self._config.enabled and self._remote_failed):
+                await self._wait(None)
+                continue
+            if breaker.state == "open":
+                delay = breaker.seconds_until_retry()
+                if delay > 0:
+                    await self._wait(delay)
+                    continue
+            if self._config.circuit_breaker_enabled and breaker.before_try() == "half_open":
+                self._note("circuit_breaker_half_open")
+            event = self._buffer.popleft()
+            error = await self._deliver(event)
+            if error is None:
+                self._delivered()
+            else:
+                self._failed(event, error)
+
+    async def _deliver(self, event: StoreEvent) -> str | None:
+        timeout = self._config.delivery_timeout / 1000
+        try:
+            if self._is_async:
+                result = self._subscriber(event)
+                assert inspect.isawaitable(result)
+                await asyncio.wait_for(result, timeout)
+            else:
+                loop = asyncio.get_running_loop()
+                await asyncio.wait_for(loop.run_in_executor(self._executor, self._subscriber, event), timeout)
+        except TimeoutError:
+            return f"delivery took longer than {timeout:g} s"
+        except asyncio.CancelledError:
+            self._buffer.appendleft(event)  # stopping: the event was not delivered
+            raise
+        except Exception as exc:  # the subscriber's own failure: counted and retried
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _delivered(self) -> None:
+        self.delivered += 1
+        if len(self._buffer) < self._config.buffer_size:
+            self._overflowing = False
+        if self._config.circuit_breaker_enabled and self._breaker.record_success() == "closed":
+            self._note("circuit_breaker_closed")
+            self._impact("healthy", "circuit_breaker_closed")
+        else:
+            self._note("event_delivery_success")
+
+    def _failed(self, event: StoreEvent, error: str) -> None:
+        self.failures += 1
+        observe.emit(
+            log,
+            "failure",
+            f"✖ DELIVERY FAILED: {self.subscription}: {error}",
+            level=logging.WARNING,
+            subscription=self.subscription,
+            error=error,
+        )
+        changed = apply_event(self._state, "event_delivery_failed", self._config.unhealthy_threshold, error=error)
+        if (
+            not self._config.circuit_breaker_enabled
+            and self._state.consecutive_failures >= self._config.unhealthy_threshold
+        ):
+            self._count_drops(1)  # given up on after the threshold: counted, never silent
+            self._state.consecutive_failures = 0
+        else:
+            self._buffer.appendleft(event)  # retried: nothing is lost to a failing subscriber
+            if len(self._buffer) > self._config.buffer_size:
+                self._buffer.pop() if self._config.overflow_policy == "drop_newest" else self._buffer.popleft()
+                self._count_drops(1)
+        if self._config.circuit_breaker_enabled and self._breaker.record_failure() == "open":
+            self._note("circuit_breaker_opened", error, force=True)
+            self._impact("failed", "circuit_breaker_opened")
+        elif changed:
+            self._pool.report(self, self._state)
+
+    def heartbeat(self) -> None:
+        """Report this worker alive, with its current status (every ``check_interval``)."""
+        apply_event(self._state, "heartbeat", self._config.unhealthy_threshold)
+        self._pool.report(self, self._state)
+
+    def metrics(self) -> EmitterMetrics:
+        now = time.monotonic()
+        started, delivered_then = self._window
+        rate = (self.delivered - delivered_then) / max(now - started, 1e-9)
+        self._window = (now, self.delivered)
+        return EmitterMetrics(
+            store=self.store,
+            subscription=self.subscription,
+            events_per_second=round(rate, 3),
+            total_events=self.delivered,
+            dropped_events=self.dropped,
+            buffered=len(self._buffer),
+            paused=self.paused,
+            breaker=self._breaker.state,
+            failures=self.failures,
+        )
+
+
+class EmitterPool:
+    """Runs emitter workers over one subscriber and one publisher socket.
+
+    Example::
+
+        def project(event): ...
+
+        with EmitterPool(config=HealthConfig(check_interval=1000)) as pool:
+            pool.add("orders", "$all", project)
+            ...
+    """
+
+    def __init__(
+        self,
+        *,
+        config: HealthConfig | None = None,
+        frontend: str | None = None,
+        backend: str | None = None,
+        node: str | None = None,
+        secret: str | bytes | None = None,
+    ) -> None:
+        self.config = config if config is not None else HealthConfig()
+        self._frontend = frontend
+        self._backend = backend
+        self._node = node
+        self._secret = secret
+        self._workers: dict[str, EmitterWorker] = {}
+        self._by_topic: dict[str, list[EmitterWorker]] = {}
+        self._stores: set[str] = set()
+        self._loop = LoopThread("exesdb-emitter-pool")
+        self._sub: AsyncSubscriber | None = None
+        self._outbox: asyncio.Queue[Any] | None = None
+        self._pub_id = ""
+
+    @property
+    def workers(self) -> list[EmitterWorker]:
+        return list(self._workers.values())
+
+    def start(self) -> Self:
+        """Connect; raises ``BrokerUnavailableError`` when no broker answers."""
+        self._loop.start(self._main, _START_TIMEOUT)
+        return self
+
+    def add(
+        self, store: str, selector: str, subscriber: SubscriberFunction, *, subscription: str | None = None
+    ) -> EmitterWorker:
+        """Start a worker delivering ``store``/``selector`` events to ``subscriber``.
+
+        ``subscription`` names its subscription in health reports (default
+        ``"<store>:<selector>"``). Returns once its subscriptions are confirmed by the broker.
+        """
+        return self._loop.run(self._add(store, selector, subscriber, subscription), _START_TIMEOUT)
+
+    async def _add(
+        self, store: str, selector: str, subscriber: SubscriberFunction, subscription: str | None
+    ) -> EmitterWorker:
+        assert self._sub is not None
+        name = subscription or f"{store}:{selector}"
+        if name in self._workers:
+            raise ValueError(f"a worker for subscription {name!r} already runs in this pool")
+        worker = EmitterWorker(self, store, selector, subscriber, name)
+        self._workers[name] = worker
+        self._by_topic.setdefault(worker.topic, []).append(worker)
+        await self._sub.subscribe("events", f"{store}:{selector}", wait=False)
+        if store not in self._stores:
+            self._stores.add(store)
+            for instance, prefix in (
+                ("health", f"store_health:{store}"),
+                ("health", f"health_summary:{store}"),
+                ("metrics", f"store_metrics:{store}"),
+                ("metrics", f"metrics_summary:{store}"),
+            ):
+                await self._sub.subscribe(instance, prefix, wait=False)
+            observe.emit(log, "success", f"🩺 SUBSCRIBED to health events for store: {store}", store=store)
+            observe.emit(log, "success", f"📈 SUBSCRIBED to metrics events for store: {store}", store=store)
+        await self._sub.wait_ready()
+        worker.start()
+        return worker
+
+    def report(self, worker: EmitterWorker, state: SubscriptionState) -> None:
+        """Publish a worker's status (called in the loop)."""
+        if self._outbox is None or not self.config.enabled:
+            return
+        self._outbox.put_nowait(
+            SubscriptionHealth(
+                store=worker.store,
+                subscription=worker.subscription,
+                status=state.status,
+                event=state.last_event or "heartbeat",
+                node=self._node,
+                event_count=state.event_count,
+                error_count=state.error_count,
+                last_error=state.last_error,
+                last_seen=state.last_seen,
+                metadata={REPORTER_KEY: self._pub_id},
+            )
+        )
+
+    async def _main(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        self._outbox = asyncio.Queue()
+        async with (
+            AsyncPublisher(self._frontend, node=self._node, secret=self._secret) as pub,
+            AsyncSubscriber(self._backend, secret=self._secret) as sub,
+        ):
+            self._pub_id = pub.pub_id
+            self._sub = sub
+            tasks = [
+                asyncio.create_task(self._publish_loop(pub)),
+                asyncio.create_task(self._receive_loop(sub)),
+                asyncio.create_task(self._timer_loop()),
+            ]
+            ready.set()
+            await stop.wait()
+            for worker in list(self._workers.values()):
+                await worker.stop("shutdown")
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            while not self._outbox.empty():
+                await pub.publish_message(self._outbox.get_nowait())
+
+    async def _publish_loop(self, pub: AsyncPublisher) -> None:
+        assert self._outbox is not None
+        while True:
+            await pub.publish_message(await self._outbox.get())
+
+    async def _receive_loop(self, sub: AsyncSubscriber) -> None:
+        async for message in sub:
+            self._dispatch(message)
+
+    def _dispatch(self, message: Message) -> None:
+        payload = message.payload
+        if isinstance(payload, Events):
+            for receiver in self._by_topic.get(message.topic, ()):
+                receiver.take(payload.events)
+        elif isinstance(payload, SubscriptionHealth):
+            observe.emit(
+                log,
+                "health",
+                f"📡 HEALTH EVENT: {payload.subscription} -> {payload.event} ({payload.status})",
+                store=payload.store,
+                subscription=payload.subscription,
+                status=payload.status,
+            )
+            worker = self._workers.get(payload.subscription)
+            if worker is not None and payload.store == worker.store and self._from_elsewhere(message, payload):
+                worker.on_health(payload)
+        elif isinstance(payload, HealthSummary):
+            observe.emit(
+                log,
+                "health",
+                f"📈 HEALTH SUMMARY: Store {payload.store} - {payload.healthy}/{payload.total} healthy subscriptions",
+                store=payload.store,
+                healthy=payload.healthy,
+                total=payload.total,
+            )
+        elif isinstance(payload, EmitterMetrics):
+            stamp = message.time.isoformat(timespec="seconds").replace("+00:00", "Z")
+            observe.emit(
+                log,
+                "action",
+                f"📈 METRICS EVENT: {payload.store} -> events_per_second={payload.events_per_second:g} @{stamp}",
+                store=payload.store,
+                subscription=payload.subscription,
+            )
+        elif isinstance(payload, MetricsSummary):
+            observe.emit(
+                log,
+                "action",
+                f"📉 METRICS SUMMARY: Store {payload.store} - {payload.events_per_second:g} eps, "
+                f"{payload.total_events} total, {payload.active_subscriptions} active subs",
+                store=payload.store,
+            )
+
+    def _from_elsewhere(self, message: Message, report: SubscriptionHealth) -> bool:
+        """Whether a report carries someone else's observation (not this pool's, even mirrored)."""
+        return message.pub != self._pub_id and report.metadata.get(REPORTER_KEY) != self._pub_id
+
+    async def _timer_loop(self) -> None:
+        assert self._outbox is not None
+        heartbeat = self.config.check_interval / 1000
+        metrics = self.config.metrics_interval / 1000
+        next_heartbeat = time.monotonic() + heartbeat
+        next_metrics = time.monotonic() + metrics
+        while True:
+            await asyncio.sleep(max(0.0, min(next_heartbeat, next_metrics) - time.monotonic()))
+            now = time.monotonic()
+            if now >= next_heartbeat:
+                next_heartbeat = now + heartbeat
+                for worker in self._workers.values():
+                    worker.heartbeat()
+            if now >= next_metrics:
+                next_metrics = now + metrics
+                self._publish_metrics()
+
+    def _publish_metrics(self) -> None:
+        assert self._outbox is not None
+        by_store: dict[str, list[EmitterMetrics]] = {}
+        for worker in self._workers.values():
+            own = worker.metrics()
+            by_store.setdefault(worker.store, []).append(own)
+            self._outbox.put_nowait(own)
+        for store, figures in by_store.items():
+            self._outbox.put_nowait(
+                MetricsSummary(
+                    store=store,
+                    events_per_second=round(sum(f.events_per_second for f in figures), 3),
+                    total_events=sum(f.total_events for f in figures),
+                    active_subscriptions=sum(1 for f in figures if not f.paused),
+                    dropped_events=sum(f.dropped_events for f in figures),
+                    period_ms=self.config.metrics_interval,
+                    node=self._node,
+                )
+            )
+
+    def stop(self) -> None:
+        """Stop every worker (termination banners), publish what is pending, disconnect."""
+        self._loop.stop(10.0)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
