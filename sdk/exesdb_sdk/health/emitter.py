@@ -475,12 +475,13 @@ class EmitterPool:
                 log,
                 "health",
                 f"📡 HEALTH EVENT: {payload.subscription} -> {payload.event} ({payload.status})",
+                level=logging.DEBUG if payload.event == "heartbeat" else logging.INFO,
                 store=payload.store,
                 subscription=payload.subscription,
                 status=payload.status,
             )
             worker = self._workers.get(payload.subscription)
-            if worker is not None and payload.store == worker.store and self._from_elsewhere(message, payload):
+            if worker is not None and payload.store == worker.store and message.pub != self._pub_id:
                 worker.on_health(payload)
         elif isinstance(payload, HealthSummary):
             observe.emit(
@@ -508,10 +509,6 @@ class EmitterPool:
                 f"{payload.total_events} total, {payload.active_subscriptions} active subs",
                 store=payload.store,
             )
-
-    def _from_elsewhere(self, message: Message, report: SubscriptionHealth) -> bool:
-        """Whether a report carries someone else's observation (not this pool's, even mirrored)."""
-        return message.pub != self._pub_id and report.metadata.get(REPORTER_KEY) != self._pub_id
 
     async def _timer_loop(self) -> None:
         assert self._outbox is not None

@@ -24,8 +24,7 @@ __all__ = ["REPORTER_KEY", "SubscriptionHealthTracker"]
 log = logging.getLogger("exesdb.health")
 
 REPORTER_KEY: Final = "reporter"
-"""``SubscriptionHealth.metadata`` key naming the publisher whose observation a report carries;
-a worker ignores reports of its own observations, however they travelled."""
+"""``SubscriptionHealth.metadata`` key naming the publisher whose observation a report carries."""
 _START_TIMEOUT: Final = 10.0
 
 
@@ -108,20 +107,16 @@ class SubscriptionHealthTracker:
             self._send(report)
 
     def _adopt(self, report: SubscriptionHealth) -> None:
-        """Take another process's report as the latest word on that subscription."""
+        """Take another process's report as the latest word on that subscription. It is not
+        published again: everyone listening heard it already."""
         with self._lock:
             state = self._states.setdefault(report.subscription, SubscriptionState(report.subscription))
-            changed = state.status != report.status
             state.status = report.status
             state.last_event = report.event
             state.last_seen = time.time_ns()
             state.event_count = max(state.event_count, report.event_count)
             state.error_count = max(state.error_count, report.error_count)
             state.last_error = report.last_error or state.last_error
-            reporter = str(report.metadata.get(REPORTER_KEY, ""))
-            mirrored = self._report(state, reporter) if changed else None
-        if mirrored is not None:
-            self._send(mirrored)
 
     def _report(self, state: SubscriptionState, reporter: str) -> SubscriptionHealth:
         return SubscriptionHealth(
@@ -202,6 +197,7 @@ class SubscriptionHealthTracker:
                 log,
                 "health",
                 f"📈 HEALTH SUMMARY: Store {self.store} - {summary.healthy}/{summary.total} healthy subscriptions",
+                level=logging.DEBUG,  # emitter pools log the summaries they receive
                 store=self.store,
                 total=summary.total,
                 healthy=summary.healthy,
