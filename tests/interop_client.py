@@ -313,8 +313,7 @@ class RawPublisher:
         """Send a batch (§5): one array of envelopes with consecutive seqs."""
         validate_topic(topic)
         envelopes = [
-            make_envelope(type_, data, pub=self.pub_id, seq=self.next_seq(topic), src=self.src)
-            for data in items
+            make_envelope(type_, data, pub=self.pub_id, seq=self.next_seq(topic), src=self.src) for data in items
         ]
         if not envelopes:
             raise ValueError("a batch must not be empty")

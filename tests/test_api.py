@@ -10,9 +10,7 @@ import pytest
 from exesdb_sdk import errors
 
 
-@pytest.mark.parametrize(
-    "module", ["exesdb_sdk", "exesdb_broker", "exesdb_sdk.protocol", "exesdb_sdk.errors"]
-)
+@pytest.mark.parametrize("module", ["exesdb_sdk", "exesdb_broker", "exesdb_sdk.protocol", "exesdb_sdk.errors"])
 def test_all_is_sorted_and_complete(module: str) -> None:
     mod = importlib.import_module(module)
     names = list(mod.__all__)

@@ -241,9 +241,7 @@ def test_port_in_use_is_a_one_line_error(start_broker: StartBroker) -> None:
         ("--hwm", "0", "--hwm: 0 is not greater than zero"),
     ],
 )
-def test_bad_settings_are_a_one_line_error(
-    start_broker: StartBroker, flag: str, value: str, message: str
-) -> None:
+def test_bad_settings_are_a_one_line_error(start_broker: StartBroker, flag: str, value: str, message: str) -> None:
     broker = start_broker(flag, value, ready=False)
     assert broker.wait_exit(15) == 2
     assert len(broker.lines) == 1, broker.stderr

@@ -69,9 +69,6 @@ def sub(shared_broker: BrokerProcess) -> Iterator[Subscriber]:
         yield subscriber
 
 
-
-
-
 def test_the_catalogue_has_every_type_of_the_design() -> None:
     expected = {
         "SystemConfig", "SystemLifecycle", "FeatureToggle",

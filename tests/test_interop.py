@@ -77,9 +77,7 @@ def doc_instance_table() -> dict[str, str]:
 # Helpers
 
 
-def recv_until(
-    sub: RawSubscriber, predicate: Callable[[Envelope], bool], timeout: float = TIMEOUT
-) -> list[Envelope]:
+def recv_until(sub: RawSubscriber, predicate: Callable[[Envelope], bool], timeout: float = TIMEOUT) -> list[Envelope]:
     """Envelopes received until one satisfies ``predicate`` (included), within ``timeout``."""
     deadline = time.monotonic() + timeout
     got: list[Envelope] = []

@@ -146,9 +146,7 @@ def test_rich_styles_each_category(log: logging.Logger) -> None:
     assert len({tuple(codes) for codes in seen.values()}) == len(CATEGORIES)
 
 
-def test_rich_action_is_amber_on_16_colour_terminals(
-    log: logging.Logger, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_rich_action_is_amber_on_16_colour_terminals(log: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TERM", "xterm")
     monkeypatch.delenv("COLORTERM")
     stream, _ = attach(output="rich")
@@ -460,9 +458,7 @@ def test_env_variables(log: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> 
         ("EXESDB_OBSERVE_OUTPUT", "json\nplain"),
     ],
 )
-def test_bad_env_variables(
-    log: logging.Logger, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
-) -> None:
+def test_bad_env_variables(log: logging.Logger, monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
     _, before = attach(output="plain", categories=None)
     monkeypatch.setenv(variable, value)
     with pytest.raises(ConfigError) as caught:

@@ -36,9 +36,7 @@ def test_sdk_examples_run_and_print_what_the_readme_says(
         "EXESDB_BACKEND": broker.backend,
         "EXESDB_CONTROL": broker.control,
     }
-    done = subprocess.run(
-        [sys.executable, "-c", example.group(1)], env=env, capture_output=True, text=True, timeout=30
-    )
+    done = subprocess.run([sys.executable, "-c", example.group(1)], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout == expected.group(1)
 

@@ -262,9 +262,7 @@ def broadcast_diagnostics(
     causation_id: str | None = None,
 ) -> int:
     """``DebugTrace`` on ``ex_esdb_diagnostics/traces:<component>``."""
-    trace = DebugTrace(
-        component=component, message=message, data=dict(data or {}), span_id=span_id, node=node
-    )
+    trace = DebugTrace(component=component, message=message, data=dict(data or {}), span_id=span_id, node=node)
     return broadcast(trace, publisher=publisher, correlation_id=correlation_id, causation_id=causation_id)
 
 

@@ -295,9 +295,7 @@ class ObservabilityHandler(logging.Handler):
         self._stream.write(text + "\n")
         self._stream.flush()
 
-    def _plain(
-        self, record: logging.LogRecord, category: str | None, kind: str | None, fields: dict[str, Any]
-    ) -> str:
+    def _plain(self, record: logging.LogRecord, category: str | None, kind: str | None, fields: dict[str, Any]) -> str:
         prefix = f"{_hms(record)} {record.levelname}" + (f" [{category}]" if category else "")
         if kind is not None:
             lines = [f"{prefix} {''.join(part for part, _ in line)}" for line in self._box(kind, fields)]
@@ -306,9 +304,7 @@ class ObservabilityHandler(logging.Handler):
             text = f"{prefix} {record.getMessage()}"
         return text + _exception_text(record)
 
-    def _rich(
-        self, record: logging.LogRecord, category: str | None, kind: str | None, fields: dict[str, Any]
-    ) -> Text:
+    def _rich(self, record: logging.LogRecord, category: str | None, kind: str | None, fields: dict[str, Any]) -> Text:
         from rich.text import Text
 
         text = Text()
@@ -334,9 +330,7 @@ class ObservabilityHandler(logging.Handler):
             text.append(exc)
         return text
 
-    def _json(
-        self, record: logging.LogRecord, category: str | None, kind: str | None, fields: dict[str, Any]
-    ) -> str:
+    def _json(self, record: logging.LogRecord, category: str | None, kind: str | None, fields: dict[str, Any]) -> str:
         ts = _dt.datetime.fromtimestamp(record.created, tz=_dt.UTC)
         obj: dict[str, Any] = {
             "ts": ts.isoformat(timespec="milliseconds").replace("+00:00", "Z"),

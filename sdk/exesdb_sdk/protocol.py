@@ -285,9 +285,7 @@ class Encoder:
     ) -> bytes:
         """The body of a batch: one envelope per item of ``batch``, consecutive sequence numbers."""
         start = self._seqs.get(topic, 0)
-        envelopes = [
-            self.envelope(seq, type, data, corr, cause, trace) for seq, data in enumerate(batch, start + 1)
-        ]
+        envelopes = [self.envelope(seq, type, data, corr, cause, trace) for seq, data in enumerate(batch, start + 1)]
         if not envelopes:
             raise ProtocolError("bad_data", "a batch needs at least one item")
         if self.secret is None:
