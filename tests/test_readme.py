@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +55,88 @@ def test_readme_broker_flags_match_the_broker() -> None:
     documented = set(re.findall(r"^\| `--([a-z-]+)", README, re.MULTILINE))
     fields = {name.replace("_", "-") for name in BrokerConfig.__dataclass_fields__}
     assert documented == fields | {"config"}
+
+
+def _section_commands(marker: str) -> list[str]:
+    start = README.index(marker)
+    block = re.search(r"```sh\n(.*?)```", README[start:], re.DOTALL)
+    assert block
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _env_with_ports(clean_env: dict[str, str]) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**clean_env, "PATH": bin_dir + ":" + clean_env.get("PATH", "")}
+    for name in ("FRONTEND", "BACKEND", "CONTROL"):
+        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{_free_port()}"
+    return env
+
+
+@pytest.mark.timeout(90)
+def test_quick_start_commands_work_together(clean_env: dict[str, str]) -> None:
+    broker_cmd, tail_cmd, publish_cmd = _section_commands("quick start: run by tests/test_readme.py")
+    env = _env_with_ports(clean_env)
+    program, *args = shlex.split(broker_cmd)
+    assert program == "exesdb-broker"
+    broker = BrokerProcess(args, env=env).wait_ready()  # the same script, with its stderr read
+    try:
+        tail = subprocess.Popen(
+            tail_cmd + " --count 1 --timeout 20",
+            shell=True,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert tail.stderr is not None and tail.stderr.readline().startswith("exesdb tail: following")
+        done = subprocess.run(publish_cmd, shell=True, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        out, _ = tail.communicate(timeout=30)
+        assert tail.returncode == 0
+        message = json.loads(out)
+        assert (message["topic"], message["type"], message["data"]["status"]) == (
+            "ex_esdb_health/node_health:node1", "NodeHealth", "degraded",
+        )  # fmt: skip
+    finally:
+        code = broker.stop()
+    assert code == 0
+
+
+@pytest.mark.timeout(120)
+def test_every_command_example_runs(clean_env: dict[str, str]) -> None:
+    commands = _section_commands("commands: each line is run by tests/test_readme.py")
+    env = _env_with_ports(clean_env)
+    broker = BrokerProcess([], env=env).wait_ready()
+    try:
+        feeder = subprocess.Popen(  # something for the tails to see, published while they run
+            [sys.executable, "-c", FEEDER], env=env, stdin=subprocess.PIPE, text=True
+        )
+        try:
+            for command in commands:
+                done = subprocess.run(command, shell=True, env=env, capture_output=True, text=True, timeout=60)
+                assert done.returncode == 0, f"{command}: {done.stderr}"
+                assert "Traceback" not in done.stderr, command
+        finally:
+            feeder.communicate("stop\n", timeout=20)
+    finally:
+        broker.stop()
+
+
+FEEDER = """
+import sys, threading
+from exesdb_sdk import Publisher
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+with Publisher() as pub:
+    while not stop.wait(0.05):
+        pub.publish("alerts", "critical", "SystemAlert", {"severity": "critical", "title": "feeder"})
+        pub.publish("audit", "feeder", "Custom", {"n": 1})
+"""

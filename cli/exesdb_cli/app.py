@@ -1,22 +1,304 @@
-"""The ``exesdb`` command."""
+"""The ``exesdb`` command. Each command imports what it needs when it runs, so ``--help`` is fast."""
 
 from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated, Final, NoReturn
 
 import typer
 
 __all__ = ["app", "main"]
+
+EXIT_ERROR: Final = 1
+EXIT_TIMEOUT: Final = 124
 
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 
 
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    print(f"exesdb: error: {message}", file=sys.stderr, flush=True)
+    raise typer.Exit(code)
+
+
+def _run(action: Callable[[], int]) -> None:
+    """Run a command: exit with its status; an ExesdbError is one line and status 1; Ctrl-C is quiet."""
+    from exesdb_sdk.errors import ExesdbError
+
+    try:
+        code = action()
+    except ExesdbError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        code = 0
+    except BrokenPipeError:  # the reader went away (exesdb tail | head): stop quietly, like cat
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    raise typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from exesdb_sdk._version import __version__
+
+        print(f"exesdb {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
-    """exesdb: follow, publish and inspect the exesdb-pubsub bus."""
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """exesdb: follow, publish and inspect the exesdb-pubsub bus.
+
+    Endpoints come from --frontend/--backend/--control, else EXESDB_FRONTEND, EXESDB_BACKEND,
+    EXESDB_CONTROL, else 127.0.0.1 ports 7100/7101/7102. Errors are one line on stderr with
+    exit status 1.
+    """
+
+
+Backend = Annotated[
+    str | None,
+    typer.Option("--backend", envvar="EXESDB_BACKEND", help="Broker backend [default: tcp://127.0.0.1:7101]"),
+]
+Frontend = Annotated[
+    str | None,
+    typer.Option("--frontend", envvar="EXESDB_FRONTEND", help="Broker frontend [default: tcp://127.0.0.1:7100]"),
+]
+Control = Annotated[
+    str | None,
+    typer.Option("--control", envvar="EXESDB_CONTROL", help="Broker control endpoint [default: tcp://127.0.0.1:7102]"),
+]
+Secret = Annotated[
+    str | None, typer.Option("--secret", envvar="EXESDB_SECRET", help="Shared secret for signed messages")
+]
+ConnectTimeout = Annotated[float, typer.Option("--connect-timeout", help="Seconds to wait for the broker")]
+
+TAIL_HELP = """Follow live messages.
+
+INSTANCE is a short or full instance name (health or ex_esdb_health); with none, all ten.
+Output is pretty, coloured lines on a terminal and JSON lines otherwise. Sequence gaps and
+undecodable messages are reported on stderr and never stop the tail. Once subscribed, a line
+"exesdb tail: following ..." goes to stderr.
+
+Exit status: 0 after --count messages (or Ctrl-C), 124 when --timeout passes first, 1 on error.
+
+Examples:
+
+  exesdb tail health metrics
+
+  exesdb tail alerts --topic critical --count 1 --timeout 30
+
+  exesdb tail --exclude broker --json | jq .type
+"""
+
+
+@app.command(help=TAIL_HELP)
+def tail(
+    instances: Annotated[list[str] | None, typer.Argument(help="Instances to follow (default: all)")] = None,
+    topic: Annotated[
+        list[str] | None, typer.Option("--topic", "-t", help="Sub-topic prefix to follow (repeatable)")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", "-x", help="Sub-topic prefix to hide (repeatable)")
+    ] = None,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Exit 0 after this many messages")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0, help="Exit 124 if --count is not reached in this many seconds")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per line")] = False,
+    raw: Annotated[bool, typer.Option("--raw", help="The data only, one JSON object per line")] = False,
+    pretty: Annotated[bool, typer.Option("--pretty", help="Coloured lines even when not on a terminal")] = False,
+    timestamps: Annotated[
+        bool, typer.Option("--timestamps", help="Start pretty lines with receive time and delta")
+    ] = False,
+    backend: Backend = None,
+    secret: Secret = None,
+    connect_timeout: ConnectTimeout = 5.0,
+) -> None:
+    if sum((json_output, raw, pretty)) > 1:
+        _fail("choose one of --json, --raw and --pretty")
+    output = "json" if json_output else "raw" if raw else "pretty" if pretty or sys.stdout.isatty() else "json"
+
+    def action() -> int:
+        from .tail import run_tail
+
+        return run_tail(
+            instances=instances or [],
+            topics=topic or [],
+            excludes=exclude or [],
+            count=count,
+            timeout=timeout,
+            output=output,  # type: ignore[arg-type]
+            timestamps=timestamps,
+            backend=backend,
+            secret=secret,
+            connect_timeout=connect_timeout,
+        )
+
+    _run(action)
+
+
+PUBLISH_HELP = """Publish messages.
+
+DATA is a JSON object, the message's data; with no DATA it is read from stdin, or one per line
+with --lines. With --type naming a catalogue type (exesdb instances lists them) the data is
+validated first. Everything is checked before anything is sent: bad JSON, an unknown instance
+or a field that fails validation is one line on stderr, exit status 1, nothing sent. So is a
+broker that does not answer within --connect-timeout.
+
+Examples:
+
+  exesdb publish alerts critical '{"severity": "critical", "title": "disk full"}' --type SystemAlert
+
+  echo '{"msg": "hi"}' | exesdb publish logging app
+
+  exesdb publish metrics load '{"v": 1}' --count 10000 --rate 2000
+"""
+
+
+@app.command(help=PUBLISH_HELP)
+def publish(
+    instance: Annotated[str, typer.Argument(help="Instance, short or full name")],
+    subtopic: Annotated[str, typer.Argument(help="Sub-topic, e.g. store_health:orders")],
+    data: Annotated[str | None, typer.Argument(help="JSON object (default: read stdin)")] = None,
+    type_name: Annotated[str, typer.Option("--type", help="Message type; catalogue types are validated")] = "Custom",
+    lines: Annotated[bool, typer.Option("--lines", help="One message per stdin line")] = False,
+    corr: Annotated[str | None, typer.Option("--corr", help="Correlation id")] = None,
+    count: Annotated[int, typer.Option("--count", min=1, help="Send each message this many times")] = 1,
+    rate: Annotated[
+        float | None, typer.Option("--rate", min=0.001, help="Messages per second (default: as fast as possible)")
+    ] = None,
+    frontend: Frontend = None,
+    secret: Secret = None,
+    connect_timeout: ConnectTimeout = 5.0,
+    max_message_size: Annotated[
+        int, typer.Option("--max-message-size", min=1, help="Refuse bodies larger than this")
+    ] = 1 << 20,
+) -> None:
+    def action() -> int:
+        from .publish import run_publish
+
+        return run_publish(
+            instance=instance,
+            subtopic=subtopic,
+            data=data,
+            lines=lines,
+            type_name=type_name,
+            corr=corr,
+            count=count,
+            rate=rate,
+            frontend=frontend,
+            secret=secret,
+            connect_timeout=connect_timeout,
+            max_message_size=max_message_size,
+        )
+
+    _run(action)
+
+
+STATS_HELP = """Show the broker's counters: per-instance messages, bytes and rate, subscribers, publishers,
+malformed messages and uptime.
+
+Examples:
+
+  exesdb stats
+
+  exesdb stats --watch
+
+  exesdb stats --json | jq .totals
+"""
+
+
+@app.command(help=STATS_HELP)
+def stats(
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until Ctrl-C")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="The raw stats reply as JSON")] = False,
+    interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between refreshes")] = 1.0,
+    control: Control = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the broker")] = 5.0,
+) -> None:
+    def action() -> int:
+        from .stats import run_stats
+
+        return run_stats(control=control, watch=watch, as_json=as_json, interval=interval, timeout=timeout)
+
+    _run(action)
+
+
+INSTANCES_HELP = """List the ten instances with their aliases, default sub-topics and message types.
+
+Examples:
+
+  exesdb instances
+
+  exesdb instances --json
+"""
+
+
+@app.command(help=INSTANCES_HELP)
+def instances(as_json: Annotated[bool, typer.Option("--json", help="As JSON")] = False) -> None:
+    def action() -> int:
+        import json
+
+        from exesdb_sdk import Instance
+        from exesdb_sdk.messages import payload_types
+
+        types = {
+            instance: {n: c.__subtopic__ for n, c in payload_types().items() if c.__instance__ is instance}
+            for instance in Instance
+        }
+        if as_json:
+            rows = [
+                {"name": i.value, "alias": i.alias, "description": i.description, "types": types[i]} for i in Instance
+            ]
+            print(json.dumps(rows))
+            return 0
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title="exesdb instances")
+        for column in ("instance", "alias", "default sub-topic: message type", "carries"):
+            table.add_column(column)
+        for instance in Instance:
+            listed = "\n".join(f"{subtopic}: {name}" for name, subtopic in types[instance].items())
+            table.add_row(instance.value, instance.alias, listed, instance.description)
+        Console().print(table)
+        return 0
+
+    _run(action)
+
+
+DEMO_HELP = """A first look: an embedded broker, realistic traffic on every instance (health changes,
+metrics, alerts, lifecycle, audit, security, logs, and store events through a health-gated
+emitter pool with a flaky subscriber), tailed live in colour until Ctrl-C or --duration.
+
+Example:
+
+  exesdb demo --duration 20
+"""
+
+
+@app.command(help=DEMO_HELP)
+def demo(
+    duration: Annotated[float | None, typer.Option("--duration", min=0.1, help="Stop after this many seconds")] = None,
+    pace: Annotated[float, typer.Option("--pace", min=0.001, help="Seconds between synthetic events")] = 0.15,
+) -> None:
+    def action() -> int:
+        from .demo import run_demo
+
+        return run_demo(duration=duration, pace=pace)
+
+    _run(action)
 
 
 @app.command(
@@ -25,8 +307,6 @@ def _root() -> None:
 )
 def broker(ctx: typer.Context) -> None:
     """Run the broker; the same as exesdb-broker (see exesdb broker --help)."""
-    import sys
-
     from exesdb_broker.cli import main as broker_main
 
     sys.argv = ["exesdb broker", *ctx.args]

@@ -1,0 +1,107 @@
+"""``exesdb publish``: send messages. Everything is checked before anything is sent."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from exesdb_sdk import Instance, Publisher
+from exesdb_sdk.errors import ExesdbError
+from exesdb_sdk.messages import lookup
+from exesdb_sdk.protocol import Encoder
+
+__all__ = ["parse_payloads", "run_publish"]
+
+_PROGRESS_FROM = 1000
+
+
+def _parse(text: str, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ExesdbError(f"{where} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(value, dict):
+        raise ExesdbError(f"{where} must be a JSON object (the message's data), not {type(value).__name__}")
+    return value
+
+
+def parse_payloads(data: str | None, *, lines: bool, stdin: str | None) -> list[dict[str, Any]]:
+    """The data maps to send: DATA, else stdin as one document, or one per line with ``lines``."""
+    if data is not None:
+        if lines:
+            raise ExesdbError("--lines reads stdin: give no DATA argument with it")
+        return [_parse(data, "DATA")]
+    text = stdin if stdin is not None else ""
+    if lines:
+        payloads = [_parse(line, f"stdin line {n}") for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        if not payloads:
+            raise ExesdbError("stdin has no lines to publish")
+        return payloads
+    if not text.strip():
+        raise ExesdbError("no DATA given and stdin is empty")
+    return [_parse(text, "stdin")]
+
+
+def _check(instance: str, subtopic: str, type_name: str, payloads: Sequence[dict[str, Any]], max_size: int) -> None:
+    """Raise a one-line error unless every payload can be sent as given."""
+    cls = lookup(type_name)
+    encoder = Encoder(src="check", max_message_size=max_size)
+    topic = encoder.topic(instance, subtopic)
+    for payload in payloads:
+        if cls is not None:
+            cls.from_data(payload)
+        encoder.encode(topic, type_name, payload)
+
+
+def run_publish(
+    *,
+    instance: str,
+    subtopic: str,
+    data: str | None,
+    lines: bool,
+    type_name: str,
+    corr: str | None,
+    count: int,
+    rate: float | None,
+    frontend: str | None,
+    secret: str | None,
+    connect_timeout: float,
+    max_message_size: int,
+) -> int:
+    """Publish; return the exit status. Raises ExesdbError with a one-line message on bad input."""
+    stdin = None if data is not None else sys.stdin.read()
+    payloads = parse_payloads(data, lines=lines, stdin=stdin)
+    _check(instance, subtopic, type_name, payloads, max_message_size)
+    total = len(payloads) * count
+    interval = 1.0 / rate if rate else 0.0
+    progress = None
+    if total >= _PROGRESS_FROM and sys.stderr.isatty():
+        from rich.progress import Progress
+
+        progress = Progress(transient=True)
+    with Publisher(frontend, connect_timeout=connect_timeout, secret=secret, max_message_size=max_message_size) as pub:
+        started = time.monotonic()
+        task = progress.add_task("publishing", total=total) if progress else None
+        if progress:
+            progress.start()
+        try:
+            sent = 0
+            for _ in range(count):
+                for payload in payloads:
+                    if interval:
+                        delay = started + sent * interval - time.monotonic()
+                        if delay > 0:
+                            time.sleep(delay)  # the requested pace, not a wait for a socket
+                    pub.publish(instance, subtopic, type_name, payload, corr=corr)
+                    sent += 1
+                    if progress is not None and task is not None and sent % 100 == 0:
+                        progress.update(task, completed=sent)
+        finally:
+            if progress:
+                progress.stop()
+    plural = "" if total == 1 else "s"
+    print(f"exesdb publish: sent {total} message{plural} to {Instance.resolve(instance)}/{subtopic}", file=sys.stderr)
+    return 0

@@ -1,0 +1,78 @@
+"""``exesdb stats``: the broker's counters from its control endpoint."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from exesdb_sdk import ControlClient
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["render_stats", "run_stats"]
+
+
+def _size(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GiB"
+
+
+def _uptime(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s"
+
+
+def render_stats(stats: dict[str, Any]) -> Group:
+    """A table per instance, then the broker's totals."""
+    table = Table(title=f"exesdb-broker {stats.get('version', '?')} on {stats.get('node', '?')}")
+    table.add_column("instance")
+    table.add_column("messages", justify="right")
+    table.add_column("envelopes", justify="right")
+    table.add_column("bytes", justify="right")
+    table.add_column("msgs/s", justify="right")
+    for name, figures in stats["instances"].items():
+        table.add_row(
+            name,
+            f"{figures['messages']:,}",
+            f"{figures['envelopes']:,}",
+            _size(figures["bytes"]),
+            f"{figures['rate']:,.1f}",
+        )
+    totals = stats["totals"]
+    table.add_section()
+    table.add_row(
+        "total", f"{totals['messages']:,}", f"{totals['envelopes']:,}", _size(totals["bytes"]), f"{totals['rate']:,.1f}"
+    )
+    footer = Text(
+        f"subscribers {stats['subscribers']}  publishers {stats['publishers']}  "
+        f"malformed {stats['malformed']}  uptime {_uptime(stats['uptime'])}"
+    )
+    return Group(table, footer)
+
+
+def run_stats(*, control: str | None, watch: bool, as_json: bool, interval: float, timeout: float) -> int:
+    with ControlClient(control, timeout=timeout) as client:
+        if as_json and not watch:
+            print(json.dumps(client.stats()))
+            return 0
+        if as_json:
+            while True:  # one JSON line per interval until Ctrl-C
+                print(json.dumps(client.stats()), flush=True)
+                time.sleep(interval)  # the refresh period
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console()
+        if not watch:
+            console.print(render_stats(client.stats()))
+            return 0
+        with Live(render_stats(client.stats()), console=console, refresh_per_second=4) as live:
+            while True:
+                time.sleep(interval)  # the refresh period
+                live.update(render_stats(client.stats()))

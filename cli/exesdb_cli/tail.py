@@ -1,0 +1,107 @@
+"""``exesdb tail``: follow live messages."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import Final, Literal
+
+from exesdb_sdk import Instance, ReceiveTimeoutError, Subscriber
+from exesdb_sdk.errors import ExesdbError, ProtocolError
+
+from .render import pretty, to_json, to_raw
+
+__all__ = ["EXIT_TIMEOUT", "Output", "run_tail"]
+
+EXIT_TIMEOUT: Final = 124
+Output = Literal["pretty", "json", "raw"]
+
+
+def _subscriptions(instances: Sequence[str], topics: Sequence[str]) -> list[tuple[Instance | None, str]]:
+    """(instance, prefix) pairs: every instance (or all) times every topic prefix (or none).
+
+    A topic given in full (``ex_esdb_health/store_health:``) names its own instance."""
+    chosen = [Instance.resolve(name) for name in instances]
+    pairs: list[tuple[Instance | None, str]] = []
+    for topic in topics:
+        head, sep, rest = topic.partition("/")
+        if sep:
+            try:
+                pairs.append((Instance.resolve(head), rest))
+                continue
+            except ExesdbError:
+                pass
+        for instance in chosen or list(Instance):
+            pairs.append((instance, topic))
+    if not topics:
+        pairs = [(instance, "") for instance in chosen] if chosen else [(None, "")]
+    return pairs
+
+
+def _excluded(topic: str, subtopic: str, excludes: Sequence[str]) -> bool:
+    return any(subtopic.startswith(prefix) or topic.startswith(prefix) for prefix in excludes)
+
+
+def run_tail(
+    *,
+    instances: Sequence[str],
+    topics: Sequence[str],
+    excludes: Sequence[str],
+    count: int | None,
+    timeout: float | None,
+    output: Output,
+    timestamps: bool,
+    backend: str | None,
+    secret: str | None,
+    connect_timeout: float,
+) -> int:
+    """Follow messages until ``count`` (exit 0), ``timeout`` (exit 124) or Ctrl-C (exit 0)."""
+    pairs = _subscriptions(instances, topics)
+    console = None
+    if output == "pretty":
+        from rich.console import Console
+
+        console = Console(highlight=False, soft_wrap=True)
+
+    def on_gap(message: object, missing: int) -> None:
+        topic = getattr(message, "topic", "?")
+        print(f"exesdb tail: {missing} message(s) missing on {topic} (sequence gap)", file=sys.stderr, flush=True)
+
+    def on_error(error: ProtocolError, frames: Sequence[bytes]) -> None:
+        topic = frames[0][:80].decode("utf-8", "replace") if frames else "?"
+        print(f"exesdb tail: skipped a message on {topic}: {error}", file=sys.stderr, flush=True)
+
+    with Subscriber(backend, subscribe_timeout=connect_timeout, secret=secret, on_gap=on_gap, on_error=on_error) as sub:
+        for instance, prefix in pairs:
+            sub.subscribe(instance, prefix, wait=False)
+        sub.wait_ready()
+        names = ", ".join(
+            f"{i.value if i else 'all instances'}/{p}" if p else (i.value if i else "all instances") for i, p in pairs
+        )
+        print(f"exesdb tail: following {names} on {sub.backend}", file=sys.stderr, flush=True)
+        seen = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        previous = time.time()
+        while count is None or seen < count:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return EXIT_TIMEOUT
+            try:
+                message = sub.recv(remaining)
+            except ReceiveTimeoutError:
+                return EXIT_TIMEOUT
+            if excludes and _excluded(message.topic, message.subtopic, excludes):
+                continue
+            seen += 1
+            if output == "json":
+                print(to_json(message), flush=True)
+            elif output == "raw":
+                print(to_raw(message), flush=True)
+            else:
+                assert console is not None
+                now = time.time()
+                text, style = pretty(message, received=now if timestamps else None, delta=now - previous)
+                previous = now
+                console.print(text, style=style, markup=False)
+    return 0
