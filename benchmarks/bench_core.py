@@ -306,9 +306,7 @@ def sdk_publisher(
     return {"sent": count, "send_seconds": elapsed}
 
 
-def raw_subscriber(
-    *, ready: Callable[[], None], backend: str, count: int, stamp_offset: int | None
-) -> dict[str, Any]:
+def raw_subscriber(*, ready: Callable[[], None], backend: str, count: int, stamp_offset: int | None) -> dict[str, Any]:
     """Receive up to ``count`` messages with ``recv_multipart`` (no decoding); with
     ``stamp_offset``, read the publisher's monotonic stamp there and record latencies."""
     context = zmq.Context()
@@ -702,12 +700,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side (default 5)")
     parser.add_argument("--quick", action="store_true", help="tiny counts, 1 repetition: a smoke run")
-    parser.add_argument(
-        "--json-out", type=Path, help="JSON file (default benchmarks/results/core-<UTC>.json)"
-    )
-    parser.add_argument(
-        "--profile", type=Path, metavar="DIR", help="after the runs, one more per side under cProfile"
-    )
+    parser.add_argument("--json-out", type=Path, help="JSON file (default benchmarks/results/core-<UTC>.json)")
+    parser.add_argument("--profile", type=Path, metavar="DIR", help="after the runs, one more per side under cProfile")
     parser.add_argument(
         "--only",
         action="append",

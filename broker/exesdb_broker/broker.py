@@ -68,9 +68,7 @@ class Broker:
     @property
     def running(self) -> bool:
         """Whether the broker has started and its threads are all alive."""
-        return (
-            self._started and not self._stopped and self._service.is_alive() and self._proxy_thread.is_alive()
-        )
+        return self._started and not self._stopped and self._service.is_alive() and self._proxy_thread.is_alive()
 
     def start(self) -> Self:
         """Bind and start forwarding. Raises :class:`BindError` or :class:`ConfigError`."""
@@ -161,9 +159,7 @@ class Broker:
             raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, "proxy")
 
         self._book = StatsBook(self._tap.counters)
-        self._service = Service(
-            service_sockets, self._book, node=config.node, metrics_interval=config.metrics_interval
-        )
+        self._service = Service(service_sockets, self._book, node=config.node, metrics_interval=config.metrics_interval)
         self._service.lifecycle("starting")
         self._service.lifecycle("started")
         self._service.start()

@@ -47,22 +47,14 @@ def serve(
         str | None,
         typer.Option(help="ROUTER endpoint for control requests [default: tcp://127.0.0.1:7102]"),
     ] = None,
-    config: Annotated[
-        Path | None, typer.Option(help="TOML file with a [broker] table (or EXESDB_CONFIG)")
-    ] = None,
-    log_level: Annotated[
-        str | None, typer.Option(help=f"One of {', '.join(LOG_LEVELS)} [default: info]")
-    ] = None,
-    log_format: Annotated[
-        str | None, typer.Option(help=f"One of {', '.join(LOG_FORMATS)} [default: text]")
-    ] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML file with a [broker] table (or EXESDB_CONFIG)")] = None,
+    log_level: Annotated[str | None, typer.Option(help=f"One of {', '.join(LOG_LEVELS)} [default: info]")] = None,
+    log_format: Annotated[str | None, typer.Option(help=f"One of {', '.join(LOG_FORMATS)} [default: text]")] = None,
     max_message_size: Annotated[
         int | None, typer.Option(help="Largest accepted frame in bytes [default: 1048576]")
     ] = None,
     hwm: Annotated[int | None, typer.Option(help="Messages queued per connection [default: 10000]")] = None,
-    metrics_interval: Annotated[
-        float | None, typer.Option(help="Seconds between broker metrics [default: 5]")
-    ] = None,
+    metrics_interval: Annotated[float | None, typer.Option(help="Seconds between broker metrics [default: 5]")] = None,
     node: Annotated[
         str | None,
         typer.Option(help="Node name in the broker's own messages [default: host name]"),

@@ -71,9 +71,7 @@ class ControlHandler:
         operation = self._ops.get(request["op"])
         if operation is None:
             known = ", ".join(sorted(self._ops))
-            return encode_error_reply(
-                "unknown_op", f"unknown op {request['op']!r} (known: {known})", request_id
-            )
+            return encode_error_reply("unknown_op", f"unknown op {request['op']!r} (known: {known})", request_id)
         try:
             return encode_reply(operation(request), request_id)
         except ProtocolError as exc:

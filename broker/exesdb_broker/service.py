@@ -157,9 +157,7 @@ class Service:
     def _on_subscription(self, message: bytes) -> None:
         if message.startswith(_PROBE):
             topic = message[1:]
-            body = self._encoder.encode(
-                topic, "ProbeAck", {"token": topic[len(_PROBE) - 1 :].decode(errors="replace")}
-            )
+            body = self._encoder.encode(topic, "ProbeAck", {"token": topic[len(_PROBE) - 1 :].decode(errors="replace")})
             try:
                 self._sockets.publisher.send_multipart((topic, body), zmq.NOBLOCK)
             except zmq.Again:

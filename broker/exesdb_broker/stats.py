@@ -62,8 +62,7 @@ class StatsBook:
             return
         messages = dict(self.counters.messages)
         self.rates = {
-            instance: (count - self._last_messages.get(instance, 0)) / elapsed
-            for instance, count in messages.items()
+            instance: (count - self._last_messages.get(instance, 0)) / elapsed for instance, count in messages.items()
         }
         self._last_messages = messages
         self._last_sample = now
