@@ -6,9 +6,16 @@ import asyncio
 import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Final, Self, TypeVar
 
-__all__ = ["LoopThread"]
+from ..aio import AsyncPublisher, AsyncSubscriber
+from ..messages import Payload
+
+__all__ = ["BusService", "LoopThread"]
+
+_START_TIMEOUT: Final = 10.0
+_STOP_TIMEOUT: Final = 10.0
 
 T = TypeVar("T")
 
@@ -80,3 +87,87 @@ class LoopThread:
             self._loop.call_soon_threadsafe(self._stop.set)
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+class BusService:
+    """A component with a synchronous API whose bus I/O runs in a :class:`LoopThread`.
+
+    It owns one asyncio publisher and one subscriber. Subclasses subscribe in :meth:`_setup`,
+    return their long-running coroutines from :meth:`_tasks`, and hand messages to
+    :meth:`_publish` (in the loop) or :meth:`_publish_soon` (from any thread); pending messages
+    are published before it disconnects.
+    """
+
+    _name = "exesdb-bus-service"
+
+    def __init__(self, frontend: str | None, backend: str | None, node: str | None, secret: str | bytes | None) -> None:
+        self._frontend = frontend
+        self._backend = backend
+        self._node = node
+        self._secret = secret
+        self._loop = LoopThread(self._name)
+        self._outbox: asyncio.Queue[Payload] | None = None
+        self._pub_id = ""
+
+    def start(self) -> Self:
+        """Connect and start; raises ``BrokerUnavailableError`` when no broker answers."""
+        self._loop.start(self._main, _START_TIMEOUT)
+        return self
+
+    def stop(self) -> None:
+        """Publish what is pending and disconnect. Idempotent."""
+        self._loop.stop(_STOP_TIMEOUT)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    async def _setup(self, sub: AsyncSubscriber) -> None:
+        """Subscribe to what the component listens to (before it counts as started)."""
+
+    def _tasks(self, sub: AsyncSubscriber) -> list[Coroutine[Any, Any, None]]:
+        """The component's own loops, cancelled at stop."""
+        return []
+
+    async def _teardown(self) -> None:
+        """Last words before the loops are cancelled and the outbox flushed."""
+
+    def _publish(self, message: Payload) -> None:
+        """Queue a message for publishing (in the loop thread)."""
+        if self._outbox is not None:
+            self._outbox.put_nowait(message)
+
+    def _publish_soon(self, message: Payload) -> None:
+        """Queue a message for publishing from any thread."""
+        self._loop.call(lambda: self._publish(message))
+
+    async def _main(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
+        outbox: asyncio.Queue[Payload] = asyncio.Queue()
+        self._outbox = outbox
+        async with (
+            AsyncPublisher(self._frontend, node=self._node, secret=self._secret) as pub,
+            AsyncSubscriber(self._backend, secret=self._secret) as sub,
+        ):
+            self._pub_id = pub.pub_id
+            await self._setup(sub)
+
+            async def publish_loop() -> None:
+                while True:
+                    await pub.publish_message(await outbox.get())
+
+            tasks = [asyncio.create_task(publish_loop())] + [asyncio.create_task(t) for t in self._tasks(sub)]
+            ready.set()
+            await stop.wait()
+            await self._teardown()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            while not outbox.empty():
+                await pub.publish_message(outbox.get_nowait())

@@ -31,16 +31,15 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
 from .. import observe
-from ..aio import AsyncPublisher, AsyncSubscriber
+from ..aio import AsyncSubscriber
 from ..messages import EmitterMetrics, Events, HealthSummary, MetricsSummary, SubscriptionHealth
 from ..protocol import Message
-from ._loop import LoopThread
+from ._loop import BusService
 from .breaker import CircuitBreaker
 from .config import HealthConfig
 from .status import SubscriptionState, apply_event
@@ -335,8 +334,11 @@ class EmitterWorker:
         )
 
 
-class EmitterPool:
+class EmitterPool(BusService):
     """Runs emitter workers over one subscriber and one publisher socket.
+
+    ``stop()`` stops every worker (with its termination banner), publishes what is pending and
+    disconnects.
 
     Example::
 
@@ -347,6 +349,8 @@ class EmitterPool:
             ...
     """
 
+    _name = "exesdb-emitter-pool"
+
     def __init__(
         self,
         *,
@@ -356,27 +360,16 @@ class EmitterPool:
         node: str | None = None,
         secret: str | bytes | None = None,
     ) -> None:
+        super().__init__(frontend, backend, node, secret)
         self.config = config if config is not None else HealthConfig()
-        self._frontend = frontend
-        self._backend = backend
-        self._node = node
-        self._secret = secret
         self._workers: dict[str, EmitterWorker] = {}
         self._by_topic: dict[str, list[EmitterWorker]] = {}
         self._stores: set[str] = set()
-        self._loop = LoopThread("exesdb-emitter-pool")
         self._sub: AsyncSubscriber | None = None
-        self._outbox: asyncio.Queue[Any] | None = None
-        self._pub_id = ""
 
     @property
     def workers(self) -> list[EmitterWorker]:
         return list(self._workers.values())
-
-    def start(self) -> Self:
-        """Connect; raises ``BrokerUnavailableError`` when no broker answers."""
-        self._loop.start(self._main, _START_TIMEOUT)
-        return self
 
     def add(
         self, store: str, selector: str, subscriber: SubscriberFunction, *, subscription: str | None = None
@@ -416,9 +409,9 @@ class EmitterPool:
 
     def report(self, worker: EmitterWorker, state: SubscriptionState) -> None:
         """Publish a worker's status (called in the loop)."""
-        if self._outbox is None or not self.config.enabled:
+        if not self.config.enabled:
             return
-        self._outbox.put_nowait(
+        self._publish(
             SubscriptionHealth(
                 store=worker.store,
                 subscription=worker.subscription,
@@ -433,33 +426,15 @@ class EmitterPool:
             )
         )
 
-    async def _main(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
-        self._outbox = asyncio.Queue()
-        async with (
-            AsyncPublisher(self._frontend, node=self._node, secret=self._secret) as pub,
-            AsyncSubscriber(self._backend, secret=self._secret) as sub,
-        ):
-            self._pub_id = pub.pub_id
-            self._sub = sub
-            tasks = [
-                asyncio.create_task(self._publish_loop(pub)),
-                asyncio.create_task(self._receive_loop(sub)),
-                asyncio.create_task(self._timer_loop()),
-            ]
-            ready.set()
-            await stop.wait()
-            for worker in list(self._workers.values()):
-                await worker.stop("shutdown")
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            while not self._outbox.empty():
-                await pub.publish_message(self._outbox.get_nowait())
+    async def _setup(self, sub: AsyncSubscriber) -> None:
+        self._sub = sub
 
-    async def _publish_loop(self, pub: AsyncPublisher) -> None:
-        assert self._outbox is not None
-        while True:
-            await pub.publish_message(await self._outbox.get())
+    def _tasks(self, sub: AsyncSubscriber) -> list[Coroutine[Any, Any, None]]:
+        return [self._receive_loop(sub), self._timer_loop()]
+
+    async def _teardown(self) -> None:
+        for worker in list(self._workers.values()):
+            await worker.stop("shutdown")
 
     async def _receive_loop(self, sub: AsyncSubscriber) -> None:
         async for message in sub:
@@ -511,7 +486,6 @@ class EmitterPool:
             )
 
     async def _timer_loop(self) -> None:
-        assert self._outbox is not None
         heartbeat = self.config.check_interval / 1000
         metrics = self.config.metrics_interval / 1000
         next_heartbeat = time.monotonic() + heartbeat
@@ -528,14 +502,13 @@ class EmitterPool:
                 self._publish_metrics()
 
     def _publish_metrics(self) -> None:
-        assert self._outbox is not None
         by_store: dict[str, list[EmitterMetrics]] = {}
         for worker in self._workers.values():
             own = worker.metrics()
             by_store.setdefault(worker.store, []).append(own)
-            self._outbox.put_nowait(own)
+            self._publish(own)
         for store, figures in by_store.items():
-            self._outbox.put_nowait(
+            self._publish(
                 MetricsSummary(
                     store=store,
                     events_per_second=round(sum(f.events_per_second for f in figures), 3),
@@ -546,18 +519,3 @@ class EmitterPool:
                     node=self._node,
                 )
             )
-
-    def stop(self) -> None:
-        """Stop every worker (termination banners), publish what is pending, disconnect."""
-        self._loop.stop(10.0)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -8,14 +8,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from types import TracebackType
-from typing import Final, Self
+from collections.abc import Coroutine
+from typing import Any, Final
 
 from .. import observe
-from ..aio import AsyncPublisher, AsyncSubscriber
+from ..aio import AsyncSubscriber
 from ..messages import HealthSummary, SubscriptionHealth
 from ..messages.vocabulary import SUBSCRIPTION_STATUSES
-from ._loop import LoopThread
+from ._loop import BusService
 from .config import HealthConfig
 from .status import SubscriptionState, apply_event
 
@@ -25,10 +25,9 @@ log = logging.getLogger("exesdb.health")
 
 REPORTER_KEY: Final = "reporter"
 """``SubscriptionHealth.metadata`` key naming the publisher whose observation a report carries."""
-_START_TIMEOUT: Final = 10.0
 
 
-class SubscriptionHealthTracker:
+class SubscriptionHealthTracker(BusService):
     """Tracks the subscriptions of ``store`` and publishes their health.
 
     Feed it with :meth:`record` (any thread) and, when ``listen`` is true, with the
@@ -47,6 +46,8 @@ class SubscriptionHealthTracker:
             print(tracker.summary())
     """
 
+    _name = "exesdb-tracker"
+
     def __init__(
         self,
         store: str,
@@ -58,18 +59,12 @@ class SubscriptionHealthTracker:
         secret: str | bytes | None = None,
         listen: bool = True,
     ) -> None:
+        super().__init__(frontend, backend, node, secret)
         self.store = store
         self.config = config if config is not None else HealthConfig()
-        self._frontend = frontend
-        self._backend = backend
-        self._node = node
-        self._secret = secret
         self._listen = listen
         self._lock = threading.Lock()
         self._states: dict[str, SubscriptionState] = {}
-        self._loop = LoopThread(f"exesdb-tracker-{store}")
-        self._outbox: asyncio.Queue[SubscriptionHealth | HealthSummary] | None = None
-        self._pub_id = ""
 
     # -- the query API ---------------------------------------------------------------------
 
@@ -104,7 +99,7 @@ class SubscriptionHealthTracker:
             changed = apply_event(state, event, self.config.unhealthy_threshold, error=error)
             report = self._report(state, self._pub_id) if changed else None
         if report is not None:
-            self._send(report)
+            self._publish_soon(report)
 
     def _adopt(self, report: SubscriptionHealth) -> None:
         """Take another process's report as the latest word on that subscription. It is not
@@ -142,57 +137,24 @@ class SubscriptionHealthTracker:
                     reports.append(self._report(state, self._pub_id))
         return reports
 
-    def _send(self, message: SubscriptionHealth | HealthSummary) -> None:
-        outbox = self._outbox
-        if outbox is not None:
-            self._loop.call(lambda: outbox.put_nowait(message))
+    # -- in the loop thread ----------------------------------------------------------------
 
-    # -- the loop thread -------------------------------------------------------------------
+    async def _setup(self, sub: AsyncSubscriber) -> None:
+        if self._listen:
+            await sub.subscribe("health", f"store_health:{self.store}")
+            observe.emit(log, "success", f"🩺 TRACKING health of store: {self.store}", store=self.store)
 
-    def start(self) -> Self:
-        """Connect to the broker and start publishing. Raises ``BrokerUnavailableError``."""
-        self._loop.start(self._main, _START_TIMEOUT)
-        return self
-
-    async def _main(self, ready: asyncio.Event, stop: asyncio.Event) -> None:
-        self._outbox = asyncio.Queue()
-        async with AsyncPublisher(self._frontend, node=self._node, secret=self._secret) as pub:
-            self._pub_id = pub.pub_id
-            async with AsyncSubscriber(self._backend, secret=self._secret) as sub:
-                if self._listen:
-                    await sub.subscribe("health", f"store_health:{self.store}")
-                    observe.emit(log, "success", f"🩺 TRACKING health of store: {self.store}", store=self.store)
-                ready.set()
-                tasks = [
-                    asyncio.create_task(self._publish_loop(pub)),
-                    asyncio.create_task(self._check_loop()),
-                ]
-                if self._listen:
-                    tasks.append(asyncio.create_task(self._listen_loop(sub, pub.pub_id)))
-                await stop.wait()
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-                await self._flush(pub)
-
-    async def _publish_loop(self, pub: AsyncPublisher) -> None:
-        assert self._outbox is not None
-        while True:
-            await pub.publish_message(await self._outbox.get())
-
-    async def _flush(self, pub: AsyncPublisher) -> None:
-        assert self._outbox is not None
-        while not self._outbox.empty():
-            await pub.publish_message(self._outbox.get_nowait())
+    def _tasks(self, sub: AsyncSubscriber) -> list[Coroutine[Any, Any, None]]:
+        return [self._check_loop(), self._listen_loop(sub)] if self._listen else [self._check_loop()]
 
     async def _check_loop(self) -> None:
         interval = self.config.check_interval / 1000
         while True:
             await asyncio.sleep(interval)  # the period itself, not a wait for a socket
             for report in self._mark_stale():
-                self._send(report)
+                self._publish(report)
             summary = self.summary()
-            self._send(summary)
+            self._publish(summary)
             observe.emit(
                 log,
                 "health",
@@ -203,26 +165,11 @@ class SubscriptionHealthTracker:
                 healthy=summary.healthy,
             )
 
-    async def _listen_loop(self, sub: AsyncSubscriber, own: str) -> None:
+    async def _listen_loop(self, sub: AsyncSubscriber) -> None:
         async for message in sub:
             report = message.payload
-            if isinstance(report, SubscriptionHealth) and message.pub != own and report.store == self.store:
+            if isinstance(report, SubscriptionHealth) and message.pub != self._pub_id and report.store == self.store:
                 self._adopt(report)
-
-    def stop(self) -> None:
-        """Publish what is pending and disconnect. Idempotent."""
-        self._loop.stop(5.0)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"<SubscriptionHealthTracker store={self.store!r} {self.summary()}>"
