@@ -7,8 +7,8 @@ through the SDK's own publisher and subscriber; nothing needs the broker to know
 from .breaker import BreakerState, CircuitBreaker
 from .config import OVERFLOW_POLICIES, HealthConfig, load_health_config
 from .emitter import EmitterPool, EmitterWorker, StoreEvent, SubscriberFunction, WorkerStats
-from .status import SUBSCRIPTION_EVENTS, SubscriptionEvent, SubscriptionState, apply_event
-from .tracker import REPORTER_KEY, SubscriptionHealthTracker
+from .status import REPORTER_KEY, SUBSCRIPTION_EVENTS, SubscriptionEvent, SubscriptionState, apply_event
+from .tracker import SubscriptionHealthTracker
 
 __all__ = [
     "OVERFLOW_POLICIES",

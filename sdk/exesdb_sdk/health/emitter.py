@@ -42,8 +42,7 @@ from ..protocol import Message
 from ._loop import BusService
 from .breaker import CircuitBreaker
 from .config import HealthConfig
-from .status import SubscriptionState, apply_event
-from .tracker import REPORTER_KEY
+from .status import SubscriptionState, apply_event, health_report
 
 __all__ = ["EmitterPool", "EmitterWorker", "StoreEvent", "SubscriberFunction", "WorkerStats"]
 
@@ -411,20 +410,7 @@ class EmitterPool(BusService):
         """Publish a worker's status (called in the loop)."""
         if not self.config.enabled:
             return
-        self._publish(
-            SubscriptionHealth(
-                store=worker.store,
-                subscription=worker.subscription,
-                status=state.status,
-                event=state.last_event or "heartbeat",
-                node=self._node,
-                event_count=state.event_count,
-                error_count=state.error_count,
-                last_error=state.last_error,
-                last_seen=state.last_seen,
-                metadata={REPORTER_KEY: self._pub_id},
-            )
-        )
+        self._publish(health_report(state, store=worker.store, node=self._node, reporter=self._pub_id))
 
     async def _setup(self, sub: AsyncSubscriber) -> None:
         self._sub = sub

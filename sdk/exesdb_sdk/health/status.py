@@ -10,9 +10,20 @@ import time
 from dataclasses import dataclass
 from typing import Final, Literal, get_args
 
+from ..messages import SubscriptionHealth
 from ..messages.vocabulary import SubscriptionStatus
 
-__all__ = ["SUBSCRIPTION_EVENTS", "SubscriptionEvent", "SubscriptionState", "apply_event"]
+__all__ = [
+    "REPORTER_KEY",
+    "SUBSCRIPTION_EVENTS",
+    "SubscriptionEvent",
+    "SubscriptionState",
+    "apply_event",
+    "health_report",
+]
+
+REPORTER_KEY: Final = "reporter"
+"""``SubscriptionHealth.metadata`` key naming the publisher whose observation a report carries."""
 
 SubscriptionEvent = Literal[
     "registration_started",
@@ -96,3 +107,19 @@ def apply_event(
             state.last_error = error if error is not None else state.last_error
         state.status = _FIXED[event]
     return state.status != before
+
+
+def health_report(state: SubscriptionState, *, store: str, node: str | None, reporter: str) -> SubscriptionHealth:
+    """The ``SubscriptionHealth`` message that tells others what ``state`` says."""
+    return SubscriptionHealth(
+        store=store,
+        subscription=state.name,
+        status=state.status,
+        event=state.last_event or "heartbeat",
+        node=node,
+        event_count=state.event_count,
+        error_count=state.error_count,
+        last_error=state.last_error,
+        last_seen=state.last_seen,
+        metadata={REPORTER_KEY: reporter},
+    )

@@ -9,7 +9,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Coroutine
-from typing import Any, Final
+from typing import Any
 
 from .. import observe
 from ..aio import AsyncSubscriber
@@ -17,14 +17,11 @@ from ..messages import HealthSummary, SubscriptionHealth
 from ..messages.vocabulary import SUBSCRIPTION_STATUSES
 from ._loop import BusService
 from .config import HealthConfig
-from .status import SubscriptionState, apply_event
+from .status import SubscriptionState, apply_event, health_report
 
-__all__ = ["REPORTER_KEY", "SubscriptionHealthTracker"]
+__all__ = ["SubscriptionHealthTracker"]
 
 log = logging.getLogger("exesdb.health")
-
-REPORTER_KEY: Final = "reporter"
-"""``SubscriptionHealth.metadata`` key naming the publisher whose observation a report carries."""
 
 
 class SubscriptionHealthTracker(BusService):
@@ -114,18 +111,7 @@ class SubscriptionHealthTracker(BusService):
             state.last_error = report.last_error or state.last_error
 
     def _report(self, state: SubscriptionState, reporter: str) -> SubscriptionHealth:
-        return SubscriptionHealth(
-            store=self.store,
-            subscription=state.name,
-            status=state.status,
-            event=state.last_event or "heartbeat",
-            node=self._node,
-            event_count=state.event_count,
-            error_count=state.error_count,
-            last_error=state.last_error,
-            last_seen=state.last_seen,
-            metadata={REPORTER_KEY: reporter},
-        )
+        return health_report(state, store=self.store, node=self._node, reporter=reporter)
 
     def _mark_stale(self) -> list[SubscriptionHealth]:
         limit = time.time_ns() - 3 * self.config.check_interval * 1_000_000
