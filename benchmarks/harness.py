@@ -18,10 +18,12 @@ import os
 import platform
 import queue
 import re
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -122,7 +124,7 @@ def sdk_body_size(count: int) -> int:
 # -- processes: brokers --------------------------------------------------------------------------
 
 
-def serve_bare_proxy() -> None:
+def serve_bare_proxy(frontend_url: str = "tcp://127.0.0.1:*", backend_url: str = "tcp://127.0.0.1:*") -> None:
     """The baseline broker: ``zmq.proxy`` between a bound XSUB and a bound XPUB, nothing else."""
     context = zmq.Context()
     frontend = context.socket(zmq.XSUB)
@@ -131,20 +133,29 @@ def serve_bare_proxy() -> None:
         socket.setsockopt(zmq.SNDHWM, HWM)
         socket.setsockopt(zmq.RCVHWM, HWM)
         socket.setsockopt(zmq.LINGER, 0)
-    frontend.bind("tcp://127.0.0.1:*")
-    backend.bind("tcp://127.0.0.1:*")
+    frontend.bind(frontend_url)
+    backend.bind(backend_url)
     front, back = (s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (frontend, backend))
     print(f"bare-proxy ready frontend={front} backend={back}", file=sys.stderr, flush=True)
     zmq.proxy(frontend, backend)  # runs until SIGTERM ends the process
 
 
-def broker_command(kind: str) -> list[str]:
-    if kind == "bare":
-        return [sys.executable, str(Path(__file__).resolve()), "--serve-bare-proxy"]  # this module
-    free = "tcp://127.0.0.1:*"
+def endpoints_for(transport: str, directory: str) -> tuple[str, str, str]:
+    """Frontend, backend and control endpoints to bind: free tcp ports, or ipc files in ``directory``."""
+    if transport == "tcp":
+        return ("tcp://127.0.0.1:*",) * 3  # type: ignore[return-value]
+    if transport == "ipc":
+        return tuple(f"ipc://{directory}/{name}" for name in ("frontend", "backend", "control"))  # type: ignore[return-value]
+    raise ValueError(f"unknown transport {transport!r}")
+
+
+def broker_command(kind: str, transport: str = "tcp", directory: str = "") -> list[str]:
+    frontend, backend, control = endpoints_for(transport, directory)
+    if kind == "bare":  # this module, as a script
+        return [sys.executable, str(Path(__file__).resolve()), "--serve-bare-proxy", frontend, backend]
     return [
         sys.executable, "-m", "exesdb_broker",
-        "--frontend", free, "--backend", free, "--control", free, "--log-level", "warning",
+        "--frontend", frontend, "--backend", backend, "--control", control, "--log-level", "warning",
     ]  # fmt: skip
 
 
@@ -159,12 +170,31 @@ def stop_process(proc: subprocess.Popen[str]) -> None:
             proc.wait(5)
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerHandle:
+    """A running broker process: its endpoints and pid (for CPU and memory readings)."""
+
+    frontend: str
+    backend: str
+    control: str | None
+    pid: int
+
+
 @contextmanager
-def running_broker(kind: str) -> Iterator[tuple[str, str]]:
+def running_broker(kind: str, transport: str = "tcp") -> Iterator[tuple[str, str]]:
     """Start ``exesdb-broker`` or the bare proxy on free ports; yield (frontend, backend)."""
+    with started_broker(kind, transport) as handle:
+        yield handle.frontend, handle.backend
+
+
+@contextmanager
+def started_broker(kind: str, transport: str = "tcp") -> Iterator[BrokerHandle]:
+    """Start ``exesdb-broker`` (kind ``"exesdb"``) or the bare proxy (``"bare"``) over ``transport``
+    (``"tcp"`` on free 127.0.0.1 ports, or ``"ipc"`` in a temporary directory); stop it on exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXESDB_")}  # default settings
+    directory = tempfile.mkdtemp(prefix="exesdb-bench-")
     proc = subprocess.Popen(
-        broker_command(kind),
+        broker_command(kind, transport, directory),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -194,13 +224,15 @@ def running_broker(kind: str) -> Iterator[tuple[str, str]]:
             if line is None:
                 break
             if match := READY_LINE.search(line):
-                endpoints = match.group(1), match.group(2)
+                control = re.search(r"control=(\S+)", line)
+                endpoints = match.group(1), match.group(2), control.group(1) if control else None
         if endpoints is None:
             raise RuntimeError(f"{kind} broker did not become ready:\n" + "\n".join(seen[-20:]))
-        yield endpoints
+        yield BrokerHandle(*endpoints, pid=proc.pid)
     finally:
         stop_process(proc)
         _children.remove(proc)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 # -- processes: publishers and subscribers (run in spawned children) ----------------------------
@@ -639,5 +671,19 @@ def kill_children() -> None:
         stop_process(proc)
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--serve-bare-proxy"]:
-    serve_bare_proxy()
+def process_cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_mb(pid: int) -> float:
+    """Resident memory of a process in MiB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve-bare-proxy"]:
+    serve_bare_proxy(*sys.argv[2:4])
