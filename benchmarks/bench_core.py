@@ -123,6 +123,27 @@ def sdk_throughput(config: Config) -> dict[str, Any]:
     return {**result, "body_bytes": body.size, "topic": TOPIC.decode(), "sdk_data": SDK_DATA}
 
 
+def make_config(*, quick: bool, reps: int, profile_dir: Path | None = None) -> Config:
+    if quick:
+        return Config(
+            reps=1, warmup=False, raw_count=5_000, latency_rate=5_000, latency_seconds=0.5,
+            sdk_count=5_000, profile_dir=profile_dir,
+        )  # fmt: skip
+    return Config(
+        reps=reps, warmup=True, raw_count=400_000, latency_rate=5_000, latency_seconds=6.0,
+        sdk_count=200_000, profile_dir=profile_dir,
+    )  # fmt: skip
+
+
+SCENARIOS = {"raw_throughput": raw_throughput, "raw_latency": raw_latency, "sdk_throughput": sdk_throughput}
+
+
+def scenarios(*, quick: bool, reps: int) -> dict[str, dict[str, Any]]:
+    """Every core scenario (the interface benchmarks/bench.py runs)."""
+    config = make_config(quick=quick, reps=reps)
+    return {name: scenario(config) for name, scenario in SCENARIOS.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side (default 5)")
@@ -145,16 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
     atexit.register(kill_children)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
-    if args.quick:
-        config = Config(
-            reps=1, warmup=False, raw_count=5_000, latency_rate=5_000, latency_seconds=0.5,
-            sdk_count=5_000, profile_dir=args.profile,
-        )  # fmt: skip
-    else:
-        config = Config(
-            reps=args.reps, warmup=True, raw_count=400_000, latency_rate=5_000, latency_seconds=6.0,
-            sdk_count=200_000, profile_dir=args.profile,
-        )  # fmt: skip
+    config = make_config(quick=args.quick, reps=args.reps, profile_dir=args.profile)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
@@ -171,11 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "idle_timeout_s": IDLE_TIMEOUT,
     }
     print(f"running (w = warm-up, . = measured run), {config.reps} rep(s):", flush=True)
-    for name, scenario in (
-        ("raw_throughput", raw_throughput),
-        ("raw_latency", raw_latency),
-        ("sdk_throughput", sdk_throughput),
-    ):
+    for name, scenario in SCENARIOS.items():
         if args.only is None or name in args.only:
             report["scenarios"][name] = scenario(config)
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)

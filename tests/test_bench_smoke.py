@@ -76,3 +76,21 @@ def test_quick_catalogue_benchmark_reports_a_ratio(tmp_path: Path) -> None:
     assert _is_number(report["ratio_typed_to_dict"]) and report["ratio_typed_to_dict"] > 0
     assert all(_is_number(v) and v > 0 for v in report["us_per_message"].values())
     assert isinstance(report["met"], bool)
+
+
+@pytest.mark.timeout(120)
+def test_the_one_command_runs_a_suite_and_writes_one_report(tmp_path: Path) -> None:
+    out = tmp_path / "all.json"
+    script = BENCH.with_name("bench.py")
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--only", "core", "--json-out", str(out)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(out.read_text())
+    assert set(report["scenarios"]) == {f"core.{name}" for name in SCENARIOS}
+    assert report["config"]["suites"] == ["core"]
+    assert "ratio" in done.stdout

@@ -1,0 +1,73 @@
+"""All benchmarks in one run: one command, one table, one JSON file.
+
+    python benchmarks/bench.py                # everything, about 20 minutes
+    python benchmarks/bench.py --quick        # a smoke run of every scenario
+    python benchmarks/bench.py --only core --only peers --reps 3
+
+Suites, each a module of this directory with ``scenarios(quick=..., reps=...)``:
+
+- ``core``: exesdb-broker vs a bare zmq.proxy (throughput, p99 latency), SDK vs raw pyzmq;
+- ``sdk``: frame sizes over tcp and ipc, typed messages, batches, the asyncio client;
+- ``topology``: fan-out, fan-in, a stalled subscriber, ten instances mixed, the emitter pool,
+  broker memory;
+- ``peers``: NATS (nats-server + nats-py) and Redis pub/sub (redis-server + redis-py), skipped
+  when their servers or clients are not installed (``pip install '.[bench]'``; Debian packages
+  ``redis-server`` and ``nats-server``).
+
+Suites run one after another, never at the same time: on a 2-core machine anything running
+beside a benchmark changes its figures. Only the ratios inside one run are comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import importlib
+import json
+import signal
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from harness import RESULTS_DIR, environment, kill_children, render
+
+SUITES = ("core", "sdk", "topology", "peers")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny counts, 1 repetition: a smoke run")
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side (default 5)")
+    parser.add_argument("--only", action="append", choices=SUITES, help="run only this suite (repeatable)")
+    parser.add_argument("--json-out", type=Path, help="JSON file (default benchmarks/results/all-<UTC>.json)")
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    atexit.register(kill_children)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "environment": environment(),
+        "config": {"quick": args.quick, "reps": 1 if args.quick else args.reps, "suites": args.only or list(SUITES)},
+        "scenarios": {},
+    }
+    for suite in args.only or SUITES:
+        print(f"{suite}:", flush=True)
+        module = importlib.import_module(f"bench_{suite}")
+        for name, scenario in module.scenarios(quick=args.quick, reps=args.reps).items():
+            report["scenarios"][f"{suite}.{name}"] = scenario
+    report["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    print()
+    print(render(report))
+    out = args.json_out or RESULTS_DIR / f"all-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {out}  ({report['elapsed_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
