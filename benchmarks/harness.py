@@ -143,9 +143,9 @@ def serve_bare_proxy(frontend_url: str = "tcp://127.0.0.1:*", backend_url: str =
 def endpoints_for(transport: str, directory: str) -> tuple[str, str, str]:
     """Frontend, backend and control endpoints to bind: free tcp ports, or ipc files in ``directory``."""
     if transport == "tcp":
-        return ("tcp://127.0.0.1:*",) * 3  # type: ignore[return-value]
+        return "tcp://127.0.0.1:*", "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"
     if transport == "ipc":
-        return tuple(f"ipc://{directory}/{name}" for name in ("frontend", "backend", "control"))  # type: ignore[return-value]
+        return f"ipc://{directory}/frontend", f"ipc://{directory}/backend", f"ipc://{directory}/control"
     raise ValueError(f"unknown transport {transport!r}")
 
 

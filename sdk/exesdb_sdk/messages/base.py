@@ -11,6 +11,7 @@ missing optional keys their defaults.
 from __future__ import annotations
 
 import string
+import threading
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -30,7 +31,16 @@ Check = Callable[[Any], str | None]
 
 _REGISTRY: dict[str, type[Payload]] = {}
 _VALIDATORS: dict[type[Payload], Callable[[Payload], None]] = {}
-_PLACEHOLDERS: dict[str, tuple[str, ...]] = {}
+_SUBTOPICS: dict[type[Payload], Callable[[Payload], str]] = {}
+
+
+class _Decoding(threading.local):
+    """Set while ``from_data`` converts in this thread: the fields are checked already."""
+
+    active = False
+
+
+_DECODING: Final = _Decoding()
 _NONE: Final = type(None)
 
 
@@ -161,6 +171,22 @@ def _build_validator(cls: type[Payload]) -> Callable[[Payload], None]:
     return validate
 
 
+def _build_subtopic(cls: type[Payload]) -> Callable[[Payload], str]:
+    """A function filling ``cls.__subtopic__`` from a message, generated as the validators are:
+    ``str.format`` with a dict of fields cost 0.7 us a message, a concatenation 0.1 us."""
+    parts: list[str] = []
+    for literal, name, spec, conversion in string.Formatter().parse(cls.__subtopic__):
+        if literal:
+            parts.append(repr(literal))
+        if name is not None:
+            if spec or conversion or name not in cls.__struct_fields__:
+                raise TypeError(f"{cls.__name__}.__subtopic__: only plain {{field}} placeholders are supported")
+            parts.append(f"str(m.{name})")
+    source = f"lambda m: {' + '.join(parts) or repr('')}"
+    fill: Callable[[Payload], str] = eval(source)
+    return fill
+
+
 class Payload(msgspec.Struct, kw_only=True, gc=False, repr_omit_defaults=True):
     """Base class of the typed messages. Subclasses set ``__instance__`` and ``__subtopic__``."""
 
@@ -173,6 +199,8 @@ class Payload(msgspec.Struct, kw_only=True, gc=False, repr_omit_defaults=True):
             _REGISTRY[cls.__name__] = cls
 
     def __post_init__(self) -> None:
+        if _DECODING.active:  # msgspec.convert has already checked every field, in C
+            return
         cls = type(self)
         validate = _VALIDATORS.get(cls)
         if validate is None:  # built on first use: the fields exist only once the class is built
@@ -186,15 +214,11 @@ class Payload(msgspec.Struct, kw_only=True, gc=False, repr_omit_defaults=True):
 
     def default_subtopic(self) -> str:
         """The documented sub-topic, filled in from this message's fields."""
-        template = self.__subtopic__
-        names = _PLACEHOLDERS.get(template)
-        if names is None:
-            names = _PLACEHOLDERS[template] = tuple(
-                name for _, name, _, _ in string.Formatter().parse(template) if name
-            )
-        if not names:
-            return template
-        return template.format(**{name: getattr(self, name) for name in names})
+        cls = type(self)
+        fill = _SUBTOPICS.get(cls)
+        if fill is None:
+            fill = _SUBTOPICS[cls] = _build_subtopic(cls)
+        return fill(self)
 
     def to_data(self) -> dict[str, Any]:
         """The envelope's ``data``: every field as builtins."""
@@ -205,12 +229,15 @@ class Payload(msgspec.Struct, kw_only=True, gc=False, repr_omit_defaults=True):
     def from_data(cls: type[P], data: Mapping[str, Any]) -> P:
         """Rebuild from an envelope's ``data``; unknown keys are ignored, missing optional
         keys take their defaults. Raises :class:`~exesdb_sdk.errors.ValidationError`."""
+        _DECODING.active = True
         try:
             return msgspec.convert(data, cls)
         except ValidationError:
             raise
         except msgspec.ValidationError as exc:
             raise ValidationError.from_msgspec(cls.__name__, exc) from None
+        finally:
+            _DECODING.active = False
 
 
 def lookup(type_name: str) -> type[Payload] | None:
