@@ -431,3 +431,23 @@ def test_banners_and_lines_render_with_their_fields(shared_broker: BrokerProcess
     ):
         assert field in text, field
     assert "SUBSCRIBED to health events for store: w8" in text
+
+
+def test_stopping_in_the_middle_of_deliveries_does_not_hang(shared_broker: BrokerProcess) -> None:
+    """A stop that lands while deliveries complete must still end the worker promptly."""
+    import time
+
+    for attempt in range(8):
+        seen, collect = _collector()
+        store = f"w9-{attempt}"
+        pool = EmitterPool(config=FAST, frontend=shared_broker.frontend, backend=shared_broker.backend).start()
+        try:
+            pool.add(store, "s", collect)
+            with Publisher(shared_broker.frontend) as pub:
+                broadcast_store_events(store, "s", _events(*range(2000)), publisher=pub)
+            wanted = 20 * (attempt + 1)
+            assert wait_until(lambda seen=seen, wanted=wanted: len(seen) >= wanted, timeout=10)
+        finally:
+            started = time.monotonic()
+            pool.stop()
+            assert time.monotonic() - started < 5, f"stop took {time.monotonic() - started:.1f} s"

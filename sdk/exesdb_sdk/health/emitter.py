@@ -52,6 +52,8 @@ StoreEvent = dict[str, Any]
 SubscriberFunction = Callable[[StoreEvent], None] | Callable[[StoreEvent], Awaitable[None]]
 
 _START_TIMEOUT: Final = 10.0
+_CANCEL_TRIES: Final = 50
+_CANCEL_WAIT: Final = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +146,16 @@ class EmitterWorker:
         )
 
     async def stop(self, reason: str) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        task = self._task
+        # Python 3.11's wait_for can swallow a cancel that lands as the awaited delivery
+        # completes, so cancel again until the task has really ended (bounded).
+        for _ in range(_CANCEL_TRIES):
+            if task is None or task.done():
+                break
+            task.cancel()
+            await asyncio.wait({task}, timeout=_CANCEL_WAIT)
+        if task is not None and task.done() and not task.cancelled():
+            task.exception()  # retrieve it, so asyncio does not log it as never retrieved
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
         self._note("proxy_stopped")
