@@ -28,8 +28,10 @@ __all__ = ["Tap", "TapCounters"]
 
 log = logging.getLogger("exesdb.broker.tap")
 
-TAP_HWM: Final = 200_000
-"""Messages the tap may fall behind before the broker drops for it (counted as ``behind``)."""
+TAP_HWM: Final = 10_000
+"""Messages the tap may fall behind (plus the backend's own ``hwm``) before the broker drops
+for it, counted as ``tap_behind_frames``. This bounds the broker's memory under overload;
+a 200,000 bound let a 1 KB flood grow the broker to 345 MB."""
 _TICK_MS: Final = 10
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _INSTANCE_CACHE_LIMIT: Final = 4096
@@ -123,7 +125,7 @@ class Tap:
                     counters.internal_seen.set()
                     continue
                 try:
-                    messages = decoder.decode(frames)
+                    text, envelopes = decoder.check(frames)
                 except ProtocolError as exc:
                     counters.malformed[exc.reason] += 1
                     continue
@@ -131,7 +133,7 @@ class Tap:
                 if instance is None:
                     if len(instances) >= _INSTANCE_CACHE_LIMIT:
                         instances.clear()
-                    instance = instances[topic] = messages[0].instance
+                    instance = instances[topic] = Instance.resolve(text.partition("/")[0])
                 counters.messages[instance] += 1
-                counters.envelopes[instance] += len(messages)
+                counters.envelopes[instance] += envelopes
                 counters.sizes[instance] += sum(map(len, frames))

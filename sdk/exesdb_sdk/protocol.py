@@ -310,6 +310,26 @@ def _array_header(count: int) -> bytes:
 _ARRAY_MARKERS: Final = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 
 
+_MAP_MARKERS: Final = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+
+
+class _Header(msgspec.Struct, gc=False):
+    """An envelope with its ``data`` left undecoded: enough to check a message cheaply."""
+
+    type: Annotated[str, msgspec.Meta(min_length=1)]
+    data: msgspec.Raw = msgspec.Raw(b"\x80")
+    v: int = PROTOCOL_VERSION
+    ts: int = 0
+    src: str = ""
+    pub: str = ""
+    seq: int = 0
+    id: str | None = None
+    corr: str | None = None
+    cause: str | None = None
+    trace: str | None = None
+    sig: bytes | None = None
+
+
 class Decoder:
     """Turns received frames into :class:`Message` objects, or raises :class:`ProtocolError`.
 
@@ -319,12 +339,14 @@ class Decoder:
     ``secret``, ``bad_signature``.
     """
 
-    __slots__ = ("_batch", "_raws", "_secret", "_single", "_topics")
+    __slots__ = ("_batch", "_header", "_headers", "_raws", "_secret", "_single", "_topics")
 
     def __init__(self, secret: bytes | None = None) -> None:
         self._topics: dict[bytes, str] = {}  # valid topics seen, bounded
         self._single = msgspec.msgpack.Decoder(Message)
         self._batch = msgspec.msgpack.Decoder(list[Message])
+        self._header = msgspec.msgpack.Decoder(_Header)
+        self._headers = msgspec.msgpack.Decoder(list[_Header])
         self._raws = msgspec.msgpack.Decoder(list[msgspec.Raw])
         self._secret = secret
 
@@ -352,31 +374,47 @@ class Decoder:
         self._topics[topic] = text
         return text
 
-    def decode(self, frames: Sequence[bytes]) -> list[Message]:
-        """Decode one data message (a single envelope or a batch) into messages."""
+    def _topic(self, frames: Sequence[bytes]) -> str:
         if len(frames) < 2:
             raise ProtocolError("single_frame", "a data message needs [topic, body] frames")
         topic = self._topics.get(frames[0]) or self._learn(frames[0])
-        body = frames[1]
         if self._secret is not None:
-            self._verify(frames[0], body)
+            self._verify(frames[0], frames[1])
+        return topic
+
+    @staticmethod
+    def _envelopes(single: msgspec.msgpack.Decoder[Any], batch: msgspec.msgpack.Decoder[Any], body: bytes) -> list[Any]:
         try:
             if body and body[0] in _ARRAY_MARKERS:
-                messages = self._batch.decode(body)
-                if not messages:
+                envelopes: list[Any] = batch.decode(body)
+                if not envelopes:
                     raise ProtocolError("bad_envelope", "a batch must not be empty")
-                for message in messages:
-                    message.topic = topic
-                return messages
-            message = self._single.decode(body)
+                return envelopes
+            return [single.decode(body)]
         except msgspec.ValidationError as exc:
             raise ProtocolError("bad_envelope", str(exc)) from None
         except msgspec.DecodeError as exc:
             raise ProtocolError("bad_body", f"body is not MessagePack: {exc}") from None
         except UnicodeDecodeError as exc:  # msgspec lets invalid UTF-8 in a str through as this
             raise ProtocolError("bad_body", f"a string in the body is not UTF-8: {exc.reason}") from None
-        message.topic = topic
-        return [message]
+
+    def decode(self, frames: Sequence[bytes]) -> list[Message]:
+        """Decode one data message (a single envelope or a batch) into messages."""
+        topic = self._topic(frames)
+        messages: list[Message] = self._envelopes(self._single, self._batch, frames[1])
+        for message in messages:
+            message.topic = topic
+        return messages
+
+    def check(self, frames: Sequence[bytes]) -> tuple[str, int]:
+        """Check one data message as :meth:`decode` would, without building the payloads;
+        return its topic and envelope count. (Strings inside ``data`` are not checked.)"""
+        topic = self._topic(frames)
+        headers: list[_Header] = self._envelopes(self._header, self._headers, frames[1])
+        for header in headers:
+            if memoryview(header.data)[0] not in _MAP_MARKERS:
+                raise ProtocolError("bad_envelope", "'data' must be a map")
+        return topic, len(headers)
 
 
 class GapTracker:
