@@ -101,6 +101,7 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
             if not ready:
                 await self.aclose()
                 raise BrokerUnavailableError(self.frontend, self.connect_timeout)
+            self._watch.settle()
             self._connected = True
             await self._drain()
         return self
@@ -260,6 +261,7 @@ class AsyncSubscriber(AsyncSocketOwner):
                 if await socket.poll(max(1, int(min(remaining, _PROBE_SLICE) * 1000))):
                     with contextlib.suppress(zmq.Again):
                         self._core.feed(await socket.recv_multipart(zmq.NOBLOCK))
+            self._watch.settle()
         finally:
             self._core.acked.discard(token)
             if self._socket is not None:
@@ -277,11 +279,16 @@ class AsyncSubscriber(AsyncSocketOwner):
             try:
                 messages = take(await socket.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
+                # Until a wait has settled the handshake watch, idle waits read its events too.
+                armed = self._watch.armed
                 if deadline is None:
-                    await socket.poll(None)
+                    await (self._watch.await_readable(socket, 1000) if armed else socket.poll(None))
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await socket.poll(int(remaining * 1000) + 1):
+                if remaining <= 0:
+                    raise ReceiveTimeoutError(timeout or 0.0) from None
+                wait_ms = int(remaining * 1000) + 1
+                if not await (self._watch.await_readable(socket, wait_ms) if armed else socket.poll(wait_ms)):
                     raise ReceiveTimeoutError(timeout or 0.0) from None
                 continue
             if messages:
@@ -341,6 +348,7 @@ class AsyncControlClient(AsyncSocketOwner):
                 raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint")
             reply = self._matcher.match(await socket.recv_multipart(), request_id)
             if reply is not None:
+                self._watch.settle()
                 return reply
 
     async def ping(self) -> dict[str, Any]:

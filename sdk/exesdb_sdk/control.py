@@ -105,6 +105,7 @@ class ControlClient(SocketOwner):
                 raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint")
             reply = self._matcher.match(socket.recv_multipart(), request_id)
             if reply is not None:
+                self._watch.settle()
                 return reply
 
     def ping(self) -> dict[str, Any]:

@@ -201,12 +201,16 @@ def _describe(event: int, value: int, keyed: bool) -> str:
 
 
 class HandshakeWatch:
-    """Follows a client socket's handshakes through a ZeroMQ socket monitor.
+    """Follows a client socket's handshakes through a ZeroMQ socket monitor while it waits.
 
-    Created before ``connect``; :meth:`check` raises
-    :class:`~exesdb_sdk.errors.AuthenticationError` while the latest handshake failed.
-    The monitor is a plain (not asyncio) socket on the same context, read without blocking,
-    so one class serves the synchronous and the asyncio clients.
+    Created before ``connect`` (it also puts the CURVE keys on the socket, if any); the
+    waits of the clients go through :meth:`wait` or :meth:`await_readable`, which raise
+    :class:`~exesdb_sdk.errors.AuthenticationError` as soon as a handshake fails. Once a wait
+    has succeeded the client calls :meth:`settle`, which stops the monitor: libzmq writes
+    monitor events with a blocking send, so a monitor nobody reads must not outlive the wait
+    (its queue would fill with reconnection events and stall the I/O thread). The next wait
+    starts a new one. The monitor is a plain (not asyncio) socket on the same context, read
+    without blocking, so one class serves the synchronous and the asyncio clients.
     """
 
     def __init__(self, socket: zmq.Socket[Any], keys: ClientKeys | None) -> None:
@@ -217,19 +221,24 @@ class HandshakeWatch:
             socket.setsockopt(zmq.CURVE_SECRETKEY, keys.client.secret)
         self._keyed = keys is not None
         self._socket = socket
-        address = f"inproc://exesdb-handshakes-{secrets.token_hex(8)}"
-        socket.monitor(address, _EVENTS)
-        context: zmq.Context[Any] = zmq.Context.shadow(socket.context.underlying)
-        self._monitor: zmq.Socket[Any] | None = context.socket(zmq.PAIR)
-        self._monitor.setsockopt(zmq.LINGER, 0)
-        self._monitor.connect(address)
+        self._monitor: zmq.Socket[Any] | None = None
         self._failure: AuthenticationError | None = None
         self._failure_kind: int | None = None
+        self._arm()
+
+    def _arm(self) -> zmq.Socket[Any]:
+        if self._monitor is None:
+            address = f"inproc://exesdb-handshakes-{secrets.token_hex(8)}"
+            self._socket.monitor(address, _EVENTS)
+            context: zmq.Context[Any] = zmq.Context.shadow(self._socket.context.underlying)
+            monitor = context.socket(zmq.PAIR)
+            monitor.setsockopt(zmq.LINGER, 0)
+            monitor.connect(address)
+            self._monitor = monitor
+        return self._monitor
 
     def _drain(self) -> None:
-        monitor = self._monitor
-        if monitor is None:
-            return
+        monitor = self._arm()
         for _ in range(1000):
             try:
                 frames = monitor.recv_multipart(zmq.NOBLOCK)
@@ -256,15 +265,14 @@ class HandshakeWatch:
         """Wait until the socket is readable (true) or ``timeout_ms`` passes (false); raise
         :class:`~exesdb_sdk.errors.AuthenticationError` as soon as a handshake fails."""
         self.check()
-        if self._monitor is None:
-            return bool(self._socket.poll(timeout_ms))
+        monitor = self._arm()
         poller = zmq.Poller()
         poller.register(self._socket, zmq.POLLIN)
-        poller.register(self._monitor, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         deadline = time.monotonic() + timeout_ms / 1000
         for _ in range(1_000_000):  # bounded: every turn either returns or consumes monitor events
             ready = dict(poller.poll(max(0, int((deadline - time.monotonic()) * 1000))))
-            if self._monitor in ready:
+            if monitor in ready:
                 self.check()
             if self._socket in ready:
                 return True
@@ -284,14 +292,23 @@ class HandshakeWatch:
                 self.check()
                 return True
 
-    def close(self) -> None:
-        """Stop watching (before the socket closes). Idempotent."""
+    @property
+    def armed(self) -> bool:
+        """Whether the monitor runs (from creation until a wait succeeds, and during waits)."""
+        return self._monitor is not None
+
+    def settle(self) -> None:
+        """The wait succeeded: stop the monitor until the next wait. Idempotent."""
         monitor, self._monitor = self._monitor, None
         if monitor is None:
             return
         with contextlib.suppress(zmq.ZMQError):  # a closed socket's monitor went with it
             self._socket.disable_monitor()
         monitor.close(linger=0)
+
+    def close(self) -> None:
+        """Stop watching for good (before the socket closes). Idempotent."""
+        self.settle()
 
 
 def write_key_pair(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:

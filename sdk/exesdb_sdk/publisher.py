@@ -202,6 +202,7 @@ class Publisher(SocketOwner, PublisherCore):
             socket.connect(self.frontend)
             if not self._watch.wait(int(connect_timeout * 1000)):
                 raise BrokerUnavailableError(self.frontend, connect_timeout)
+            self._watch.settle()
             self._drain()
         except BaseException:
             self._close(0)

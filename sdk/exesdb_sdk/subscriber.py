@@ -256,6 +256,7 @@ class Subscriber(SocketOwner):
                 if remaining <= 0 or not self._watch.wait(max(1, int(remaining * 1000))):
                     raise BrokerUnavailableError(self.backend, timeout)
                 self._core.feed(recv_frames(socket))
+            self._watch.settle()
         finally:
             self._core.acked.discard(token)
             if self._socket is not None:
@@ -276,11 +277,13 @@ class Subscriber(SocketOwner):
             try:
                 messages = take(recv_frames(socket, _NOBLOCK))
             except zmq.Again:
+                # Until a wait has settled the handshake watch, idle waits read its events too.
+                wait = self._watch.wait if self._watch.armed else socket.poll
                 if deadline is None:
-                    socket.poll(None)
+                    wait(1000)
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not socket.poll(int(remaining * 1000) + 1):
+                if remaining <= 0 or not wait(int(remaining * 1000) + 1):
                     raise ReceiveTimeoutError(timeout or 0.0) from None
                 continue
             if messages:
