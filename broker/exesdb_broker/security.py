@@ -174,6 +174,14 @@ class BrokerAuthenticator(ThreadAuthenticator):
         self.denials: dict[str, deque[Denial]] = {name: deque(maxlen=_DENIALS_KEPT) for name in DOMAINS}
 
     async def handle_zap_message(self, msg: list[bytes]) -> None:
+        try:
+            self._handle(msg)
+        except Exception:  # a bug here must not stop the ZAP thread: every handshake would hang
+            log.exception("ZAP request not handled")
+            if len(msg) >= 2:
+                self._reply(msg[1], b"500", b"internal error")
+
+    def _handle(self, msg: list[bytes]) -> None:
         if len(msg) < 6 or msg[0] != _ZAP_VERSION:
             if len(msg) >= 2:
                 self._reply(msg[1], b"400", b"bad ZAP request")

@@ -150,7 +150,6 @@ class Service:
         snapshot = self._book.snapshot(self._proxy_totals())
         if self.security is not None:
             snapshot["security"] = self.security.snapshot()
-            snapshot["handshake_failures"] = snapshot["security"]["handshake_failures"]
         return snapshot
 
     def _authorize(self, op: str, user_id: str | None) -> str | None:

@@ -53,8 +53,8 @@ def render_stats(stats: dict[str, Any]) -> Group:
         f"subscribers {stats['subscribers']}  publishers {stats['publishers']}  "
         f"malformed {stats['malformed']}  uptime {_uptime(stats['uptime'])}"
     )
-    if "handshake_failures" in stats:
-        footer.append(f"  handshake failures {stats['handshake_failures']}")
+    if "security" in stats:
+        footer.append(f"  handshake failures {stats['security']['handshake_failures']}")
     return Group(table, footer)
 
 

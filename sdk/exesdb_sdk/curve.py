@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, Final
 
 import zmq
 import zmq.asyncio
+from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from .errors import AuthenticationError, ConfigError
@@ -94,7 +96,11 @@ class ClientKeys:
 
 
 def _check_z85(value: bytes, path: Path, what: str, name: str) -> bytes:
-    if len(value) != 40 or not set(value) <= _Z85:
+    try:
+        valid = len(value) == 40 and set(value) <= _Z85 and len(z85.decode(value)) == 32
+    except (ValueError, struct.error):  # a 5-character group over 2**32
+        valid = False
+    if not valid:
         raise ConfigError(f"{what} {path}: {name} is not a 40-character Z85 key")
     return value
 
