@@ -590,6 +590,28 @@ def test_security_from_the_toml_file(start_broker: StartBroker, keys: Keys, tmp_
         pass
 
 
+def test_security_from_the_environment_for_broker_and_clients(
+    start_broker: StartBroker, keys: Keys, clean_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = {
+        **clean_env,
+        "EXESDB_BROKER_KEY": str(keys.server_secret),
+        "EXESDB_ALLOW_PUBLISHERS": str(keys.dirs[PUBLISHERS]),
+        "EXESDB_ALLOW_SUBSCRIBERS": str(keys.dirs[SUBSCRIBERS]),
+        "EXESDB_ALLOW_ADMINS": str(keys.dirs[ADMINS]),
+    }
+    broker = start_broker(env=env)
+    monkeypatch.setenv("EXESDB_SERVER_KEY", str(keys.server_public))
+    monkeypatch.setenv("EXESDB_CLIENT_KEY", str(keys.clients["adm"]))
+    with ControlClient(broker.control) as control:
+        assert control.stats()["security"]["enabled"] is True
+    monkeypatch.setenv("EXESDB_CLIENT_KEY", str(keys.clients["pub"]))
+    with Publisher(broker.frontend):
+        pass
+    with pytest.raises(AuthenticationError):  # the publisher's key from the environment cannot subscribe
+        _attempt("subscriber", broker, {})
+
+
 # -- signing and CURVE together ------------------------------------------------------------------------------------
 
 
