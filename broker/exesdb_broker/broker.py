@@ -25,6 +25,7 @@ from exesdb_sdk.publisher import prepare_socket
 from exesdb_sdk.settings import check_settings
 
 from .config import BrokerConfig
+from .security import HANDSHAKE_FAILURES, Security, SecurityMonitor
 from .service import Service, ServiceSockets, stop_workers
 from .stats import StatsBook
 from .tap import Tap
@@ -36,7 +37,7 @@ log = logging.getLogger("exesdb.broker")
 _START_TIMEOUT: Final = 5.0
 _CONTROL_MAX_MESSAGE: Final = 64 * 1024
 _BACKEND_LINGER_MS: Final = 500
-_MONITOR_EVENTS: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+_MONITOR_EVENTS: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES
 
 
 class Broker:
@@ -76,6 +77,7 @@ class Broker:
             if self._started:
                 raise ExesdbError("broker already started")
             check_settings(self.config)
+            self._security = Security(self.config)  # keys, allowlists, the loopback rule: before any bind
             self._context = zmq.Context()
             try:
                 self._start(self._context)
@@ -105,6 +107,7 @@ class Broker:
     def _start(self, context: zmq.Context[Any]) -> None:
         config = self.config
         base = f"inproc://exesdb-broker-{secrets.token_hex(6)}"
+        self._security.start(context)
 
         frontend = context.socket(zmq.XSUB)
         frontend.setsockopt(zmq.RCVHWM, config.hwm)
@@ -117,6 +120,8 @@ class Broker:
         control.setsockopt(zmq.MAXMSGSIZE, _CONTROL_MAX_MESSAGE)
         control.setsockopt(zmq.LINGER, 0)
         self._frontend_socket, self._backend_socket = frontend, backend
+        for socket, role in ((frontend, "frontend"), (backend, "backend"), (control, "control")):
+            self._security.secure(socket, role)
 
         self.frontend = self._bind(frontend, "frontend", config.frontend)
         self.backend = self._bind(backend, "backend", config.backend)
@@ -126,6 +131,7 @@ class Broker:
         monitors = {
             "frontend": frontend.get_monitor_socket(_MONITOR_EVENTS),
             "backend": backend.get_monitor_socket(_MONITOR_EVENTS),
+            "control": control.get_monitor_socket(HANDSHAKE_FAILURES),
         }
 
         proxy_side = context.socket(zmq.PAIR)
@@ -160,6 +166,8 @@ class Broker:
 
         self._book = StatsBook(self._tap.counters)
         self._service = Service(service_sockets, self._book, node=config.node, metrics_interval=config.metrics_interval)
+        endpoints = {"frontend": self.frontend, "backend": self.backend, "control": self.control}
+        self._service.security = SecurityMonitor(self._security, config.node, self._service.publish, endpoints)
         self._service.lifecycle("starting")
         self._service.lifecycle("started")
         self._service.start()
@@ -171,6 +179,7 @@ class Broker:
             self._proxy_thread.join(1.0)
         if hasattr(self, "_tap"):
             self._tap.join(1.0)
+        self._security.stop()
         context.destroy(linger=0)
 
     def _run_proxy(self) -> None:
@@ -201,10 +210,19 @@ class Broker:
             self._service.join(timeout * 0.5)
             self._proxy_thread.join(timeout * 0.1)
             self._tap.join(timeout * 0.1)
+            self._security.stop()
             # Every thread closes its own sockets; term() wakes any still blocked (ETERM) and
             # waits at most the backend's linger for the last messages to reach subscribers.
             context.term()
             log.info("broker stopped")
+
+    def reload(self) -> bool:
+        """Re-read the key allowlists (SIGHUP in the daemon); connections already up stay up.
+        Returns whether new lists are in force; a bad file keeps the old ones (logged)."""
+        with self._lock:
+            if not self._started or self._stopped:
+                return False
+        return self._security.reload()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -19,6 +19,7 @@ __all__ = ["main", "serve"]
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
 _SIGNALS: Final = {signal.SIGTERM, signal.SIGINT}
+_RELOAD: Final = signal.SIGHUP
 
 HELP = (
     "Run the exesdb-pubsub broker.\n\n"
@@ -28,7 +29,12 @@ HELP = (
     "which wins over the file. Endpoints bind 127.0.0.1 by default; use tcp://127.0.0.1:* for a "
     "free port.\n\n"
     'Once bound it prints one line on stderr: "exesdb-broker ready frontend=... backend=... '
-    'control=...". SIGTERM or SIGINT stops it cleanly with status 0.\n\n'
+    'control=...". SIGTERM or SIGINT stops it cleanly with status 0; SIGHUP re-reads the key '
+    "allowlists.\n\n"
+    "Security: --broker-key (a secret key file from exesdb keygen) turns on CURVE on every "
+    "endpoint; --allow-publishers, --allow-subscribers and --allow-admins name directories of "
+    "allowed public key files. Without it only loopback addresses may be bound, unless "
+    "--allow-insecure.\n\n"
     "Exit status: 0 clean stop, 1 runtime failure (e.g. an endpoint in use), 2 bad configuration.\n\n"
     "Example: exesdb-broker --frontend tcp://127.0.0.1:7100 --log-format json"
 )
@@ -59,6 +65,21 @@ def serve(
         str | None,
         typer.Option(help="Node name in the broker's own messages [default: host name]"),
     ] = None,
+    broker_key: Annotated[
+        str | None, typer.Option(help="The broker's secret key file; turns on CURVE [default: none]")
+    ] = None,
+    allow_publishers: Annotated[
+        str | None, typer.Option(help="Directory of public key files allowed to publish")
+    ] = None,
+    allow_subscribers: Annotated[
+        str | None, typer.Option(help="Directory of public key files allowed to subscribe")
+    ] = None,
+    allow_admins: Annotated[
+        str | None, typer.Option(help="Directory of public key files allowed every control op")
+    ] = None,
+    allow_insecure: Annotated[
+        bool, typer.Option("--allow-insecure", help="Allow a non-loopback bind without CURVE (logs a warning)")
+    ] = False,
 ) -> None:
     flags = {
         "frontend": frontend,
@@ -70,6 +91,11 @@ def serve(
         "hwm": hwm,
         "metrics_interval": metrics_interval,
         "node": node,
+        "broker_key": broker_key,
+        "allow_publishers": allow_publishers,
+        "allow_subscribers": allow_subscribers,
+        "allow_admins": allow_admins,
+        "allow_insecure": True if allow_insecure else None,
     }
     try:
         settings = load_config(flags, config_file=config)
@@ -77,7 +103,7 @@ def serve(
         _fail(str(exc), EXIT_USAGE)
     setup_logging(settings.log_level, settings.log_format)
     # Signals go to sigwait below, never to a handler running in the middle of broker code.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {*_SIGNALS, _RELOAD})
     broker = Broker(settings)
     try:
         broker.start()
@@ -90,7 +116,10 @@ def serve(
     )
     try:
         while broker.running:
-            if signal.sigtimedwait(_SIGNALS, 0.5) is not None:
+            received = signal.sigtimedwait({*_SIGNALS, _RELOAD}, 0.5)
+            if received is not None and received.si_signo == _RELOAD:
+                broker.reload()
+            elif received is not None:
                 break
         failed = not broker.running
     finally:

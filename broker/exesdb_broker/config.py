@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from exesdb_sdk.endpoints import (
@@ -27,6 +28,16 @@ def _bind_url(value: Any) -> None:
         validate_endpoint(value, "endpoint", bind=True)
     except ValueError as exc:
         raise ValueError(str(exc).removeprefix("endpoint: ")) from None
+
+
+def _file(value: Any) -> None:
+    if value and not Path(value).is_file():
+        raise ValueError(f"{value}: no such file")
+
+
+def _directory(value: Any) -> None:
+    if value and not Path(value).is_dir():
+        raise ValueError(f"{value}: no such directory")
 
 
 def _level(value: Any) -> None:
@@ -54,6 +65,16 @@ class BrokerConfig:
     """Seconds between the broker's own metrics on ``ex_esdb_metrics/broker``."""
     node: str = field(default_factory=default_node)
     """The ``src`` of the broker's own messages."""
+    broker_key: str = field(default="", metadata={"check": _file})
+    """The broker's secret key file (``exesdb keygen``); setting it turns security (CURVE) on."""
+    allow_publishers: str = field(default="", metadata={"check": _directory})
+    """Directory of public key files (``*.key``) allowed to publish (the frontend)."""
+    allow_subscribers: str = field(default="", metadata={"check": _directory})
+    """Directory of public key files allowed to subscribe (the backend)."""
+    allow_admins: str = field(default="", metadata={"check": _directory})
+    """Directory of public key files allowed every control op."""
+    allow_insecure: bool = False
+    """Allow binding a non-loopback address without CURVE (logged as a warning)."""
 
 
 def load_config(

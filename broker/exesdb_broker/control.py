@@ -34,9 +34,17 @@ def instance_table() -> list[dict[str, Any]]:
 class ControlHandler:
     """Answers control requests. Never raises: every failure becomes an error reply."""
 
-    def __init__(self, node: str, stats: Callable[[], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        node: str,
+        stats: Callable[[], dict[str, Any]],
+        *,
+        authorize: Callable[[str, str | None], str | None] | None = None,
+    ) -> None:
         self._node = node
         self._stats = stats
+        self._authorize = authorize
+        """``authorize(op, user_id)``: ``None`` to allow, else why not (a ``forbidden`` reply)."""
         self._ops: dict[str, Operation] = {
             "ping": self._ping,
             "stats": self._stats_op,
@@ -47,11 +55,12 @@ class ControlHandler:
         """Add an operation (later features add ``replay`` and ``last``)."""
         self._ops[op] = operation
 
-    def handle(self, frames: list[bytes]) -> list[bytes] | None:
+    def handle(self, frames: list[bytes], user_id: str | None = None) -> list[bytes] | None:
         """Reply frames for the ROUTER frames of one request, or ``None`` to send nothing.
 
         REQ clients send ``[identity, b"", request]``; DEALER clients may omit the empty
-        delimiter. The reply mirrors whichever envelope arrived.
+        delimiter. The reply mirrors whichever envelope arrived. ``user_id`` is the ZAP
+        User-Id of the connection (its roles when security is on).
         """
         if len(frames) < 2:
             return None  # no identity and request: nothing we could address a reply to
@@ -60,9 +69,9 @@ class ControlHandler:
         body = rest[len(head) - 1 :]
         if len(body) != 1:
             return [*head, encode_error_reply("bad_request", "expected exactly one request frame")]
-        return [*head, self._reply(body[0])]
+        return [*head, self._reply(body[0], user_id)]
 
-    def _reply(self, frame: bytes) -> bytes:
+    def _reply(self, frame: bytes, user_id: str | None = None) -> bytes:
         try:
             request = decode_request(frame)
         except ProtocolError as exc:
@@ -72,6 +81,8 @@ class ControlHandler:
         if operation is None:
             known = ", ".join(sorted(self._ops))
             return encode_error_reply("unknown_op", f"unknown op {request['op']!r} (known: {known})", request_id)
+        if self._authorize is not None and (refusal := self._authorize(request["op"], user_id)) is not None:
+            return encode_error_reply("forbidden", refusal, request_id)
         try:
             return encode_reply(operation(request), request_id)
         except ProtocolError as exc:

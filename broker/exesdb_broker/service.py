@@ -20,6 +20,7 @@ from exesdb_sdk.protocol import PROBE_PREFIX, Encoder
 from zmq.utils.monitor import recv_monitor_message
 
 from .control import ControlHandler
+from .security import SecurityMonitor
 from .stats import ProxyTotals, StatsBook
 
 __all__ = ["Service", "ServiceSockets", "stop_workers"]
@@ -85,7 +86,9 @@ class Service:
         self._node = node
         self._metrics_interval = metrics_interval
         self._encoder = Encoder(src=node)
-        self._handler = ControlHandler(node, self._stats)
+        self._handler = ControlHandler(node, self._stats, authorize=self._authorize)
+        self.security: SecurityMonitor | None = None
+        """Set by the broker before :meth:`start`: handshake failures, op roles, violations."""
         self._last_metrics = (time.monotonic(), 0)
         self._thread = threading.Thread(target=self._run, name="exesdb-service", daemon=True)
 
@@ -144,10 +147,21 @@ class Service:
         return ProxyTotals.from_reply(socket.recv_multipart())
 
     def _stats(self) -> dict[str, Any]:
-        return self._book.snapshot(self._proxy_totals())
+        snapshot = self._book.snapshot(self._proxy_totals())
+        if self.security is not None:
+            snapshot["security"] = self.security.snapshot()
+        return snapshot
+
+    def _authorize(self, op: str, user_id: str | None) -> str | None:
+        return None if self.security is None else self.security.authorize(op, user_id)
 
     def _on_monitor(self, role: str, socket: zmq.Socket[Any]) -> None:
-        event = recv_monitor_message(socket)["event"]
+        message = recv_monitor_message(socket)
+        event = message["event"]
+        if self.security is not None:
+            self.security.on_monitor_event(role, event, message["value"])
+        if role == "control":
+            return
         delta = 1 if event == zmq.EVENT_ACCEPTED else -1 if event == zmq.EVENT_DISCONNECTED else 0
         if role == "backend":
             self._book.subscribers = max(0, self._book.subscribers + delta)
@@ -182,6 +196,8 @@ class Service:
                 if now >= next_rate:
                     self._book.sample()
                     next_rate = now + _RATE_WINDOW
+                    if self.security is not None:
+                        self.security.tick()
                 if now >= next_metrics:
                     self._publish_metrics()
                     next_metrics = now + self._metrics_interval
@@ -227,10 +243,10 @@ class Service:
         control = self._sockets.control
         for _ in range(100):
             try:
-                frames = control.recv_multipart(zmq.NOBLOCK)
+                received = control.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            reply = self._handler.handle(frames)
+            reply = self._handler.handle([frame.bytes for frame in received], _user_id(received[-1]))
             if reply is not None:
                 try:
                     control.send_multipart(reply, zmq.NOBLOCK)
@@ -244,3 +260,12 @@ class Service:
                 self._on_subscription(publisher.recv(zmq.NOBLOCK))
             except zmq.Again:
                 return
+
+
+def _user_id(frame: zmq.Frame) -> str | None:
+    """The ZAP User-Id of a received frame (the client's roles under CURVE), or ``None``."""
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:  # no such property: a connection without ZAP (security off, inproc)
+        return None
+    return user if isinstance(user, str) else None

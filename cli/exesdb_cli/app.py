@@ -82,6 +82,16 @@ Secret = Annotated[
     str | None, typer.Option("--secret", envvar="EXESDB_SECRET", help="Shared secret for signed messages")
 ]
 ConnectTimeout = Annotated[float, typer.Option("--connect-timeout", help="Seconds to wait for the broker")]
+ClientKey = Annotated[
+    str | None,
+    typer.Option(
+        "--client-key", envvar="EXESDB_CLIENT_KEY", help="This client's secret key file (CURVE; exesdb keygen)"
+    ),
+]
+ServerKey = Annotated[
+    str | None,
+    typer.Option("--server-key", envvar="EXESDB_SERVER_KEY", help="The broker's public key file (CURVE)"),
+]
 
 TAIL_HELP = """Follow live messages.
 
@@ -124,6 +134,8 @@ def tail(
     backend: Backend = None,
     secret: Secret = None,
     connect_timeout: ConnectTimeout = 5.0,
+    client_key: ClientKey = None,
+    server_key: ServerKey = None,
 ) -> None:
     if sum((json_output, raw, pretty)) > 1:
         _fail("choose one of --json, --raw and --pretty")
@@ -143,6 +155,8 @@ def tail(
             backend=backend,
             secret=secret,
             connect_timeout=connect_timeout,
+            client_key=client_key,
+            server_key=server_key,
         )
 
     _run(action)
@@ -184,6 +198,8 @@ def publish(
     max_message_size: Annotated[
         int, typer.Option("--max-message-size", min=1, help="Refuse bodies larger than this")
     ] = 1 << 20,
+    client_key: ClientKey = None,
+    server_key: ServerKey = None,
 ) -> None:
     def action() -> int:
         from .publish import run_publish
@@ -201,6 +217,8 @@ def publish(
             secret=secret,
             connect_timeout=connect_timeout,
             max_message_size=max_message_size,
+            client_key=client_key,
+            server_key=server_key,
         )
 
     _run(action)
@@ -226,11 +244,21 @@ def stats(
     interval: Annotated[float, typer.Option("--interval", min=0.1, help="Seconds between refreshes")] = 1.0,
     control: Control = None,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the broker")] = 5.0,
+    client_key: ClientKey = None,
+    server_key: ServerKey = None,
 ) -> None:
     def action() -> int:
         from .stats import run_stats
 
-        return run_stats(control=control, watch=watch, as_json=as_json, interval=interval, timeout=timeout)
+        return run_stats(
+            control=control,
+            watch=watch,
+            as_json=as_json,
+            interval=interval,
+            timeout=timeout,
+            client_key=client_key,
+            server_key=server_key,
+        )
 
     _run(action)
 
@@ -297,6 +325,34 @@ def demo(
         from .demo import run_demo
 
         return run_demo(duration=duration, pace=pace)
+
+    _run(action)
+
+
+KEYGEN_HELP = """Create a CURVE key pair for the broker or a client: NAME.key (the public key, to hand
+out: an allowlist directory or the clients' --server-key) and NAME.key_secret (both keys, mode
+0600, to keep private). An existing key is never overwritten.
+
+Examples:
+
+  exesdb keygen broker --dir keys
+
+  exesdb keygen sensor-7 --dir keys/publishers
+"""
+
+
+@app.command(help=KEYGEN_HELP)
+def keygen(
+    name: Annotated[str, typer.Argument(help="Key name: the files are NAME.key and NAME.key_secret")],
+    directory: Annotated[str, typer.Option("--dir", help="Where to write the files (created if missing)")] = ".",
+) -> None:
+    def action() -> int:
+        from exesdb_sdk.curve import write_key_pair
+
+        public, secret = write_key_pair(directory, name)
+        print(f"public key: {public}")
+        print(f"secret key: {secret} (mode 0600: keep it private)")
+        return 0
 
     _run(action)
 

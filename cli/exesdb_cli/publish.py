@@ -69,6 +69,8 @@ def run_publish(
     frontend: str | None,
     secret: str | None,
     connect_timeout: float,
+    client_key: str | None = None,
+    server_key: str | None = None,
     max_message_size: int,
 ) -> int:
     """Publish; return the exit status. Raises ExesdbError with a one-line message on bad input."""
@@ -82,7 +84,14 @@ def run_publish(
         from rich.progress import Progress
 
         progress = Progress(transient=True)
-    with Publisher(frontend, connect_timeout=connect_timeout, secret=secret, max_message_size=max_message_size) as pub:
+    with Publisher(
+        frontend,
+        connect_timeout=connect_timeout,
+        secret=secret,
+        max_message_size=max_message_size,
+        client_key=client_key,
+        server_key=server_key,
+    ) as pub:
         started = time.monotonic()
         task = progress.add_task("publishing", total=total) if progress else None
         if progress:

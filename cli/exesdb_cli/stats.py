@@ -53,11 +53,22 @@ def render_stats(stats: dict[str, Any]) -> Group:
         f"subscribers {stats['subscribers']}  publishers {stats['publishers']}  "
         f"malformed {stats['malformed']}  uptime {_uptime(stats['uptime'])}"
     )
+    if "security" in stats:
+        footer.append(f"  handshake failures {stats['security']['handshake_failures']}")
     return Group(table, footer)
 
 
-def run_stats(*, control: str | None, watch: bool, as_json: bool, interval: float, timeout: float) -> int:
-    with ControlClient(control, timeout=timeout) as client:
+def run_stats(
+    *,
+    control: str | None,
+    watch: bool,
+    as_json: bool,
+    interval: float,
+    timeout: float,
+    client_key: str | None = None,
+    server_key: str | None = None,
+) -> int:
+    with ControlClient(control, timeout=timeout, client_key=client_key, server_key=server_key) as client:
         if as_json and not watch:
             print(json.dumps(client.stats()))
             return 0

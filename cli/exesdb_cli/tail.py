@@ -55,6 +55,8 @@ def run_tail(
     backend: str | None,
     secret: str | None,
     connect_timeout: float,
+    client_key: str | None = None,
+    server_key: str | None = None,
 ) -> int:
     """Follow messages until ``count`` (exit 0), ``timeout`` (exit 124) or Ctrl-C (exit 0)."""
     pairs = _subscriptions(instances, topics)
@@ -72,7 +74,15 @@ def run_tail(
         topic = frames[0][:80].decode("utf-8", "replace") if frames else "?"
         print(f"exesdb tail: skipped a message on {topic}: {error}", file=sys.stderr, flush=True)
 
-    with Subscriber(backend, subscribe_timeout=connect_timeout, secret=secret, on_gap=on_gap, on_error=on_error) as sub:
+    with Subscriber(
+        backend,
+        subscribe_timeout=connect_timeout,
+        secret=secret,
+        on_gap=on_gap,
+        on_error=on_error,
+        client_key=client_key,
+        server_key=server_key,
+    ) as sub:
         for instance, prefix in pairs:
             sub.subscribe(instance, prefix, wait=False)
         sub.wait_ready()

@@ -16,6 +16,7 @@ from .aio import AsyncControlClient, AsyncPublisher, AsyncSubscriber
 from .control import ControlClient
 from .endpoints import DEFAULT_BACKEND, DEFAULT_CONTROL, DEFAULT_FRONTEND
 from .errors import (
+    AuthenticationError,
     BindError,
     BrokerUnavailableError,
     ClosedError,
@@ -42,6 +43,7 @@ __all__ = [
     "AsyncControlClient",
     "AsyncPublisher",
     "AsyncSubscriber",
+    "AuthenticationError",
     "BindError",
     "BrokerUnavailableError",
     "ClosedError",

@@ -9,6 +9,7 @@ from typing import Any, Self
 import zmq
 import zmq.asyncio
 
+from .curve import ClientKeys, HandshakeWatch
 from .errors import ClosedError
 
 __all__ = ["AsyncSocketOwner", "SocketOwner"]
@@ -19,10 +20,12 @@ class SocketOwner:
 
     _what = "socket"
 
-    def __init__(self, socket_type: int, context: zmq.Context[Any] | None) -> None:
+    def __init__(self, socket_type: int, context: zmq.Context[Any] | None, keys: ClientKeys | None = None) -> None:
         self._own_context = context is None
         self._context: zmq.Context[Any] = zmq.Context() if context is None else context
         self._socket: zmq.Socket[Any] | None = self._context.socket(socket_type)
+        # CURVE keys (if any) and the handshake monitor go on before connect (see .curve).
+        self._watch = HandshakeWatch(self._socket, keys)
 
     @property
     def closed(self) -> bool:
@@ -38,6 +41,7 @@ class SocketOwner:
         socket, self._socket = self._socket, None
         if socket is None:
             return
+        self._watch.close()
         socket.close(linger=None if linger is None else int(linger * 1000))
         if self._own_context:
             self._context.term()  # returns once flushed or the linger has run out
@@ -63,10 +67,11 @@ class AsyncSocketOwner:
 
     _what = "socket"
 
-    def __init__(self, socket_type: int, context: zmq.asyncio.Context | None) -> None:
+    def __init__(self, socket_type: int, context: zmq.asyncio.Context | None, keys: ClientKeys | None = None) -> None:
         self._own_context = context is None
         self._context = zmq.asyncio.Context() if context is None else context
         self._socket: zmq.asyncio.Socket | None = self._context.socket(socket_type)
+        self._watch = HandshakeWatch(self._socket, keys)
 
     @property
     def closed(self) -> bool:
@@ -83,6 +88,7 @@ class AsyncSocketOwner:
         socket, self._socket = self._socket, None
         if socket is None:
             return
+        self._watch.close()
         socket.close(linger=None if linger is None else int(linger * 1000))
         if self._own_context:
             await asyncio.to_thread(self._context.term)

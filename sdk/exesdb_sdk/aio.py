@@ -16,6 +16,7 @@ import zmq.asyncio
 
 from ._owner import AsyncSocketOwner
 from .control import DEFAULT_CONTROL_TIMEOUT, ReplyMatcher
+from .curve import KeyPath, resolve_client_keys
 from .endpoints import (
     DEFAULT_BACKEND,
     DEFAULT_CONTROL,
@@ -77,9 +78,11 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         secret: str | bytes | None = None,
         context: zmq.asyncio.Context | None = None,
+        client_key: KeyPath | None = None,
+        server_key: KeyPath | None = None,
     ) -> None:
         PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret)
-        AsyncSocketOwner.__init__(self, zmq.XPUB, context)
+        AsyncSocketOwner.__init__(self, zmq.XPUB, context, resolve_client_keys(client_key, server_key))
         self.connect_timeout = connect_timeout
         self._linger = linger
         self._connected = False
@@ -90,9 +93,15 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         socket = self._live()
         if not self._connected:
             socket.connect(self.frontend)
-            if not await socket.poll(int(self.connect_timeout * 1000)):
+            try:
+                ready = await self._watch.await_readable(socket, int(self.connect_timeout * 1000))
+            except BaseException:
+                await self.aclose(0)
+                raise
+            if not ready:
                 await self.aclose()
                 raise BrokerUnavailableError(self.frontend, self.connect_timeout)
+            self._watch.settle()
             self._connected = True
             await self._drain()
         return self
@@ -196,11 +205,13 @@ class AsyncSubscriber(AsyncSocketOwner):
         secret: str | bytes | None = None,
         typed: bool = True,
         context: zmq.asyncio.Context | None = None,
+        client_key: KeyPath | None = None,
+        server_key: KeyPath | None = None,
     ) -> None:
         self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
         self.subscribe_timeout = subscribe_timeout
         self._core = SubscriberCore(on_gap, on_error, secret=secret, typed=typed)
-        super().__init__(zmq.SUB, context)
+        super().__init__(zmq.SUB, context, resolve_client_keys(client_key, server_key))
         socket = self._live()
         socket.setsockopt(zmq.RCVHWM, hwm)
         socket.setsockopt(zmq.LINGER, 0)
@@ -241,6 +252,7 @@ class AsyncSubscriber(AsyncSocketOwner):
         try:
             deadline = time.monotonic() + timeout
             while token not in self._core.acked:
+                self._watch.check()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise BrokerUnavailableError(self.backend, timeout)
@@ -249,6 +261,7 @@ class AsyncSubscriber(AsyncSocketOwner):
                 if await socket.poll(max(1, int(min(remaining, _PROBE_SLICE) * 1000))):
                     with contextlib.suppress(zmq.Again):
                         self._core.feed(await socket.recv_multipart(zmq.NOBLOCK))
+            self._watch.settle()
         finally:
             self._core.acked.discard(token)
             if self._socket is not None:
@@ -266,11 +279,16 @@ class AsyncSubscriber(AsyncSocketOwner):
             try:
                 messages = take(await socket.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
+                # Until a wait has settled the handshake watch, idle waits read its events too.
+                armed = self._watch.armed
                 if deadline is None:
-                    await socket.poll(None)
+                    await (self._watch.await_readable(socket, 1000) if armed else socket.poll(None))
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not await socket.poll(int(remaining * 1000) + 1):
+                if remaining <= 0:
+                    raise ReceiveTimeoutError(timeout or 0.0) from None
+                wait_ms = int(remaining * 1000) + 1
+                if not await (self._watch.await_readable(socket, wait_ms) if armed else socket.poll(wait_ms)):
                     raise ReceiveTimeoutError(timeout or 0.0) from None
                 continue
             if messages:
@@ -291,7 +309,7 @@ class AsyncSubscriber(AsyncSocketOwner):
 
 
 class AsyncControlClient(AsyncSocketOwner):
-    """The asyncio :class:`~exesdb_sdk.ControlClient`."""
+    """The asyncio :class:`~exesdb_sdk.ControlClient`: the same arguments, awaited I/O."""
 
     _what = "control client"
 
@@ -301,11 +319,13 @@ class AsyncControlClient(AsyncSocketOwner):
         *,
         timeout: float = DEFAULT_CONTROL_TIMEOUT,
         context: zmq.asyncio.Context | None = None,
+        client_key: KeyPath | None = None,
+        server_key: KeyPath | None = None,
     ) -> None:
         self.endpoint = resolve_endpoint(endpoint, ENV_CONTROL, DEFAULT_CONTROL, "control")
         self.timeout = timeout
         self._matcher = ReplyMatcher()
-        super().__init__(zmq.DEALER, context)
+        super().__init__(zmq.DEALER, context, resolve_client_keys(client_key, server_key))
         socket = self._live()
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(self.endpoint)
@@ -324,10 +344,11 @@ class AsyncControlClient(AsyncSocketOwner):
             raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint") from None
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await socket.poll(max(1, int(remaining * 1000))):
+            if remaining <= 0 or not await self._watch.await_readable(socket, max(1, int(remaining * 1000))):
                 raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint")
             reply = self._matcher.match(await socket.recv_multipart(), request_id)
             if reply is not None:
+                self._watch.settle()
                 return reply
 
     async def ping(self) -> dict[str, Any]:

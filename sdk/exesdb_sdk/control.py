@@ -10,6 +10,7 @@ from typing import Any, Final
 import zmq
 
 from ._owner import SocketOwner
+from .curve import KeyPath, resolve_client_keys
 from .endpoints import DEFAULT_CONTROL, ENV_CONTROL, resolve_endpoint
 from .errors import BrokerUnavailableError, ProtocolError
 from .protocol import decode_reply, encode_request
@@ -56,7 +57,10 @@ class ControlClient(SocketOwner):
     ``endpoint`` defaults to ``$EXESDB_CONTROL``, else ``tcp://127.0.0.1:7102``. A request
     that gets no reply within ``timeout`` seconds raises
     :class:`~exesdb_sdk.errors.BrokerUnavailableError`; an error reply raises
-    :class:`~exesdb_sdk.errors.ControlError`.
+    :class:`~exesdb_sdk.errors.ControlError` (code ``forbidden`` when this client's key lacks
+    the role for the op). ``client_key`` and ``server_key`` (or ``$EXESDB_CLIENT_KEY`` /
+    ``$EXESDB_SERVER_KEY``) turn on CURVE; a refused key raises
+    :class:`~exesdb_sdk.errors.AuthenticationError`.
 
     Example::
 
@@ -72,11 +76,13 @@ class ControlClient(SocketOwner):
         *,
         timeout: float = DEFAULT_CONTROL_TIMEOUT,
         context: zmq.Context[Any] | None = None,
+        client_key: KeyPath | None = None,
+        server_key: KeyPath | None = None,
     ) -> None:
         self.endpoint = resolve_endpoint(endpoint, ENV_CONTROL, DEFAULT_CONTROL, "control")
         self.timeout = timeout
         self._matcher = ReplyMatcher()
-        super().__init__(zmq.DEALER, context)
+        super().__init__(zmq.DEALER, context, resolve_client_keys(client_key, server_key))
         socket = self._live()
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(self.endpoint)
@@ -95,10 +101,11 @@ class ControlClient(SocketOwner):
             raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint") from None
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not socket.poll(max(1, int(remaining * 1000))):
+            if remaining <= 0 or not self._watch.wait(max(1, int(remaining * 1000))):
                 raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint")
             reply = self._matcher.match(socket.recv_multipart(), request_id)
             if reply is not None:
+                self._watch.settle()
                 return reply
 
     def ping(self) -> dict[str, Any]:

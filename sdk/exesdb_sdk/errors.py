@@ -15,6 +15,7 @@ Every error the SDK, the broker and the CLI raise on purpose derives from
     ├── ReceiveTimeoutError         (TimeoutError) no message arrived within the timeout
     ├── PublishTimeoutError         (TimeoutError) the broker did not take a message in time
     ├── ControlError                               the broker answered a control request with an error
+    ├── AuthenticationError         (PermissionError) the broker refused this client's CURVE handshake
     └── ClosedError                 (RuntimeError) the publisher, subscriber or client is closed
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import re
 
 __all__ = [
+    "AuthenticationError",
     "BindError",
     "BrokerUnavailableError",
     "ClosedError",
@@ -148,3 +150,13 @@ class ControlError(ExesdbError):
 
 class ClosedError(ExesdbError, RuntimeError):
     """The object was used after ``close()``."""
+
+
+class AuthenticationError(ExesdbError, PermissionError):
+    """The CURVE handshake with the broker at ``endpoint`` failed: a key missing, not allowed or
+    wrong (``detail`` says which, as far as ZeroMQ tells)."""
+
+    def __init__(self, endpoint: str, detail: str) -> None:
+        self.endpoint = endpoint
+        self.detail = detail
+        super().__init__(f"authentication failed at {endpoint}: {detail}")

@@ -10,6 +10,7 @@ import zmq
 
 from ._frames import send_frames
 from ._owner import SocketOwner
+from .curve import KeyPath, resolve_client_keys
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
 from .errors import BrokerUnavailableError, PublishTimeoutError
 from .instances import Instance
@@ -165,7 +166,10 @@ class Publisher(SocketOwner, PublisherCore):
     cannot keep up, a publish waits up to ``send_timeout`` seconds (``None``: forever) and then
     raises :class:`~exesdb_sdk.errors.PublishTimeoutError`; nothing is dropped silently.
     ``close()`` flushes for at most ``linger`` seconds. With a ``secret`` (or ``$EXESDB_SECRET``)
-    every envelope is signed with HMAC-SHA256. Use from one thread only.
+    every envelope is signed with HMAC-SHA256. ``client_key`` (this client's ``.key_secret``
+    file, else ``$EXESDB_CLIENT_KEY``) and ``server_key`` (the broker's public ``.key`` file,
+    else ``$EXESDB_SERVER_KEY``) turn on CURVE; a key the broker refuses raises
+    :class:`~exesdb_sdk.errors.AuthenticationError`. Use from one thread only.
 
     Example::
 
@@ -186,16 +190,19 @@ class Publisher(SocketOwner, PublisherCore):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         secret: str | bytes | None = None,
         context: zmq.Context[Any] | None = None,
+        client_key: KeyPath | None = None,
+        server_key: KeyPath | None = None,
     ) -> None:
         PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret)
-        SocketOwner.__init__(self, zmq.XPUB, context)
+        SocketOwner.__init__(self, zmq.XPUB, context, resolve_client_keys(client_key, server_key))
         self._linger = linger
         socket = self._live()
         try:
             prepare_socket(socket, hwm=hwm, send_timeout=send_timeout, linger=linger)
             socket.connect(self.frontend)
-            if not socket.poll(int(connect_timeout * 1000)):
+            if not self._watch.wait(int(connect_timeout * 1000)):
                 raise BrokerUnavailableError(self.frontend, connect_timeout)
+            self._watch.settle()
             self._drain()
         except BaseException:
             self._close(0)

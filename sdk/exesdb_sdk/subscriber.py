@@ -13,6 +13,7 @@ import zmq
 
 from ._frames import recv_frames
 from ._owner import SocketOwner
+from .curve import KeyPath, resolve_client_keys
 from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, resolve_endpoint
 from .errors import BrokerUnavailableError, ProtocolError, ReceiveTimeoutError, ValidationError
 from .instances import Instance
@@ -166,8 +167,9 @@ class Subscriber(SocketOwner):
     ``backend`` defaults to ``$EXESDB_BACKEND``, else ``tcp://127.0.0.1:7101``. Subscribe to
     whole instances or to topic prefixes within one, then :meth:`recv` or iterate. Messages
     that do not follow the protocol are skipped and counted, never raised. ``on_gap`` and
-    ``on_error`` are optional callbacks for sequence gaps and undecodable messages. Use from
-    one thread only.
+    ``on_error`` are optional callbacks for sequence gaps and undecodable messages.
+    ``client_key`` and ``server_key`` (or ``$EXESDB_CLIENT_KEY`` / ``$EXESDB_SERVER_KEY``) turn
+    on CURVE, as for :class:`~exesdb_sdk.Publisher`. Use from one thread only.
 
     Example::
 
@@ -191,11 +193,13 @@ class Subscriber(SocketOwner):
         secret: str | bytes | None = None,
         typed: bool = True,
         context: zmq.Context[Any] | None = None,
+        client_key: KeyPath | None = None,
+        server_key: KeyPath | None = None,
     ) -> None:
         self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
         self.subscribe_timeout = subscribe_timeout
         self._core = SubscriberCore(on_gap, on_error, secret=secret, typed=typed)
-        super().__init__(zmq.SUB, context)
+        super().__init__(zmq.SUB, context, resolve_client_keys(client_key, server_key))
         socket = self._live()
         socket.setsockopt(zmq.RCVHWM, hwm)
         socket.setsockopt(zmq.LINGER, 0)
@@ -219,7 +223,8 @@ class Subscriber(SocketOwner):
         With ``wait`` (the default) it returns once the broker has confirmed the
         subscription, so a message published after that reaches this subscriber; if the
         broker does not confirm within ``timeout`` (default ``subscribe_timeout``) it raises
-        :class:`~exesdb_sdk.errors.BrokerUnavailableError`.
+        :class:`~exesdb_sdk.errors.BrokerUnavailableError`, or
+        :class:`~exesdb_sdk.errors.AuthenticationError` when the broker refused this client.
         """
         socket = self._live()
         for topic in subscription_prefixes(instance, prefix):
@@ -248,9 +253,10 @@ class Subscriber(SocketOwner):
             deadline = time.monotonic() + timeout
             while token not in self._core.acked:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not socket.poll(max(1, int(remaining * 1000))):
+                if remaining <= 0 or not self._watch.wait(max(1, int(remaining * 1000))):
                     raise BrokerUnavailableError(self.backend, timeout)
                 self._core.feed(recv_frames(socket))
+            self._watch.settle()
         finally:
             self._core.acked.discard(token)
             if self._socket is not None:
@@ -271,11 +277,13 @@ class Subscriber(SocketOwner):
             try:
                 messages = take(recv_frames(socket, _NOBLOCK))
             except zmq.Again:
+                # Until a wait has settled the handshake watch, idle waits read its events too.
+                wait = self._watch.wait if self._watch.armed else socket.poll
                 if deadline is None:
-                    socket.poll(None)
+                    wait(1000)
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or not socket.poll(int(remaining * 1000) + 1):
+                if remaining <= 0 or not wait(int(remaining * 1000) + 1):
                     raise ReceiveTimeoutError(timeout or 0.0) from None
                 continue
             if messages:
