@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from exesdb_sdk import __version__
@@ -16,6 +16,8 @@ __all__ = ["ControlHandler", "instance_table"]
 log = logging.getLogger("exesdb.broker.control")
 
 Operation = Callable[[dict[str, Any]], dict[str, Any]]
+Forward = Callable[[list[bytes]], None]
+"""Takes ``[*routing head, request frame]`` of a request another thread answers later."""
 
 
 def instance_table() -> list[dict[str, Any]]:
@@ -42,10 +44,26 @@ class ControlHandler:
             "stats": self._stats_op,
             "instances": self._instances,
         }
+        self._forwards: dict[str, Forward] = {}
 
     def register(self, op: str, operation: Operation) -> None:
         """Add an operation (later features add ``replay`` and ``last``)."""
         self._ops[op] = operation
+
+    def forward(self, ops: Iterable[str], send: Forward) -> None:
+        """Hand requests for ``ops`` to ``send`` (the journal thread answers them later)."""
+        for op in ops:
+            self._forwards[op] = send
+
+    def _forwarded(self, head: list[bytes], frame: bytes) -> bool:
+        try:
+            send = self._forwards.get(decode_request(frame)["op"])
+        except ProtocolError:
+            return False
+        if send is None:
+            return False
+        send([*head, frame])
+        return True
 
     def handle(self, frames: list[bytes]) -> list[bytes] | None:
         """Reply frames for the ROUTER frames of one request, or ``None`` to send nothing.
@@ -60,6 +78,8 @@ class ControlHandler:
         body = rest[len(head) - 1 :]
         if len(body) != 1:
             return [*head, encode_error_reply("bad_request", "expected exactly one request frame")]
+        if self._forwards and self._forwarded(head, body[0]):
+            return None
         return [*head, self._reply(body[0])]
 
     def _reply(self, frame: bytes) -> bytes:
@@ -70,7 +90,7 @@ class ControlHandler:
         request_id = request.get("id")
         operation = self._ops.get(request["op"])
         if operation is None:
-            known = ", ".join(sorted(self._ops))
+            known = ", ".join(sorted({*self._ops, *self._forwards}))
             return encode_error_reply("unknown_op", f"unknown op {request['op']!r} (known: {known})", request_id)
         try:
             return encode_reply(operation(request), request_id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import zmq
@@ -35,8 +36,11 @@ _FLUSH_TIMEOUT: Final = 0.5
 
 
 def stop_workers(sockets: ServiceSockets) -> None:
-    """Tell the proxy and the tap to stop (from the thread that owns these sockets)."""
-    for socket, command in ((sockets.proxy_control, b"TERMINATE"), (sockets.tap_stop, b"STOP")):
+    """Tell the proxy, the tap and the journal to stop (from the thread that owns these sockets)."""
+    commands = [(sockets.proxy_control, b"TERMINATE"), (sockets.tap_stop, b"STOP")]
+    if sockets.journal is not None:
+        commands.append((sockets.journal, b"STOP"))
+    for socket, command in commands:
         try:
             socket.send(command, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
@@ -54,8 +58,11 @@ class ServiceSockets:
         tap_stop: zmq.Socket[Any],
         stop: zmq.Socket[Any],
         monitors: dict[str, zmq.Socket[Any]],
+        journal: zmq.Socket[Any] | None = None,
     ) -> None:
         self.control = control
+        self.journal = journal
+        """PAIR to the journal thread: requests out, replies in."""
         self.publisher = publisher
         self.proxy_control = proxy_control
         self.tap_stop = tap_stop
@@ -67,6 +74,8 @@ class ServiceSockets:
             socket.close(linger=0)
         for monitor in self.monitors.values():
             monitor.close(linger=0)
+        if self.journal is not None:
+            self.journal.close(linger=0)
 
 
 class Service:
@@ -79,13 +88,18 @@ class Service:
         *,
         node: str,
         metrics_interval: float,
+        journal_stats: Callable[[], dict[str, Any]] | None = None,
+        journal_ops: tuple[str, ...] = (),
     ) -> None:
         self._sockets = sockets
+        self._journal_stats = journal_stats
         self._book = book
         self._node = node
         self._metrics_interval = metrics_interval
         self._encoder = Encoder(src=node)
         self._handler = ControlHandler(node, self._stats)
+        if sockets.journal is not None:
+            self._handler.forward(journal_ops, self._to_journal)
         self._last_metrics = (time.monotonic(), 0)
         self._thread = threading.Thread(target=self._run, name="exesdb-service", daemon=True)
 
@@ -144,7 +158,30 @@ class Service:
         return ProxyTotals.from_reply(socket.recv_multipart())
 
     def _stats(self) -> dict[str, Any]:
-        return self._book.snapshot(self._proxy_totals())
+        reply = self._book.snapshot(self._proxy_totals())
+        if self._journal_stats is not None:
+            reply["journal"] = self._journal_stats()
+        return reply
+
+    def _to_journal(self, frames: list[bytes]) -> None:
+        assert self._sockets.journal is not None
+        try:
+            self._sockets.journal.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("control request not handed to the journal: %s", exc)
+
+    def _from_journal(self) -> None:
+        journal, control = self._sockets.journal, self._sockets.control
+        assert journal is not None
+        for _ in range(1000):
+            try:
+                reply = journal.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                control.send_multipart(reply, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # the client went away: nothing to answer
+                log.debug("control reply not sent: %s", exc)
 
     def _on_monitor(self, role: str, socket: zmq.Socket[Any]) -> None:
         event = recv_monitor_message(socket)["event"]
@@ -171,6 +208,7 @@ class Service:
             sockets.publisher,
             sockets.stop,
             *sockets.monitors.values(),
+            *([sockets.journal] if sockets.journal is not None else []),
         ):
             poller.register(socket, zmq.POLLIN)
         roles = {socket: role for role, socket in sockets.monitors.items()}
@@ -194,6 +232,8 @@ class Service:
                     self._serve_control()
                 if sockets.publisher in ready:
                     self._drain_subscriptions()
+                if sockets.journal is not None and sockets.journal in ready:
+                    self._from_journal()
                 for socket in ready:
                     role = roles.get(socket)
                     if role is not None:
