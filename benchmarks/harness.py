@@ -193,6 +193,7 @@ def started_broker(kind: str, transport: str = "tcp") -> Iterator[BrokerHandle]:
     (``"tcp"`` on free 127.0.0.1 ports, or ``"ipc"`` in a temporary directory); stop it on exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXESDB_")}  # default settings
     directory = tempfile.mkdtemp(prefix="exesdb-bench-")
+    env["XDG_STATE_HOME"] = directory  # the broker's journal goes in the run's own directory
     proc = subprocess.Popen(
         broker_command(kind, transport, directory),
         stdin=subprocess.DEVNULL,

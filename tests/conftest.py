@@ -110,6 +110,12 @@ class BrokerProcess:
 StartBroker = Callable[..., BrokerProcess]
 
 
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Brokers started by a test journal under a fresh ``$XDG_STATE_HOME``, never the user's."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def start_broker() -> Iterator[StartBroker]:
     """Start brokers with extra flags: ``start_broker("--metrics-interval", "0.2")``."""

@@ -504,4 +504,3 @@ def _send(pipe: zmq.Socket[Any], frames: list[bytes]) -> None:
         pipe.send_multipart(frames, _NOBLOCK)
     except zmq.ZMQError as exc:  # the service is gone (stopping): nothing to answer
         log.debug("journal reply not sent: %s", exc)
-

@@ -70,6 +70,8 @@ def run_publish(
     secret: str | None,
     connect_timeout: float,
     max_message_size: int,
+    durable: bool = False,
+    control: str | None = None,
 ) -> int:
     """Publish; return the exit status. Raises ExesdbError with a one-line message on bad input."""
     stdin = None if data is not None else sys.stdin.read()
@@ -82,7 +84,9 @@ def run_publish(
         from rich.progress import Progress
 
         progress = Progress(transient=True)
-    with Publisher(frontend, connect_timeout=connect_timeout, secret=secret, max_message_size=max_message_size) as pub:
+    with Publisher(
+        frontend, connect_timeout=connect_timeout, secret=secret, max_message_size=max_message_size, control=control
+    ) as pub:
         started = time.monotonic()
         task = progress.add_task("publishing", total=total) if progress else None
         if progress:
@@ -95,7 +99,9 @@ def run_publish(
                         delay = started + sent * interval - time.monotonic()
                         if delay > 0:
                             time.sleep(delay)  # the requested pace, not a wait for a socket
-                    pub.publish(instance, subtopic, type_name, payload, corr=corr)
+                    seq = pub.publish(instance, subtopic, type_name, payload, corr=corr, durable=durable)
+                    if durable:
+                        print(seq, flush=True)
                     sent += 1
                     if progress is not None and task is not None and sent % 100 == 0:
                         progress.update(task, completed=sent)
@@ -103,5 +109,6 @@ def run_publish(
             if progress:
                 progress.stop()
     plural = "" if total == 1 else "s"
-    print(f"exesdb publish: sent {total} message{plural} to {Instance.resolve(instance)}/{subtopic}", file=sys.stderr)
+    what = "journaled" if durable else "sent"
+    print(f"exesdb publish: {what} {total} message{plural} to {Instance.resolve(instance)}/{subtopic}", file=sys.stderr)
     return 0
