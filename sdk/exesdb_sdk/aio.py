@@ -80,11 +80,13 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         secret: str | bytes | None = None,
         control: str | None = None,
+        control_timeout: float = DEFAULT_CONTROL_TIMEOUT,
         context: zmq.asyncio.Context | None = None,
     ) -> None:
         PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret)
         AsyncSocketOwner.__init__(self, zmq.XPUB, context)
         self._control_endpoint = control
+        self._control_timeout = control_timeout
         self._control: AsyncControlClient | None = None
         self.connect_timeout = connect_timeout
         self._linger = linger
@@ -174,7 +176,7 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
     async def _send_durable(self, topic: bytes, body: bytes, envelopes: int) -> int:
         if self._control is None:
             self._live()
-            self._control = AsyncControlClient(self._control_endpoint, context=self._context)
+            self._control = AsyncControlClient(self._control_endpoint, timeout=self._control_timeout, context=self._context)
         seq = self._encoder.seq(topic)
         try:
             reply = await self._control.request("publish", durable_request(topic, body))

@@ -10,7 +10,7 @@ import zmq
 
 from ._frames import send_frames
 from ._owner import SocketOwner
-from .control import ControlClient
+from .control import DEFAULT_CONTROL_TIMEOUT, ControlClient
 from .durable import durability_error, durable_request, durable_seq
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
 from .errors import BrokerUnavailableError, ControlError, PublishTimeoutError
@@ -194,12 +194,14 @@ class Publisher(SocketOwner, PublisherCore):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         secret: str | bytes | None = None,
         control: str | None = None,
+        control_timeout: float = DEFAULT_CONTROL_TIMEOUT,
         context: zmq.Context[Any] | None = None,
     ) -> None:
         PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret)
         SocketOwner.__init__(self, zmq.XPUB, context)
         self._linger = linger
         self._control_endpoint = control
+        self._control_timeout = control_timeout
         self._control: ControlClient | None = None
         socket = self._live()
         try:
@@ -293,7 +295,7 @@ class Publisher(SocketOwner, PublisherCore):
     def _send_durable(self, topic: bytes, body: bytes, envelopes: int) -> int:
         if self._control is None:
             self._live()
-            self._control = ControlClient(self._control_endpoint, context=self._context)
+            self._control = ControlClient(self._control_endpoint, timeout=self._control_timeout, context=self._context)
         seq = self._encoder.seq(topic)
         try:
             reply = self._control.request("publish", durable_request(topic, body))
