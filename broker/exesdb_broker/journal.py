@@ -51,6 +51,10 @@ PAGE_BYTES: Final = 1 << 20
 LAST_TOPICS: Final = 10_000
 """Last-value topics kept; past this the least recently updated is forgotten."""
 INJECTED_LIMIT: Final = 100_000
+BACKLOG_WARNING: Final = 100_000
+"""Messages behind at which the journal logs a warning (it never drops; the pipe holds them)."""
+MARKER_PREFIX: Final = b"_exesdb/journal/"
+"""Reserved topic of the journal's own markers, sent through the proxy to measure its backlog."""
 _MAINTENANCE: Final = 1.0
 _STOP: Final = b"STOP"
 _NOBLOCK: Final = int(zmq.NOBLOCK)
@@ -88,6 +92,8 @@ class JournalCounters:
     trimmed: int = 0
     pending: int = 0
     """Read but not yet committed."""
+    behind: int = 0
+    """Messages that were queued ahead of the journal at the last measurement (0 once drained)."""
     last_error: str = ""
     heads: dict[str, int] = field(default_factory=dict)
 
@@ -137,6 +143,10 @@ class Journal:
         self._injected: dict[bytes, None] = {}
         self._topics: dict[bytes, tuple[Instance | None, bool]] = {}
         self._decoder = Decoder()
+        self._read_total = 0
+        self._markers = 0
+        self._marker: tuple[bytes, int] | None = None
+        self._warned = False
         self._thread = threading.Thread(target=self._run, name="exesdb-journal", daemon=True)
 
     # -- life ------------------------------------------------------------------------------
@@ -173,7 +183,7 @@ class Journal:
             "failed": c.failed,
             "malformed": c.malformed,
             "trimmed": c.trimmed,
-            "backlog": c.pending,
+            "backlog": c.pending + c.behind,
             "heads": dict(c.heads),
             "last_values": len(self._last),
             "last_error": c.last_error,
@@ -207,6 +217,7 @@ class Journal:
                 sub.setsockopt(zmq.SUBSCRIBE, instance.prefix.encode())
             for prefix in self.settings.last_values:
                 sub.setsockopt(zmq.SUBSCRIBE, prefix)
+            sub.setsockopt(zmq.SUBSCRIBE, MARKER_PREFIX)
             sub.connect(self._backend)
             pipe.setsockopt(zmq.LINGER, 0)
             pipe.bind(self._endpoint)
@@ -256,6 +267,7 @@ class Journal:
                 self._take_request(pipe, head, frame, durable, queries)
             if queries or stop:
                 live.extend(_read(sub, DRAIN_LIMIT))
+            self._measure(live, pub)
             self._write(live, durable, pipe, pub)
             for head, request_id, request in queries:
                 self._answer(pipe, head, request_id, request)
@@ -264,6 +276,32 @@ class Journal:
             if time.monotonic() >= next_maintenance:
                 self._maintain()
                 next_maintenance = time.monotonic() + _MAINTENANCE
+
+    def _measure(self, live: list[list[bytes]], pub: zmq.Socket[Any]) -> None:
+        """Keep ``behind`` up to date. When a round finds more than it reads, a marker goes
+        through the proxy; the messages read before it comes back were queued ahead of it."""
+        counters, base = self.counters, self._read_total
+        self._read_total += len(live)
+        if self._marker is not None:
+            topic, sent_at = self._marker
+            for index, frames in enumerate(live):
+                if frames[0] == topic:
+                    counters.behind = max(0, base + index - sent_at)
+                    self._marker = None
+                    break
+        if len(live) < ROUND:  # read until empty: nothing is queued ahead any more
+            counters.behind = 0
+        elif self._marker is None:
+            self._markers += 1
+            topic = MARKER_PREFIX + str(self._markers).encode()
+            with contextlib.suppress(zmq.Again):
+                send_frames(pub, topic, b"")
+                self._marker = (topic, self._read_total)
+        if counters.behind > BACKLOG_WARNING and not self._warned:
+            log.warning("journal is %d messages behind (it drops nothing; they wait in memory)", counters.behind)
+            self._warned = True
+        elif counters.behind == 0:
+            self._warned = False
 
     @staticmethod
     def _drain_subscriptions(pub: zmq.Socket[Any]) -> None:
