@@ -166,6 +166,8 @@ class Broker:
             endpoint=base + "-journal",
         )
         assert service_sockets.journal is not None
+        for option in (zmq.SNDHWM, zmq.RCVHWM):  # requests and replies wait; their clients bound them
+            service_sockets.journal.setsockopt(option, 0)
         service_sockets.journal.connect(base + "-journal")
         self._journal.start(_START_TIMEOUT)
         self._proxy_thread = threading.Thread(target=self._run_proxy, name="exesdb-proxy", daemon=True)

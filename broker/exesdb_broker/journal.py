@@ -220,6 +220,8 @@ class Journal:
             sub.setsockopt(zmq.SUBSCRIBE, MARKER_PREFIX)
             sub.connect(self._backend)
             pipe.setsockopt(zmq.LINGER, 0)
+            pipe.setsockopt(zmq.SNDHWM, 0)
+            pipe.setsockopt(zmq.RCVHWM, 0)
             pipe.bind(self._endpoint)
             prepare_socket(pub, hwm=0, send_timeout=0, linger=0)
             pub.connect(self._frontend)

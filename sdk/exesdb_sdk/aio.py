@@ -176,7 +176,9 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
     async def _send_durable(self, topic: bytes, body: bytes, envelopes: int) -> int:
         if self._control is None:
             self._live()
-            self._control = AsyncControlClient(self._control_endpoint, timeout=self._control_timeout, context=self._context)
+            self._control = AsyncControlClient(
+                self._control_endpoint, timeout=self._control_timeout, context=self._context
+            )
         seq = self._encoder.seq(topic)
         try:
             reply = await self._control.request("publish", durable_request(topic, body))

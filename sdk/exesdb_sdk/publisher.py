@@ -173,7 +173,9 @@ class Publisher(SocketOwner, PublisherCore):
     cannot keep up, a publish waits up to ``send_timeout`` seconds (``None``: forever) and then
     raises :class:`~exesdb_sdk.errors.PublishTimeoutError`; nothing is dropped silently.
     ``close()`` flushes for at most ``linger`` seconds. With a ``secret`` (or ``$EXESDB_SECRET``)
-    every envelope is signed with HMAC-SHA256. Use from one thread only.
+    every envelope is signed with HMAC-SHA256. ``publish(..., durable=True)`` goes through the
+    broker's control endpoint ``control`` (``$EXESDB_CONTROL``, else ``tcp://127.0.0.1:7102``)
+    and waits up to ``control_timeout`` seconds for the broker's commit. Use from one thread only.
 
     Example::
 

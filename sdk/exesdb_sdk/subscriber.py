@@ -230,8 +230,10 @@ class Subscriber(SocketOwner):
     ``backend`` defaults to ``$EXESDB_BACKEND``, else ``tcp://127.0.0.1:7101``. Subscribe to
     whole instances or to topic prefixes within one, then :meth:`recv` or iterate. Messages
     that do not follow the protocol are skipped and counted, never raised. ``on_gap`` and
-    ``on_error`` are optional callbacks for sequence gaps and undecodable messages. Use from
-    one thread only.
+    ``on_error`` are optional callbacks for sequence gaps and undecodable messages.
+    ``subscribe(..., replay_from=..., with_last=...)`` asks the broker's control endpoint
+    ``control`` (``$EXESDB_CONTROL``, else ``tcp://127.0.0.1:7102``) for its journal and last
+    values. Use from one thread only.
 
     Example::
 
