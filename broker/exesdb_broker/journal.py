@@ -34,6 +34,7 @@ from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import Decoder, decode_request, encode_error_reply, encode_reply, is_reserved
 from exesdb_sdk.publisher import prepare_socket
 
+from .queries import Refused, last_reply, not_journaled, replay_reply
 from .store import JournalStore, Row, StoreError, open_store
 
 __all__ = ["JOURNAL_OPS", "Journal", "JournalSettings"]
@@ -46,8 +47,6 @@ ROUND: Final = 10_000
 """Messages read from the SUB per round (one transaction)."""
 DRAIN_LIMIT: Final = 1_000_000
 """Bound on the read-until-empty before a ``replay`` or ``last`` answer."""
-PAGE_RECORDS: Final = 1000
-PAGE_BYTES: Final = 1 << 20
 LAST_TOPICS: Final = 10_000
 """Last-value topics kept; past this the least recently updated is forgotten."""
 INJECTED_LIMIT: Final = 100_000
@@ -96,13 +95,6 @@ class JournalCounters:
     """Messages that were queued ahead of the journal at the last measurement (0 once drained)."""
     last_error: str = ""
     heads: dict[str, int] = field(default_factory=dict)
-
-
-class _Refused(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(slots=True)
@@ -423,7 +415,7 @@ class Journal:
             return
         try:
             durable.append(self._durable(head, request_id, request))
-        except _Refused as exc:
+        except Refused as exc:
             self._refuse(pipe, head, request_id, exc.code, exc.message)
 
     def _durable(self, head: list[bytes], request_id: Any, request: dict[str, Any]) -> _Durable:
@@ -431,19 +423,18 @@ class Journal:
         if isinstance(topic, str):
             topic = topic.encode()
         if not isinstance(topic, bytes) or not isinstance(body, bytes):
-            raise _Refused("bad_request", "publish needs 'topic' (str) and 'body' (bin)")
+            raise Refused("bad_request", "publish needs 'topic' (str) and 'body' (bin)")
         if len(body) > self.settings.max_message_size:
-            raise _Refused("too_large", f"body is {len(body)} bytes, over {self.settings.max_message_size}")
+            raise Refused("too_large", f"body is {len(body)} bytes, over {self.settings.max_message_size}")
         try:
             text, pub, pseq, count = self._decoder.inspect([topic, body])
         except ProtocolError as exc:
-            raise _Refused("bad_request", f"not a valid message: {exc}") from None
+            raise Refused("bad_request", f"not a valid message: {exc}") from None
         instance = Instance.resolve(text.partition("/")[0])
         if instance not in self._journaled:
-            journaled = ", ".join(i.value for i in self.settings.instances) or "none"
-            raise _Refused("not_journaled", f"{instance.value} is not journaled (journaled: {journaled})")
+            raise not_journaled(instance, self.settings.instances)
         if self._store is None:
-            raise _Refused("journal_unavailable", f"journal unavailable: {self.reason or self.state}")
+            raise Refused("journal_unavailable", f"journal unavailable: {self.reason or self.state}")
         row = Row(instance, time.time_ns(), topic, body, pub, pseq, count, True)
         return _Durable(head, request_id, topic, body, row)
 
@@ -451,65 +442,18 @@ class Journal:
         op = request["op"]
         try:
             if op == "replay":
-                fields = self._replay(request)
+                fields = replay_reply(self._store, self.settings.instances, self.reason or self.state, request)
             elif op == "last":
-                fields = self._last_op(request)
+                fields = last_reply(self._last, self.settings.last_values, request)
             else:
-                raise _Refused("unknown_op", f"unknown op {op!r}")
-        except _Refused as exc:
+                raise Refused("unknown_op", f"unknown op {op!r}")
+        except Refused as exc:
             _send(pipe, [*head, encode_error_reply(exc.code, exc.message, request_id)])
             return
         except sqlite3.Error as exc:
             _send(pipe, [*head, encode_error_reply("journal_unavailable", f"journal read failed: {exc}", request_id)])
             return
         _send(pipe, [*head, encode_reply(fields, request_id)])
-
-    def _replay(self, request: dict[str, Any]) -> dict[str, Any]:
-        name = request.get("instance")
-        try:
-            instance = Instance.resolve(name) if isinstance(name, str) else None
-        except ExesdbError:
-            instance = None
-        if instance is None:
-            raise _Refused("bad_request", f"replay needs 'instance', one of the ten instances (got {name!r})")
-        if instance not in self._journaled:
-            journaled = ", ".join(i.value for i in self.settings.instances) or "none"
-            raise _Refused("not_journaled", f"{instance.value} is not journaled (journaled: {journaled})")
-        store = self._store
-        if store is None:
-            raise _Refused("journal_unavailable", f"journal unavailable: {self.reason or self.state}")
-        limit = _int(request, "limit", PAGE_RECORDS, 1)
-        prefix = request.get("prefix", "")
-        if not isinstance(prefix, str):
-            raise _Refused("bad_request", "'prefix' must be a string")
-        first = store.first_seq(instance)
-        if "from_seq" in request:
-            start = _int(request, "from_seq", 0, 0)
-        elif "since" in request:
-            start = store.seq_at(instance, _int(request, "since", 0, 0))
-        else:
-            start = first
-        records, following, more = store.page(
-            instance, max(start, first), (instance.prefix + prefix).encode(), min(limit, PAGE_RECORDS), PAGE_BYTES
-        )
-        return {
-            "instance": instance.value,
-            "records": [[seq, rt, topic.decode(), body] for seq, rt, topic, body in records],
-            "next": following,
-            "more": more,
-            "first": first,
-            "last": store.heads[instance],
-        }
-
-    def _last_op(self, request: dict[str, Any]) -> dict[str, Any]:
-        prefix = request.get("prefix", "")
-        if not isinstance(prefix, str):
-            raise _Refused("bad_request", "'prefix' must be a string")
-        wanted = prefix.encode()
-        records = [
-            [topic.decode(), rt, body] for topic, (rt, body) in sorted(self._last.items()) if topic.startswith(wanted)
-        ]
-        return {"records": records, "topics": [p.decode() for p in self.settings.last_values]}
 
     def _maintain(self) -> None:
         store, settings = self._store, self.settings
@@ -520,13 +464,6 @@ class Journal:
         except sqlite3.Error as exc:
             self.counters.last_error = f"retention failed: {exc}"
             log.error("journal retention failed: %s", exc)
-
-
-def _int(request: dict[str, Any], key: str, default: int, minimum: int) -> int:
-    value = request.get(key, default)
-    if type(value) is not int or value < minimum:
-        raise _Refused("bad_request", f"{key!r} must be an integer >= {minimum}, not {value!r}")
-    return value
 
 
 def _read(socket: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
