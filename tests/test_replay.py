@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from exesdb_sdk import AsyncSubscriber, ControlClient, Publisher, Subscriber
+from exesdb_sdk import AsyncPublisher, AsyncSubscriber, ControlClient, Publisher, Subscriber
 from exesdb_sdk.errors import ReceiveTimeoutError
 
 from .conftest import BrokerProcess, StartBroker, raw_publisher, wait_until
@@ -123,7 +123,7 @@ def test_replay_from_a_seq_and_from_a_time(journaled: BrokerProcess) -> None:
         sub.subscribe("audit", replay_from=datetime.now())  # naive on purpose
 
 
-def test_asyncio_subscriber_catches_up_then_live(journaled: BrokerProcess) -> None:
+def test_asyncio_durable_publish_and_catch_up_then_live(journaled: BrokerProcess) -> None:
     with Publisher(journaled.frontend, control=journaled.control) as pub:
         for n in range(5):
             pub.publish("alerts", "critical", "Custom", {"n": n}, durable=True)
@@ -131,8 +131,8 @@ def test_asyncio_subscriber_catches_up_then_live(journaled: BrokerProcess) -> No
     async def main() -> list[tuple[int, bool]]:
         async with AsyncSubscriber(journaled.backend, control=journaled.control) as sub:
             await sub.subscribe("alerts", replay_from="earliest")
-            with Publisher(journaled.frontend) as live:
-                live.publish("alerts", "critical", "Custom", {"n": 5})
+            async with AsyncPublisher(journaled.frontend, control=journaled.control) as live:
+                assert await live.publish("alerts", "critical", "Custom", {"n": 5}, durable=True) == 6
             return [(m.data["n"], m.replayed) async for m in sub.iter(timeout=1)]
 
     assert asyncio.run(main()) == [(0, True), (1, True), (2, True), (3, True), (4, True), (5, False)]
