@@ -314,9 +314,8 @@ class AsyncSubscriber(AsyncSocketOwner):
             reply = await self._control_client().request("replay", catchup.request())
         except ControlError as exc:
             raise durability_error(exc) from None
-        for frames in catchup.advance(reply):
-            core.take_replayed(frames)
-        if catchup.done:
+        replayed = [message for frames in catchup.advance(reply) for message in core.take_replayed(frames)]
+        if catchup.done or core.overlaps(replayed):
             core.catchups.pop(0)
             if not core.catchups:
                 core.release()

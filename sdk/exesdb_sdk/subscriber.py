@@ -90,6 +90,8 @@ class SubscriberCore:
         "decode_errors",
         "duplicates",
         "held",
+        "held_keys",
+        "held_scanned",
         "horizon",
         "invalid_payloads",
         "on_error",
@@ -121,6 +123,8 @@ class SubscriberCore:
         self.on_error = on_error
         self.held: deque[Sequence[bytes]] | None = None
         """Live messages held back while a catch-up runs (``None``: not holding)."""
+        self.held_keys: set[tuple[str, str, int]] = set()
+        self.held_scanned = 0
         self.catchups: list[CatchUp] = []
         self.horizon: dict[tuple[str, str], int] = {}
         """Highest replayed ``seq`` per (pub, topic): live messages at or below it are duplicates."""
@@ -190,7 +194,7 @@ class SubscriberCore:
             return
         self.pending.extend(self.take(frames))
 
-    def take_replayed(self, frames: Sequence[bytes]) -> None:
+    def take_replayed(self, frames: Sequence[bytes]) -> list[Message]:
         """Queue the envelopes of a journal record (or last value), marked ``replayed``."""
         messages = self.take(frames)
         horizon = self.horizon
@@ -204,10 +208,31 @@ class SubscriberCore:
                     horizon[key] = message.seq
         self.replayed += len(messages)
         self.pending.extend(messages)
+        return messages
+
+    def overlaps(self, replayed: Sequence[Message]) -> bool:
+        """Whether a replayed message was also received live (and is held). From there on the
+        live stream has every later message too, so the catch-up can stop paging: without
+        this, a catch-up would never end while live traffic outpaces it."""
+        held = self.held
+        if not held or not replayed:
+            return False
+        keys = self.held_keys
+        for index in range(self.held_scanned, len(held)):
+            try:
+                topic, pub, seq, _ = self._decoder.inspect(held[index])
+            except ProtocolError:
+                continue
+            if pub and seq > 0:
+                keys.add((pub, topic, seq))
+        self.held_scanned = len(held)
+        return any((m.pub, m.topic, m.seq) in keys for m in replayed)
 
     def release(self) -> None:
         """End holding: the held live messages follow, without those already replayed."""
         held, self.held = self.held, None
+        self.held_keys = set()
+        self.held_scanned = 0
         for frames in held or ():
             self.pending.extend(self.take(frames))
 
@@ -354,9 +379,8 @@ class Subscriber(SocketOwner):
             reply = self._control_client().request("replay", catchup.request())
         except ControlError as exc:
             raise durability_error(exc) from None
-        for frames in catchup.advance(reply):
-            core.take_replayed(frames)
-        if catchup.done:
+        replayed = [message for frames in catchup.advance(reply) for message in core.take_replayed(frames)]
+        if catchup.done or core.overlaps(replayed):
             core.catchups.pop(0)
             if not core.catchups:
                 core.release()
