@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from exesdb_sdk import ControlClient, DurabilityError, Publisher, Subscriber
 from exesdb_sdk.errors import BrokerUnavailableError, ControlError
 
+from . import conftest
 from .conftest import BrokerProcess, StartBroker, raw_publisher, wait_until
 
 
@@ -262,3 +264,53 @@ def test_last_returns_the_latest_health_summary_per_store(start_broker: StartBro
     assert broker.stop() == 0  # kept across a restart
     again = start_broker("--data-dir", str(tmp_path))
     assert latest(again) == {prefix + "billing": 0, prefix + "orders": 2}
+
+
+def test_a_failing_commit_is_an_error_for_the_publisher_not_a_silent_loss(
+    start_broker: StartBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file size limit stands in for a full disk: past it, SQLite's writes fail (EFBIG;
+    # Python ignores SIGXFSZ), as they would with ENOSPC.
+    limited = [
+        sys.executable, "-c",
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000)); "
+        "from exesdb_broker.cli import main; sys.argv[0] = 'exesdb-broker'; main()",
+    ]  # fmt: skip
+    monkeypatch.setattr(conftest, "broker_command", lambda: limited)
+    broker = start_broker("--data-dir", str(tmp_path))
+    acked = 0
+    with Subscriber(broker.backend) as sub, Publisher(broker.frontend, control=broker.control) as pub:
+        sub.subscribe("audit")
+        with pytest.raises(DurabilityError, match="commit failed") as info:
+            for _ in range(1000):
+                pub.publish("audit", "big", "Custom", {"pad": "x" * 20_000}, durable=True)
+                acked += 1
+        assert info.value.code == "commit_failed"
+        assert acked > 0
+        assert len(list(sub.iter(timeout=0.5))) == acked  # the refused one was not forwarded
+    stats = journal(broker)
+    assert stats["refused"] == 1 and "commit failed" in stats["last_error"]
+    with ControlClient(broker.control) as control:
+        assert control.ping()["pong"]
+
+
+def test_concurrent_durable_publishers_get_distinct_numbers_in_commit_order(
+    start_broker: StartBroker, tmp_path: Path
+) -> None:
+    broker = start_broker("--data-dir", str(tmp_path))
+    results: dict[str, list[int]] = {}
+
+    def publish_some(name: str) -> None:
+        with Publisher(broker.frontend, control=broker.control) as pub:
+            results[name] = [pub.publish("alerts", name, "Custom", {"n": n}, durable=True) for n in range(50)]
+
+    threads = [threading.Thread(target=publish_some, args=(f"p{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(seq for seqs in results.values() for seq in seqs) == list(range(1, 201))
+    assert all(seqs == sorted(seqs) for seqs in results.values())  # each publisher's order kept
+    records = replay_all(broker, "alerts")
+    for name, seqs in results.items():
+        assert [r[0] for r in records if r[2] == f"ex_esdb_alerts/{name}"] == seqs
