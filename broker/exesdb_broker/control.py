@@ -47,7 +47,7 @@ class ControlHandler:
         self._forwards: dict[str, Forward] = {}
 
     def register(self, op: str, operation: Operation) -> None:
-        """Add an operation (later features add ``replay`` and ``last``)."""
+        """Add an operation answered in the service thread."""
         self._ops[op] = operation
 
     def forward(self, ops: Iterable[str], send: Forward) -> None:

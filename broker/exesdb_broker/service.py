@@ -17,7 +17,7 @@ from typing import Any, Final
 import zmq
 from exesdb_sdk import __version__
 from exesdb_sdk.messages import BrokerMetrics, Payload, SystemEvent, SystemLifecycle
-from exesdb_sdk.protocol import PROBE_PREFIX, Encoder
+from exesdb_sdk.protocol import PROBE_PREFIX, Encoder, decode_request, encode_error_reply
 from zmq.utils.monitor import recv_monitor_message
 
 from .control import ControlHandler
@@ -165,6 +165,13 @@ class Service:
 
     def _to_journal(self, frames: list[bytes]) -> None:
         assert self._sockets.journal is not None
+        journal = self._journal_stats() if self._journal_stats is not None else {}
+        if journal.get("state") == "failed":  # nobody would answer: say so now
+            request_id = decode_request(frames[-1]).get("id")
+            reason = f"the journal stopped: {journal.get('reason')}"
+            reply = encode_error_reply("journal_unavailable", reason, request_id)
+            self._sockets.control.send_multipart([*frames[:-1], reply], zmq.NOBLOCK)
+            return
         try:
             self._sockets.journal.send_multipart(frames, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
