@@ -20,6 +20,10 @@ Scenarios, each two sides measured in the same run:
   each acknowledgement). Reported: acknowledged publishes per second. No target; the ratio is
   the price of the fsync. The journal lives on the machine's disk (the run's temporary
   directory), not in memory.
+- ``journal_ingest``: a raw publisher floods ``ex_esdb_audit`` (journaled) with 100-byte and
+  with 1,000-byte envelopes; reported: records committed per second, from the first send until
+  the broker's ``stats`` shows the last one committed (polled every 10 ms). No target: it is
+  the rate past which the journal falls behind (it then queues in memory, never drops).
 
 Method: a fresh broker per run (harness :func:`~harness.started_broker`, journal in the
 run's own directory); one warm-up per side, then ``--reps`` runs interleaved; medians and
@@ -39,8 +43,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from exesdb_sdk import Publisher
+import zmq
+from exesdb_sdk import ControlClient, Publisher
 from harness import (
+    HWM,
     RAW_BODY_SIZE,
     RESULTS_DIR,
     TOPIC,
@@ -111,6 +117,60 @@ def durable_publish(config: Config, count: int) -> dict[str, Any]:
     }
 
 
+INGEST_TOPIC = b"ex_esdb_audit/bench"
+
+
+def ingest_run(size: int, count: int) -> dict[str, Any]:
+    """Flood ``count`` envelopes of ``size`` bytes on a journaled instance; time until committed."""
+    body = make_body(size).plain
+    with started_broker("exesdb") as handle, ControlClient(handle.control) as control:
+        context = zmq.Context()
+        socket = context.socket(zmq.XPUB)
+        socket.setsockopt(zmq.XPUB_NODROP, 1)
+        socket.setsockopt(zmq.SNDHWM, HWM)
+        socket.setsockopt(zmq.SNDTIMEO, 5000)
+        try:
+            socket.connect(handle.frontend)
+            if not socket.poll(20_000):
+                raise TimeoutError("no subscription from the broker")
+            start = time.perf_counter()
+            for _ in range(count):
+                socket.send_multipart((INGEST_TOPIC, body))
+            sent = time.perf_counter()
+            deadline = time.monotonic() + 60 + count / 10_000
+            while control.stats()["journal"]["heads"]["ex_esdb_audit"] < count:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the journal did not commit every record in time")
+                time.sleep(0.01)  # polling interval of the broker's stats
+            done = time.perf_counter()
+        finally:
+            socket.close(linger=5000)
+            context.term()
+    return {"records_per_s": count / (done - start), "publish_msgs_per_s": count / (sent - start)}
+
+
+def journal_ingest(config: Config, count: int) -> dict[str, Any]:
+    sides = (("body_100B", 100), ("body_1000B", 1000))
+    print("  journal ingest: ", end="", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sides}
+    for _ in range(config.reps):
+        for name, size in sides:
+            runs[name].append(ingest_run(size, count))
+            print(".", end="", flush=True)
+    print()
+    medians = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    base, other = medians["body_100B"], medians["body_1000B"]
+    return {
+        "title": "journal ingest: flood of a journaled instance, records committed per second",
+        "sides": [name for name, _ in sides],
+        "count_per_run": count,
+        "runs": runs,
+        "medians": medians,
+        "ratios": {k: other[k] / base[k] if base[k] else float("nan") for k in base},
+        "target": None,
+    }
+
+
 def make_config(*, quick: bool, reps: int) -> tuple[Config, int]:
     if quick:
         config = Config(
@@ -125,7 +185,7 @@ def make_config(*, quick: bool, reps: int) -> tuple[Config, int]:
     return config, 2_000
 
 
-SCENARIOS = ("live_journal_on_off", "durable_publish")
+SCENARIOS = ("live_journal_on_off", "durable_publish", "journal_ingest")
 
 
 def scenarios(*, quick: bool, reps: int) -> dict[str, dict[str, Any]]:
@@ -134,6 +194,7 @@ def scenarios(*, quick: bool, reps: int) -> dict[str, dict[str, Any]]:
     return {
         "live_journal_on_off": live_journal_on_off(config),
         "durable_publish": durable_publish(config, durable_count),
+        "journal_ingest": journal_ingest(config, 5_000 if quick else 200_000),
     }
 
 
