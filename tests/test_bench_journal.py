@@ -40,4 +40,6 @@ def test_quick_journal_benchmark_reports_both_figures(tmp_path: Path) -> None:
     for side in durable["sides"]:
         assert _is_number(durable["medians"][side]["acked_per_s"]) and durable["medians"][side]["acked_per_s"] > 0
     assert _is_number(durable["ratios"]["acked_per_s"])
+    ingest = scenarios["journal_ingest"]
+    assert all(_is_number(ingest["medians"][side]["records_per_s"]) for side in ingest["sides"])
     assert "ratio" in done.stdout
