@@ -250,6 +250,8 @@ class Journal:
             if pub in ready:
                 self._drain_subscriptions(pub)
             live = _read(sub, ROUND) if sub in ready else []
+            if sub not in ready:
+                self.counters.behind = 0  # nothing was queued
             requests = _read(pipe, 1000) if pipe in ready else []
             stop = any(len(frames) == 1 and frames[0] == _STOP for frames in requests)
             durable: list[_Durable] = []
