@@ -110,9 +110,18 @@ class BrokerProcess:
 StartBroker = Callable[..., BrokerProcess]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Brokers journal under a temporary ``$XDG_STATE_HOME``, never the user's (this covers
+    brokers of module-scoped fixtures, which start before any function-scoped fixture)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Brokers started by a test journal under a fresh ``$XDG_STATE_HOME``, never the user's."""
+    """Brokers a test starts journal under a fresh ``$XDG_STATE_HOME`` of their own."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
 
 
