@@ -314,3 +314,39 @@ def test_concurrent_durable_publishers_get_distinct_numbers_in_commit_order(
     records = replay_all(broker, "alerts")
     for name, seqs in results.items():
         assert [r[0] for r in records if r[2] == f"ex_esdb_alerts/{name}"] == seqs
+
+
+def test_durable_publish_and_replay_with_a_plain_dealer_as_the_protocol_describes(
+    start_broker: StartBroker, tmp_path: Path
+) -> None:
+    import msgpack
+    import zmq
+
+    broker = start_broker("--data-dir", str(tmp_path))
+    body = msgpack.packb({"v": 1, "type": "Custom", "ts": 1, "src": "n", "pub": "abc", "seq": 1, "data": {"k": 1}})
+    dealer = zmq.Context.instance().socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(broker.control)
+
+    def ask(request: dict[str, Any]) -> dict[str, Any]:
+        dealer.send_multipart([b"", msgpack.packb(request)])
+        assert dealer.poll(5000)
+        empty, reply = dealer.recv_multipart()
+        assert empty == b""
+        decoded: dict[str, Any] = msgpack.unpackb(reply)
+        return decoded
+
+    try:
+        ack = ask({"op": "publish", "topic": "ex_esdb_audit/x", "body": body, "id": 7})
+        assert ack == {"ok": True, "seq": 1, "instance": "ex_esdb_audit", "id": 7}
+        page = ask({"op": "replay", "instance": "audit", "since": 0, "limit": 10})
+        assert page["ok"] and page["next"] == 2 and page["more"] is False
+        assert (page["first"], page["last"]) == (1, 1)
+        ((seq, rt, topic, recorded),) = page["records"]
+        assert (seq, topic, recorded) == (1, "ex_esdb_audit/x", body) and rt > 0
+        refused = ask({"op": "publish", "topic": "ex_esdb_metrics/x", "body": body})
+        assert refused["ok"] is False and refused["error"]["code"] == "not_journaled"
+        last = ask({"op": "last", "prefix": "ex_esdb_health/"})
+        assert last["ok"] and last["records"] == [] and "ex_esdb_health/health_summary:" in last["topics"]
+    finally:
+        dealer.close()
