@@ -65,6 +65,20 @@ def test_durable_publish_is_committed_forwarded_and_recorded_once(start_broker: 
     assert stats["durable"] == 3 and stats["committed"] == 4 and stats["state"] == "ok"
 
 
+def test_a_durable_batch_is_one_record_replayed_as_its_envelopes(start_broker: StartBroker, tmp_path: Path) -> None:
+    broker = start_broker("--data-dir", str(tmp_path))
+    with Publisher(broker.frontend, control=broker.control) as pub:
+        assert pub.publish_batch("audit", "import", "Custom", [{"n": n} for n in range(5)], durable=True) == 5
+        with pytest.raises(DurabilityError):
+            pub.publish_batch("metrics", "import", "Custom", [{"n": 1}, {"n": 2}], durable=True)
+        assert pub.publish_batch("metrics", "import", "Custom", [{"n": 1}]) == 1
+        assert pub.publish("metrics", "import", "Custom", {}) == 2  # the refused batch left no gap
+    assert [r[0] for r in replay_all(broker)] == [1]
+    with Subscriber(broker.backend, control=broker.control) as sub:
+        sub.subscribe("audit", replay_from="earliest")
+        assert [(m.data["n"], m.seq, m.replayed) for m in sub.iter(timeout=0.3)] == [(n, n + 1, True) for n in range(5)]
+
+
 def test_durable_publish_refusals_are_clear_errors(start_broker: StartBroker, tmp_path: Path) -> None:
     broker = start_broker("--data-dir", str(tmp_path))
     with Publisher(broker.frontend, control=broker.control) as pub:

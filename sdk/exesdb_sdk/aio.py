@@ -156,9 +156,13 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
+        durable: bool = False,
     ) -> int:
         """Publish a batch; return the envelope count (see :meth:`Publisher.publish_batch`)."""
         topic, body, count = self._encode_batch(instance, subtopic, type, batch, corr, cause, trace)
+        if durable:  # one journal record for the whole batch
+            await self._send_durable(topic, body, count)
+            return count
         await self._send(topic, body, count)
         return count
 
@@ -183,7 +187,7 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         try:
             reply = await self._control.request("publish", durable_request(topic, body))
         except ControlError as exc:
-            self._refused(topic, seq)
+            self._refused(topic, seq, envelopes)
             raise durability_error(exc) from None
         self._count(topic, body, envelopes)
         return durable_seq(reply)

@@ -143,11 +143,11 @@ class PublisherCore:
         body = encoder.encode_batch(topic, type, batch, corr, cause, trace)
         return topic, body, encoder.seq(topic) - before
 
-    def _refused(self, topic: bytes, seq: int) -> None:
-        """A durable publish the broker refused was not sent: give its sequence number back."""
+    def _refused(self, topic: bytes, seq: int, envelopes: int) -> None:
+        """A durable publish the broker refused was not sent: give its sequence numbers back."""
         encoder = self._encoder
         if encoder.seq(topic) == seq:
-            encoder._seqs[topic] = seq - 1
+            encoder._seqs[topic] = seq - envelopes
 
     def _timed_out(self, topic: bytes) -> PublishTimeoutError:
         return PublishTimeoutError(topic.decode(), self._send_timeout or 0.0)
@@ -276,12 +276,18 @@ class Publisher(SocketOwner, PublisherCore):
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
+        durable: bool = False,
     ) -> int:
         """Publish one message carrying an envelope per item of ``batch``; return the count.
 
         The envelopes take consecutive sequence numbers; subscribers receive them one by one.
+        With ``durable``, it returns once the broker has committed the batch (one journal
+        record), as for :meth:`publish`.
         """
         topic, body, count = self._encode_batch(instance, subtopic, type, batch, corr, cause, trace)
+        if durable:  # one journal record for the whole batch
+            self._send_durable(topic, body, count)
+            return count
         self._send(topic, body, count)
         return count
 
@@ -302,7 +308,7 @@ class Publisher(SocketOwner, PublisherCore):
         try:
             reply = self._control.request("publish", durable_request(topic, body))
         except ControlError as exc:
-            self._refused(topic, seq)
+            self._refused(topic, seq, envelopes)
             raise durability_error(exc) from None
         self._count(topic, body, envelopes)
         return durable_seq(reply)
