@@ -356,8 +356,8 @@ def test_durable_publish_and_replay_with_a_plain_dealer_as_the_protocol_describe
         page = ask({"op": "replay", "instance": "audit", "since": 0, "limit": 10})
         assert page["ok"] and page["next"] == 2 and page["more"] is False
         assert (page["first"], page["last"]) == (1, 1)
-        ((seq, rt, topic, recorded),) = page["records"]
-        assert (seq, topic, recorded) == (1, "ex_esdb_audit/x", body) and rt > 0
+        ((seq, rt, topic, recorded, durable),) = page["records"]
+        assert (seq, topic, recorded, durable) == (1, "ex_esdb_audit/x", body, True) and rt > 0
         refused = ask({"op": "publish", "topic": "ex_esdb_metrics/x", "body": body})
         assert refused["ok"] is False and refused["error"]["code"] == "not_journaled"
         last = ask({"op": "last", "prefix": "ex_esdb_health/"})

@@ -182,3 +182,28 @@ def test_cli_durable_publish_and_tail_replay(journaled: BrokerProcess, clean_env
 def _last_count(broker: BrokerProcess) -> int:
     with ControlClient(broker.control) as control:
         return len(control.request("last", {"prefix": ""})["records"])
+
+
+def test_only_a_record_that_came_in_live_can_end_a_catch_up_early() -> None:
+    from collections import deque
+
+    from exesdb_sdk.durable import CatchUp
+    from exesdb_sdk.subscriber import SubscriberCore
+
+    def frames(seq: int) -> list[bytes]:
+        body = msgspec.msgpack.encode({"type": "Custom", "pub": "p", "seq": seq, "data": {}})
+        return [b"ex_esdb_audit/x", body]
+
+    core = SubscriberCore(None, None)
+    core.held = deque([frames(2), frames(3)])  # received live while catching up
+    catchup = CatchUp("audit", "", "earliest")
+    page = {"records": [[1, 0, "ex_esdb_audit/x", frames(1)[1], False], [2, 0, "ex_esdb_audit/x", frames(2)[1], True]]}
+    taken = catchup.advance({**page, "next": 3, "more": True})
+    assert [durable for _, durable in taken] == [False, True]
+    replayed = [m for f, _ in taken for m in core.take_replayed(f)]
+    assert core.overlaps(replayed)  # seq 2 was received live ...
+    assert not core.overlaps([m for (f, durable), m in zip(taken, replayed, strict=True) if not durable])
+    live_recorded = core.take_replayed(frames(3))  # ... but only a live-recorded overlap may end it
+    assert core.overlaps(live_recorded)
+    core.release()
+    assert [m.seq for m in core.pending] == [1, 2, 3] and core.duplicates == 2

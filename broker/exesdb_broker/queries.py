@@ -74,7 +74,7 @@ def replay_reply(
     )
     return {
         "instance": instance.value,
-        "records": [[seq, rt, topic.decode(), body] for seq, rt, topic, body in records],
+        "records": [[seq, rt, topic.decode(), body, bool(durable)] for seq, rt, topic, body, durable in records],
         "next": following,
         "more": more,
         "first": first,

@@ -172,23 +172,23 @@ class JournalStore:
 
     def page(
         self, instance: Instance, from_seq: int, prefix: bytes, limit: int, max_bytes: int
-    ) -> tuple[list[tuple[int, int, bytes, bytes]], int, bool]:
+    ) -> tuple[list[tuple[int, int, bytes, bytes, int]], int, bool]:
         """Records from ``from_seq`` on whose topic starts with ``prefix``: at most ``limit``
         records and about ``max_bytes`` of bodies (always at least one). Returns the records,
         the next sequence number to ask for, and whether more may follow."""
         table = _table(instance)
         if prefix:
             cursor = self._db.execute(
-                f"SELECT seq, rt, topic, body FROM {table} WHERE seq >= ? AND topic >= ? AND topic < ? "
+                f"SELECT seq, rt, topic, body, durable FROM {table} WHERE seq >= ? AND topic >= ? AND topic < ? "
                 "ORDER BY seq LIMIT ?",
                 (from_seq, prefix, prefix + b"\xff", limit + 1),
             )
         else:
             cursor = self._db.execute(
-                f"SELECT seq, rt, topic, body FROM {table} WHERE seq >= ? ORDER BY seq LIMIT ?",
+                f"SELECT seq, rt, topic, body, durable FROM {table} WHERE seq >= ? ORDER BY seq LIMIT ?",
                 (from_seq, limit + 1),
             )
-        records: list[tuple[int, int, bytes, bytes]] = []
+        records: list[tuple[int, int, bytes, bytes, int]] = []
         size = 0
         more = False
         for record in cursor:

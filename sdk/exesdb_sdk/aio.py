@@ -318,8 +318,14 @@ class AsyncSubscriber(AsyncSocketOwner):
             reply = await self._control_client().request("replay", catchup.request())
         except ControlError as exc:
             raise durability_error(exc) from None
-        replayed = [message for frames in catchup.advance(reply) for message in core.take_replayed(frames)]
-        if catchup.done or core.overlaps(replayed):
+        # Only a record that came in live can end the catch-up early: a durable one is recorded
+        # before it is forwarded, so a record after it may have gone out before we subscribed.
+        live_recorded: list[Message] = []
+        for frames, durable in catchup.advance(reply):
+            messages = core.take_replayed(frames)
+            if not durable:
+                live_recorded.extend(messages)
+        if catchup.done or core.overlaps(live_recorded):
             core.catchups.pop(0)
             if not core.catchups:
                 core.release()

@@ -108,12 +108,17 @@ class CatchUp:
             args["from_seq"] = self.next
         return args
 
-    def advance(self, reply: Mapping[str, Any]) -> list[list[bytes]]:
-        """Take a ``replay`` reply: the ``[topic, body]`` of its records, in order."""
+    def advance(self, reply: Mapping[str, Any]) -> list[tuple[list[bytes], bool]]:
+        """Take a ``replay`` reply: the ``[topic, body]`` of its records, in order, each with
+        whether it was a durable publish (a record the broker committed before forwarding)."""
         records, following = reply.get("records"), reply.get("next")
         if not isinstance(records, list) or type(following) is not int:
             raise ProtocolError("bad_reply", "replay reply without 'records' and an integer 'next'")
-        frames = [_frames(record[2], record[3]) for record in records if isinstance(record, list) and len(record) >= 4]
+        frames = [
+            (_frames(record[2], record[3]), len(record) < 5 or record[4] is not False)
+            for record in records
+            if isinstance(record, list) and len(record) >= 4
+        ]
         self.records += len(frames)
         if self.next is not None and following <= self.next and reply.get("more"):
             raise ProtocolError("bad_reply", "replay cursor did not advance")

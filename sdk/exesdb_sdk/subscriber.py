@@ -211,9 +211,10 @@ class SubscriberCore:
         return messages
 
     def overlaps(self, replayed: Sequence[Message]) -> bool:
-        """Whether a replayed message was also received live (and is held). From there on the
-        live stream has every later message too, so the catch-up can stop paging: without
-        this, a catch-up would never end while live traffic outpaces it."""
+        """Whether a replayed message (recorded as it came in live, not a durable publish) was
+        also received live (and is held). From there on the live stream has every later record
+        too, so the catch-up can stop paging: without this, a catch-up would never end while
+        live traffic outpaces it."""
         held = self.held
         if not held or not replayed:
             return False
@@ -379,8 +380,14 @@ class Subscriber(SocketOwner):
             reply = self._control_client().request("replay", catchup.request())
         except ControlError as exc:
             raise durability_error(exc) from None
-        replayed = [message for frames in catchup.advance(reply) for message in core.take_replayed(frames)]
-        if catchup.done or core.overlaps(replayed):
+        # Only a record that came in live can end the catch-up early: a durable one is recorded
+        # before it is forwarded, so a record after it may have gone out before we subscribed.
+        live_recorded: list[Message] = []
+        for frames, durable in catchup.advance(reply):
+            messages = core.take_replayed(frames)
+            if not durable:
+                live_recorded.extend(messages)
+        if catchup.done or core.overlaps(live_recorded):
             core.catchups.pop(0)
             if not core.catchups:
                 core.release()
