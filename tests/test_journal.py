@@ -364,3 +364,32 @@ def test_durable_publish_and_replay_with_a_plain_dealer_as_the_protocol_describe
         assert last["ok"] and last["records"] == [] and "ex_esdb_health/health_summary:" in last["topics"]
     finally:
         dealer.close()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--journal", "foo", "--journal: unknown instance 'foo'"),
+        ("--journal-fsync", "maybe", "'maybe' is not one of durable, always, never"),
+        ("--last-values", "health", "'health' needs '/' after the instance"),
+        ("--journal-max-records", "-5", "is below zero"),
+    ],
+)
+def test_bad_journal_settings_are_a_one_line_error(
+    start_broker: StartBroker, flag: str, value: str, message: str
+) -> None:
+    broker = start_broker(flag, value, ready=False)
+    assert broker.wait_exit(15) == 2
+    assert len(broker.lines) == 1 and message in broker.lines[0], broker.stderr
+
+
+def test_journal_settings_come_from_the_environment_and_the_file(
+    start_broker: StartBroker, tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text(f'[broker]\ndata_dir = "{tmp_path / "from-file"}"\njournal = "alerts"\n')
+    broker = start_broker("--config", str(config), env={**clean_env, "EXESDB_JOURNAL": "audit,security"})
+    stats = journal(broker)
+    assert stats["data_dir"] == str(tmp_path / "from-file")
+    assert stats["instances"] == ["ex_esdb_audit", "ex_esdb_security"]  # the environment wins over the file
+    assert (tmp_path / "from-file" / "journal.db").exists()
