@@ -8,7 +8,10 @@ Sockets, all created and closed in the journal thread:
   the backend never drops for the journal, and since XPUB never blocks, a journal that falls
   behind never slows the forwarding; the pipe grows instead (see ``backlog`` in ``stats``);
 - a PAIR the service thread hands control requests to and takes replies from;
-- an XPUB into the frontend (inproc) that forwards durable publishes once committed.
+- an XPUB into the frontend (inproc) that forwards durable publishes once committed, and
+  sends the markers that measure the backlog: when a round finds more queued than it reads,
+  a marker goes through the proxy, and the messages read before it comes back were queued
+  ahead of the journal. (libzmq has no queue-length query.)
 
 Every round reads what is queued, writes it in one SQLite transaction (see :mod:`.store`),
 then replies. Before answering ``replay`` or ``last`` it first reads its SUB until empty, so
