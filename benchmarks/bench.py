@@ -13,7 +13,9 @@ Suites, each a module of this directory with ``scenarios(quick=..., reps=...)``:
 - ``peers``: NATS (nats-server + nats-py) and Redis pub/sub (redis-server + redis-py), skipped
   when their servers or clients are not installed (``pip install '.[bench]'``; Debian packages
   ``redis-server`` and ``nats-server``);
-- ``security``: CURVE on vs off, 100 B throughput through exesdb-broker.
+- ``security``: CURVE on vs off, 100 B throughput through exesdb-broker;
+- ``journal``: live throughput on a non-journaled instance with the journal off and on, and
+  acknowledged durable publishes per second (fsync never vs the default policy).
 
 Suites run one after another, never at the same time: on a 2-core machine anything running
 beside a benchmark changes its figures. Only the ratios inside one run are comparable.
@@ -34,7 +36,7 @@ from typing import Any
 
 from harness import RESULTS_DIR, environment, kill_children, render
 
-SUITES = ("core", "sdk", "topology", "peers", "security")
+SUITES = ("core", "sdk", "topology", "peers", "security", "journal")
 
 
 def main(argv: list[str] | None = None) -> int:

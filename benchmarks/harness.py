@@ -149,6 +149,14 @@ def endpoints_for(transport: str, directory: str) -> tuple[str, str, str]:
     raise ValueError(f"unknown transport {transport!r}")
 
 
+BROKER_FLAGS: Final[dict[str, list[str]]] = {
+    "exesdb": [],
+    "exesdb-nojournal": ["--journal", "none", "--last-values", "none"],
+    "exesdb-fsync-never": ["--journal-fsync", "never"],
+}
+"""Extra ``exesdb-broker`` flags per broker kind (defaults: journal alerts and audit, fsync durable)."""
+
+
 def broker_command(kind: str, transport: str = "tcp", directory: str = "") -> list[str]:
     frontend, backend, control = endpoints_for(transport, directory)
     if kind == "bare":  # this module, as a script
@@ -156,6 +164,7 @@ def broker_command(kind: str, transport: str = "tcp", directory: str = "") -> li
     return [
         sys.executable, "-m", "exesdb_broker",
         "--frontend", frontend, "--backend", backend, "--control", control, "--log-level", "warning",
+        *BROKER_FLAGS[kind],
     ]  # fmt: skip
 
 
@@ -193,6 +202,7 @@ def started_broker(kind: str, transport: str = "tcp") -> Iterator[BrokerHandle]:
     (``"tcp"`` on free 127.0.0.1 ports, or ``"ipc"`` in a temporary directory); stop it on exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXESDB_")}  # default settings
     directory = tempfile.mkdtemp(prefix="exesdb-bench-")
+    env["XDG_STATE_HOME"] = directory  # the broker's journal goes in the run's own directory
     proc = subprocess.Popen(
         broker_command(kind, transport, directory),
         stdin=subprocess.DEVNULL,

@@ -42,7 +42,8 @@ def main() -> int:
             raise ConnectionError("database unavailable")
         delivered.append(event["version"])
 
-    with Broker(BrokerConfig(frontend=FREE, backend=FREE, control=FREE)) as broker:
+    # No journal: this example is about health gating, and leaves nothing on disk.
+    with Broker(BrokerConfig(frontend=FREE, backend=FREE, control=FREE, journal="none", last_values="none")) as broker:
         endpoints = {"frontend": broker.frontend, "backend": broker.backend}
         with (
             SubscriptionHealthTracker("orders", config=config, **endpoints) as tracker,

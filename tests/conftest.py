@@ -110,6 +110,21 @@ class BrokerProcess:
 StartBroker = Callable[..., BrokerProcess]
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Brokers journal under a temporary ``$XDG_STATE_HOME``, never the user's (this covers
+    brokers of module-scoped fixtures, which start before any function-scoped fixture)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Brokers a test starts journal under a fresh ``$XDG_STATE_HOME`` of their own."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def start_broker() -> Iterator[StartBroker]:
     """Start brokers with extra flags: ``start_broker("--metrics-interval", "0.2")``."""

@@ -24,7 +24,8 @@ from exesdb_sdk.errors import BindError, BrokerUnavailableError, ConfigError, Ex
 from exesdb_sdk.publisher import prepare_socket
 from exesdb_sdk.settings import check_settings
 
-from .config import BrokerConfig
+from .config import BrokerConfig, journal_instances, last_value_prefixes
+from .journal import JOURNAL_OPS, Journal, JournalSettings
 from .security import HANDSHAKE_FAILURES, Security, SecurityMonitor
 from .service import Service, ServiceSockets, stop_workers
 from .stats import StatsBook
@@ -117,7 +118,8 @@ class Broker:
         backend.setsockopt(zmq.SNDHWM, config.hwm)
         backend.setsockopt(zmq.LINGER, _BACKEND_LINGER_MS)
         control = context.socket(zmq.ROUTER)
-        control.setsockopt(zmq.MAXMSGSIZE, _CONTROL_MAX_MESSAGE)
+        # Room for a durable publish of the largest message (plus its request map).
+        control.setsockopt(zmq.MAXMSGSIZE, max(_CONTROL_MAX_MESSAGE, config.max_message_size + 4096))
         control.setsockopt(zmq.LINGER, 0)
         self._frontend_socket, self._backend_socket = frontend, backend
         for socket, role in ((frontend, "frontend"), (backend, "backend"), (control, "control")):
@@ -144,6 +146,7 @@ class Broker:
             tap_stop=context.socket(zmq.PAIR),
             stop=context.socket(zmq.PAIR),
             monitors=monitors,
+            journal=context.socket(zmq.PAIR),
         )
         self._service_sockets = service_sockets
         service_sockets.proxy_control.connect(base + "-proxy")
@@ -153,6 +156,26 @@ class Broker:
 
         self._tap = Tap(context, base + "-backend", base + "-tap-stop")
         self._tap.start(_START_TIMEOUT)
+        self._journal = Journal(
+            context,
+            JournalSettings(
+                data_dir=config.data_dir,
+                instances=journal_instances(config.journal),
+                last_values=last_value_prefixes(config.last_values),
+                max_age=config.journal_max_age,
+                max_records=config.journal_max_records,
+                fsync=config.journal_fsync,
+                max_message_size=config.max_message_size,
+            ),
+            backend=base + "-backend",
+            frontend=base + "-frontend",
+            endpoint=base + "-journal",
+        )
+        assert service_sockets.journal is not None
+        for option in (zmq.SNDHWM, zmq.RCVHWM):  # requests and replies wait; their clients bound them
+            service_sockets.journal.setsockopt(option, 0)
+        service_sockets.journal.connect(base + "-journal")
+        self._journal.start(_START_TIMEOUT)
         self._proxy_thread = threading.Thread(target=self._run_proxy, name="exesdb-proxy", daemon=True)
         self._proxy_thread.start()
 
@@ -163,9 +186,17 @@ class Broker:
         publisher.connect(base + "-frontend")
         if not publisher.poll(int(_START_TIMEOUT * 1000)):
             raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, "proxy")
+        self._journal.wait_ready(_START_TIMEOUT)
 
         self._book = StatsBook(self._tap.counters)
-        self._service = Service(service_sockets, self._book, node=config.node, metrics_interval=config.metrics_interval)
+        self._service = Service(
+            service_sockets,
+            self._book,
+            node=config.node,
+            metrics_interval=config.metrics_interval,
+            journal_stats=self._journal.snapshot,
+            journal_ops=JOURNAL_OPS,
+        )
         endpoints = {"frontend": self.frontend, "backend": self.backend, "control": self.control}
         self._service.security = SecurityMonitor(self._security, config.node, self._service.publish, endpoints)
         self._service.lifecycle("starting")
@@ -179,6 +210,8 @@ class Broker:
             self._proxy_thread.join(1.0)
         if hasattr(self, "_tap"):
             self._tap.join(1.0)
+        if hasattr(self, "_journal"):
+            self._journal.join(1.0)
         self._security.stop()
         context.destroy(linger=0)
 
@@ -210,6 +243,7 @@ class Broker:
             self._service.join(timeout * 0.5)
             self._proxy_thread.join(timeout * 0.1)
             self._tap.join(timeout * 0.1)
+            self._journal.join(timeout * 0.3)
             self._security.stop()
             # Every thread closes its own sockets; term() wakes any still blocked (ETERM) and
             # waits at most the backend's linger for the last messages to reach subscribers.

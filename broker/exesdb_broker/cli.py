@@ -80,6 +80,31 @@ def serve(
     allow_insecure: Annotated[
         bool, typer.Option("--allow-insecure", help="Allow a non-loopback bind without CURVE (logs a warning)")
     ] = False,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(help="Journal directory [default: $XDG_STATE_HOME/exesdb or ~/.local/state/exesdb]"),
+    ] = None,
+    journal: Annotated[
+        str | None,
+        typer.Option(help="Instances to record, comma-separated, or none [default: ex_esdb_alerts,ex_esdb_audit]"),
+    ] = None,
+    journal_max_age: Annotated[
+        float | None, typer.Option(help="Seconds a journal record is kept, 0 for no limit [default: 604800]")
+    ] = None,
+    journal_max_records: Annotated[
+        int | None, typer.Option(help="Records kept per instance, 0 for no limit [default: 1000000]")
+    ] = None,
+    journal_fsync: Annotated[
+        str | None,
+        typer.Option(help="durable (fsync before a durable ack), always or never [default: durable]"),
+    ] = None,
+    last_values: Annotated[
+        str | None,
+        typer.Option(
+            help="Topic prefixes whose last message per topic is kept, comma-separated, or none "
+            "[default: the health summaries, node health and cluster health]"
+        ),
+    ] = None,
 ) -> None:
     flags = {
         "frontend": frontend,
@@ -96,6 +121,12 @@ def serve(
         "allow_subscribers": allow_subscribers,
         "allow_admins": allow_admins,
         "allow_insecure": True if allow_insecure else None,
+        "data_dir": data_dir,
+        "journal": journal,
+        "journal_max_age": journal_max_age,
+        "journal_max_records": journal_max_records,
+        "journal_fsync": journal_fsync,
+        "last_values": last_values,
     }
     try:
         settings = load_config(flags, config_file=config)

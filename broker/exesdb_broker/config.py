@@ -14,10 +14,24 @@ from exesdb_sdk.endpoints import (
     DEFAULT_FRONTEND,
     validate_endpoint,
 )
+from exesdb_sdk.errors import ExesdbError
+from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import DEFAULT_MAX_MESSAGE_SIZE, default_node
 from exesdb_sdk.settings import load_settings, one_of, positive
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "BrokerConfig", "load_config"]
+from .store import FSYNC_POLICIES
+
+__all__ = [
+    "DEFAULT_JOURNAL",
+    "DEFAULT_LAST_VALUES",
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "BrokerConfig",
+    "default_data_dir",
+    "journal_instances",
+    "last_value_prefixes",
+    "load_config",
+]
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("text", "json")
@@ -42,6 +56,59 @@ def _directory(value: Any) -> None:
 
 def _level(value: Any) -> None:
     one_of(*LOG_LEVELS)(str(value).lower())
+
+
+DEFAULT_JOURNAL = "ex_esdb_alerts,ex_esdb_audit"
+DEFAULT_LAST_VALUES = "ex_esdb_health/health_summary:,ex_esdb_health/node_health:,ex_esdb_health/cluster_health"
+_NONE = ("", "none")
+
+
+def default_data_dir() -> str:
+    """``$XDG_STATE_HOME/exesdb``, else ``~/.local/state/exesdb``."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "exesdb")
+
+
+def _items(value: str) -> list[str]:
+    return [] if value.strip().lower() in _NONE else [item.strip() for item in value.split(",") if item.strip()]
+
+
+def journal_instances(value: str) -> tuple[Instance, ...]:
+    """The instances named in a ``journal`` setting (comma-separated names or aliases; ``none``)."""
+    found: list[Instance] = []
+    for item in _items(value):
+        try:
+            instance = Instance.resolve(item)
+        except ExesdbError as exc:
+            raise ValueError(str(exc)) from None
+        if instance not in found:
+            found.append(instance)
+    return tuple(found)
+
+
+def last_value_prefixes(value: str) -> tuple[bytes, ...]:
+    """The topic prefixes of a ``last_values`` setting (``<instance>/<subtopic prefix>``, comma-separated)."""
+    found: list[bytes] = []
+    for item in _items(value):
+        head, sep, rest = item.partition("/")
+        try:
+            instance = Instance.resolve(head)
+        except ExesdbError:
+            raise ValueError(f"{item!r} does not start with an instance and '/'") from None
+        if not sep:
+            raise ValueError(f"{item!r} needs '/' after the instance")
+        found.append((instance.prefix + rest).encode())
+    return tuple(found)
+
+
+def _not_negative(value: Any) -> None:
+    if value < 0:
+        raise ValueError(f"{value!r} is below zero")
+
+
+def _data_dir(value: Any) -> None:
+    if not str(value).strip():
+        raise ValueError("must not be empty")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +142,18 @@ class BrokerConfig:
     """Directory of public key files allowed every control op."""
     allow_insecure: bool = False
     """Allow binding a non-loopback address without CURVE (logged as a warning)."""
+    data_dir: str = field(default_factory=default_data_dir, metadata={"check": _data_dir})
+    """Directory of the journal (``journal.db``); created when missing. One broker per directory."""
+    journal: str = field(default=DEFAULT_JOURNAL, metadata={"check": journal_instances})
+    """Instances whose every message is recorded (comma-separated; ``none`` for none)."""
+    journal_max_age: float = field(default=7 * 86_400.0, metadata={"check": _not_negative})
+    """Seconds a journal record is kept (0: no age limit)."""
+    journal_max_records: int = field(default=1_000_000, metadata={"check": _not_negative})
+    """Records kept per journaled instance (0: no count limit)."""
+    journal_fsync: str = field(default="durable", metadata={"check": one_of(*FSYNC_POLICIES)})
+    """``durable``: fsync before acknowledging a durable publish; ``always``: every commit; ``never``."""
+    last_values: str = field(default=DEFAULT_LAST_VALUES, metadata={"check": last_value_prefixes})
+    """Topic prefixes whose last message per topic the broker keeps (comma-separated; ``none``)."""
 
 
 def load_config(

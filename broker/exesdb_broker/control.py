@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from exesdb_sdk import __version__
@@ -16,6 +16,8 @@ __all__ = ["ControlHandler", "instance_table"]
 log = logging.getLogger("exesdb.broker.control")
 
 Operation = Callable[[dict[str, Any]], dict[str, Any]]
+Forward = Callable[[list[bytes]], None]
+"""Takes ``[*routing head, request frame]`` of a request another thread answers later."""
 
 
 def instance_table() -> list[dict[str, Any]]:
@@ -50,10 +52,16 @@ class ControlHandler:
             "stats": self._stats_op,
             "instances": self._instances,
         }
+        self._forwards: dict[str, Forward] = {}
 
     def register(self, op: str, operation: Operation) -> None:
-        """Add an operation (later features add ``replay`` and ``last``)."""
+        """Add an operation answered in the service thread."""
         self._ops[op] = operation
+
+    def forward(self, ops: Iterable[str], send: Forward) -> None:
+        """Hand requests for ``ops`` to ``send`` (the journal thread answers them later)."""
+        for op in ops:
+            self._forwards[op] = send
 
     def handle(self, frames: list[bytes], user_id: str | None = None) -> list[bytes] | None:
         """Reply frames for the ROUTER frames of one request, or ``None`` to send nothing.
@@ -69,20 +77,27 @@ class ControlHandler:
         body = rest[len(head) - 1 :]
         if len(body) != 1:
             return [*head, encode_error_reply("bad_request", "expected exactly one request frame")]
-        return [*head, self._reply(body[0], user_id)]
+        reply = self._reply(head, body[0], user_id)
+        return None if reply is None else [*head, reply]
 
-    def _reply(self, frame: bytes, user_id: str | None = None) -> bytes:
+    def _reply(self, head: list[bytes], frame: bytes, user_id: str | None) -> bytes | None:
+        """The reply to one request, or ``None`` when another thread answers it."""
         try:
             request = decode_request(frame)
         except ProtocolError as exc:
             return encode_error_reply("bad_request", exc.detail)
         request_id = request.get("id")
         operation = self._ops.get(request["op"])
-        if operation is None:
-            known = ", ".join(sorted(self._ops))
+        send = self._forwards.get(request["op"])
+        if operation is None and send is None:
+            known = ", ".join(sorted({*self._ops, *self._forwards}))
             return encode_error_reply("unknown_op", f"unknown op {request['op']!r} (known: {known})", request_id)
         if self._authorize is not None and (refusal := self._authorize(request["op"], user_id)) is not None:
             return encode_error_reply("forbidden", refusal, request_id)
+        if send is not None:
+            send([*head, frame])
+            return None
+        assert operation is not None
         try:
             return encode_reply(operation(request), request_id)
         except ProtocolError as exc:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import zmq
 from exesdb_sdk import __version__
 from exesdb_sdk.messages import BrokerMetrics, Payload, SystemEvent, SystemLifecycle
-from exesdb_sdk.protocol import PROBE_PREFIX, Encoder
+from exesdb_sdk.protocol import PROBE_PREFIX, Encoder, decode_request, encode_error_reply
 from zmq.utils.monitor import recv_monitor_message
 
 from .control import ControlHandler
@@ -36,8 +37,11 @@ _FLUSH_TIMEOUT: Final = 0.5
 
 
 def stop_workers(sockets: ServiceSockets) -> None:
-    """Tell the proxy and the tap to stop (from the thread that owns these sockets)."""
-    for socket, command in ((sockets.proxy_control, b"TERMINATE"), (sockets.tap_stop, b"STOP")):
+    """Tell the proxy, the tap and the journal to stop (from the thread that owns these sockets)."""
+    commands = [(sockets.proxy_control, b"TERMINATE"), (sockets.tap_stop, b"STOP")]
+    if sockets.journal is not None:
+        commands.append((sockets.journal, b"STOP"))
+    for socket, command in commands:
         try:
             socket.send(command, zmq.NOBLOCK)
         except zmq.ZMQError as exc:
@@ -55,8 +59,11 @@ class ServiceSockets:
         tap_stop: zmq.Socket[Any],
         stop: zmq.Socket[Any],
         monitors: dict[str, zmq.Socket[Any]],
+        journal: zmq.Socket[Any] | None = None,
     ) -> None:
         self.control = control
+        self.journal = journal
+        """PAIR to the journal thread: requests out, replies in."""
         self.publisher = publisher
         self.proxy_control = proxy_control
         self.tap_stop = tap_stop
@@ -68,6 +75,8 @@ class ServiceSockets:
             socket.close(linger=0)
         for monitor in self.monitors.values():
             monitor.close(linger=0)
+        if self.journal is not None:
+            self.journal.close(linger=0)
 
 
 class Service:
@@ -80,13 +89,18 @@ class Service:
         *,
         node: str,
         metrics_interval: float,
+        journal_stats: Callable[[], dict[str, Any]] | None = None,
+        journal_ops: tuple[str, ...] = (),
     ) -> None:
         self._sockets = sockets
+        self._journal_stats = journal_stats
         self._book = book
         self._node = node
         self._metrics_interval = metrics_interval
         self._encoder = Encoder(src=node)
         self._handler = ControlHandler(node, self._stats, authorize=self._authorize)
+        if sockets.journal is not None:
+            self._handler.forward(journal_ops, self._to_journal)
         self.security: SecurityMonitor | None = None
         """Set by the broker before :meth:`start`: handshake failures, op roles, violations."""
         self._last_metrics = (time.monotonic(), 0)
@@ -147,13 +161,42 @@ class Service:
         return ProxyTotals.from_reply(socket.recv_multipart())
 
     def _stats(self) -> dict[str, Any]:
-        snapshot = self._book.snapshot(self._proxy_totals())
+        reply = self._book.snapshot(self._proxy_totals())
+        if self._journal_stats is not None:
+            reply["journal"] = self._journal_stats()
         if self.security is not None:
-            snapshot["security"] = self.security.snapshot()
-        return snapshot
+            reply["security"] = self.security.snapshot()
+        return reply
 
     def _authorize(self, op: str, user_id: str | None) -> str | None:
         return None if self.security is None else self.security.authorize(op, user_id)
+
+    def _to_journal(self, frames: list[bytes]) -> None:
+        assert self._sockets.journal is not None
+        journal = self._journal_stats() if self._journal_stats is not None else {}
+        if journal.get("state") == "failed":  # nobody would answer: say so now
+            request_id = decode_request(frames[-1]).get("id")
+            reason = f"the journal stopped: {journal.get('reason')}"
+            reply = encode_error_reply("journal_unavailable", reason, request_id)
+            self._sockets.control.send_multipart([*frames[:-1], reply], zmq.NOBLOCK)
+            return
+        try:
+            self._sockets.journal.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            log.warning("control request not handed to the journal: %s", exc)
+
+    def _from_journal(self) -> None:
+        journal, control = self._sockets.journal, self._sockets.control
+        assert journal is not None
+        for _ in range(1000):
+            try:
+                reply = journal.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                control.send_multipart(reply, zmq.NOBLOCK)
+            except zmq.ZMQError as exc:  # the client went away: nothing to answer
+                log.debug("control reply not sent: %s", exc)
 
     def _on_monitor(self, role: str, socket: zmq.Socket[Any]) -> None:
         message = recv_monitor_message(socket)
@@ -185,6 +228,7 @@ class Service:
             sockets.publisher,
             sockets.stop,
             *sockets.monitors.values(),
+            *([sockets.journal] if sockets.journal is not None else []),
         ):
             poller.register(socket, zmq.POLLIN)
         roles = {socket: role for role, socket in sockets.monitors.items()}
@@ -210,6 +254,8 @@ class Service:
                     self._serve_control()
                 if sockets.publisher in ready:
                     self._drain_subscriptions()
+                if sockets.journal is not None and sockets.journal in ready:
+                    self._from_journal()
                 for socket in ready:
                     role = roles.get(socket)
                     if role is not None:

@@ -109,6 +109,15 @@ Examples:
   exesdb tail alerts --topic critical --count 1 --timeout 30
 
   exesdb tail --exclude broker --json | jq .type
+
+Catch up from the broker's journal first, then follow live with no gap and no duplicate
+(journaled instances only, alerts and audit by default): --since 1h (or 30m, 2d, 90s, or an
+ISO-8601 time), --from-start, --from-seq N (a broker sequence number). --last starts with the
+broker's last value of each last-value topic (the health summaries, node and cluster health):
+
+  exesdb tail audit --since 1h
+
+  exesdb tail health --last --count 3
 """
 
 
@@ -131,7 +140,16 @@ def tail(
     timestamps: Annotated[
         bool, typer.Option("--timestamps", help="Start pretty lines with receive time and delta")
     ] = False,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Replay the journal from this long ago (1h, 30m) or time (ISO-8601)")
+    ] = None,
+    from_start: Annotated[bool, typer.Option("--from-start", help="Replay the whole journal first")] = False,
+    from_seq: Annotated[
+        int | None, typer.Option("--from-seq", min=0, help="Replay the journal from this broker sequence number")
+    ] = None,
+    last: Annotated[bool, typer.Option("--last", help="Start with the broker's last value of each topic")] = False,
     backend: Backend = None,
+    control: Control = None,
     secret: Secret = None,
     connect_timeout: ConnectTimeout = 5.0,
     client_key: ClientKey = None,
@@ -139,6 +157,8 @@ def tail(
 ) -> None:
     if sum((json_output, raw, pretty)) > 1:
         _fail("choose one of --json, --raw and --pretty")
+    if sum((since is not None, from_start, from_seq is not None)) > 1:
+        _fail("choose one of --since, --from-start and --from-seq")
     output = "json" if json_output else "raw" if raw else "pretty" if pretty or sys.stdout.isatty() else "json"
 
     def action() -> int:
@@ -157,6 +177,13 @@ def tail(
             connect_timeout=connect_timeout,
             client_key=client_key,
             server_key=server_key,
+            replay=("since", since)
+            if since is not None
+            else ("seq", from_seq)
+            if from_seq is not None
+            else (("start", None) if from_start else None),
+            last=last,
+            control=control,
         )
 
     _run(action)
@@ -177,6 +204,12 @@ Examples:
   echo '{"msg": "hi"}' | exesdb publish logging app
 
   exesdb publish metrics load '{"v": 1}' --count 10000 --rate 2000
+
+With --durable, each message goes through the broker's control endpoint and is committed to
+its journal before the command goes on; the broker's sequence number of each is printed on
+stdout. Only journaled instances (alerts and audit by default) take durable publishes:
+
+  exesdb publish audit admin_actions '{"action": "drop_table"}' --durable
 """
 
 
@@ -192,7 +225,11 @@ def publish(
     rate: Annotated[
         float | None, typer.Option("--rate", min=0.001, help="Messages per second (default: as fast as possible)")
     ] = None,
+    durable: Annotated[
+        bool, typer.Option("--durable", help="Wait until the broker has journaled each message; print its seq")
+    ] = False,
     frontend: Frontend = None,
+    control: Control = None,
     secret: Secret = None,
     connect_timeout: ConnectTimeout = 5.0,
     max_message_size: Annotated[
@@ -219,6 +256,8 @@ def publish(
             max_message_size=max_message_size,
             client_key=client_key,
             server_key=server_key,
+            durable=durable,
+            control=control,
         )
 
     _run(action)

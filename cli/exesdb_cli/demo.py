@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import tempfile
 import threading
 import time
 from typing import Any, Final
@@ -80,7 +81,13 @@ def run_demo(*, duration: float | None, pace: float) -> int:
             raise ConnectionError("projection database unavailable")
 
     stop = threading.Event()
-    with Broker(BrokerConfig(frontend=FREE, backend=FREE, control=FREE, metrics_interval=3.0)) as broker:
+    # Its own journal directory: the demo's traffic never lands in a real broker's journal.
+    with (
+        tempfile.TemporaryDirectory(prefix="exesdb-demo-") as data_dir,
+        Broker(
+            BrokerConfig(frontend=FREE, backend=FREE, control=FREE, metrics_interval=3.0, data_dir=data_dir)
+        ) as broker,
+    ):
         console.print(
             f"exesdb demo: broker frontend={broker.frontend} backend={broker.backend} control={broker.control}"
         )

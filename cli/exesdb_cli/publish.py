@@ -72,6 +72,8 @@ def run_publish(
     client_key: str | None = None,
     server_key: str | None = None,
     max_message_size: int,
+    durable: bool = False,
+    control: str | None = None,
 ) -> int:
     """Publish; return the exit status. Raises ExesdbError with a one-line message on bad input."""
     stdin = None if data is not None else sys.stdin.read()
@@ -91,6 +93,7 @@ def run_publish(
         max_message_size=max_message_size,
         client_key=client_key,
         server_key=server_key,
+        control=control,
     ) as pub:
         started = time.monotonic()
         task = progress.add_task("publishing", total=total) if progress else None
@@ -104,7 +107,9 @@ def run_publish(
                         delay = started + sent * interval - time.monotonic()
                         if delay > 0:
                             time.sleep(delay)  # the requested pace, not a wait for a socket
-                    pub.publish(instance, subtopic, type_name, payload, corr=corr)
+                    seq = pub.publish(instance, subtopic, type_name, payload, corr=corr, durable=durable)
+                    if durable:
+                        print(seq, flush=True)
                     sent += 1
                     if progress is not None and task is not None and sent % 100 == 0:
                         progress.update(task, completed=sent)
@@ -112,5 +117,6 @@ def run_publish(
             if progress:
                 progress.stop()
     plural = "" if total == 1 else "s"
-    print(f"exesdb publish: sent {total} message{plural} to {Instance.resolve(instance)}/{subtopic}", file=sys.stderr)
+    what = "journaled" if durable else "sent"
+    print(f"exesdb publish: {what} {total} message{plural} to {Instance.resolve(instance)}/{subtopic}", file=sys.stderr)
     return 0

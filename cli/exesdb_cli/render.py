@@ -96,20 +96,21 @@ def _iso(ts_ns: int) -> str:
 
 
 def to_json(message: Message) -> str:
-    """One JSON object: topic, instance, type, ts (ISO-8601), src, seq, corr and data."""
-    return json.dumps(
-        {
-            "topic": message.topic,
-            "instance": message.instance.value,
-            "type": message.type,
-            "ts": _iso(message.ts),
-            "src": message.src,
-            "seq": message.seq,
-            "corr": message.corr,
-            "data": _plain(message.data),
-        },
-        ensure_ascii=False,
-    )
+    """One JSON object: topic, instance, type, ts (ISO-8601), src, seq, corr and data; plus
+    ``"replayed": true`` for a message from the broker's journal or last values."""
+    entry = {
+        "topic": message.topic,
+        "instance": message.instance.value,
+        "type": message.type,
+        "ts": _iso(message.ts),
+        "src": message.src,
+        "seq": message.seq,
+        "corr": message.corr,
+        "data": _plain(message.data),
+    }
+    if message.replayed:
+        entry["replayed"] = True
+    return json.dumps(entry, ensure_ascii=False)
 
 
 def to_raw(message: Message) -> str:

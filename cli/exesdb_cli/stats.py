@@ -55,7 +55,21 @@ def render_stats(stats: dict[str, Any]) -> Group:
     )
     if "security" in stats:
         footer.append(f"  handshake failures {stats['security']['handshake_failures']}")
-    return Group(table, footer)
+    journal = stats.get("journal")
+    if not journal:
+        return Group(table, footer)
+    return Group(table, footer, Text(_journal_line(journal)))
+
+
+def _journal_line(journal: dict[str, Any]) -> str:
+    """One line on the journal: its state, heads, backlog, durable publishes and last values."""
+    if journal.get("state") != "ok":
+        return f"journal {journal.get('state')}: {journal.get('reason') or 'no journaled instance'}"
+    heads = ", ".join(f"{name.removeprefix('ex_esdb_')} {seq:,}" for name, seq in journal.get("heads", {}).items())
+    return (
+        f"journal ok ({heads})  backlog {journal.get('backlog', 0):,}  durable {journal.get('durable', 0):,}  "
+        f"last values {journal.get('last_values', 0):,}  {journal.get('data_dir', '')}"
+    )
 
 
 def run_stats(

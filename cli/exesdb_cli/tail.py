@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Sequence
-from typing import Final, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
 
 from exesdb_sdk import Instance, ReceiveTimeoutError, Subscriber
 from exesdb_sdk.errors import ExesdbError, ProtocolError
 
 from .render import pretty, to_json, to_raw
 
-__all__ = ["EXIT_TIMEOUT", "Output", "run_tail"]
+__all__ = ["EXIT_TIMEOUT", "Output", "parse_since", "run_tail"]
 
 EXIT_TIMEOUT: Final = 124
 Output = Literal["pretty", "json", "raw"]
@@ -39,6 +41,35 @@ def _subscriptions(instances: Sequence[str], topics: Sequence[str]) -> list[tupl
     return pairs
 
 
+_DURATION: Final = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+
+def parse_since(text: str) -> datetime | timedelta:
+    """``1h``, ``30m``, ``90s``, ``2d``, ``1w`` ago, or an ISO-8601 time (UTC when no zone is given)."""
+    match = _DURATION.match(text)
+    if match:
+        return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ExesdbError(
+            f"--since {text!r} is neither a duration (90s, 30m, 1h, 2d, 1w) nor an ISO-8601 time"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _replay_from(replay: tuple[str, Any] | None) -> Any:
+    if replay is None:
+        return None
+    kind, value = replay
+    if kind == "since":
+        return parse_since(value)
+    if kind == "seq":
+        return int(value)
+    return "earliest"
+
+
 def _excluded(topic: str, subtopic: str, excludes: Sequence[str]) -> bool:
     return any(subtopic.startswith(prefix) or topic.startswith(prefix) for prefix in excludes)
 
@@ -57,9 +88,20 @@ def run_tail(
     connect_timeout: float,
     client_key: str | None = None,
     server_key: str | None = None,
+    replay: tuple[str, Any] | None = None,
+    last: bool = False,
+    control: str | None = None,
 ) -> int:
-    """Follow messages until ``count`` (exit 0), ``timeout`` (exit 124) or Ctrl-C (exit 0)."""
+    """Follow messages until ``count`` (exit 0), ``timeout`` (exit 124) or Ctrl-C (exit 0).
+
+    With ``replay`` (``("since", "1h")``, ``("seq", 42)`` or ``("start", None)``) each instance
+    catches up from the broker's journal first; with ``last`` it starts with the last values."""
     pairs = _subscriptions(instances, topics)
+    replay_from = _replay_from(replay)
+    if replay_from is not None and any(instance is None for instance, _ in pairs):
+        raise ExesdbError("name the instances to replay, e.g. exesdb tail audit --since 1h")
+    if last:
+        pairs = [(i, p) for instance, p in pairs for i in ([instance] if instance is not None else list(Instance))]
     console = None
     if output == "pretty":
         from rich.console import Console
@@ -82,10 +124,15 @@ def run_tail(
         on_error=on_error,
         client_key=client_key,
         server_key=server_key,
+        control=control,
     ) as sub:
-        for instance, prefix in pairs:
-            sub.subscribe(instance, prefix, wait=False)
-        sub.wait_ready()
+        if replay_from is None and not last:
+            for instance, prefix in pairs:
+                sub.subscribe(instance, prefix, wait=False)
+            sub.wait_ready()
+        else:
+            for instance, prefix in pairs:
+                sub.subscribe(instance, prefix, replay_from=replay_from, with_last=last)
         names = ", ".join(
             f"{i.value if i else 'all instances'}/{p}" if p else (i.value if i else "all instances") for i, p in pairs
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Self
 
@@ -17,6 +18,7 @@ import zmq.asyncio
 from ._owner import AsyncSocketOwner
 from .control import DEFAULT_CONTROL_TIMEOUT, ReplyMatcher
 from .curve import KeyPath, resolve_client_keys
+from .durable import CatchUp, ReplayFrom, durability_error, durable_request, durable_seq, last_frames
 from .endpoints import (
     DEFAULT_BACKEND,
     DEFAULT_CONTROL,
@@ -24,7 +26,7 @@ from .endpoints import (
     ENV_CONTROL,
     resolve_endpoint,
 )
-from .errors import BrokerUnavailableError, ClosedError, ReceiveTimeoutError
+from .errors import BrokerUnavailableError, ClosedError, ControlError, ReceiveTimeoutError
 from .instances import Instance
 from .messages.base import Payload
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Message
@@ -49,6 +51,7 @@ from .subscriber import (
 __all__ = ["AsyncControlClient", "AsyncPublisher", "AsyncSubscriber"]
 
 _PROBE_SLICE = 0.02
+_HOLD_READ = 100_000
 
 
 class AsyncPublisher(AsyncSocketOwner, PublisherCore):
@@ -77,12 +80,18 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         hwm: int = DEFAULT_HWM,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         secret: str | bytes | None = None,
+        control: str | None = None,
+        control_timeout: float = DEFAULT_CONTROL_TIMEOUT,
         context: zmq.asyncio.Context | None = None,
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
     ) -> None:
         PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret)
         AsyncSocketOwner.__init__(self, zmq.XPUB, context, resolve_client_keys(client_key, server_key))
+        self._control_endpoint = control
+        self._control_timeout = control_timeout
+        self._control: AsyncControlClient | None = None
+        self._key_paths = (client_key, server_key)
         self.connect_timeout = connect_timeout
         self._linger = linger
         self._connected = False
@@ -119,9 +128,13 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
+        durable: bool = False,
     ) -> int:
-        """Publish one envelope; return its sequence number (see :meth:`Publisher.publish`)."""
+        """Publish one envelope; return its sequence number (see :meth:`Publisher.publish`;
+        with ``durable``, the broker's sequence number once committed)."""
         topic, body, count = self._encode_one(instance, subtopic, type, data, corr, cause, trace)
+        if durable:
+            return await self._send_durable(topic, body, count)
         await self._send(topic, body, count)
         return self._encoder.seq(topic)
 
@@ -133,10 +146,13 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
+        durable: bool = False,
     ) -> int:
         """Publish a typed message; return its sequence number (see
         :meth:`Publisher.publish_message`)."""
         topic, body, count = self._encode_payload(payload, subtopic, corr, cause, trace)
+        if durable:
+            return await self._send_durable(topic, body, count)
         await self._send(topic, body, count)
         return self._encoder.seq(topic)
 
@@ -150,9 +166,13 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
+        durable: bool = False,
     ) -> int:
         """Publish a batch; return the envelope count (see :meth:`Publisher.publish_batch`)."""
         topic, body, count = self._encode_batch(instance, subtopic, type, batch, corr, cause, trace)
+        if durable:  # one journal record for the whole batch
+            await self._send_durable(topic, body, count)
+            return count
         await self._send(topic, body, count)
         return count
 
@@ -167,6 +187,25 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
         if self._count(topic, body, envelopes):
             await self._drain()
 
+    async def _send_durable(self, topic: bytes, body: bytes, envelopes: int) -> int:
+        if self._control is None:
+            self._live()
+            self._control = AsyncControlClient(
+                self._control_endpoint,
+                timeout=self._control_timeout,
+                context=self._context,
+                client_key=self._key_paths[0],
+                server_key=self._key_paths[1],
+            )
+        seq = self._encoder.seq(topic)
+        try:
+            reply = await self._control.request("publish", durable_request(topic, body))
+        except ControlError as exc:
+            self._refused(topic, seq, envelopes)
+            raise durability_error(exc) from None
+        self._count(topic, body, envelopes)
+        return durable_seq(reply)
+
     async def _drain(self) -> None:
         socket = self._live()
         for _ in range(10_000):
@@ -178,6 +217,9 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
     async def aclose(self, linger: float | None = None) -> None:
         """Close, flushing unsent messages for at most ``linger`` seconds (default: the
         constructor's). Idempotent."""
+        if self._control is not None:
+            await self._control.aclose()
+            self._control = None
         await super().aclose(self._linger if linger is None else linger)
 
 
@@ -204,6 +246,7 @@ class AsyncSubscriber(AsyncSocketOwner):
         on_error: ErrorCallback | None = None,
         secret: str | bytes | None = None,
         typed: bool = True,
+        control: str | None = None,
         context: zmq.asyncio.Context | None = None,
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
@@ -211,6 +254,9 @@ class AsyncSubscriber(AsyncSocketOwner):
         self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
         self.subscribe_timeout = subscribe_timeout
         self._core = SubscriberCore(on_gap, on_error, secret=secret, typed=typed)
+        self._control_endpoint = control
+        self._control: AsyncControlClient | None = None
+        self._key_paths = (client_key, server_key)
         super().__init__(zmq.SUB, context, resolve_client_keys(client_key, server_key))
         socket = self._live()
         socket.setsockopt(zmq.RCVHWM, hwm)
@@ -229,13 +275,82 @@ class AsyncSubscriber(AsyncSocketOwner):
         *,
         wait: bool = True,
         timeout: float | None = None,
+        replay_from: ReplayFrom | None = None,
+        with_last: bool = False,
     ) -> None:
-        """Subscribe (see :meth:`Subscriber.subscribe`); with ``wait``, until the broker confirms."""
+        """Subscribe (see :meth:`Subscriber.subscribe`, also for ``replay_from`` and
+        ``with_last``); with ``wait``, until the broker confirms."""
         socket = self._live()
+        core = self._core
+        durable = replay_from is not None or with_last
+        catchup = None
+        if durable:
+            if instance is None:
+                raise ValueError("replay_from and with_last need an instance")
+            catchup = CatchUp(instance, prefix, replay_from) if replay_from is not None else None
+            if core.held is None:
+                core.held = deque()
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.SUBSCRIBE, topic)
-        if wait:
+        if not durable:
+            if wait:
+                await self.wait_ready(timeout)
+            return
+        assert instance is not None
+        try:
             await self.wait_ready(timeout)
+            if with_last:
+                reply = await self._control_client().request(
+                    "last", {"prefix": Instance.resolve(instance).prefix + prefix}
+                )
+                for frames in last_frames(reply):
+                    core.take_replayed(frames)
+            if catchup is not None:
+                core.catchups.append(catchup)
+                await self._catch_up()
+        except ControlError as exc:
+            if catchup is not None and catchup in core.catchups:
+                core.catchups.remove(catchup)
+            if not core.catchups:
+                core.release()
+            raise durability_error(exc) from None
+        if not core.catchups:
+            core.release()
+
+    def _control_client(self) -> AsyncControlClient:
+        if self._control is None:
+            self._control = AsyncControlClient(
+                self._control_endpoint,
+                context=self._context,
+                client_key=self._key_paths[0],
+                server_key=self._key_paths[1],
+            )
+        return self._control
+
+    async def _catch_up(self) -> None:
+        """Fetch the next page of the first catch-up, holding live messages back meanwhile."""
+        core, socket = self._core, self._live()
+        for _ in range(_HOLD_READ):
+            try:
+                core.feed(await socket.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        catchup = core.catchups[0]
+        try:
+            reply = await self._control_client().request("replay", catchup.request())
+        except ControlError as exc:
+            raise durability_error(exc) from None
+        # Only a record that came in live can end the catch-up early: a durable one is recorded
+        # before it is forwarded, so a record after it may have gone out before we subscribed.
+        live_recorded: list[Message] = []
+        for frames, durable in catchup.advance(reply):
+            messages = core.take_replayed(frames)
+            if not durable:
+                live_recorded.extend(messages)
+        if catchup.done or core.overlaps(live_recorded):
+            core.catchups.pop(0)
+            if not core.catchups:
+                core.release()
 
     async def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
         """Undo a :meth:`subscribe` with the same arguments."""
@@ -270,6 +385,11 @@ class AsyncSubscriber(AsyncSocketOwner):
     async def recv(self, timeout: float | None = None) -> Message:
         """The next message; waits up to ``timeout`` seconds (``None``: forever)."""
         pending = self._core.pending
+        if not pending and self._core.catchups:
+            for _ in range(1_000_000):  # each page moves the cursor on
+                if pending or not self._core.catchups:
+                    break
+                await self._catch_up()
         if pending:
             return pending.popleft()
         take = self._core.take
@@ -306,6 +426,13 @@ class AsyncSubscriber(AsyncSocketOwner):
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self.iter()
+
+    async def aclose(self, linger: float | None = 0) -> None:
+        """Close; messages not yet read are discarded. Idempotent."""
+        if self._control is not None:
+            await self._control.aclose()
+            self._control = None
+        await super().aclose(linger)
 
 
 class AsyncControlClient(AsyncSocketOwner):

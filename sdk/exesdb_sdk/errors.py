@@ -15,6 +15,7 @@ Every error the SDK, the broker and the CLI raise on purpose derives from
     ├── ReceiveTimeoutError         (TimeoutError) no message arrived within the timeout
     ├── PublishTimeoutError         (TimeoutError) the broker did not take a message in time
     ├── ControlError                               the broker answered a control request with an error
+    │   └── DurabilityError         (OSError)      the broker did not record a durable publish or cannot replay
     ├── AuthenticationError         (PermissionError) the broker refused this client's CURVE handshake
     └── ClosedError                 (RuntimeError) the publisher, subscriber or client is closed
 """
@@ -30,6 +31,7 @@ __all__ = [
     "ClosedError",
     "ConfigError",
     "ControlError",
+    "DurabilityError",
     "ExesdbError",
     "MessageTooLargeError",
     "ProtocolError",
@@ -146,6 +148,20 @@ class ControlError(ExesdbError):
         self.code = code
         self.message = message
         super().__init__(f"{code}: {message}")
+
+
+class DurabilityError(ControlError, OSError):
+    """The broker could not record a durable publish, or cannot replay an instance.
+
+    ``code`` says why: ``not_journaled`` (the instance is not recorded by this broker),
+    ``journal_unavailable`` (its data directory cannot be used; see its start-up message) or
+    ``commit_failed`` (the write failed, e.g. disk full). Nothing was recorded or forwarded.
+    """
+
+    CODES = frozenset({"not_journaled", "journal_unavailable", "commit_failed"})
+
+    def __init__(self, code: str, message: str) -> None:
+        ControlError.__init__(self, code, message)
 
 
 class ClosedError(ExesdbError, RuntimeError):

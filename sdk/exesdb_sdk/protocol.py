@@ -149,6 +149,8 @@ class Message(msgspec.Struct, gc=False, repr_omit_defaults=True):
     topic: str = msgspec.field(default="", name="~topic")
     payload: Any = msgspec.field(default=None, name="~payload")
     """The typed message (e.g. ``NodeHealth``) when ``type`` is in the catalogue, else None."""
+    replayed: bool = msgspec.field(default=False, name="~replayed")
+    """True when the message came from the broker's journal or last values, not live."""
 
     @property
     def instance(self) -> Instance:
@@ -415,6 +417,16 @@ class Decoder:
             if memoryview(header.data)[0] not in _MAP_MARKERS:
                 raise ProtocolError("bad_envelope", "'data' must be a map")
         return topic, len(headers)
+
+    def inspect(self, frames: Sequence[bytes]) -> tuple[str, str, int, int]:
+        """Check one data message as :meth:`check` does; return its topic, the first envelope's
+        ``pub`` and ``seq``, and the envelope count."""
+        topic = self._topic(frames)
+        headers: list[_Header] = self._envelopes(self._header, self._headers, frames[1])
+        for header in headers:
+            if memoryview(header.data)[0] not in _MAP_MARKERS:
+                raise ProtocolError("bad_envelope", "'data' must be a map")
+        return topic, headers[0].pub, headers[0].seq, len(headers)
 
 
 class GapTracker:

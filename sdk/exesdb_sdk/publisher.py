@@ -10,9 +10,11 @@ import zmq
 
 from ._frames import send_frames
 from ._owner import SocketOwner
+from .control import DEFAULT_CONTROL_TIMEOUT, ControlClient
 from .curve import KeyPath, resolve_client_keys
+from .durable import durability_error, durable_request, durable_seq
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
-from .errors import BrokerUnavailableError, PublishTimeoutError
+from .errors import BrokerUnavailableError, ControlError, PublishTimeoutError
 from .instances import Instance
 from .messages.base import Payload
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node
@@ -142,6 +144,12 @@ class PublisherCore:
         body = encoder.encode_batch(topic, type, batch, corr, cause, trace)
         return topic, body, encoder.seq(topic) - before
 
+    def _refused(self, topic: bytes, seq: int, envelopes: int) -> None:
+        """A durable publish the broker refused was not sent: give its sequence numbers back."""
+        encoder = self._encoder
+        if encoder.seq(topic) == seq:
+            encoder._seqs[topic] = seq - envelopes
+
     def _timed_out(self, topic: bytes) -> PublishTimeoutError:
         return PublishTimeoutError(topic.decode(), self._send_timeout or 0.0)
 
@@ -169,7 +177,10 @@ class Publisher(SocketOwner, PublisherCore):
     every envelope is signed with HMAC-SHA256. ``client_key`` (this client's ``.key_secret``
     file, else ``$EXESDB_CLIENT_KEY``) and ``server_key`` (the broker's public ``.key`` file,
     else ``$EXESDB_SERVER_KEY``) turn on CURVE; a key the broker refuses raises
-    :class:`~exesdb_sdk.errors.AuthenticationError`. Use from one thread only.
+    :class:`~exesdb_sdk.errors.AuthenticationError`. ``publish(..., durable=True)`` goes through
+    the broker's control endpoint ``control`` (``$EXESDB_CONTROL``, else ``tcp://127.0.0.1:7102``),
+    with the same keys, and waits up to ``control_timeout`` seconds for the broker's commit. Use
+    from one thread only.
 
     Example::
 
@@ -189,6 +200,8 @@ class Publisher(SocketOwner, PublisherCore):
         hwm: int = DEFAULT_HWM,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         secret: str | bytes | None = None,
+        control: str | None = None,
+        control_timeout: float = DEFAULT_CONTROL_TIMEOUT,
         context: zmq.Context[Any] | None = None,
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
@@ -196,6 +209,10 @@ class Publisher(SocketOwner, PublisherCore):
         PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret)
         SocketOwner.__init__(self, zmq.XPUB, context, resolve_client_keys(client_key, server_key))
         self._linger = linger
+        self._control_endpoint = control
+        self._control_timeout = control_timeout
+        self._control: ControlClient | None = None
+        self._key_paths = (client_key, server_key)
         socket = self._live()
         try:
             prepare_socket(socket, hwm=hwm, send_timeout=send_timeout, linger=linger)
@@ -218,14 +235,24 @@ class Publisher(SocketOwner, PublisherCore):
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
+        durable: bool = False,
     ) -> int:
         """Publish one envelope on ``<instance>/<subtopic>``; return its sequence number.
 
         ``corr``, ``cause`` and ``trace`` set the correlation id, causation id and W3C
         traceparent. Raises :class:`~exesdb_sdk.errors.MessageTooLargeError` (nothing sent) for a
         body over the size limit, and :class:`~exesdb_sdk.errors.PublishTimeoutError`.
+
+        With ``durable``, the message goes through the broker's control endpoint (``control``,
+        default ``$EXESDB_CONTROL``): it returns once the broker has committed it to its
+        journal, and returns the **broker's** sequence number in the instance's journal. The
+        broker then forwards it live. If it cannot commit, it raises
+        :class:`~exesdb_sdk.errors.DurabilityError` and nothing was sent; with no reply in time,
+        :class:`~exesdb_sdk.errors.BrokerUnavailableError` (the outcome is then unknown).
         """
         topic, body, count = self._encode_one(instance, subtopic, type, data, corr, cause, trace)
+        if durable:
+            return self._send_durable(topic, body, count)
         self._send(topic, body, count)
         return self._encoder.seq(topic)
 
@@ -237,10 +264,14 @@ class Publisher(SocketOwner, PublisherCore):
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
+        durable: bool = False,
     ) -> int:
         """Publish a typed message (see :mod:`exesdb_sdk.messages`) on its instance, under
-        ``subtopic`` or its documented default sub-topic; return its sequence number."""
+        ``subtopic`` or its documented default sub-topic; return its sequence number (with
+        ``durable``, the broker's, as for :meth:`publish`)."""
         topic, body, count = self._encode_payload(payload, subtopic, corr, cause, trace)
+        if durable:
+            return self._send_durable(topic, body, count)
         self._send(topic, body, count)
         return self._encoder.seq(topic)
 
@@ -254,12 +285,18 @@ class Publisher(SocketOwner, PublisherCore):
         corr: str | None = None,
         cause: str | None = None,
         trace: str | None = None,
+        durable: bool = False,
     ) -> int:
         """Publish one message carrying an envelope per item of ``batch``; return the count.
 
         The envelopes take consecutive sequence numbers; subscribers receive them one by one.
+        With ``durable``, it returns once the broker has committed the batch (one journal
+        record), as for :meth:`publish`.
         """
         topic, body, count = self._encode_batch(instance, subtopic, type, batch, corr, cause, trace)
+        if durable:  # one journal record for the whole batch
+            self._send_durable(topic, body, count)
+            return count
         self._send(topic, body, count)
         return count
 
@@ -271,6 +308,25 @@ class Publisher(SocketOwner, PublisherCore):
             raise self._timed_out(topic) from None
         if self._count(topic, body, envelopes):
             self._drain()
+
+    def _send_durable(self, topic: bytes, body: bytes, envelopes: int) -> int:
+        if self._control is None:
+            self._live()
+            self._control = ControlClient(
+                self._control_endpoint,
+                timeout=self._control_timeout,
+                context=self._context,
+                client_key=self._key_paths[0],
+                server_key=self._key_paths[1],
+            )
+        seq = self._encoder.seq(topic)
+        try:
+            reply = self._control.request("publish", durable_request(topic, body))
+        except ControlError as exc:
+            self._refused(topic, seq, envelopes)
+            raise durability_error(exc) from None
+        self._count(topic, body, envelopes)
+        return durable_seq(reply)
 
     def _drain(self) -> None:
         """Read the subscription messages the broker sends, so they never pile up."""
@@ -284,6 +340,9 @@ class Publisher(SocketOwner, PublisherCore):
     def close(self, linger: float | None = None) -> None:
         """Close the connection, flushing unsent messages for at most ``linger`` seconds
         (default: the constructor's). Idempotent."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         self._close(self._linger if linger is None else linger)
 
     def __repr__(self) -> str:

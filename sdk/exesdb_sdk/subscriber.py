@@ -13,9 +13,11 @@ import zmq
 
 from ._frames import recv_frames
 from ._owner import SocketOwner
+from .control import ControlClient
 from .curve import KeyPath, resolve_client_keys
+from .durable import CatchUp, ReplayFrom, durability_error, last_frames
 from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, resolve_endpoint
-from .errors import BrokerUnavailableError, ProtocolError, ReceiveTimeoutError, ValidationError
+from .errors import BrokerUnavailableError, ControlError, ProtocolError, ReceiveTimeoutError, ValidationError
 from .instances import Instance
 from .messages import registry
 from .protocol import PROBE_PREFIX, RESERVED_PREFIX, Decoder, GapTracker, Message
@@ -42,6 +44,8 @@ ErrorCallback = Callable[[ProtocolError, Sequence[bytes]], None]
 _PROBE_BYTES: Final = PROBE_PREFIX.encode()
 _RESERVED: Final = RESERVED_PREFIX.encode()
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+_HORIZON_LIMIT: Final = 100_000
+_HOLD_READ: Final = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,10 @@ class SubscriberStats:
     """Messages skipped because their signature was missing or wrong (with a secret only)."""
     invalid_payloads: int = 0
     """Envelopes of a catalogue type whose data did not fit it: delivered with ``payload`` None."""
+    duplicates: int = 0
+    """Live envelopes skipped because a replay had delivered them already (the catch-up seam)."""
+    replayed: int = 0
+    """Envelopes delivered from the broker's journal or last values (included in ``received``)."""
 
 
 def subscription_prefixes(instance: Instance | str | None, prefix: str) -> list[bytes]:
@@ -79,13 +87,20 @@ class SubscriberCore:
         "_gaps",
         "_types",
         "acked",
+        "catchups",
         "decode_errors",
+        "duplicates",
+        "held",
+        "held_keys",
+        "held_scanned",
+        "horizon",
         "invalid_payloads",
         "on_error",
         "on_gap",
         "pending",
         "received",
         "rejected",
+        "replayed",
     )
 
     def __init__(
@@ -107,6 +122,15 @@ class SubscriberCore:
         self.invalid_payloads = 0
         self.on_gap = on_gap
         self.on_error = on_error
+        self.held: deque[Sequence[bytes]] | None = None
+        """Live messages held back while a catch-up runs (``None``: not holding)."""
+        self.held_keys: set[tuple[str, str, int]] = set()
+        self.held_scanned = 0
+        self.catchups: list[CatchUp] = []
+        self.horizon: dict[tuple[str, str], int] = {}
+        """Highest replayed ``seq`` per (pub, topic): live messages at or below it are duplicates."""
+        self.duplicates = 0
+        self.replayed = 0
 
     @staticmethod
     def new_probe() -> tuple[str, bytes]:
@@ -142,13 +166,77 @@ class SubscriberCore:
                     message.payload = cls.from_data(message.data)
                 except ValidationError:  # still delivered, as a generic message: never lost
                     self.invalid_payloads += 1
+        if self.horizon:
+            messages = self._admit(messages)
         self._gaps.observe_all(messages, self.on_gap)
         self.received += len(messages)
         return messages
 
+    def _admit(self, messages: list[Message]) -> list[Message]:
+        """Drop live messages a replay delivered already; forget a key once live passes it."""
+        horizon = self.horizon
+        admitted = []
+        for message in messages:
+            key = (message.pub, message.topic)
+            top = horizon.get(key)
+            if top is not None and message.seq > 0:
+                if message.seq <= top:
+                    self.duplicates += 1
+                    continue
+                del horizon[key]
+            admitted.append(message)
+        return admitted
+
     def feed(self, frames: Sequence[bytes]) -> None:
-        """Queue the envelopes of one received message for later reading."""
+        """Queue the envelopes of one received message for later reading (or hold them back
+        while a catch-up runs)."""
+        if self.held is not None and not frames[0].startswith(_RESERVED):
+            self.held.append(frames)
+            return
         self.pending.extend(self.take(frames))
+
+    def take_replayed(self, frames: Sequence[bytes]) -> list[Message]:
+        """Queue the envelopes of a journal record (or last value), marked ``replayed``."""
+        messages = self.take(frames)
+        horizon = self.horizon
+        for message in messages:
+            message.replayed = True
+            if message.seq > 0 and message.pub:
+                key = (message.pub, message.topic)
+                if message.seq > horizon.get(key, 0):
+                    if len(horizon) >= _HORIZON_LIMIT and key not in horizon:
+                        del horizon[next(iter(horizon))]
+                    horizon[key] = message.seq
+        self.replayed += len(messages)
+        self.pending.extend(messages)
+        return messages
+
+    def overlaps(self, replayed: Sequence[Message]) -> bool:
+        """Whether a replayed message (recorded as it came in live, not a durable publish) was
+        also received live (and is held). From there on the live stream has every later record
+        too, so the catch-up can stop paging: without this, a catch-up would never end while
+        live traffic outpaces it."""
+        held = self.held
+        if not held or not replayed:
+            return False
+        keys = self.held_keys
+        for index in range(self.held_scanned, len(held)):
+            try:
+                topic, pub, seq, _ = self._decoder.inspect(held[index])
+            except ProtocolError:
+                continue
+            if pub and seq > 0:
+                keys.add((pub, topic, seq))
+        self.held_scanned = len(held)
+        return any((m.pub, m.topic, m.seq) in keys for m in replayed)
+
+    def release(self) -> None:
+        """End holding: the held live messages follow, without those already replayed."""
+        held, self.held = self.held, None
+        self.held_keys = set()
+        self.held_scanned = 0
+        for frames in held or ():
+            self.pending.extend(self.take(frames))
 
     def stats(self) -> SubscriberStats:
         return SubscriberStats(
@@ -158,6 +246,8 @@ class SubscriberCore:
             len(self.pending),
             self.rejected,
             self.invalid_payloads,
+            self.duplicates,
+            self.replayed,
         )
 
 
@@ -168,8 +258,10 @@ class Subscriber(SocketOwner):
     whole instances or to topic prefixes within one, then :meth:`recv` or iterate. Messages
     that do not follow the protocol are skipped and counted, never raised. ``on_gap`` and
     ``on_error`` are optional callbacks for sequence gaps and undecodable messages.
-    ``client_key`` and ``server_key`` (or ``$EXESDB_CLIENT_KEY`` / ``$EXESDB_SERVER_KEY``) turn
-    on CURVE, as for :class:`~exesdb_sdk.Publisher`. Use from one thread only.
+    ``subscribe(..., replay_from=..., with_last=...)`` asks the broker's control endpoint
+    ``control`` (``$EXESDB_CONTROL``, else ``tcp://127.0.0.1:7102``) for its journal and last
+    values. ``client_key`` and ``server_key`` (or ``$EXESDB_CLIENT_KEY`` / ``$EXESDB_SERVER_KEY``)
+    turn on CURVE for both, as for :class:`~exesdb_sdk.Publisher`. Use from one thread only.
 
     Example::
 
@@ -192,6 +284,7 @@ class Subscriber(SocketOwner):
         on_error: ErrorCallback | None = None,
         secret: str | bytes | None = None,
         typed: bool = True,
+        control: str | None = None,
         context: zmq.Context[Any] | None = None,
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
@@ -199,6 +292,9 @@ class Subscriber(SocketOwner):
         self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
         self.subscribe_timeout = subscribe_timeout
         self._core = SubscriberCore(on_gap, on_error, secret=secret, typed=typed)
+        self._control_endpoint = control
+        self._control: ControlClient | None = None
+        self._key_paths = (client_key, server_key)
         super().__init__(zmq.SUB, context, resolve_client_keys(client_key, server_key))
         socket = self._live()
         socket.setsockopt(zmq.RCVHWM, hwm)
@@ -217,6 +313,8 @@ class Subscriber(SocketOwner):
         *,
         wait: bool = True,
         timeout: float | None = None,
+        replay_from: ReplayFrom | None = None,
+        with_last: bool = False,
     ) -> None:
         """Subscribe to ``instance`` (``None``: all ten), narrowed to sub-topics starting with ``prefix``.
 
@@ -225,12 +323,85 @@ class Subscriber(SocketOwner):
         broker does not confirm within ``timeout`` (default ``subscribe_timeout``) it raises
         :class:`~exesdb_sdk.errors.BrokerUnavailableError`, or
         :class:`~exesdb_sdk.errors.AuthenticationError` when the broker refused this client.
+
+        ``replay_from`` (a broker sequence number, an aware ``datetime``, a ``timedelta`` ago,
+        or ``"earliest"``) catches up from the broker's journal first: it subscribes live,
+        then :meth:`recv` yields the journal's records from there up to now, then the live
+        messages, with no gap and no duplicate at the seam (live messages a replay delivered
+        already are skipped by (pub, topic, seq), counted in ``stats.duplicates``). The first
+        page is fetched here, so a journal error raises
+        :class:`~exesdb_sdk.errors.DurabilityError` now. ``with_last`` first yields the
+        broker's last message of each last-value topic under the prefix (e.g. the latest
+        ``HealthSummary`` per store). Such messages have ``replayed`` set.
         """
         socket = self._live()
+        core = self._core
+        durable = replay_from is not None or with_last
+        if durable:
+            if instance is None:
+                raise ValueError("replay_from and with_last need an instance")
+            catchup = CatchUp(instance, prefix, replay_from) if replay_from is not None else None
+            if core.held is None:
+                core.held = deque()
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.SUBSCRIBE, topic)
-        if wait:
+        if not durable:
+            if wait:
+                self.wait_ready(timeout)
+            return
+        assert instance is not None
+        try:
             self.wait_ready(timeout)
+            if with_last:
+                reply = self._control_client().request("last", {"prefix": Instance.resolve(instance).prefix + prefix})
+                for frames in last_frames(reply):
+                    core.take_replayed(frames)
+            if catchup is not None:
+                core.catchups.append(catchup)
+                self._catch_up()
+        except ControlError as exc:
+            if catchup is not None and catchup in core.catchups:
+                core.catchups.remove(catchup)
+            if not core.catchups:
+                core.release()
+            raise durability_error(exc) from None
+        if not core.catchups:
+            core.release()
+
+    def _control_client(self) -> ControlClient:
+        if self._control is None:
+            self._control = ControlClient(
+                self._control_endpoint,
+                context=self._context,
+                client_key=self._key_paths[0],
+                server_key=self._key_paths[1],
+            )
+        return self._control
+
+    def _catch_up(self) -> None:
+        """Fetch the next page of the first catch-up, holding live messages back meanwhile."""
+        core, socket = self._core, self._live()
+        for _ in range(_HOLD_READ):
+            try:
+                core.feed(recv_frames(socket, _NOBLOCK))
+            except zmq.Again:
+                break
+        catchup = core.catchups[0]
+        try:
+            reply = self._control_client().request("replay", catchup.request())
+        except ControlError as exc:
+            raise durability_error(exc) from None
+        # Only a record that came in live can end the catch-up early: a durable one is recorded
+        # before it is forwarded, so a record after it may have gone out before we subscribed.
+        live_recorded: list[Message] = []
+        for frames, durable in catchup.advance(reply):
+            messages = core.take_replayed(frames)
+            if not durable:
+                live_recorded.extend(messages)
+        if catchup.done or core.overlaps(live_recorded):
+            core.catchups.pop(0)
+            if not core.catchups:
+                core.release()
 
     def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
         """Undo a :meth:`subscribe` with the same arguments."""
@@ -268,6 +439,11 @@ class Subscriber(SocketOwner):
         Raises :class:`~exesdb_sdk.errors.ReceiveTimeoutError` when none arrives in time.
         """
         pending = self._core.pending
+        if not pending and self._core.catchups:
+            for _ in range(1_000_000):  # each page moves the cursor on
+                if pending or not self._core.catchups:
+                    break
+                self._catch_up()
         if pending:
             return pending.popleft()
         socket = self._live()
@@ -301,6 +477,12 @@ class Subscriber(SocketOwner):
 
     def __iter__(self) -> Iterator[Message]:
         return self.iter()
+
+    def _close(self, linger: float | None) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        super()._close(linger)
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "connected"

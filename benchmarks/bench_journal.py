@@ -1,0 +1,228 @@
+"""Journal benchmark: what durability costs.
+
+Run it (about a minute with the default 5 repetitions; ``--quick`` is a smoke run)::
+
+    /work/venv/bin/python benchmarks/bench_journal.py [--reps 5] [--quick] [--json-out PATH]
+
+It prints a table and writes JSON to ``benchmarks/results/journal-<UTC timestamp>.json``
+(git-ignored) unless ``--json-out`` names another file. Built on :mod:`harness`.
+
+Scenarios, each two sides measured in the same run:
+
+- ``live_journal_on_off``: the core benchmark's raw throughput (raw publisher of 100-byte
+  frames -> broker -> raw subscriber, on ``ex_esdb_metrics/bench``, an instance that is not
+  journaled) with the journal off (``--journal none --last-values none``) and on (the
+  defaults: alerts and audit journaled, health last values kept). Target on/off >= 0.95:
+  recording some instances must not slow the others.
+- ``durable_publish``: one ``Publisher`` sending ``publish(..., durable=True)`` back to back
+  on ``ex_esdb_audit``, each acknowledged before the next is sent, with ``--journal-fsync
+  never`` and with the default ``durable`` policy (an fsync of SQLite's write-ahead log before
+  each acknowledgement). Reported: acknowledged publishes per second. No target; the ratio is
+  the price of the fsync. The journal lives on the machine's disk (the run's temporary
+  directory), not in memory.
+- ``journal_ingest``: a raw publisher floods ``ex_esdb_audit`` (journaled) with 100-byte and
+  with 1,000-byte envelopes; reported: records committed per second, from the first send until
+  the broker's ``stats`` shows the last one committed (polled every 10 ms). No target: it is
+  the rate past which the journal falls behind (it then queues in memory, never drops).
+
+Method: a fresh broker per run (harness :func:`~harness.started_broker`, journal in the
+run's own directory); one warm-up per side, then ``--reps`` runs interleaved; medians and
+the ratio of medians (right / left).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import signal
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import zmq
+from exesdb_sdk import ControlClient, Publisher
+from harness import (
+    HWM,
+    RAW_BODY_SIZE,
+    RESULTS_DIR,
+    TOPIC,
+    Config,
+    Side,
+    compare,
+    environment,
+    kill_children,
+    make_body,
+    render,
+    started_broker,
+    throughput_summary,
+)
+
+
+def live_journal_on_off(config: Config) -> dict[str, Any]:
+    body = make_body(RAW_BODY_SIZE)
+    pub_kwargs = {"body": body, "rate": None}
+    sub_kwargs = {"stamp_offset": None}
+    sides = (
+        Side("journal_off", "exesdb-nojournal", "raw_publisher", "raw_subscriber", pub_kwargs, sub_kwargs),
+        Side("journal_on", "exesdb", "raw_publisher", "raw_subscriber", pub_kwargs, sub_kwargs),
+    )
+    title = f"live {RAW_BODY_SIZE} B on a non-journaled instance, journal off vs on"
+    result = compare(
+        "live_journal_on_off", title, sides, config.raw_count, throughput_summary,
+        ["msgs_per_s"], ("msgs_per_s", ">=", 0.95), config,
+    )  # fmt: skip
+    return {**result, "body_bytes": body.size, "topic": TOPIC.decode()}
+
+
+def durable_run(kind: str, count: int) -> dict[str, Any]:
+    """``count`` acknowledged durable publishes, one after another, on a fresh broker."""
+    with started_broker(kind) as handle:
+        assert handle.control is not None
+        with Publisher(handle.frontend, control=handle.control, node="bench") as pub:
+            publish = pub.publish
+            start = time.perf_counter()
+            for n in range(count):
+                publish("audit", "bench", "Custom", {"n": n, "pad": "x" * 60}, durable=True)
+            elapsed = time.perf_counter() - start
+    return {"acked_per_s": count / elapsed, "mean_ack_us": elapsed / count * 1e6, "acked": count}
+
+
+def durable_publish(config: Config, count: int) -> dict[str, Any]:
+    sides = (("fsync_never", "exesdb-fsync-never"), ("fsync_durable", "exesdb"))
+    print("  durable publish: ", end="", flush=True)
+    if config.warmup:
+        for _, kind in sides:
+            durable_run(kind, max(100, count // 4))
+            print("w", end="", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sides}
+    for _ in range(config.reps):
+        for name, kind in sides:
+            runs[name].append(durable_run(kind, count))
+            print(".", end="", flush=True)
+    print()
+    medians = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    base, other = medians["fsync_never"], medians["fsync_durable"]
+    return {
+        "title": "durable publish, acknowledged one by one: fsync never vs durable (default)",
+        "sides": [name for name, _ in sides],
+        "count_per_run": count,
+        "runs": runs,
+        "medians": medians,
+        "ratios": {k: other[k] / base[k] if base[k] else float("nan") for k in ("acked_per_s", "mean_ack_us")},
+        "target": None,
+    }
+
+
+INGEST_TOPIC = b"ex_esdb_audit/bench"
+
+
+def ingest_run(size: int, count: int) -> dict[str, Any]:
+    """Flood ``count`` envelopes of ``size`` bytes on a journaled instance; time until committed."""
+    body = make_body(size).plain
+    with started_broker("exesdb") as handle, ControlClient(handle.control) as control:
+        context = zmq.Context()
+        socket = context.socket(zmq.XPUB)
+        socket.setsockopt(zmq.XPUB_NODROP, 1)
+        socket.setsockopt(zmq.SNDHWM, HWM)
+        socket.setsockopt(zmq.SNDTIMEO, 5000)
+        try:
+            socket.connect(handle.frontend)
+            if not socket.poll(20_000):
+                raise TimeoutError("no subscription from the broker")
+            start = time.perf_counter()
+            for _ in range(count):
+                socket.send_multipart((INGEST_TOPIC, body))
+            sent = time.perf_counter()
+            deadline = time.monotonic() + 60 + count / 10_000
+            while control.stats()["journal"]["heads"]["ex_esdb_audit"] < count:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the journal did not commit every record in time")
+                time.sleep(0.01)  # polling interval of the broker's stats
+            done = time.perf_counter()
+        finally:
+            socket.close(linger=5000)
+            context.term()
+    return {"records_per_s": count / (done - start), "publish_msgs_per_s": count / (sent - start)}
+
+
+def journal_ingest(config: Config, count: int) -> dict[str, Any]:
+    sides = (("body_100B", 100), ("body_1000B", 1000))
+    print("  journal ingest: ", end="", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sides}
+    for _ in range(config.reps):
+        for name, size in sides:
+            runs[name].append(ingest_run(size, count))
+            print(".", end="", flush=True)
+    print()
+    medians = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    base, other = medians["body_100B"], medians["body_1000B"]
+    return {
+        "title": "journal ingest: flood of a journaled instance, records committed per second",
+        "sides": [name for name, _ in sides],
+        "count_per_run": count,
+        "runs": runs,
+        "medians": medians,
+        "ratios": {k: other[k] / base[k] if base[k] else float("nan") for k in base},
+        "target": None,
+    }
+
+
+def make_config(*, quick: bool, reps: int) -> tuple[Config, int]:
+    if quick:
+        config = Config(
+            reps=1, warmup=False, raw_count=5_000, latency_rate=5_000, latency_seconds=0.5,
+            sdk_count=5_000, profile_dir=None,
+        )  # fmt: skip
+        return config, 200
+    config = Config(
+        reps=reps, warmup=True, raw_count=400_000, latency_rate=5_000, latency_seconds=6.0,
+        sdk_count=200_000, profile_dir=None,
+    )  # fmt: skip
+    return config, 2_000
+
+
+SCENARIOS = ("live_journal_on_off", "durable_publish", "journal_ingest")
+
+
+def scenarios(*, quick: bool, reps: int) -> dict[str, dict[str, Any]]:
+    """Every journal scenario (the interface benchmarks/bench.py runs)."""
+    config, durable_count = make_config(quick=quick, reps=reps)
+    return {
+        "live_journal_on_off": live_journal_on_off(config),
+        "durable_publish": durable_publish(config, durable_count),
+        "journal_ingest": journal_ingest(config, 5_000 if quick else 200_000),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side (default 5)")
+    parser.add_argument("--quick", action="store_true", help="tiny counts, 1 repetition: a smoke run")
+    parser.add_argument("--json-out", type=Path, help="JSON file (default benchmarks/results/journal-<UTC>.json)")
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    atexit.register(kill_children)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "environment": environment(),
+        "config": {"quick": args.quick, "reps": 1 if args.quick else args.reps},
+        "scenarios": scenarios(quick=args.quick, reps=args.reps),
+    }
+    report["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    print()
+    print(render(report, "exesdb-pubsub journal benchmark"))
+    out = args.json_out or RESULTS_DIR / f"journal-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {out}  ({report['elapsed_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

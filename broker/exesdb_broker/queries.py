@@ -1,0 +1,94 @@
+"""The journal's read-side answers: ``replay`` pages and ``last`` values, and request checks.
+
+Pure functions over a :class:`~.store.JournalStore` and the last-value map; the journal
+thread calls them (it owns the store) and turns :class:`Refused` into an error reply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from exesdb_sdk.errors import ExesdbError
+from exesdb_sdk.instances import Instance
+
+from .store import JournalStore
+
+__all__ = ["PAGE_BYTES", "PAGE_RECORDS", "Refused", "int_arg", "last_reply", "not_journaled", "replay_reply"]
+
+PAGE_RECORDS: Final = 1000
+"""Records per ``replay`` page at most."""
+PAGE_BYTES: Final = 1 << 20
+"""Bytes of bodies per ``replay`` page, about (a page always holds at least one record)."""
+
+
+class Refused(Exception):
+    """A request the journal answers with an error reply ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def int_arg(request: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    value = request.get(key, default)
+    if type(value) is not int or value < minimum:
+        raise Refused("bad_request", f"{key!r} must be an integer >= {minimum}, not {value!r}")
+    return value
+
+
+def not_journaled(instance: Instance, journaled: Sequence[Instance]) -> Refused:
+    names = ", ".join(i.value for i in journaled) or "none"
+    return Refused("not_journaled", f"{instance.value} is not journaled (journaled: {names})")
+
+
+def replay_reply(
+    store: JournalStore | None, journaled: Sequence[Instance], unavailable: str, request: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One page of a ``replay`` (see docs/protocol.md, section 10.6)."""
+    name = request.get("instance")
+    try:
+        instance = Instance.resolve(name) if isinstance(name, str) else None
+    except ExesdbError:
+        instance = None
+    if instance is None:
+        raise Refused("bad_request", f"replay needs 'instance', one of the ten instances (got {name!r})")
+    if instance not in journaled:
+        raise not_journaled(instance, journaled)
+    if store is None:
+        raise Refused("journal_unavailable", f"journal unavailable: {unavailable}")
+    limit = int_arg(request, "limit", PAGE_RECORDS, 1)
+    prefix = request.get("prefix", "")
+    if not isinstance(prefix, str):
+        raise Refused("bad_request", "'prefix' must be a string")
+    first = store.first_seq(instance)
+    if "from_seq" in request:
+        start = int_arg(request, "from_seq", 0, 0)
+    elif "since" in request:
+        start = store.seq_at(instance, int_arg(request, "since", 0, 0))
+    else:
+        start = first
+    records, following, more = store.page(
+        instance, max(start, first), (instance.prefix + prefix).encode(), min(limit, PAGE_RECORDS), PAGE_BYTES
+    )
+    return {
+        "instance": instance.value,
+        "records": [[seq, rt, topic.decode(), body, bool(durable)] for seq, rt, topic, body, durable in records],
+        "next": following,
+        "more": more,
+        "first": first,
+        "last": store.heads[instance],
+    }
+
+
+def last_reply(
+    last: Mapping[bytes, tuple[int, bytes]], prefixes: Sequence[bytes], request: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The ``last`` values under the request's topic prefix (docs/protocol.md, section 10.7)."""
+    prefix = request.get("prefix", "")
+    if not isinstance(prefix, str):
+        raise Refused("bad_request", "'prefix' must be a string")
+    wanted = prefix.encode()
+    records = [[topic.decode(), rt, body] for topic, (rt, body) in sorted(last.items()) if topic.startswith(wanted)]
+    return {"records": records, "topics": [p.decode() for p in prefixes]}
