@@ -285,6 +285,29 @@ def test_control_ops_are_authorized_per_role(secure: BrokerProcess, keys: Keys) 
     assert _stats(secure, keys)["security"]["forbidden_ops"] == 1
 
 
+def test_durable_publish_and_replay_with_keys_are_authorized_per_role(secure: BrokerProcess, keys: Keys) -> None:
+    """The journal's ops go through the role check before the journal thread sees them."""
+    with Publisher(secure.frontend, control=secure.control, **keys.client("pub")) as pub:
+        seqs = [pub.publish("audit", "keys", "Custom", {"n": n}, durable=True) for n in range(3)]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    with Subscriber(secure.backend, control=secure.control, **keys.client("sub")) as sub:
+        sub.subscribe("audit", "keys", replay_from="earliest")
+        assert [m.data["n"] for m in sub.iter(timeout=0.5)] == [0, 1, 2]
+        assert sub.stats.replayed == 3
+    with ControlClient(secure.control, **keys.client("sub")) as control:
+        with pytest.raises(ControlError) as refused:
+            control.request("publish", {"topic": "ex_esdb_audit/keys", "body": b"\x80"})
+        assert refused.value.code == "forbidden"
+    with ControlClient(secure.control, **keys.client("pub")) as control:
+        for op in ("replay", "last"):
+            with pytest.raises(ControlError) as refused:
+                control.request(op, {"instance": "ex_esdb_audit", "prefix": ""})
+            assert refused.value.code == "forbidden", op
+    with ControlClient(secure.control, **keys.client("adm")) as control:
+        assert [record[0] for record in control.request("replay", {"instance": "ex_esdb_audit"})["records"]] == seqs
+    assert _stats(secure, keys)["security"]["forbidden_ops"] == 3
+
+
 def _monitor(keys: Keys | None) -> tuple[SecurityMonitor, list[Payload], list[float]]:
     """A SecurityMonitor over a real Security (keys loaded, no sockets) and a fake clock."""
     published: list[Payload] = []
