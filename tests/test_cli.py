@@ -36,12 +36,23 @@ def _count(broker: BrokerProcess, instance: str) -> int:
         return messages
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Tail:
     """An ``exesdb tail`` subprocess, ready once it said it is following."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [EXESDB, "tail", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [EXESDB, "tail", *args],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            # A shell without job control starts background jobs (a CI runner's, say) with SIGINT
+            # ignored, and children inherit that; give the tail the terminal's default, as for a user.
+            preexec_fn=_default_sigint,
         )
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()  # blocks until it follows, or exits
