@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Self
 
@@ -18,7 +17,7 @@ import zmq.asyncio
 from ._owner import AsyncSocketOwner
 from .control import DEFAULT_CONTROL_TIMEOUT, ReplyMatcher
 from .curve import KeyPath, resolve_client_keys
-from .durable import CatchUp, ReplayFrom, durability_error, durable_request, durable_seq, last_frames
+from .durable import ReplayFrom, durability_error, durable_request, durable_seq
 from .endpoints import (
     DEFAULT_BACKEND,
     DEFAULT_CONTROL,
@@ -283,13 +282,7 @@ class AsyncSubscriber(AsyncSocketOwner):
         socket = self._live()
         core = self._core
         durable = replay_from is not None or with_last
-        catchup = None
-        if durable:
-            if instance is None:
-                raise ValueError("replay_from and with_last need an instance")
-            catchup = CatchUp(instance, prefix, replay_from) if replay_from is not None else None
-            if core.held is None:
-                core.held = deque()
+        catchup = core.hold(instance, prefix, replay_from) if durable else None
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.SUBSCRIBE, topic)
         if not durable:
@@ -300,22 +293,16 @@ class AsyncSubscriber(AsyncSocketOwner):
         try:
             await self.wait_ready(timeout)
             if with_last:
-                reply = await self._control_client().request(
-                    "last", {"prefix": Instance.resolve(instance).prefix + prefix}
+                core.take_last(
+                    await self._control_client().request("last", {"prefix": Instance.resolve(instance).prefix + prefix})
                 )
-                for frames in last_frames(reply):
-                    core.take_replayed(frames)
             if catchup is not None:
                 core.catchups.append(catchup)
                 await self._catch_up()
         except ControlError as exc:
-            if catchup is not None and catchup in core.catchups:
-                core.catchups.remove(catchup)
-            if not core.catchups:
-                core.release()
+            core.abandon(catchup)
             raise durability_error(exc) from None
-        if not core.catchups:
-            core.release()
+        core.settle()
 
     def _control_client(self) -> AsyncControlClient:
         if self._control is None:
@@ -340,17 +327,7 @@ class AsyncSubscriber(AsyncSocketOwner):
             reply = await self._control_client().request("replay", catchup.request())
         except ControlError as exc:
             raise durability_error(exc) from None
-        # Only a record that came in live can end the catch-up early: a durable one is recorded
-        # before it is forwarded, so a record after it may have gone out before we subscribed.
-        live_recorded: list[Message] = []
-        for frames, durable in catchup.advance(reply):
-            messages = core.take_replayed(frames)
-            if not durable:
-                live_recorded.extend(messages)
-        if catchup.done or core.overlaps(live_recorded):
-            core.catchups.pop(0)
-            if not core.catchups:
-                core.release()
+        core.take_page(catchup, reply)
 
     async def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
         """Undo a :meth:`subscribe` with the same arguments."""

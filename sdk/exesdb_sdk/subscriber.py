@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -230,6 +230,46 @@ class SubscriberCore:
         self.held_scanned = len(held)
         return any((m.pub, m.topic, m.seq) in keys for m in replayed)
 
+    def hold(self, instance: Instance | str | None, prefix: str, replay_from: ReplayFrom | None) -> CatchUp | None:
+        """Start a subscription with replay or last values: hold live messages back from now
+        on; return the replay's cursor (``None`` for last values only)."""
+        if instance is None:
+            raise ValueError("replay_from and with_last need an instance")
+        catchup = CatchUp(instance, prefix, replay_from) if replay_from is not None else None
+        if self.held is None:
+            self.held = deque()
+        return catchup
+
+    def take_last(self, reply: Mapping[str, Any]) -> None:
+        """Queue the records of a ``last`` reply, marked ``replayed``."""
+        for frames in last_frames(reply):
+            self.take_replayed(frames)
+
+    def take_page(self, catchup: CatchUp, reply: Mapping[str, Any]) -> None:
+        """Queue one ``replay`` page of ``catchup`` (the first pending one); end that catch-up
+        when it is done or has reached the live stream."""
+        # Only a record that came in live can end the catch-up early: a durable one is recorded
+        # before it is forwarded, so a record after it may have gone out before we subscribed.
+        live_recorded: list[Message] = []
+        for frames, durable in catchup.advance(reply):
+            messages = self.take_replayed(frames)
+            if not durable:
+                live_recorded.extend(messages)
+        if catchup.done or self.overlaps(live_recorded):
+            self.catchups.pop(0)
+            self.settle()
+
+    def abandon(self, catchup: CatchUp | None) -> None:
+        """A subscription's replay or last values failed: forget its catch-up."""
+        if catchup is not None and catchup in self.catchups:
+            self.catchups.remove(catchup)
+        self.settle()
+
+    def settle(self) -> None:
+        """Release the held live messages once no catch-up is left."""
+        if not self.catchups:
+            self.release()
+
     def release(self) -> None:
         """End holding: the held live messages follow, without those already replayed."""
         held, self.held = self.held, None
@@ -337,12 +377,7 @@ class Subscriber(SocketOwner):
         socket = self._live()
         core = self._core
         durable = replay_from is not None or with_last
-        if durable:
-            if instance is None:
-                raise ValueError("replay_from and with_last need an instance")
-            catchup = CatchUp(instance, prefix, replay_from) if replay_from is not None else None
-            if core.held is None:
-                core.held = deque()
+        catchup = core.hold(instance, prefix, replay_from) if durable else None
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.SUBSCRIBE, topic)
         if not durable:
@@ -353,20 +388,16 @@ class Subscriber(SocketOwner):
         try:
             self.wait_ready(timeout)
             if with_last:
-                reply = self._control_client().request("last", {"prefix": Instance.resolve(instance).prefix + prefix})
-                for frames in last_frames(reply):
-                    core.take_replayed(frames)
+                core.take_last(
+                    self._control_client().request("last", {"prefix": Instance.resolve(instance).prefix + prefix})
+                )
             if catchup is not None:
                 core.catchups.append(catchup)
                 self._catch_up()
         except ControlError as exc:
-            if catchup is not None and catchup in core.catchups:
-                core.catchups.remove(catchup)
-            if not core.catchups:
-                core.release()
+            core.abandon(catchup)
             raise durability_error(exc) from None
-        if not core.catchups:
-            core.release()
+        core.settle()
 
     def _control_client(self) -> ControlClient:
         if self._control is None:
@@ -391,17 +422,7 @@ class Subscriber(SocketOwner):
             reply = self._control_client().request("replay", catchup.request())
         except ControlError as exc:
             raise durability_error(exc) from None
-        # Only a record that came in live can end the catch-up early: a durable one is recorded
-        # before it is forwarded, so a record after it may have gone out before we subscribed.
-        live_recorded: list[Message] = []
-        for frames, durable in catchup.advance(reply):
-            messages = core.take_replayed(frames)
-            if not durable:
-                live_recorded.extend(messages)
-        if catchup.done or core.overlaps(live_recorded):
-            core.catchups.pop(0)
-            if not core.catchups:
-                core.release()
+        core.take_page(catchup, reply)
 
     def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
         """Undo a :meth:`subscribe` with the same arguments."""
