@@ -24,17 +24,18 @@ beside a benchmark changes its figures. Only the ratios inside one run are compa
 from __future__ import annotations
 
 import argparse
-import atexit
 import importlib
-import json
-import signal
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness import RESULTS_DIR, environment, kill_children, render
+from harness import (
+    environment,
+    handle_exits,
+    render,
+    write_report,
+)
 
 SUITES = ("core", "sdk", "topology", "peers", "security", "journal")
 
@@ -48,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error("--reps must be at least 1")
-    atexit.register(kill_children)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    handle_exits()
 
     started = time.monotonic()
     report: dict[str, Any] = {
@@ -65,10 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     report["elapsed_seconds"] = round(time.monotonic() - started, 1)
     print()
     print(render(report))
-    out = args.json_out or RESULTS_DIR / f"all-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {out}  ({report['elapsed_seconds']} s)")
+    write_report(report, args.json_out, "all")
     return 0
 
 

@@ -46,12 +46,8 @@ written to ``DIR/<scenario>-<side>-<role>.prof`` (read with ``python -m pstats``
 from __future__ import annotations
 
 import argparse
-import atexit
-import json
-import signal
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +55,20 @@ from harness import (
     IDLE_TIMEOUT,
     LATENCY_SKIP,
     RAW_BODY_SIZE,
-    RESULTS_DIR,
     SDK_DATA,
     TOPIC,
     Config,
     Side,
     compare,
     environment,
-    kill_children,
+    handle_exits,
     latency_summary,
     make_body,
     render,
     sdk_body_size,
     serve_bare_proxy,
     throughput_summary,
+    write_report,
 )
 
 
@@ -164,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1:
         parser.error("--reps must be at least 1")
 
-    atexit.register(kill_children)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    handle_exits()
     config = make_config(quick=args.quick, reps=args.reps, profile_dir=args.profile)
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
@@ -190,13 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(render(report, "exesdb-pubsub core benchmark"))
-    out = args.json_out
-    if out is None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = RESULTS_DIR / f"core-{stamp}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {out}  ({report['elapsed_seconds']} s)")
+    write_report(report, args.json_out, "core")
     return 0
 
 

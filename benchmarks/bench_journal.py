@@ -32,15 +32,9 @@ the ratio of medians (right / left).
 
 from __future__ import annotations
 
-import argparse
-import atexit
-import json
-import signal
 import statistics
 import sys
 import time
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -48,16 +42,13 @@ from exesdb_sdk import ControlClient, Publisher
 from harness import (
     HWM,
     RAW_BODY_SIZE,
-    RESULTS_DIR,
     TOPIC,
     Config,
     Side,
     compare,
-    environment,
-    kill_children,
     make_body,
-    render,
     started_broker,
+    suite_main,
     throughput_summary,
 )
 
@@ -199,29 +190,7 @@ def scenarios(*, quick: bool, reps: int) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side (default 5)")
-    parser.add_argument("--quick", action="store_true", help="tiny counts, 1 repetition: a smoke run")
-    parser.add_argument("--json-out", type=Path, help="JSON file (default benchmarks/results/journal-<UTC>.json)")
-    args = parser.parse_args(argv)
-    if args.reps < 1:
-        parser.error("--reps must be at least 1")
-    atexit.register(kill_children)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
-    started = time.monotonic()
-    report: dict[str, Any] = {
-        "environment": environment(),
-        "config": {"quick": args.quick, "reps": 1 if args.quick else args.reps},
-        "scenarios": scenarios(quick=args.quick, reps=args.reps),
-    }
-    report["elapsed_seconds"] = round(time.monotonic() - started, 1)
-    print()
-    print(render(report, "exesdb-pubsub journal benchmark"))
-    out = args.json_out or RESULTS_DIR / f"journal-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {out}  ({report['elapsed_seconds']} s)")
-    return 0
+    return suite_main(argv, __doc__, "journal", "exesdb-pubsub journal benchmark", scenarios)
 
 
 if __name__ == "__main__":

@@ -65,11 +65,9 @@ import asyncio
 import atexit
 import importlib
 import importlib.metadata
-import json
 import math
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -79,7 +77,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Final
@@ -89,15 +86,16 @@ from exesdb_sdk.messages import NodeHealth
 from harness import (
     FIRST_MESSAGE_TIMEOUT,
     IDLE_TIMEOUT,
-    RESULTS_DIR,
     SPAWN,
     Child,
     environment,
+    handle_exits,
     kill_children,
     process_cpu_seconds,
     render,
     spawn,
     started_broker,
+    write_report,
 )
 
 PAYLOAD_BYTES: Final = 100
@@ -785,9 +783,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1:
         parser.error("--reps must be at least 1")
 
-    atexit.register(kill_children)
-    atexit.register(kill_servers)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    handle_exits()
+    atexit.register(kill_servers)  # runs first (atexit is last in, first out)
 
     counts = QUICK_COUNTS if args.quick else FULL_COUNTS
     reps = 1 if args.quick else args.reps
@@ -823,12 +820,7 @@ def main(argv: list[str] | None = None) -> int:
         f"peers: redis-server {peers['redis_server']} | nats-server {peers['nats_server']} | "
         f"redis-py {peers['redis_py']} (hiredis {peers['hiredis']}) | nats-py {peers['nats_py']}"
     )
-    out = args.json_out
-    if out is None:
-        out = RESULTS_DIR / f"peers-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {out}  ({report['elapsed_seconds']} s)")
+    write_report(report, args.json_out, "peers")
     return 0
 
 

@@ -47,15 +47,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import atexit
-import json
-import signal
 import statistics
 import sys
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from multiprocessing.synchronize import Event
 from pathlib import Path
@@ -68,7 +64,6 @@ from exesdb_sdk.protocol import Encoder
 from harness import (
     FIRST_MESSAGE_TIMEOUT,
     IDLE_TIMEOUT,
-    RESULTS_DIR,
     SDK_DATA,
     SEND_TIMEOUT_MS,
     SPAWN,
@@ -76,7 +71,7 @@ from harness import (
     Child,
     Side,
     environment,
-    kill_children,
+    handle_exits,
     make_body,
     process_cpu_seconds,
     process_rss_mb,
@@ -84,6 +79,7 @@ from harness import (
     spawn,
     started_broker,
     throughput_summary,
+    write_report,
 )
 
 SIZES: Final = (100, 1024, 10240)
@@ -508,8 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
-    atexit.register(kill_children)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    handle_exits()
     started = time.monotonic()
     plan = Plan.make(quick=args.quick, reps=args.reps)
     report: dict[str, Any] = {
@@ -530,12 +525,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(render(report, "exesdb-pubsub SDK benchmark"))
-    out = args.json_out
-    if out is None:
-        out = RESULTS_DIR / f"sdk-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {out}  ({report['elapsed_seconds']} s)")
+    write_report(report, args.json_out, "sdk")
     return 0
 
 

@@ -14,14 +14,10 @@ Only the ratio is meaningful across machines and runs.
 
 from __future__ import annotations
 
-import argparse
-import atexit
-import json
 import os
 import queue
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -30,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Final
@@ -44,18 +39,15 @@ from harness import (
     HWM,
     IDLE_TIMEOUT,
     RAW_BODY_SIZE,
-    RESULTS_DIR,
     SEND_TIMEOUT_MS,
     SPAWN,
     TOPIC,
     Body,
     Child,
-    environment,
-    kill_children,
     make_body,
-    render,
     spawn,
     stop_process,
+    suite_main,
     throughput_summary,
     wait_for_subscription,
 )
@@ -286,29 +278,7 @@ def scenarios(*, quick: bool, reps: int) -> dict[str, dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side (default 5)")
-    parser.add_argument("--quick", action="store_true", help="tiny counts, 1 repetition: a smoke run")
-    parser.add_argument("--json-out", type=Path, help="JSON file (default benchmarks/results/security-<UTC>.json)")
-    args = parser.parse_args(argv)
-    if args.reps < 1:
-        parser.error("--reps must be at least 1")
-    atexit.register(kill_children)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
-    started = time.monotonic()
-    report: dict[str, Any] = {
-        "environment": environment(),
-        "config": {"quick": args.quick, "reps": 1 if args.quick else args.reps},
-        "scenarios": scenarios(quick=args.quick, reps=args.reps),
-    }
-    report["elapsed_seconds"] = round(time.monotonic() - started, 1)
-    print()
-    print(render(report, "exesdb-pubsub security benchmark"))
-    out = args.json_out or RESULTS_DIR / f"security-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {out}  ({report['elapsed_seconds']} s)")
-    return 0
+    return suite_main(argv, __doc__, "security", "exesdb-pubsub security benchmark", scenarios)
 
 
 if __name__ == "__main__":

@@ -64,17 +64,13 @@ and children are stopped on exit.
 from __future__ import annotations
 
 import argparse
-import atexit
-import json
 import math
-import signal
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any, Final
@@ -90,7 +86,6 @@ from harness import (
     HWM,
     IDLE_TIMEOUT,
     RAW_BODY_SIZE,
-    RESULTS_DIR,
     SDK_DATA,
     SEND_TIMEOUT_MS,
     SPAWN,
@@ -98,7 +93,7 @@ from harness import (
     BrokerHandle,
     Child,
     environment,
-    kill_children,
+    handle_exits,
     make_body,
     process_cpu_seconds,
     process_rss_mb,
@@ -106,6 +101,7 @@ from harness import (
     spawn,
     started_broker,
     wait_for_subscription,
+    write_report,
 )
 
 TITLE: Final = "exesdb-pubsub topology benchmark"
@@ -941,8 +937,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1:
         parser.error("--reps must be at least 1")
 
-    atexit.register(kill_children)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup on SIGTERM too
+    handle_exits()
     plan = plan_for(quick=args.quick, reps=args.reps)
     started = time.monotonic()
     report: dict[str, Any] = {
@@ -970,12 +965,7 @@ def main(argv: list[str] | None = None) -> int:
     print(render(report, TITLE))
     for line in notes(report):
         print(line)
-    out = args.json_out
-    if out is None:
-        out = RESULTS_DIR / f"topology-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"\nJSON: {out}  ({report['elapsed_seconds']} s)")
+    write_report(report, args.json_out, "topology")
     return 0
 
 

@@ -11,8 +11,11 @@ reports medians and ratios. A role is a function in :data:`WORKERS`, or any
 
 from __future__ import annotations
 
+import argparse
+import atexit
 import cProfile
 import importlib
+import json
 import multiprocessing
 import os
 import platform
@@ -674,6 +677,51 @@ def render(report: dict[str, Any], title: str = "exesdb-pubsub benchmark") -> st
 
 
 # -- main ------------------------------------------------------------------------------------------
+
+
+def handle_exits() -> None:
+    """Kill every child process at exit, on SIGTERM too (each suite's ``main`` calls it)."""
+    atexit.register(kill_children)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def write_report(report: dict[str, Any], out: Path | None, suite: str) -> Path:
+    """Write ``report`` as JSON to ``out`` (default ``benchmarks/results/<suite>-<UTC>.json``) and say where."""
+    if out is None:
+        out = RESULTS_DIR / f"{suite}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nJSON: {out}  ({report['elapsed_seconds']} s)")
+    return out
+
+
+def suite_main(
+    argv: list[str] | None,
+    doc: str | None,
+    suite: str,
+    title: str,
+    scenarios: Callable[..., dict[str, Any]],
+) -> int:
+    """The ``main`` of a suite with no options of its own: ``--reps``, ``--quick``, ``--json-out``."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side (default 5)")
+    parser.add_argument("--quick", action="store_true", help="tiny counts, 1 repetition: a smoke run")
+    parser.add_argument("--json-out", type=Path, help=f"JSON file (default benchmarks/results/{suite}-<UTC>.json)")
+    args = parser.parse_args(argv)
+    if args.reps < 1:
+        parser.error("--reps must be at least 1")
+    handle_exits()
+    started = time.monotonic()
+    report: dict[str, Any] = {
+        "environment": environment(),
+        "config": {"quick": args.quick, "reps": 1 if args.quick else args.reps},
+        "scenarios": scenarios(quick=args.quick, reps=args.reps),
+    }
+    report["elapsed_seconds"] = round(time.monotonic() - started, 1)
+    print()
+    print(render(report, title))
+    write_report(report, args.json_out, suite)
+    return 0
 
 
 def kill_children() -> None:
