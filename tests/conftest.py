@@ -7,6 +7,8 @@ SIGTERM, wait, then kill.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import queue
 import re
@@ -17,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
@@ -177,3 +180,29 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: fl
         if time.monotonic() >= deadline:
             return False
         time.sleep(interval)
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def is_number(value: Any) -> bool:
+    """A real, finite int or float (not a bool): what every benchmark figure must be."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def run_quick_bench(
+    script: str, out: Path, *extra: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Run ``benchmarks/<script> --quick [extra] --json-out <out>``; check it exited 0 and
+    return it with the JSON report it wrote."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick", *extra, "--json-out", str(out)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    report: dict[str, Any] = json.loads(out.read_text())
+    return done, report

@@ -6,16 +6,12 @@ scenario produced numbers, ratios and, where it has a target, a verdict.
 
 from __future__ import annotations
 
-import json
-import math
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_sdk.py"
+from .conftest import is_number, run_quick_bench
+
 SCENARIOS = {
     *(f"raw_sizes_{transport}_{size}" for transport in ("tcp", "ipc") for size in (100, 1024, 10240)),
     "sdk_typed",
@@ -25,22 +21,10 @@ SCENARIOS = {
 UNTARGETED = {"sdk_asyncio"}
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 @pytest.mark.timeout(200)
 def test_quick_sdk_benchmark_writes_every_scenario(tmp_path: Path) -> None:
     out = tmp_path / "sdk.json"
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json-out", str(out)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    report = json.loads(out.read_text())
+    done, report = run_quick_bench("bench_sdk.py", out, timeout=150)
 
     env = report["environment"]
     for key in ("date", "python", "pyzmq", "libzmq", "msgspec", "exesdb_sdk", "cpu_model", "kernel"):
@@ -54,18 +38,18 @@ def test_quick_sdk_benchmark_writes_every_scenario(tmp_path: Path) -> None:
             runs = scenario["runs"][side]
             assert runs, (name, side)
             for run in runs:
-                assert all(_is_number(v) for v in run.values()), (name, side, run)
+                assert all(is_number(v) for v in run.values()), (name, side, run)
                 assert 0 < run["delivered_fraction"] <= 1, (name, side, run)
-            assert all(_is_number(v) for v in scenario["medians"][side].values()), (name, side)
+            assert all(is_number(v) for v in scenario["medians"][side].values()), (name, side)
             assert 0 < scenario["min_delivered_fraction"][side] <= 1, (name, side)
         assert scenario["ratios"], name
-        assert all(_is_number(v) for v in scenario["ratios"].values()), (name, scenario["ratios"])
+        assert all(is_number(v) for v in scenario["ratios"].values()), (name, scenario["ratios"])
         target = scenario["target"]
         if name in UNTARGETED:
             assert target is None, name
         else:
             assert target["metric"] in scenario["ratios"], name
-            assert _is_number(target["value"]), name
+            assert is_number(target["value"]), name
             assert isinstance(target["met"], bool), name
     assert "ratio" in done.stdout  # the table was printed
     assert "SDK benchmark" in done.stdout

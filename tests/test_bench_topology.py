@@ -7,16 +7,12 @@ boolean verdict where it has a target.
 
 from __future__ import annotations
 
-import json
-import math
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_topology.py"
+from .conftest import is_number, run_quick_bench
+
 SCENARIOS = (
     "fanout_1",
     "fanout_10",
@@ -40,22 +36,11 @@ RATIO_METRICS = {
 TARGETED = ("fanout_10", "fanout_50", "fanin_4", "slow_subscriber", "broker_rss")
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], str]:
     out = tmp_path_factory.mktemp("topology") / "topology.json"
-    done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--json-out", str(out)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=150,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(out.read_text()), done.stdout
+    done, report = run_quick_bench("bench_topology.py", out, timeout=150)
+    return report, done.stdout
 
 
 @pytest.mark.timeout(200)
@@ -75,16 +60,16 @@ def test_quick_topology_benchmark_reports_every_scenario(quick_run: tuple[dict[s
             assert scenario["runs"][side], (name, side)
             medians = scenario["medians"][side]
             assert medians, (name, side)
-            assert all(_is_number(v) for v in medians.values()), (name, side, medians)
+            assert all(is_number(v) for v in medians.values()), (name, side, medians)
         assert set(scenario["medians"][left]) == set(scenario["medians"][right]), name
         metric = RATIO_METRICS[name]
-        assert _is_number(scenario["ratios"][metric]), (name, scenario["ratios"])
-        assert all(_is_number(v) for v in scenario["ratios"].values()), (name, scenario["ratios"])
+        assert is_number(scenario["ratios"][metric]), (name, scenario["ratios"])
+        assert all(is_number(v) for v in scenario["ratios"].values()), (name, scenario["ratios"])
         target = scenario["target"]
         if name in TARGETED:
             assert target["metric"] == metric, name
             assert isinstance(target["met"], bool), name
-            assert _is_number(target["value"]), name
+            assert is_number(target["value"]), name
         else:
             assert target is None, name
     assert "ratio" in stdout and "topology benchmark" in stdout  # the table was printed
