@@ -1,14 +1,26 @@
-"""The broker: libzmq's proxy between an XSUB frontend and an XPUB backend, with a tap and a
-service thread beside it.
+"""The broker: libzmq's proxy between an XSUB frontend and an XPUB backend, with a tap, a
+journal and a service thread beside it, all under one supervisor.
 
-Threads, each owning its sockets:
+Threads (children of :class:`~.supervisor.Supervisor`), each owning the sockets it creates:
 
-- ``exesdb-proxy``: ``zmq.proxy_steerable`` in C with the GIL released. No Python runs per
-  forwarded message.
-- ``exesdb-tap``: a subscriber to everything over inproc, counting per instance at low
-  CPU priority (see :mod:`.tap`).
-- ``exesdb-service``: control requests, connection monitors, probe echoes, the broker's
-  own lifecycle and metrics (see :mod:`.service`).
+- ``exesdb-proxy``: ``zmq.proxy_steerable`` in C with the GIL released (see :mod:`.proxy`);
+- ``exesdb-tap``: a subscriber to everything over inproc, counting per instance (:mod:`.tap`);
+- ``exesdb-journal``: records the journaled instances, keeps last values (:mod:`.journal`);
+- ``exesdb-service``: control requests, connection monitors, probe echoes, the broker's own
+  lifecycle and metrics (:mod:`.service`).
+
+Starting, in order: bind every endpoint; start the tap and the journal, whose subscriptions
+must be in place before anything is forwarded; start the service (the control endpoint
+answers from here on); wait out the start grace; start the proxy. **The start grace**: after a
+restart, publishers hold what they queued during the outage and flush it the moment they
+reconnect, before the subscribers that were connected have come back, and the broker would
+forward it to nobody. So the broker binds its endpoints but forwards nothing until subscriber
+connections have been quiet for :data:`GRACE_QUIET` seconds (at most ``start_grace``): their
+subscriptions are then in place when the queued messages arrive.
+
+Stopping needs no new file descriptor: the service is told through its mailbox, announces the
+stop, stops the proxy, then the tap and the journal (which drains and commits), and the
+context terminates.
 """
 
 from __future__ import annotations
@@ -16,38 +28,47 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from types import TracebackType
 from typing import Any, Final, Self
 
 import zmq
 from exesdb_sdk.errors import BindError, BrokerUnavailableError, ConfigError, ExesdbError
-from exesdb_sdk.publisher import prepare_socket
 from exesdb_sdk.settings import check_settings
 
 from .config import BrokerConfig, journal_instances, last_value_prefixes
 from .journal import JOURNAL_OPS, Journal, JournalSettings
+from .mailbox import Mailbox
+from .proxy import Proxy
 from .security import HANDSHAKE_FAILURES, Security, SecurityMonitor
-from .service import Service, ServiceSockets, stop_workers
+from .service import STOP, InboxItem, Service, ServiceWiring
 from .stats import StatsBook
+from .supervisor import Supervisor
 from .tap import Tap
 
-__all__ = ["Broker"]
+__all__ = ["GRACE_QUIET", "Broker"]
 
 log = logging.getLogger("exesdb.broker")
 
+GRACE_QUIET: Final = 0.25
+"""Seconds without a new subscriber connection that end the start grace early."""
 _START_TIMEOUT: Final = 5.0
 _CONTROL_MAX_MESSAGE: Final = 64 * 1024
 _BACKEND_LINGER_MS: Final = 500
-_MONITOR_EVENTS: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | HANDSHAKE_FAILURES
+_MONITOR_EVENTS: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPT_FAILED | HANDSHAKE_FAILURES
+_STOP_SERVICE_TIMEOUT: Final = 2.0
+_DRAIN_TIMEOUT: Final = 120.0
+"""Upper bound on the journal's drain at stop (the buffer bound keeps it far shorter)."""
 
 
 class Broker:
     """An exesdb broker, run inside this process (the ``exesdb-broker`` daemon uses it too).
 
     :meth:`start` binds every endpoint and returns once the broker forwards; :meth:`stop`
-    stops it within about two seconds. It is a context manager. The bound endpoints are in
-    :attr:`frontend`, :attr:`backend` and :attr:`control` (with the real port when the
-    configuration asked for ``*``).
+    stops it (within about two seconds, plus the journal's drain). It is a context manager.
+    The bound endpoints are in :attr:`frontend`, :attr:`backend` and :attr:`control` (with
+    the real port when the configuration asked for ``*``). :attr:`running` turns false if a
+    thread fails past the restart intensity; :attr:`failure` then says why.
 
     Example::
 
@@ -66,11 +87,23 @@ class Broker:
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
+        self._supervisor = Supervisor(max_restarts=self.config.max_restarts, period=self.config.restart_period)
+        self._inbox: Mailbox[InboxItem] = Mailbox()
 
     @property
     def running(self) -> bool:
-        """Whether the broker has started and its threads are all alive."""
-        return self._started and not self._stopped and self._service.is_alive() and self._proxy_thread.is_alive()
+        """Whether the broker has started, is not stopped, and every thread is alive."""
+        return self._started and not self._stopped and self._supervisor.healthy()
+
+    @property
+    def failure(self) -> str | None:
+        """Why the broker gave up on a thread (it then no longer runs), or ``None``."""
+        return self._supervisor.failure
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Thread restarts so far, by thread."""
+        return dict(self._supervisor.restarts)
 
     def start(self) -> Self:
         """Bind and start forwarding. Raises :class:`BindError` or :class:`ConfigError`."""
@@ -121,7 +154,9 @@ class Broker:
         # Room for a durable publish of the largest message (plus its request map).
         control.setsockopt(zmq.MAXMSGSIZE, max(_CONTROL_MAX_MESSAGE, config.max_message_size + 4096))
         control.setsockopt(zmq.LINGER, 0)
-        self._frontend_socket, self._backend_socket = frontend, backend
+        proxy_control = context.socket(zmq.DEALER)
+        proxy_control.setsockopt(zmq.LINGER, 0)
+        self._sockets = [frontend, backend, control, proxy_control]
         for socket, role in ((frontend, "frontend"), (backend, "backend"), (control, "control")):
             self._security.secure(socket, role)
 
@@ -130,32 +165,15 @@ class Broker:
         self.control = self._bind(control, "control", config.control)
         frontend.bind(base + "-frontend")
         backend.bind(base + "-backend")
+        proxy_control.bind(base + "-proxy")
         monitors = {
             "frontend": frontend.get_monitor_socket(_MONITOR_EVENTS),
             "backend": backend.get_monitor_socket(_MONITOR_EVENTS),
-            "control": control.get_monitor_socket(HANDSHAKE_FAILURES),
+            "control": control.get_monitor_socket(HANDSHAKE_FAILURES | zmq.EVENT_ACCEPT_FAILED),
         }
+        self._sockets.extend(monitors.values())
 
-        proxy_side = context.socket(zmq.PAIR)
-        proxy_side.bind(base + "-proxy")
-        self._proxy_control = proxy_side
-        service_sockets = ServiceSockets(
-            control=control,
-            publisher=context.socket(zmq.XPUB),
-            proxy_control=context.socket(zmq.PAIR),
-            tap_stop=context.socket(zmq.PAIR),
-            stop=context.socket(zmq.PAIR),
-            monitors=monitors,
-            journal=context.socket(zmq.PAIR),
-        )
-        self._service_sockets = service_sockets
-        service_sockets.proxy_control.connect(base + "-proxy")
-        service_sockets.tap_stop.connect(base + "-tap-stop")
-        service_sockets.stop.bind(base + "-stop")
-        self._stop_endpoint = base + "-stop"
-
-        self._tap = Tap(context, base + "-backend", base + "-tap-stop")
-        self._tap.start(_START_TIMEOUT)
+        self._tap = Tap(context, base + "-backend")
         self._journal = Journal(
             context,
             JournalSettings(
@@ -166,68 +184,90 @@ class Broker:
                 max_records=config.journal_max_records,
                 fsync=config.journal_fsync,
                 max_message_size=config.max_message_size,
+                buffer_bytes=config.journal_buffer,
+                node=config.node,
             ),
             backend=base + "-backend",
             frontend=base + "-frontend",
-            endpoint=base + "-journal",
+            reply=lambda frames: self._inbox.put(("reply", frames)),
         )
-        assert service_sockets.journal is not None
-        for option in (zmq.SNDHWM, zmq.RCVHWM):  # requests and replies wait; their clients bound them
-            service_sockets.journal.setsockopt(option, 0)
-        service_sockets.journal.connect(base + "-journal")
-        self._journal.start(_START_TIMEOUT)
-        self._proxy_thread = threading.Thread(target=self._run_proxy, name="exesdb-proxy", daemon=True)
-        self._proxy_thread.start()
-
-        # The broker's own publisher is ready once the tap's subscription has come back up
-        # through the proxy: from then on every publisher that connects is sent everything.
-        publisher = service_sockets.publisher
-        prepare_socket(publisher, hwm=config.hwm, send_timeout=0, linger=0)
-        publisher.connect(base + "-frontend")
-        if not publisher.poll(int(_START_TIMEOUT * 1000)):
-            raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, "proxy")
-        self._journal.wait_ready(_START_TIMEOUT)
-
+        self._proxy = Proxy(frontend, backend, proxy_control)
+        self._sockets = [socket for socket in self._sockets if socket not in (frontend, backend, proxy_control)]
         self._book = StatsBook(self._tap.counters)
         self._service = Service(
-            service_sockets,
+            ServiceWiring(context, control, monitors, base + "-frontend", base + "-proxy", self._inbox),
             self._book,
+            self._proxy,
             node=config.node,
             metrics_interval=config.metrics_interval,
-            journal_stats=self._journal.snapshot,
+            on_stop=self._stop_after_proxy,
+            extra_stats=self._extra_stats,
             journal_ops=JOURNAL_OPS,
+            to_journal=self._journal.submit,
         )
         endpoints = {"frontend": self.frontend, "backend": self.backend, "control": self.control}
         self._service.security = SecurityMonitor(self._security, config.node, self._service.publish, endpoints)
-        self._service.lifecycle("starting")
-        self._service.lifecycle("started")
-        self._service.start()
+
+        supervisor = self._supervisor
+        supervisor.start(self._tap)
+        supervisor.start(self._journal)
+        for name, event in (("tap", self._tap.ready), ("journal", self._journal.subscribed)):
+            if not event.wait(_START_TIMEOUT):
+                raise BrokerUnavailableError(base + "-backend", _START_TIMEOUT, name)
+        supervisor.start(self._service)
+        self._grace()
+        supervisor.start(self._proxy)
+        # The broker's own publisher is ready once the tap's subscription has come back up
+        # through the proxy: from then on every publisher that connects is sent everything.
+        for name, event in (("proxy", self._service.ready), ("journal publisher", self._journal.ready)):
+            if self._journal.state == "disabled" and event is self._journal.ready:
+                continue
+            if not event.wait(_START_TIMEOUT):
+                raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, name)
+
+    def _grace(self) -> None:
+        """Forward nothing until subscriber connections are quiet (at most ``start_grace``)."""
+        grace = self.config.start_grace
+        if grace <= 0 or self.config.frontend.endswith(":*"):
+            return  # nobody can have been connected to a port not chosen yet
+        started = time.monotonic()
+        deadline = started + grace
+        waited = threading.Event()
+        for _ in range(10_000):
+            now = time.monotonic()
+            quiet_since = max(started, self._book.last_subscriber)
+            if now >= deadline or now - quiet_since >= GRACE_QUIET:
+                break
+            waited.wait(min(deadline, quiet_since + GRACE_QUIET) - now)
+        log.info(
+            "start grace: %d subscriber connection(s) back after %.2f s; forwarding",
+            self._book.subscribers,
+            time.monotonic() - started,
+        )
+
+    def _extra_stats(self) -> dict[str, Any]:
+        return {"journal": self._journal.snapshot(), "restarts": self._supervisor.snapshot()}
+
+    def _stop_after_proxy(self) -> None:
+        """Run by the service once the proxy has stopped: the tap ends, the journal drains."""
+        self._tap.stop()
+        self._journal.stop()
 
     def _abort(self, context: zmq.Context[Any]) -> None:
         """Undo a start that failed part way: stop what runs, then drop every socket."""
-        if hasattr(self, "_proxy_thread"):
-            stop_workers(self._service_sockets)
-            self._proxy_thread.join(1.0)
-        if hasattr(self, "_tap"):
-            self._tap.join(1.0)
-        if hasattr(self, "_journal"):
-            self._journal.join(1.0)
+        for child in ("_tap", "_journal"):
+            if hasattr(self, child):
+                getattr(self, child).stop()
+        if hasattr(self, "_service"):
+            self._inbox.put(STOP)
+        for socket in getattr(self, "_sockets", []):
+            socket.close(linger=0)
         self._security.stop()
         context.destroy(linger=0)
 
-    def _run_proxy(self) -> None:
-        try:
-            zmq.proxy_steerable(self._frontend_socket, self._backend_socket, None, self._proxy_control)
-        except zmq.ContextTerminated:
-            pass
-        except zmq.ZMQError as exc:
-            log.error("proxy stopped: %s", exc)
-        finally:
-            for socket in (self._frontend_socket, self._backend_socket, self._proxy_control):
-                socket.close()
-
     def stop(self, timeout: float = 2.0) -> None:
-        """Announce the stop, stop forwarding and release every socket. Idempotent."""
+        """Announce the stop, stop forwarding, drain the journal and release every socket.
+        Idempotent."""
         with self._lock:
             if not self._started or self._stopped:
                 return
@@ -235,19 +275,30 @@ class Broker:
             context = self._context
             assert context is not None
             log.info("broker stopping")
-            sender = context.socket(zmq.PAIR)
-            sender.setsockopt(zmq.LINGER, 0)
-            sender.connect(self._stop_endpoint)
-            sender.send(b"STOP")
-            sender.close()
-            self._service.join(timeout * 0.5)
-            self._proxy_thread.join(timeout * 0.1)
-            self._tap.join(timeout * 0.1)
-            self._journal.join(timeout * 0.3)
+            supervisor = self._supervisor
+            if supervisor.alive("service"):
+                self._inbox.put(STOP)
+                supervisor.join("service", max(timeout, _STOP_SERVICE_TIMEOUT))
+            if not self._service.stopped.is_set():  # no service to run the sequence: stop what we can
+                log.warning("stopping without the service thread: the proxy stops with the context")
+                self._stop_after_proxy()
+            supervisor.join("tap", timeout * 0.25)
+            if not supervisor.join("journal", _DRAIN_TIMEOUT):
+                log.error("the journal did not finish its drain within %.0f s", _DRAIN_TIMEOUT)
             self._security.stop()
-            # Every thread closes its own sockets; term() wakes any still blocked (ETERM) and
-            # waits at most the backend's linger for the last messages to reach subscribers.
-            context.term()
+            if supervisor.alive("service"):  # stuck: close what is left from here, it is over
+                log.error("the service thread did not stop; closing its sockets from the outside")
+                context.destroy(linger=0)
+            else:
+                # The service's control socket and monitors outlive its runs; every other thread
+                # closes its own. term() wakes any still blocked (ETERM) and waits at most the
+                # backend's linger for the last messages to reach subscribers.
+                for socket in self._sockets:
+                    socket.close(linger=0)
+                context.term()
+            supervisor.join("proxy", timeout * 0.25)
+            self._inbox.close()
+            self._journal.inbox.close()
             log.info("broker stopped")
 
     def reload(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -12,9 +13,12 @@ from exesdb_sdk.errors import ExesdbError
 
 from .broker import Broker
 from .config import LOG_FORMATS, LOG_LEVELS, load_config
+from .fds import raise_fd_limit
 from .logs import readiness_line, setup_logging
 
 __all__ = ["main", "serve"]
+
+log = logging.getLogger("exesdb.broker")
 
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
@@ -29,8 +33,10 @@ HELP = (
     "which wins over the file. Endpoints bind 127.0.0.1 by default; use tcp://127.0.0.1:* for a "
     "free port.\n\n"
     'Once bound it prints one line on stderr: "exesdb-broker ready frontend=... backend=... '
-    'control=...". SIGTERM or SIGINT stops it cleanly with status 0; SIGHUP re-reads the key '
-    "allowlists.\n\n"
+    'control=...". SIGTERM or SIGINT stops it cleanly with status 0, after the journal has '
+    "committed what it received; SIGHUP re-reads the key allowlists. Every thread runs under a "
+    "supervisor: a failed one is restarted, and past --max-restarts in --restart-period the broker "
+    "exits 1.\n\n"
     "Security: --broker-key (a secret key file from exesdb keygen) turns on CURVE on every "
     "endpoint; --allow-publishers, --allow-subscribers and --allow-admins name directories of "
     "allowed public key files. Without it only loopback addresses may be bound, unless "
@@ -105,6 +111,24 @@ def serve(
             "[default: the health summaries, node health and cluster health]"
         ),
     ] = None,
+    journal_buffer: Annotated[
+        int | None,
+        typer.Option(help="Bytes of input the journal holds before it sheds, counted and marked [default: 67108864]"),
+    ] = None,
+    max_restarts: Annotated[
+        int | None,
+        typer.Option(help="Thread restarts allowed within --restart-period before exiting 1 [default: 5]"),
+    ] = None,
+    restart_period: Annotated[
+        float | None, typer.Option(help="Seconds over which --max-restarts counts [default: 30]")
+    ] = None,
+    start_grace: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds at most between binding and forwarding, so subscribers are back after a restart "
+            "before publishers flush their queues; 0 turns it off [default: 1]"
+        ),
+    ] = None,
 ) -> None:
     flags = {
         "frontend": frontend,
@@ -127,12 +151,17 @@ def serve(
         "journal_max_records": journal_max_records,
         "journal_fsync": journal_fsync,
         "last_values": last_values,
+        "journal_buffer": journal_buffer,
+        "max_restarts": max_restarts,
+        "restart_period": restart_period,
+        "start_grace": start_grace,
     }
     try:
         settings = load_config(flags, config_file=config)
     except ExesdbError as exc:
         _fail(str(exc), EXIT_USAGE)
     setup_logging(settings.log_level, settings.log_format)
+    before, after = raise_fd_limit()
     # Signals go to sigwait below, never to a handler running in the middle of broker code.
     signal.pthread_sigmask(signal.SIG_BLOCK, {*_SIGNALS, _RELOAD})
     broker = Broker(settings)
@@ -140,6 +169,7 @@ def serve(
         broker.start()
     except ExesdbError as exc:
         _fail(str(exc), EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILURE)
+    log.info("file descriptors: limit %d%s", after, f" (raised from {before})" if after != before else "")
     print(
         readiness_line(settings.log_format, broker.frontend, broker.backend, broker.control),
         file=sys.stderr,
@@ -156,7 +186,7 @@ def serve(
     finally:
         broker.stop()
     if failed:
-        _fail("broker stopped unexpectedly (see the log above)", EXIT_FAILURE)
+        _fail(f"broker stopped unexpectedly: {broker.failure or 'see the log above'}", EXIT_FAILURE)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -19,7 +19,9 @@ from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import DEFAULT_MAX_MESSAGE_SIZE, default_node
 from exesdb_sdk.settings import load_settings, one_of, positive
 
+from .journal import DEFAULT_JOURNAL_BUFFER
 from .store import FSYNC_POLICIES
+from .supervisor import DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD
 
 __all__ = [
     "DEFAULT_JOURNAL",
@@ -154,6 +156,15 @@ class BrokerConfig:
     """``durable``: fsync before acknowledging a durable publish; ``always``: every commit; ``never``."""
     last_values: str = field(default=DEFAULT_LAST_VALUES, metadata={"check": last_value_prefixes})
     """Topic prefixes whose last message per topic the broker keeps (comma-separated; ``none``)."""
+    journal_buffer: int = field(default=DEFAULT_JOURNAL_BUFFER, metadata={"check": positive})
+    """Bytes of input the journal holds before it sheds (counted, and marked in the journal)."""
+    max_restarts: int = field(default=DEFAULT_MAX_RESTARTS, metadata={"check": _not_negative})
+    """Thread restarts allowed within ``restart_period`` before the broker gives up and exits 1."""
+    restart_period: float = field(default=DEFAULT_RESTART_PERIOD, metadata={"check": positive})
+    """Seconds over which ``max_restarts`` counts."""
+    start_grace: float = field(default=1.0, metadata={"check": _not_negative})
+    """Seconds at most between binding and forwarding, so that subscribers are back after a restart
+    before publishers flush what they queued (ends early once connections are quiet; 0: off)."""
 
 
 def load_config(

@@ -1,66 +1,101 @@
 """The journal: records the journaled instances, keeps last values, and answers ``publish``
-(durable), ``replay`` and ``last``. It runs in its own thread beside the data plane.
+(durable), ``replay`` and ``last``. It is a child of the broker's supervisor.
 
-Sockets, all created and closed in the journal thread:
+Sockets, created and closed by every :meth:`Journal.run`:
 
 - a SUB on the backend (inproc) subscribed to the journaled instances and the last-value
   prefixes, with ``RCVHWM`` 0: libzmq makes the pipe unbounded when either end's HWM is 0, so
-  the backend never drops for the journal, and since XPUB never blocks, a journal that falls
-  behind never slows the forwarding; the pipe grows instead (see ``backlog`` in ``stats``);
-- a PAIR the service thread hands control requests to and takes replies from;
-- an XPUB into the frontend (inproc) that forwards durable publishes once committed, and
-  sends the markers that measure the backlog: when a round finds more queued than it reads,
-  a marker goes through the proxy, and the messages read before it comes back were queued
-  ahead of the journal. (libzmq has no queue-length query.)
+  the backend never drops for the journal and, since XPUB never blocks, the journal never
+  slows the forwarding;
+- an XPUB into the frontend (inproc) that forwards durable publishes once committed, and the
+  ``SystemAlert`` that says the journal is shedding.
 
-Every round reads what is queued, writes it in one SQLite transaction (see :mod:`.store`),
-then replies. Before answering ``replay`` or ``last`` it first reads its SUB until empty, so
-everything the broker forwarded before the request is in the answer: the seam of a
-catch-up-then-live subscription has no gap.
+Requests come from the service thread through a :class:`~.mailbox.Mailbox` and replies go
+back through the service's.
+
+**Bounded input.** Every round the journal first reads what is queued on its SUB (reading
+costs far less than committing, so the ZeroMQ pipe stays short), into an input buffer bounded
+in bytes (``journal_buffer``, default 64 MiB, counted as topic + body + :data:`RECORD_OVERHEAD`
+per message). Past the bound a message is not journaled: it is counted
+(``stats.journal.dropped``), and before the next record of that instance the journal records a
+gap marker (topic ``_exesdb/journal/gap``, see docs/protocol.md) so a replay says how many
+messages are missing there; a ``SystemAlert`` says so too, at most every
+:data:`SHED_ALERT_INTERVAL`. Then it commits: durable publishes first, in a transaction of
+their own that also takes the oldest buffered records (so a durable publish waits for one
+round, never for the backlog), then the buffer in transactions of :data:`COMMIT_ROUND`.
+
+**The seam.** Before answering ``replay`` or ``last`` it reads its SUB until empty and
+commits the whole buffer, so everything the broker forwarded before the request is in the
+answer: a catch-up-then-live subscription has no gap.
+
+**Stop.** On ``stop`` it reads what is left (the proxy has stopped by then), commits
+everything, writes the last values, and logs what it drained and what it could not.
+
+**Last values** live in memory and are written to SQLite at most once per topic per
+:data:`LAST_FLUSH` seconds, and at stop.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import zmq
 from exesdb_sdk._frames import recv_frames, send_frames
+from exesdb_sdk.durable import JOURNAL_GAP_TOPIC, encode_journal_gap
 from exesdb_sdk.errors import ExesdbError, ProtocolError
 from exesdb_sdk.instances import Instance
-from exesdb_sdk.protocol import Decoder, decode_request, encode_error_reply, encode_reply, is_reserved
+from exesdb_sdk.messages import SystemAlert
+from exesdb_sdk.protocol import Decoder, Encoder, decode_request, encode_error_reply, encode_reply, is_reserved
 from exesdb_sdk.publisher import prepare_socket
 
+from .mailbox import Mailbox
 from .queries import Refused, last_reply, not_journaled, replay_reply
-from .store import JournalStore, Row, StoreError, open_store
+from .store import JournalStore, Record, StoreError, open_store
 
-__all__ = ["JOURNAL_OPS", "Journal", "JournalSettings"]
+__all__ = [
+    "COMMIT_ROUND",
+    "DEFAULT_JOURNAL_BUFFER",
+    "JOURNAL_OPS",
+    "LAST_FLUSH",
+    "READ_ROUND",
+    "RECORD_OVERHEAD",
+    "Journal",
+    "JournalSettings",
+]
 
 log = logging.getLogger("exesdb.broker.journal")
 
 JOURNAL_OPS: Final = ("publish", "replay", "last")
 """Control operations the service hands to the journal thread."""
-ROUND: Final = 10_000
-"""Messages read from the SUB per round (one transaction)."""
-DRAIN_LIMIT: Final = 1_000_000
-"""Bound on the read-until-empty before a ``replay`` or ``last`` answer."""
+DEFAULT_JOURNAL_BUFFER: Final = 64 << 20
+"""Bytes of input the journal holds before it sheds (``journal_buffer``)."""
+RECORD_OVERHEAD: Final = 128
+"""Bytes counted per buffered message on top of its topic and body (the Python objects)."""
+READ_ROUND: Final = 5_000
+"""Messages read from the SUB per round before the round commits and serves requests."""
+COMMIT_ROUND: Final = 20_000
+"""Buffered records per transaction."""
 LAST_TOPICS: Final = 10_000
 """Last-value topics kept; past this the least recently updated is forgotten."""
+LAST_FLUSH: Final = 1.0
+"""Seconds between writes of changed last values to SQLite."""
+SHED_ALERT_INTERVAL: Final = 10.0
+"""Seconds between ``SystemAlert`` messages while the journal sheds."""
 INJECTED_LIMIT: Final = 100_000
-BACKLOG_WARNING: Final = 100_000
-"""Messages behind at which the journal logs a warning (it never drops; the pipe holds them)."""
-MARKER_PREFIX: Final = b"_exesdb/journal/"
-"""Reserved topic of the journal's own markers, sent through the proxy to measure its backlog."""
+_TICK: Final = 0.010
 _MAINTENANCE: Final = 1.0
-_STOP: Final = b"STOP"
+_DRAIN_ROUNDS: Final = 10_000
+"""Bound on the rounds of a read-until-empty (each reads up to READ_ROUND messages)."""
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _START_TIMEOUT_MS: Final = 5000
+_GAP_TOPIC: Final = JOURNAL_GAP_TOPIC.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +109,8 @@ class JournalSettings:
     max_records: int
     fsync: str
     max_message_size: int
+    buffer_bytes: int = DEFAULT_JOURNAL_BUFFER
+    node: str = ""
 
 
 @dataclass(slots=True)
@@ -81,36 +118,47 @@ class JournalCounters:
     """Written by the journal thread only; read under the GIL by ``stats``."""
 
     received: int = 0
-    """Messages of journaled instances read from the backend (live)."""
+    """Live messages of journaled instances read from the backend."""
     committed: int = 0
-    """Records committed (live and durable)."""
+    """Records committed (live, durable and gap markers)."""
     durable: int = 0
     """Durable publishes committed and acknowledged."""
     refused: int = 0
     """Durable publishes answered with an error."""
     failed: int = 0
-    """Live messages a commit failed for (not in the journal; they were forwarded)."""
+    """Live messages a failed commit lost from the journal (they were forwarded)."""
+    dropped: Counter[str] = field(default_factory=Counter)
+    """Live messages not journaled because the input buffer was full (or lost with it), per instance."""
+    gaps: int = 0
+    """Gap markers recorded."""
+    shed_alerts: int = 0
     malformed: int = 0
+    """Messages not recorded because they do not follow the protocol (durable, last values)."""
     trimmed: int = 0
-    pending: int = 0
-    """Read but not yet committed."""
-    behind: int = 0
-    """Messages that were queued ahead of the journal at the last measurement (0 once drained)."""
+    drained_at_stop: int = 0
     last_error: str = ""
     heads: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Gap:
+    missed: int
+    since: int
+    until: int
 
 
 @dataclass(slots=True)
 class _Durable:
     head: list[bytes]
     request_id: Any
-    topic: bytes
-    body: bytes
-    row: Row
+    record: Record
 
 
 class Journal:
-    """Runs the journal in its own thread until the service sends ``STOP``."""
+    """The journal child of the broker's supervisor."""
+
+    name = "journal"
+    restartable = True
 
     def __init__(
         self,
@@ -119,48 +167,54 @@ class Journal:
         *,
         backend: str,
         frontend: str,
-        endpoint: str,
+        reply: Callable[[list[bytes]], None],
     ) -> None:
         self.settings = settings
         self.counters = JournalCounters()
         self.state = "disabled" if not (settings.instances or settings.last_values) else "starting"
         self.reason = ""
+        self.inbox: Mailbox[tuple[str, Any]] = Mailbox()
+        self.subscribed = threading.Event()
+        """Set once the SUB is connected (the broker starts the proxy after it)."""
+        self.ready = threading.Event()
+        """Set once the journal's publisher is connected through the running proxy."""
+        self.stopped = threading.Event()
         self._context = context
         self._backend = backend
         self._frontend = frontend
-        self._endpoint = endpoint
-        self._subscribed = threading.Event()
-        self._ready = threading.Event()
-        self._failed: BaseException | None = None
+        self._reply = reply
         self._store: JournalStore | None = None
         self._journaled = frozenset(settings.instances)
+        self._buffer: deque[Record] = deque()
+        self._buffer_bytes = 0
+        self._gaps: dict[Instance, _Gap] = {}
+        self._shed_since_alert = 0
+        self._next_shed_alert = 0.0
         self._last: dict[bytes, tuple[int, bytes]] = {}
+        self._dirty: dict[bytes, tuple[int, bytes]] = {}
         self._injected: dict[bytes, None] = {}
         self._topics: dict[bytes, tuple[Instance | None, bool]] = {}
+        self._in_flight: list[_Durable] = []
+        self._deferred: list[tuple[str, Any]] = []
         self._decoder = Decoder()
-        self._read_total = 0
-        self._markers = 0
-        self._marker: tuple[bytes, int] | None = None
-        self._warned = False
-        self._thread = threading.Thread(target=self._run, name="exesdb-journal", daemon=True)
+        self._encoder = Encoder(src=settings.node or "exesdb-broker")
+        self._pub: zmq.Socket[Any] | None = None
+        self._loaded = False
 
-    # -- life ------------------------------------------------------------------------------
+    # -- the service's handle --------------------------------------------------------------
 
-    def start(self, timeout: float) -> None:
-        """Open the store and subscribe (before the proxy runs, so nothing is missed)."""
-        self._thread.start()
-        if not self._subscribed.wait(timeout):
-            raise RuntimeError("the journal did not start")
-        if self._failed is not None:
-            raise RuntimeError(f"the journal did not start: {self._failed}")
+    def submit(self, frames: list[bytes]) -> None:
+        """Hand over ``[*routing head, request frame]``; the reply goes to ``reply``."""
+        self.inbox.put(("request", frames))
 
-    def wait_ready(self, timeout: float) -> None:
-        """Return once the journal's publisher is connected through the running proxy."""
-        if not self._ready.wait(timeout):
-            raise RuntimeError("the journal's publisher did not connect")
+    def stop(self) -> None:
+        """Drain, commit everything and end (after the proxy has stopped)."""
+        self.inbox.put(("stop", None))
 
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
+    @property
+    def backlog(self) -> int:
+        """Messages received and not yet committed."""
+        return len(self._buffer)
 
     def snapshot(self) -> dict[str, Any]:
         """The ``journal`` map of the ``stats`` reply."""
@@ -176,13 +230,21 @@ class Journal:
             "durable": c.durable,
             "refused": c.refused,
             "failed": c.failed,
+            "dropped": sum(c.dropped.values()),
+            "dropped_by_instance": dict(c.dropped),
+            "gaps": c.gaps,
+            "shed_alerts": c.shed_alerts,
             "malformed": c.malformed,
             "trimmed": c.trimmed,
-            "backlog": c.pending + c.behind,
+            "backlog": len(self._buffer),
+            "buffer_bytes": self._buffer_bytes,
+            "buffer_limit": self.settings.buffer_bytes,
             "heads": dict(c.heads),
             "last_values": len(self._last),
             "last_error": c.last_error,
         }
+
+    # -- life ------------------------------------------------------------------------------
 
     def _open(self) -> None:
         settings = self.settings
@@ -194,16 +256,20 @@ class Journal:
             self.state, self.reason = "unavailable", str(exc)
             log.warning("journal disabled: %s; durable publishes and replay will fail", exc)
             return
-        self.state = "ok"
-        last = sorted(self._store.last_values().items(), key=lambda item: item[1][0])[-LAST_TOPICS:]
-        self._last = dict(last)
+        self.state, self.reason = "ok", ""
+        if not self._loaded:  # a restart keeps the last values it has in memory
+            last = sorted(self._store.last_values().items(), key=lambda item: item[1][0])[-LAST_TOPICS:]
+            self._last = dict(last)
+            self._loaded = True
         self.counters.heads = {i.value: self._store.heads[i] for i in settings.instances}
         log.info("journal %s: recording %s", self._store.path, ", ".join(i.value for i in settings.instances) or "none")
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        self.ready.clear()  # until this run's publisher has the frontend's subscription
+        self._recover()
         sub = self._context.socket(zmq.SUB)
-        pipe = self._context.socket(zmq.PAIR)
         pub = self._context.socket(zmq.XPUB)
+        self._pub = pub
         try:
             self._open()
             sub.setsockopt(zmq.RCVHWM, 0)  # unbounded: the backend never drops for the journal
@@ -212,198 +278,307 @@ class Journal:
                 sub.setsockopt(zmq.SUBSCRIBE, instance.prefix.encode())
             for prefix in self.settings.last_values:
                 sub.setsockopt(zmq.SUBSCRIBE, prefix)
-            sub.setsockopt(zmq.SUBSCRIBE, MARKER_PREFIX)
             sub.connect(self._backend)
-            pipe.setsockopt(zmq.LINGER, 0)
-            pipe.setsockopt(zmq.SNDHWM, 0)
-            pipe.setsockopt(zmq.RCVHWM, 0)
-            pipe.bind(self._endpoint)
             prepare_socket(pub, hwm=0, send_timeout=0, linger=0)
             pub.connect(self._frontend)
-            self._subscribed.set()
-            if not pub.poll(_START_TIMEOUT_MS):
-                raise RuntimeError("no subscription from the frontend")
-            self._drain_subscriptions(pub)
-            self._ready.set()
-            self._loop(sub, pipe, pub)
-        except zmq.ContextTerminated:
-            pass
-        except Exception as exc:  # the journal must never take the forwarding down
-            self._failed = exc
-            self.state, self.reason = "failed", f"{type(exc).__name__}: {exc}"
-            log.exception("journal stopped unexpectedly")
+            self.subscribed.set()
+            self._loop(sub, pub)
         finally:
-            self._subscribed.set()
+            self._pub = None
             if self._store is not None:
                 self._store.close()
-            for socket in (sub, pipe, pub):
+                self._store = None
+            for socket in (sub, pub):
                 socket.close(linger=0)
+
+    def _recover(self) -> None:
+        """After a failed run: what was buffered is lost (counted and marked), and durable
+        publishes that were being committed get an error reply (their outcome is unknown)."""
+        for item in self._in_flight:
+            self._refuse(
+                item.head,
+                item.request_id,
+                "journal_unavailable",
+                "the journal restarted while committing this publish: it may or may not be recorded",
+            )
+        self._in_flight = []
+        now = time.time_ns()
+        while self._buffer:
+            record = self._buffer.popleft()
+            if not record.durable and not record.topic.startswith(_GAP_TOPIC):
+                self._dropped(record.instance, now)
+        self._buffer_bytes = 0
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def _loop(self, sub: zmq.Socket[Any], pipe: zmq.Socket[Any], pub: zmq.Socket[Any]) -> None:
+    def _loop(self, sub: zmq.Socket[Any], pub: zmq.Socket[Any]) -> None:
         poller = zmq.Poller()
-        poller.register(sub, zmq.POLLIN)
-        poller.register(pipe, zmq.POLLIN)
+        poller.register(self.inbox.fileno(), zmq.POLLIN)
         poller.register(pub, zmq.POLLIN)
         next_maintenance = time.monotonic() + _MAINTENANCE
-        while True:
-            wait = max(0.0, next_maintenance - time.monotonic())
-            ready = dict(poller.poll(int(wait * 1000) + 1))
+        wait = 0.0
+        for _ in range(2**62):  # bounded in name; it ends on stop
+            ready = dict(poller.poll(int(wait * 1000)))
             if pub in ready:
                 self._drain_subscriptions(pub)
-            live = _read(sub, ROUND) if sub in ready else []
-            if sub not in ready:
-                self.counters.behind = 0  # nothing was queued
-            requests = _read(pipe, 1000) if pipe in ready else []
-            stop = any(len(frames) == 1 and frames[0] == _STOP for frames in requests)
+            requests = self.inbox.take(1000) if self.inbox.fileno() in ready else []
+            if not self.ready.is_set():  # durable publishes wait until they can be forwarded
+                self._deferred.extend(item for item in requests if item[0] == "request")
+                requests = [item for item in requests if item[0] != "request"]
+            elif self._deferred:
+                requests, self._deferred = [*self._deferred, *requests], []
+            stop = any(kind == "stop" for kind, _ in requests)
             durable: list[_Durable] = []
             queries: list[tuple[list[bytes], Any, dict[str, Any]]] = []
-            for frames in requests:
-                if len(frames) < 2:
-                    continue
-                head, frame = frames[:-1], frames[-1]
-                self._take_request(pipe, head, frame, durable, queries)
+            for kind, frames in requests:
+                if kind == "request" and len(frames) >= 2:
+                    self._take_request(frames[:-1], frames[-1], durable, queries)
+            empty = self._ingest(sub, READ_ROUND)
+            self._in_flight = durable
+            self._commit(durable, COMMIT_ROUND)
+            self._in_flight = []
             if queries or stop:
-                live.extend(_read(sub, DRAIN_LIMIT))
-            self._measure(live, pub)
-            self._write(live, durable, pipe, pub)
+                before = self.counters.committed
+                self._drain(sub)
+                self._flush_last()
+                if stop:
+                    self.counters.drained_at_stop = self.counters.committed - before
             for head, request_id, request in queries:
-                self._answer(pipe, head, request_id, request)
+                self._answer(head, request_id, request)
             if stop:
+                self._stop_report()
                 return
-            if time.monotonic() >= next_maintenance:
+            now = time.monotonic()
+            if now >= next_maintenance:
                 self._maintain()
-                next_maintenance = time.monotonic() + _MAINTENANCE
+                self._flush_last()
+                next_maintenance = now + _MAINTENANCE
+            # Read on a timer while idle, as the tap does: a wake-up per message costs more
+            # than the message. Requests wake the loop at once through the inbox.
+            wait = 0.0 if (self._buffer or not empty) else min(_TICK, max(0.0, next_maintenance - now))
 
-    def _measure(self, live: list[list[bytes]], pub: zmq.Socket[Any]) -> None:
-        """Keep ``behind`` up to date. When a round finds more than it reads, a marker goes
-        through the proxy; the messages read before it comes back were queued ahead of it."""
-        counters, base = self.counters, self._read_total
-        self._read_total += len(live)
-        if self._marker is not None:
-            topic, sent_at = self._marker
-            for index, frames in enumerate(live):
-                if frames[0] == topic:
-                    counters.behind = max(0, base + index - sent_at)
-                    self._marker = None
-                    break
-        if len(live) < ROUND:  # read until empty: nothing is queued ahead any more
-            counters.behind = 0
-        elif self._marker is None:
-            self._markers += 1
-            topic = MARKER_PREFIX + str(self._markers).encode()
-            with contextlib.suppress(zmq.Again):
-                send_frames(pub, topic, b"")
-                self._marker = (topic, self._read_total)
-        if counters.behind > BACKLOG_WARNING and not self._warned:
-            log.warning("journal is %d messages behind (it drops nothing; they wait in memory)", counters.behind)
-            self._warned = True
-        elif counters.behind == 0:
-            self._warned = False
-
-    @staticmethod
-    def _drain_subscriptions(pub: zmq.Socket[Any]) -> None:
-        for _ in range(10_000):
-            try:
-                pub.recv(_NOBLOCK)
-            except zmq.Again:
+    def _drain(self, sub: zmq.Socket[Any]) -> None:
+        """Read the SUB until empty and commit everything buffered (bounded by the buffer)."""
+        for _ in range(_DRAIN_ROUNDS):
+            empty = self._ingest(sub, READ_ROUND)
+            self._commit([], COMMIT_ROUND)
+            if empty and not self._buffer:
                 return
+        log.warning("journal: still %d messages to commit after a full drain", len(self._buffer))
+
+    def _stop_report(self) -> None:
+        counters = self.counters
+        dropped = sum(counters.dropped.values())
+        log.info(
+            "journal stopped: drained and committed %d record(s) at stop; %d live message(s) not journaled "
+            "(input buffer full) since start; %d left uncommitted",
+            counters.drained_at_stop,
+            dropped,
+            len(self._buffer),
+        )
+        self.stopped.set()
+
+    # -- input -------------------------------------------------------------------------------
 
     def _classify(self, topic: bytes) -> tuple[Instance | None, bool]:
         """(the instance when journaled, whether the topic keeps a last value)."""
         known = self._topics.get(topic)
         if known is None:
             instance: Instance | None = None
-            with contextlib.suppress(ExesdbError, UnicodeDecodeError):
+            try:
                 resolved = Instance.resolve(topic.decode().partition("/")[0])
                 instance = resolved if resolved in self._journaled else None
+            except (ExesdbError, UnicodeDecodeError):
+                instance = None
             last = any(topic.startswith(prefix) for prefix in self.settings.last_values)
             if len(self._topics) >= 4096:
                 self._topics.clear()
             known = self._topics[topic] = (instance, last)
         return known
 
-    def _row(self, frames: Sequence[bytes], instance: Instance, rt: int, durable: bool) -> Row:
-        _, pub, pseq, count = self._decoder.inspect(frames)
-        return Row(instance, rt, frames[0], frames[1], pub, pseq, count, durable)
-
-    def _write(
-        self, live: list[list[bytes]], durable: list[_Durable], pipe: zmq.Socket[Any], pub: zmq.Socket[Any]
-    ) -> None:
+    def _ingest(self, sub: zmq.Socket[Any], limit: int) -> bool:
+        """Read up to ``limit`` live messages into the buffer (shedding past its bound);
+        return whether the SUB was found empty."""
         counters = self.counters
-        rows: list[Row] = []
-        last: dict[bytes, tuple[int, bytes]] = {}
-        rt = time.time_ns()
         injected = self._injected
-        for frames in live:
+        bound = self.settings.buffer_bytes
+        buffer = self._buffer
+        for _ in range(limit):
+            try:
+                frames = recv_frames(sub, _NOBLOCK)
+            except zmq.Again:
+                return True
             if len(frames) < 2 or is_reserved(frames[0]):
                 continue
-            if injected and frames[1] in injected:
-                del injected[frames[1]]  # a durable publish coming back around: recorded already
+            topic, body = frames[0], frames[1]
+            if injected and body in injected:
+                del injected[body]  # a durable publish coming back around: recorded already
                 continue
-            instance, keeps_last = self._classify(frames[0])
+            instance, keeps_last = self._classify(topic)
             if instance is None and not keeps_last:
                 continue
             try:
-                row = self._row(frames, instance or Instance.EVENTS, rt, False)
+                self._decoder.check(frames)
             except ProtocolError:
                 counters.malformed += 1
                 continue
             if keeps_last:
-                last[frames[0]] = (rt, frames[1])
-            if instance is not None:
-                counters.received += 1
-                rows.append(row)
-        for item in durable:
-            rows.append(item.row)
-            if self._classify(item.topic)[1]:
-                last[item.topic] = (rt, item.body)
-        counters.pending = len(rows)
-        self._remember_last(last)
-        if self._store is not None and (rows or last):
-            try:
-                self._store.write(rows, last)
-            except sqlite3.Error as exc:
-                counters.last_error = f"commit failed: {exc}"
-                log.error("journal commit failed (%d records): %s", len(rows), exc)
-                counters.failed += len(rows) - len(durable)
-                counters.pending = 0
-                for item in durable:
-                    self._refuse(pipe, item.head, item.request_id, "commit_failed", f"journal commit failed: {exc}")
-                return
-            counters.committed += len(rows)
-            counters.heads = {i.value: self._store.heads[i] for i in self.settings.instances}
-        counters.pending = 0
-        for item in durable:
-            if len(injected) >= INJECTED_LIMIT:
-                injected.clear()
-            injected[item.body] = None
-            try:
-                send_frames(pub, item.topic, item.body)
-            except zmq.Again:  # unbounded HWM: only while stopping
-                log.warning("durable message on %s committed but not forwarded", item.topic.decode())
-            counters.durable += 1
-            reply = encode_reply({"seq": item.row.seq, "instance": item.row.instance.value}, item.request_id)
-            _send(pipe, [*item.head, reply])
+                self._keep_last(topic, body)
+            if instance is None:
+                continue
+            counters.received += 1
+            if self._store is None:
+                continue  # unavailable: forwarded, not journaled (stats say why)
+            size = len(topic) + len(body) + RECORD_OVERHEAD
+            if self._buffer_bytes + size > bound:
+                self._dropped(instance, time.time_ns())
+                continue
+            if self._gaps:
+                self._mark_gap(instance)
+            buffer.append(Record(instance, topic, body))
+            self._buffer_bytes += size
+        return False
 
-    def _remember_last(self, last: dict[bytes, tuple[int, bytes]]) -> None:
+    def _keep_last(self, topic: bytes, body: bytes) -> None:
+        value = (time.time_ns(), body)
         kept = self._last
-        for topic, value in last.items():
-            kept.pop(topic, None)
-            kept[topic] = value
-        while len(kept) > LAST_TOPICS:
+        kept.pop(topic, None)
+        kept[topic] = value
+        self._dirty[topic] = value
+        if len(kept) > LAST_TOPICS:
             del kept[next(iter(kept))]
 
-    def _refuse(self, pipe: zmq.Socket[Any], head: list[bytes], request_id: Any, code: str, message: str) -> None:
+    def _dropped(self, instance: Instance, now: int) -> None:
+        self.counters.dropped[instance.value] += 1
+        self._shed_since_alert += 1
+        gap = self._gaps.get(instance)
+        if gap is None:
+            self._gaps[instance] = _Gap(1, now, now)
+        else:
+            gap.missed += 1
+            gap.until = now
+        if time.monotonic() >= self._next_shed_alert:
+            self._shed_alert(instance)
+
+    def _mark_gap(self, instance: Instance) -> None:
+        """Record the pending gap marker of ``instance`` ahead of its next record."""
+        gap = self._gaps.pop(instance, None)
+        if gap is None:
+            return
+        body = encode_journal_gap(
+            self._encoder.src, instance.value, gap.missed, gap.since, gap.until, "journal input buffer full"
+        )
+        self._buffer.append(Record(instance, _GAP_TOPIC, body))
+        self._buffer_bytes += len(_GAP_TOPIC) + len(body) + RECORD_OVERHEAD
+        self.counters.gaps += 1
+
+    def _shed_alert(self, instance: Instance) -> None:
+        self._next_shed_alert = time.monotonic() + SHED_ALERT_INTERVAL
+        count, self._shed_since_alert = self._shed_since_alert, 0
+        total = sum(self.counters.dropped.values())
+        message = (
+            f"the journal is shedding: {count} message(s) of {instance.value} not journaled (input buffer of "
+            f"{self.settings.buffer_bytes} bytes full; {total} in all); replays mark the gap"
+        )
+        log.warning(message)
+        self._publish(
+            SystemAlert(
+                severity="error",
+                title="journal shedding",
+                category="data",
+                description=message,
+                source="exesdb_broker",
+                node=self._encoder.src,
+                metadata={"instance": instance.value, "dropped": count, "dropped_total": total},
+            )
+        )
+        self.counters.shed_alerts += 1
+
+    def _publish(self, payload: SystemAlert) -> None:
+        pub = self._pub
+        if pub is None:
+            return
+        topic = self._encoder.topic(payload.__instance__, payload.default_subtopic())
+        try:
+            send_frames(pub, topic, self._encoder.encode(topic, type(payload).__name__, payload))
+        except zmq.ZMQError as exc:
+            log.warning("journal alert not sent: %s", exc)
+
+    def _drain_subscriptions(self, pub: zmq.Socket[Any]) -> None:
+        for _ in range(10_000):
+            try:
+                pub.recv(_NOBLOCK)
+            except zmq.Again:
+                return
+            self.ready.set()  # the frontend's subscription: what it sends now is forwarded
+
+    # -- committing --------------------------------------------------------------------------
+
+    def _commit(self, durable: Sequence[_Durable], limit: int) -> None:
+        """Commit the durable publishes with up to ``limit`` of the oldest buffered records in
+        one transaction, then acknowledge and forward them."""
+        store, counters = self._store, self.counters
+        if not durable and not self._buffer:
+            return
+        if self._gaps and not self._buffer:
+            for instance in list(self._gaps):
+                self._mark_gap(instance)
+        buffer = self._buffer
+        live = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+        self._buffer_bytes -= sum(len(r.topic) + len(r.body) + RECORD_OVERHEAD for r in live)
+        records = live + [item.record for item in durable]
+        if store is None:  # only while it cannot be opened: nothing is buffered then
+            return
+        try:
+            store.write_records(records)  # interim name
+        except sqlite3.Error as exc:
+            counters.last_error = f"commit failed: {exc}"
+            log.error("journal commit failed (%d records): %s", len(records), exc)
+            counters.failed += len(live)
+            for item in durable:
+                self._refuse(item.head, item.request_id, "commit_failed", f"journal commit failed: {exc}")
+            return
+        counters.committed += len(records)
+        counters.heads = {i.value: store.heads[i] for i in self.settings.instances}
+        for item in durable:
+            self._forward(item)
+
+    def _forward(self, item: _Durable) -> None:
+        record = item.record
+        if len(self._injected) >= INJECTED_LIMIT:
+            self._injected.clear()
+        self._injected[record.body] = None
+        if self._classify(record.topic)[1]:
+            self._keep_last(record.topic, record.body)
+        pub = self._pub
+        try:
+            if pub is None:
+                raise zmq.Again()
+            send_frames(pub, record.topic, record.body)
+        except zmq.Again:  # unbounded HWM: only while stopping
+            log.warning("durable message on %s committed but not forwarded", record.topic.decode())
+        self.counters.durable += 1
+        reply = encode_reply({"seq": record.seq, "instance": record.instance.value}, item.request_id)
+        self._reply([*item.head, reply])
+
+    def _flush_last(self) -> None:
+        if not self._dirty or self._store is None:
+            return
+        dirty, self._dirty = self._dirty, {}
+        try:
+            self._store.write_last(dirty)
+        except sqlite3.Error as exc:
+            self.counters.last_error = f"last values not written: {exc}"
+            log.error("journal: last values not written: %s", exc)
+
+    def _refuse(self, head: list[bytes], request_id: Any, code: str, message: str) -> None:
         self.counters.refused += 1
-        _send(pipe, [*head, encode_error_reply(code, message, request_id)])
+        self._reply([*head, encode_error_reply(code, message, request_id)])
 
     # -- requests ----------------------------------------------------------------------------
 
     def _take_request(
         self,
-        pipe: zmq.Socket[Any],
         head: list[bytes],
         frame: bytes,
         durable: list[_Durable],
@@ -412,18 +587,18 @@ class Journal:
         try:
             request = decode_request(frame)
         except ProtocolError as exc:
-            _send(pipe, [*head, encode_error_reply("bad_request", exc.detail)])
+            self._reply([*head, encode_error_reply("bad_request", exc.detail)])
             return
         request_id = request.get("id")
         if request["op"] != "publish":
             queries.append((head, request_id, request))
             return
         try:
-            durable.append(self._durable(head, request_id, request))
+            durable.append(_Durable(head, request_id, self._durable(request)))
         except Refused as exc:
-            self._refuse(pipe, head, request_id, exc.code, exc.message)
+            self._refuse(head, request_id, exc.code, exc.message)
 
-    def _durable(self, head: list[bytes], request_id: Any, request: dict[str, Any]) -> _Durable:
+    def _durable(self, request: dict[str, Any]) -> Record:
         topic, body = request.get("topic"), request.get("body")
         if isinstance(topic, str):
             topic = topic.encode()
@@ -432,18 +607,18 @@ class Journal:
         if len(body) > self.settings.max_message_size:
             raise Refused("too_large", f"body is {len(body)} bytes, over {self.settings.max_message_size}")
         try:
-            text, pub, pseq, count = self._decoder.inspect([topic, body])
+            text, _ = self._decoder.check([topic, body])
         except ProtocolError as exc:
+            self.counters.malformed += 1
             raise Refused("bad_request", f"not a valid message: {exc}") from None
         instance = Instance.resolve(text.partition("/")[0])
         if instance not in self._journaled:
             raise not_journaled(instance, self.settings.instances)
         if self._store is None:
             raise Refused("journal_unavailable", f"journal unavailable: {self.reason or self.state}")
-        row = Row(instance, time.time_ns(), topic, body, pub, pseq, count, True)
-        return _Durable(head, request_id, topic, body, row)
+        return Record(instance, topic, body, durable=True)
 
-    def _answer(self, pipe: zmq.Socket[Any], head: list[bytes], request_id: Any, request: dict[str, Any]) -> None:
+    def _answer(self, head: list[bytes], request_id: Any, request: dict[str, Any]) -> None:
         op = request["op"]
         try:
             if op == "replay":
@@ -453,12 +628,12 @@ class Journal:
             else:
                 raise Refused("unknown_op", f"unknown op {op!r}")
         except Refused as exc:
-            _send(pipe, [*head, encode_error_reply(exc.code, exc.message, request_id)])
+            self._reply([*head, encode_error_reply(exc.code, exc.message, request_id)])
             return
         except sqlite3.Error as exc:
-            _send(pipe, [*head, encode_error_reply("journal_unavailable", f"journal read failed: {exc}", request_id)])
+            self._reply([*head, encode_error_reply("journal_unavailable", f"journal read failed: {exc}", request_id)])
             return
-        _send(pipe, [*head, encode_reply(fields, request_id)])
+        self._reply([*head, encode_reply(fields, request_id)])
 
     def _maintain(self) -> None:
         store, settings = self._store, self.settings
@@ -469,20 +644,3 @@ class Journal:
         except sqlite3.Error as exc:
             self.counters.last_error = f"retention failed: {exc}"
             log.error("journal retention failed: %s", exc)
-
-
-def _read(socket: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
-    messages: list[list[bytes]] = []
-    for _ in range(limit):
-        try:
-            messages.append(recv_frames(socket, _NOBLOCK))
-        except zmq.Again:
-            break
-    return messages
-
-
-def _send(pipe: zmq.Socket[Any], frames: list[bytes]) -> None:
-    try:
-        pipe.send_multipart(frames, _NOBLOCK)
-    except zmq.ZMQError as exc:  # the service is gone (stopping): nothing to answer
-        log.debug("journal reply not sent: %s", exc)

@@ -1,9 +1,11 @@
 """The service thread: everything of the broker that is not forwarding.
 
 It answers control requests, follows connections through socket monitors, echoes
-subscription probes, asks the proxy for its counters, and publishes the broker's own
-lifecycle and metrics. It never touches the forwarding path except through the proxy's
-control socket.
+subscription probes, samples the proxy's counters and the descriptor usage, and publishes
+the broker's own lifecycle and metrics. It never touches the forwarding path except through
+the proxy's control socket. It is a child of the broker's supervisor: the control socket and
+the monitors, bound or created at start, survive a restart; its publisher and its connection
+to the proxy's control socket are made fresh by every :meth:`Service.run`.
 """
 
 from __future__ import annotations
@@ -12,117 +14,115 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final
 
 import zmq
 from exesdb_sdk import __version__
-from exesdb_sdk.messages import BrokerMetrics, Payload, SystemEvent, SystemLifecycle
-from exesdb_sdk.protocol import PROBE_PREFIX, Encoder, decode_request, encode_error_reply
+from exesdb_sdk.messages import BrokerMetrics, Payload, SystemAlert, SystemEvent, SystemLifecycle
+from exesdb_sdk.protocol import PROBE_PREFIX, Encoder
+from exesdb_sdk.publisher import prepare_socket
 from zmq.utils.monitor import recv_monitor_message
 
 from .control import ControlHandler
+from .fds import FdWatch
+from .mailbox import Mailbox
+from .proxy import Proxy
 from .security import SecurityMonitor
 from .stats import ProxyTotals, StatsBook
 
-__all__ = ["Service", "ServiceSockets", "stop_workers"]
+__all__ = ["STOP", "Service", "ServiceWiring"]
 
 log = logging.getLogger("exesdb.broker")
 
 SYSTEM_NAME: Final = "exesdb_broker"
+STOP: Final = ("stop", None)
+"""The inbox item that makes the service shut the broker down."""
 _PROBE: Final = b"\x01" + PROBE_PREFIX.encode()
-_RATE_WINDOW: Final = 1.0
+_SAMPLE_INTERVAL: Final = 1.0
 _PROXY_REPLY_TIMEOUT_MS: Final = 1000
 _FLUSH: Final = b"_exesdb/flush/"
 _FLUSH_TIMEOUT: Final = 0.5
+_PROXY_STOP_TIMEOUT: Final = 1.0
+_READ_BURST: Final = 1000
+
+InboxItem = tuple[str, Any]
+"""``("stop", None)``, or ``("reply", frames)``: a control reply another thread produced."""
 
 
-def stop_workers(sockets: ServiceSockets) -> None:
-    """Tell the proxy, the tap and the journal to stop (from the thread that owns these sockets)."""
-    commands = [(sockets.proxy_control, b"TERMINATE"), (sockets.tap_stop, b"STOP")]
-    if sockets.journal is not None:
-        commands.append((sockets.journal, b"STOP"))
-    for socket, command in commands:
-        try:
-            socket.send(command, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            log.debug("stop command %r not sent: %s", command, exc)
+@dataclass(slots=True)
+class ServiceWiring:
+    """What the service thread works with, made by the broker at start."""
 
-
-class ServiceSockets:
-    """The sockets the service thread owns, created by the broker before the thread starts."""
-
-    def __init__(
-        self,
-        control: zmq.Socket[Any],
-        publisher: zmq.Socket[Any],
-        proxy_control: zmq.Socket[Any],
-        tap_stop: zmq.Socket[Any],
-        stop: zmq.Socket[Any],
-        monitors: dict[str, zmq.Socket[Any]],
-        journal: zmq.Socket[Any] | None = None,
-    ) -> None:
-        self.control = control
-        self.journal = journal
-        """PAIR to the journal thread: requests out, replies in."""
-        self.publisher = publisher
-        self.proxy_control = proxy_control
-        self.tap_stop = tap_stop
-        self.stop = stop
-        self.monitors = monitors
-
-    def close(self) -> None:
-        for socket in (self.control, self.publisher, self.proxy_control, self.tap_stop, self.stop):
-            socket.close(linger=0)
-        for monitor in self.monitors.values():
-            monitor.close(linger=0)
-        if self.journal is not None:
-            self.journal.close(linger=0)
+    context: zmq.Context[Any]
+    control: zmq.Socket[Any]
+    """The bound ROUTER of the control endpoint (kept across restarts)."""
+    monitors: dict[str, zmq.Socket[Any]]
+    """Socket monitors of the frontend, backend and control sockets (kept across restarts)."""
+    frontend: str
+    """The inproc frontend endpoint the broker's own publisher connects to."""
+    proxy_control: str
+    """The inproc endpoint of the proxy's control socket."""
+    inbox: Mailbox[InboxItem]
 
 
 class Service:
-    """Runs the service loop in its own thread until a stop message arrives."""
+    """The service child of the broker's supervisor."""
+
+    name = "service"
+    restartable = True
 
     def __init__(
         self,
-        sockets: ServiceSockets,
+        wiring: ServiceWiring,
         book: StatsBook,
+        proxy: Proxy,
         *,
         node: str,
         metrics_interval: float,
-        journal_stats: Callable[[], dict[str, Any]] | None = None,
+        on_stop: Callable[[], None],
+        extra_stats: Callable[[], dict[str, Any]],
         journal_ops: tuple[str, ...] = (),
+        to_journal: Callable[[list[bytes]], None] | None = None,
     ) -> None:
-        self._sockets = sockets
-        self._journal_stats = journal_stats
+        self._wiring = wiring
         self._book = book
+        self._proxy_child = proxy
         self._node = node
         self._metrics_interval = metrics_interval
+        self._on_stop = on_stop
+        """Stops what comes after the proxy (tap, journal), once the proxy has stopped."""
+        self._extra_stats = extra_stats
+        self._to_journal = to_journal
         self._encoder = Encoder(src=node)
         self._handler = ControlHandler(node, self._stats, authorize=self._authorize)
-        if sockets.journal is not None:
-            self._handler.forward(journal_ops, self._to_journal)
+        if to_journal is not None:
+            self._handler.forward(journal_ops, self._hand_to_journal)
         self.security: SecurityMonitor | None = None
-        """Set by the broker before :meth:`start`: handshake failures, op roles, violations."""
+        """Set by the broker before the first run: handshake failures, op roles, violations."""
+        self.fds = FdWatch()
+        self.ready = threading.Event()
+        """Set once the broker's own publisher is connected through the running proxy."""
+        self.stopped = threading.Event()
+        """Set once the shutdown sequence has run."""
+        self._publisher: zmq.Socket[Any] | None = None
+        self._proxy: zmq.Socket[Any] | None = None
+        self._announced = False
         self._last_metrics = (time.monotonic(), 0)
-        self._thread = threading.Thread(target=self._run, name="exesdb-service", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
+        self.accept_failures: dict[str, int] = {}
 
     # -- publishing the broker's own messages --------------------------------------------
 
     def publish(self, payload: Payload) -> None:
         """Publish one of the broker's own typed messages on its default sub-topic."""
+        publisher = self._publisher
         topic = self._encoder.topic(payload.__instance__, payload.default_subtopic())
+        if publisher is None or not self.ready.is_set():
+            log.warning("own message on %s dropped: the broker's publisher is not connected", topic.decode())
+            return
         body = self._encoder.encode(topic, type(payload).__name__, payload)
         try:
-            self._sockets.publisher.send_multipart((topic, body), zmq.NOBLOCK)
+            publisher.send_multipart((topic, body), zmq.NOBLOCK)
         except zmq.Again:
             log.warning("own message on %s dropped: frontend queue full", topic.decode())
 
@@ -153,54 +153,135 @@ class Service:
 
     # -- the loop --------------------------------------------------------------------------
 
+    def run(self) -> None:
+        wiring = self._wiring
+        publisher = wiring.context.socket(zmq.XPUB)
+        proxy = wiring.context.socket(zmq.DEALER)
+        self._publisher, self._proxy = publisher, proxy
+        self.ready.clear()  # until this run's publisher has its subscription
+        try:
+            prepare_socket(publisher, hwm=10_000, send_timeout=0, linger=0)
+            publisher.connect(wiring.frontend)
+            proxy.setsockopt(zmq.LINGER, 0)
+            proxy.connect(wiring.proxy_control)
+            self._loop(publisher)
+        finally:
+            self._publisher = self._proxy = None
+            publisher.close(linger=0)
+            proxy.close(linger=0)
+
+    def _loop(self, publisher: zmq.Socket[Any]) -> None:
+        wiring = self._wiring
+        poller = zmq.Poller()
+        for socket in (wiring.control, publisher, *wiring.monitors.values()):
+            poller.register(socket, zmq.POLLIN)
+        poller.register(wiring.inbox.fileno(), zmq.POLLIN)
+        roles = {socket: role for role, socket in wiring.monitors.items()}
+        next_sample = time.monotonic()
+        next_metrics = time.monotonic() + self._metrics_interval
+        while True:
+            now = time.monotonic()
+            if now >= next_sample:
+                self._sample()
+                next_sample = now + _SAMPLE_INTERVAL
+            if now >= next_metrics:
+                self._publish_metrics()
+                next_metrics = now + self._metrics_interval
+            wait_ms = max(0, int((min(next_sample, next_metrics) - now) * 1000)) + 1
+            ready = dict(poller.poll(wait_ms))
+            if publisher in ready:
+                self._drain_subscriptions(publisher)
+            if wiring.control in ready:
+                self._serve_control()
+            for socket in ready:
+                role = roles.get(socket)
+                if role is not None:
+                    self._on_monitor(role, socket)
+            if wiring.inbox.fileno() in ready and self._take_inbox():
+                return
+
+    def _take_inbox(self) -> bool:
+        """Handle the inbox; return whether the service has shut the broker down."""
+        for kind, value in self._wiring.inbox.take(_READ_BURST):
+            if kind == "reply":
+                self._send_control(value)
+            elif kind == "stop":
+                self._shut_down()
+                return True
+        return False
+
+    def _sample(self) -> None:
+        """Once a second: rates, the proxy's counters (to prove tap drops), descriptors."""
+        self._book.sample()
+        totals = self._proxy_totals()
+        if totals is not None:
+            self._book.observe_proxy(totals, time.monotonic())
+        warning = self.fds.sample()
+        if warning is not None:
+            self.publish(
+                SystemAlert(
+                    severity="warning",
+                    title="broker near its file descriptor limit",
+                    description=warning,
+                    source=SYSTEM_NAME,
+                    node=self._node,
+                    metadata={"used": self.fds.used, "limit": self.fds.limit},
+                )
+            )
+        if self.security is not None:
+            self.security.tick()
+
     def _proxy_totals(self) -> ProxyTotals | None:
-        socket = self._sockets.proxy_control
-        socket.send(b"STATISTICS")
-        if not socket.poll(_PROXY_REPLY_TIMEOUT_MS):
+        proxy = self._proxy
+        if proxy is None:
             return None
-        return ProxyTotals.from_reply(socket.recv_multipart())
+        while proxy.poll(0):  # a late reply to a request that timed out: stale, drop it
+            proxy.recv_multipart()
+        proxy.send(b"STATISTICS")
+        if not proxy.poll(_PROXY_REPLY_TIMEOUT_MS):
+            return None
+        return ProxyTotals.from_reply(proxy.recv_multipart())
 
     def _stats(self) -> dict[str, Any]:
-        reply = self._book.snapshot(self._proxy_totals())
-        if self._journal_stats is not None:
-            reply["journal"] = self._journal_stats()
+        totals = self._proxy_totals()
+        if totals is not None:
+            self._book.observe_proxy(totals, time.monotonic())
+        reply = self._book.snapshot(totals)
+        reply.update(self._extra_stats())
         if self.security is not None:
             reply["security"] = self.security.snapshot()
+        reply["fds"] = {**self.fds.snapshot(), "accept_failures": dict(self.accept_failures)}
         return reply
 
     def _authorize(self, op: str, user_id: str | None) -> str | None:
         return None if self.security is None else self.security.authorize(op, user_id)
 
-    def _to_journal(self, frames: list[bytes]) -> None:
-        assert self._sockets.journal is not None
-        journal = self._journal_stats() if self._journal_stats is not None else {}
-        if journal.get("state") == "failed":  # nobody would answer: say so now
-            request_id = decode_request(frames[-1]).get("id")
-            reason = f"the journal stopped: {journal.get('reason')}"
-            reply = encode_error_reply("journal_unavailable", reason, request_id)
-            self._sockets.control.send_multipart([*frames[:-1], reply], zmq.NOBLOCK)
-            return
-        try:
-            self._sockets.journal.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.ZMQError as exc:
-            log.warning("control request not handed to the journal: %s", exc)
+    def _hand_to_journal(self, frames: list[bytes]) -> None:
+        assert self._to_journal is not None
+        self._to_journal(frames)
 
-    def _from_journal(self) -> None:
-        journal, control = self._sockets.journal, self._sockets.control
-        assert journal is not None
-        for _ in range(1000):
-            try:
-                reply = journal.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                control.send_multipart(reply, zmq.NOBLOCK)
-            except zmq.ZMQError as exc:  # the client went away: nothing to answer
-                log.debug("control reply not sent: %s", exc)
+    def _send_control(self, frames: list[bytes]) -> None:
+        try:
+            self._wiring.control.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the client went away: nothing to answer
+            log.debug("control reply not sent: %s", exc)
 
     def _on_monitor(self, role: str, socket: zmq.Socket[Any]) -> None:
-        message = recv_monitor_message(socket)
+        try:
+            message = recv_monitor_message(socket, zmq.NOBLOCK)
+        except (zmq.Again, ValueError, IndexError):  # nothing, or a torn event from a failed run
+            return
         event = message["event"]
+        if event == zmq.EVENT_ACCEPT_FAILED:
+            self.accept_failures[role] = self.accept_failures.get(role, 0) + 1
+            if self.accept_failures[role] == 1 or self.accept_failures[role] % 100_000 == 0:
+                log.error(
+                    "%s: cannot accept a connection: %s (%d so far)",
+                    role,
+                    zmq.strerror(message["value"]),
+                    self.accept_failures[role],
+                )
+            return
         if self.security is not None:
             self.security.on_monitor_event(role, event, message["value"])
         if role == "control":
@@ -208,85 +289,53 @@ class Service:
         delta = 1 if event == zmq.EVENT_ACCEPTED else -1 if event == zmq.EVENT_DISCONNECTED else 0
         if role == "backend":
             self._book.subscribers = max(0, self._book.subscribers + delta)
+            if delta > 0:
+                self._book.last_subscriber = time.monotonic()
         else:
             self._book.publishers = max(0, self._book.publishers + delta)
 
     def _on_subscription(self, message: bytes) -> None:
+        if not self.ready.is_set():
+            self.ready.set()  # the first subscription through the proxy: the publisher is connected
+            if not self._announced:
+                self._announced = True
+                self.lifecycle("starting")
+                self.lifecycle("started")
         if message.startswith(_PROBE):
             topic = message[1:]
             body = self._encoder.encode(topic, "ProbeAck", {"token": topic[len(_PROBE) - 1 :].decode(errors="replace")})
             try:
-                self._sockets.publisher.send_multipart((topic, body), zmq.NOBLOCK)
+                self._publisher.send_multipart((topic, body), zmq.NOBLOCK)  # type: ignore[union-attr]
             except zmq.Again:
                 log.warning("probe ack dropped: frontend queue full")
 
-    def _run(self) -> None:
-        sockets = self._sockets
-        poller = zmq.Poller()
-        for socket in (
-            sockets.control,
-            sockets.publisher,
-            sockets.stop,
-            *sockets.monitors.values(),
-            *([sockets.journal] if sockets.journal is not None else []),
-        ):
-            poller.register(socket, zmq.POLLIN)
-        roles = {socket: role for role, socket in sockets.monitors.items()}
-        next_rate = time.monotonic() + _RATE_WINDOW
-        next_metrics = time.monotonic() + self._metrics_interval
-        try:
-            while True:
-                now = time.monotonic()
-                if now >= next_rate:
-                    self._book.sample()
-                    next_rate = now + _RATE_WINDOW
-                    if self.security is not None:
-                        self.security.tick()
-                if now >= next_metrics:
-                    self._publish_metrics()
-                    next_metrics = now + self._metrics_interval
-                wait_ms = max(0, int((min(next_rate, next_metrics) - now) * 1000)) + 1
-                ready = dict(poller.poll(wait_ms))
-                if sockets.stop in ready:
-                    self._shut_down()
-                    return
-                if sockets.control in ready:
-                    self._serve_control()
-                if sockets.publisher in ready:
-                    self._drain_subscriptions()
-                if sockets.journal is not None and sockets.journal in ready:
-                    self._from_journal()
-                for socket in ready:
-                    role = roles.get(socket)
-                    if role is not None:
-                        self._on_monitor(role, socket)
-        except zmq.ContextTerminated:
-            pass
-        except Exception:
-            log.exception("broker service loop failed")
-            stop_workers(sockets)
-        finally:
-            sockets.close()
-
     def _shut_down(self) -> None:
-        """Announce the stop, let those messages through, then stop the proxy and the tap."""
+        """Announce the stop, let those messages through, stop the proxy, then the rest."""
         self.lifecycle("stopping")
         self.lifecycle("stopped")
-        marker = _FLUSH + self._encoder.pub.encode()
-        self._sockets.publisher.send_multipart((marker, b""), zmq.NOBLOCK)
-        deadline = time.monotonic() + _FLUSH_TIMEOUT
-        counters = self._book.counters
-        while counters.last_internal != marker:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                log.warning("stop: the tap did not see the final messages within %.1f s", _FLUSH_TIMEOUT)
-                break
-            counters.internal_seen.wait(remaining)
-            counters.internal_seen.clear()
-        stop_workers(self._sockets)
+        publisher = self._publisher
+        if publisher is not None and self.ready.is_set():
+            marker = _FLUSH + self._encoder.pub.encode()
+            publisher.send_multipart((marker, b""), zmq.NOBLOCK)
+            deadline = time.monotonic() + _FLUSH_TIMEOUT
+            counters = self._book.counters
+            while counters.last_internal != marker:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("stop: the tap did not see the final messages within %.1f s", _FLUSH_TIMEOUT)
+                    break
+                counters.internal_seen.wait(remaining)
+                counters.internal_seen.clear()
+        self._proxy_child.stop()
+        if self._proxy is not None:
+            self._proxy.send(b"TERMINATE")
+        if not self._proxy_child.stopped.wait(_PROXY_STOP_TIMEOUT):
+            log.warning("stop: the proxy did not stop within %.1f s", _PROXY_STOP_TIMEOUT)
+        self._on_stop()
+        self.stopped.set()
 
     def _serve_control(self) -> None:
-        control = self._sockets.control
+        control = self._wiring.control
         for _ in range(100):
             try:
                 received = control.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -294,14 +343,10 @@ class Service:
                 return
             reply = self._handler.handle([frame.bytes for frame in received], _user_id(received[-1]))
             if reply is not None:
-                try:
-                    control.send_multipart(reply, zmq.NOBLOCK)
-                except zmq.ZMQError as exc:  # the client went away: nothing to answer
-                    log.debug("control reply not sent: %s", exc)
+                self._send_control(reply)
 
-    def _drain_subscriptions(self) -> None:
-        publisher = self._sockets.publisher
-        for _ in range(1000):
+    def _drain_subscriptions(self, publisher: zmq.Socket[Any]) -> None:
+        for _ in range(_READ_BURST):
             try:
                 self._on_subscription(publisher.recv(zmq.NOBLOCK))
             except zmq.Again:

@@ -46,6 +46,11 @@ class StatsBook:
         self._started = time.monotonic()
         self.subscribers = 0
         self.publishers = 0
+        self.last_subscriber = 0.0
+        """Monotonic time of the latest subscriber connection (the start grace watches it)."""
+        self.missed_frames = 0
+        """Frames the tap is proven to have missed (the counts are approximate when non-zero)."""
+        self._proxy_sample: tuple[float, int] | None = None
         self._last_sample = time.monotonic()
         self._last_messages: dict[Instance, int] = {}
         self.rates: dict[Instance, float] = {}
@@ -66,6 +71,28 @@ class StatsBook:
         }
         self._last_messages = messages
         self._last_sample = now
+
+    def observe_proxy(self, totals: ProxyTotals, at: float) -> None:
+        """Take the proxy's counters, read at monotonic time ``at``, and prove tap drops.
+
+        Every frame the proxy had forwarded by an earlier sample was, by the time the tap next
+        found its queue empty, either counted or dropped for the tap: so the sample's
+        ``frames_out`` less the tap's frame count at that moment is a lower bound of the drops,
+        exact once traffic stops.
+        """
+        previous = self._proxy_sample
+        caught_up_at, frames = self.counters.caught_up
+        if previous is not None and previous[0] < caught_up_at:
+            self.missed_frames = max(self.missed_frames, previous[1] - frames)
+        self._proxy_sample = (at, totals.frames_out)
+
+    def counting(self) -> dict[str, Any]:
+        """The ``counting`` map of the ``stats`` reply."""
+        return {
+            "exact": self.missed_frames == 0,
+            "missed_frames": self.missed_frames,
+            "boosts": self.counters.boosts,
+        }
 
     def snapshot(self, proxy: ProxyTotals | None) -> dict[str, Any]:
         """The ``stats`` reply fields (see docs/protocol.md)."""
@@ -97,6 +124,7 @@ class StatsBook:
             "malformed_by_reason": malformed,
             "subscribers": self.subscribers,
             "publishers": self.publishers,
+            "counting": self.counting(),
         }
         if proxy is not None:
             reply["forwarded"] = {

@@ -32,7 +32,7 @@ from typing import Final
 
 from exesdb_sdk.instances import Instance
 
-__all__ = ["DB_NAME", "FSYNC_POLICIES", "JournalStore", "Row", "StoreError", "open_store"]
+__all__ = ["DB_NAME", "FSYNC_POLICIES", "JournalStore", "Record", "Row", "StoreError", "open_store"]
 
 log = logging.getLogger("exesdb.broker.journal")
 
@@ -59,6 +59,17 @@ class Row:
     pseq: int
     count: int
     durable: bool
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class Record:
+    """One message to record (interim: mapped onto the schema-1 rows)."""
+
+    instance: Instance
+    topic: bytes
+    body: bytes
+    durable: bool = False
     seq: int = 0
 
 
@@ -154,6 +165,17 @@ class JournalStore:
                 db.execute("ROLLBACK")
             raise
         self.heads = heads
+
+    def write_records(self, records: Sequence[Record]) -> int:
+        rt = time.time_ns()
+        rows = [Row(r.instance, rt, r.topic, r.body, "", 0, 0, r.durable) for r in records]
+        self.write(rows, {})
+        for record, row in zip(records, rows, strict=True):
+            record.seq = row.seq
+        return rt
+
+    def write_last(self, last: dict[bytes, tuple[int, bytes]]) -> None:
+        self.write([], last)
 
     # -- reading -----------------------------------------------------------------------------
 

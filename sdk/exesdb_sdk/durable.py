@@ -9,21 +9,31 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Final, Literal, TypeAlias
+from typing import Annotated, Any, Final, Literal, TypeAlias
+
+import msgspec
 
 from .errors import ControlError, DurabilityError, ProtocolError
 from .instances import Instance
 
 __all__ = [
     "DEFAULT_PAGE",
+    "JOURNAL_GAP_TOPIC",
+    "JOURNAL_GAP_TYPE",
     "CatchUp",
     "ReplayFrom",
     "durability_error",
     "durable_request",
     "durable_seq",
+    "encode_journal_gap",
+    "journal_gap",
     "last_frames",
     "replay_args",
 ]
+
+JOURNAL_GAP_TOPIC: Final = "_exesdb/journal/gap"
+"""Topic of a journal record that stands for messages the broker could not journal."""
+JOURNAL_GAP_TYPE: Final = "JournalGap"
 
 DEFAULT_PAGE: Final = 1000
 """Records asked for per ``replay`` page (the broker also bounds a page to about 1 MiB)."""
@@ -125,3 +135,38 @@ class CatchUp:
         self.next = following
         self.done = not reply.get("more")
         return frames
+
+
+class _GapData(msgspec.Struct, frozen=True):
+    missed: Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+    instance: str = ""
+    since: int = 0
+    until: int = 0
+    reason: str = ""
+
+
+class _GapMarker(msgspec.Struct, frozen=True):
+    type: str
+    data: _GapData
+
+
+_gap_decoder: Final = msgspec.msgpack.Decoder(_GapMarker)
+
+
+def encode_journal_gap(src: str, instance: str, missed: int, since: int, until: int, reason: str) -> bytes:
+    """The body of a gap marker: an envelope of type ``JournalGap`` whose data says how many
+    messages of ``instance`` were not journaled between ``since`` and ``until`` (UTC ns)."""
+    data = {"instance": instance, "missed": missed, "since": since, "until": until, "reason": reason}
+    return msgspec.msgpack.encode({"v": 1, "type": JOURNAL_GAP_TYPE, "ts": time.time_ns(), "src": src, "data": data})
+
+
+def journal_gap(body: bytes) -> dict[str, Any] | None:
+    """The data of a gap marker's body (``missed`` >= 1, ``instance``, ``since``, ``until``,
+    ``reason``), or ``None`` when ``body`` is not one."""
+    try:
+        marker = _gap_decoder.decode(body)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    if marker.type != JOURNAL_GAP_TYPE:
+        return None
+    return msgspec.structs.asdict(marker.data)

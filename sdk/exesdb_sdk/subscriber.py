@@ -15,7 +15,15 @@ from ._frames import recv_frames
 from ._owner import SocketOwner
 from .control import ControlClient
 from .curve import KeyPath, resolve_client_keys
-from .durable import CatchUp, ReplayFrom, durability_error, last_frames
+from .durable import (
+    JOURNAL_GAP_TOPIC,
+    JOURNAL_GAP_TYPE,
+    CatchUp,
+    ReplayFrom,
+    durability_error,
+    journal_gap,
+    last_frames,
+)
 from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, resolve_endpoint
 from .errors import BrokerUnavailableError, ControlError, ProtocolError, ReceiveTimeoutError, ValidationError
 from .instances import Instance
@@ -37,11 +45,14 @@ DEFAULT_RCVHWM: Final = 100_000
 """Messages queued for a subscriber before the broker drops for it (seen as gaps)."""
 
 GapCallback = Callable[[Message, int], None]
-"""Called with the message after a gap and how many messages are missing before it."""
+"""Called with the message after a gap and how many messages are missing before it. For messages
+the broker could not journal, met during a replay, the message is the journal's gap marker
+(``type`` ``JournalGap``, ``data`` with ``instance``, ``missed``, ``since``, ``until``)."""
 ErrorCallback = Callable[[ProtocolError, Sequence[bytes]], None]
 """Called with the error and the frames of a message that could not be decoded."""
 
 _PROBE_BYTES: Final = PROBE_PREFIX.encode()
+_JOURNAL_GAP: Final = JOURNAL_GAP_TOPIC.encode()
 _RESERVED: Final = RESERVED_PREFIX.encode()
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _HORIZON_LIMIT: Final = 100_000
@@ -196,7 +207,11 @@ class SubscriberCore:
         self.pending.extend(self.take(frames))
 
     def take_replayed(self, frames: Sequence[bytes]) -> list[Message]:
-        """Queue the envelopes of a journal record (or last value), marked ``replayed``."""
+        """Queue the envelopes of a journal record (or last value), marked ``replayed``. A gap
+        marker (messages the broker could not journal) counts as a gap, reported to ``on_gap``."""
+        if frames[0] == _JOURNAL_GAP:
+            self._journal_gap(frames[1])
+            return []
         messages = self.take(frames)
         horizon = self.horizon
         for message in messages:
@@ -210,6 +225,17 @@ class SubscriberCore:
         self.replayed += len(messages)
         self.pending.extend(messages)
         return messages
+
+    def _journal_gap(self, body: bytes) -> None:
+        data = journal_gap(body)
+        if data is None:
+            self.decode_errors += 1
+            return
+        missed: int = data["missed"]
+        self._gaps.gaps += missed
+        if self.on_gap is not None:
+            marker = Message(type=JOURNAL_GAP_TYPE, data=data, topic=JOURNAL_GAP_TOPIC, replayed=True)
+            self.on_gap(marker, missed)
 
     def overlaps(self, replayed: Sequence[Message]) -> bool:
         """Whether a replayed message (recorded as it came in live, not a durable publish) was
