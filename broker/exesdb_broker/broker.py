@@ -14,9 +14,9 @@ must be in place before anything is forwarded; start the service (the control en
 answers from here on); wait out the start grace; start the proxy. **The start grace**: after a
 restart, publishers hold what they queued during the outage and flush it the moment they
 reconnect, before the subscribers that were connected have come back, and the broker would
-forward it to nobody. So the broker binds its endpoints but forwards nothing until subscriber
-connections have been quiet for :data:`GRACE_QUIET` seconds (at most ``start_grace``): their
-subscriptions are then in place when the queued messages arrive.
+forward it to nobody. So the broker binds its endpoints but forwards nothing until as many
+subscribers as the previous run had are back (at most ``start_grace``): their subscriptions
+are then in place when the queued messages arrive (see :mod:`.grace`).
 
 Stopping needs no new file descriptor: the service is told through its mailbox, announces the
 stop, stops the proxy, then the tap and the journal (which drains and commits), and the
@@ -37,6 +37,7 @@ from exesdb_sdk.errors import BindError, BrokerUnavailableError, ConfigError, Ex
 from exesdb_sdk.settings import check_settings
 
 from .config import BrokerConfig, journal_instances, last_value_prefixes
+from .grace import expected_subscribers, remember_subscribers
 from .journal import JOURNAL_OPS, Journal, JournalSettings
 from .mailbox import Mailbox
 from .proxy import Proxy
@@ -46,12 +47,12 @@ from .stats import StatsBook
 from .supervisor import Supervisor
 from .tap import Tap
 
-__all__ = ["GRACE_QUIET", "Broker"]
+__all__ = ["Broker"]
 
 log = logging.getLogger("exesdb.broker")
 
-GRACE_QUIET: Final = 0.25
-"""Seconds without a new subscriber connection that end the start grace early."""
+GRACE_POLL: Final = 0.01
+"""Seconds between looks at the subscriber count during the start grace."""
 _START_TIMEOUT: Final = 5.0
 _CONTROL_MAX_MESSAGE: Final = 64 * 1024
 _BACKEND_LINGER_MS: Final = 500
@@ -195,12 +196,21 @@ class Broker:
         self._sockets = [socket for socket in self._sockets if socket not in (frontend, backend, proxy_control)]
         self._book = StatsBook(self._tap.counters)
         self._service = Service(
-            ServiceWiring(context, control, monitors, base + "-frontend", base + "-proxy", self._inbox),
+            ServiceWiring(
+                context,
+                control,
+                monitors,
+                base + "-frontend",
+                base + "-proxy",
+                self._inbox,
+                {"frontend": self.frontend, "backend": self.backend, "control": self.control},
+            ),
             self._book,
             self._proxy,
             node=config.node,
             metrics_interval=config.metrics_interval,
             on_stop=self._stop_after_proxy,
+            remember=lambda count: remember_subscribers(config.data_dir, self.backend, count),
             extra_stats=self._extra_stats,
             journal_ops=JOURNAL_OPS,
             to_journal=self._journal.submit,
@@ -226,22 +236,23 @@ class Broker:
                 raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, name)
 
     def _grace(self) -> None:
-        """Forward nothing until subscriber connections are quiet (at most ``start_grace``)."""
+        """Forward nothing until the previous run's subscribers are back (see :mod:`.grace`)."""
+        expected = expected_subscribers(self.config.data_dir, self.backend)
         grace = self.config.start_grace
-        if grace <= 0 or self.config.frontend.endswith(":*"):
-            return  # nobody can have been connected to a port not chosen yet
+        if grace <= 0 or expected == 0:
+            return
         started = time.monotonic()
         deadline = started + grace
         waited = threading.Event()
         for _ in range(10_000):
-            now = time.monotonic()
-            quiet_since = max(started, self._book.last_subscriber)
-            if now >= deadline or now - quiet_since >= GRACE_QUIET:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._book.subscribers >= expected:
                 break
-            waited.wait(min(deadline, quiet_since + GRACE_QUIET) - now)
+            waited.wait(min(remaining, GRACE_POLL))
         log.info(
-            "start grace: %d subscriber connection(s) back after %.2f s; forwarding",
+            "start grace: %d of %d subscriber connection(s) back after %.2f s; forwarding",
             self._book.subscribers,
+            expected,
             time.monotonic() - started,
         )
 

@@ -9,18 +9,34 @@ warning and publishes a ``SystemAlert`` once, until usage falls below :data:`CLE
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import resource
+import time
+from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ["CLEAR_FRACTION", "WARN_FRACTION", "FdWatch", "fd_limit", "raise_fd_limit"]
+import zmq
+
+__all__ = [
+    "CLEAR_FRACTION",
+    "RESERVE",
+    "RESUME_FRACTION",
+    "WARN_FRACTION",
+    "AcceptGuard",
+    "FdWatch",
+    "fd_limit",
+    "raise_fd_limit",
+]
 
 log = logging.getLogger("exesdb.broker")
 
 WARN_FRACTION: Final = 0.8
 CLEAR_FRACTION: Final = 0.7
 _FD_DIR: Final = "/proc/self/fd"
+_OUT_OF_DESCRIPTORS: Final = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 def fd_limit() -> int:
@@ -47,7 +63,7 @@ def _used() -> int | None:
         # listdir opens one descriptor of its own, which it lists too
         return len(os.listdir(_FD_DIR)) - 1
     except OSError as exc:
-        if exc.errno in (24, 23):  # EMFILE, ENFILE: the table is full
+        if exc.errno in _OUT_OF_DESCRIPTORS:  # the table is full
             return fd_limit() or None
         return None
 
@@ -86,3 +102,64 @@ class FdWatch:
     def snapshot(self) -> dict[str, Any]:
         """The ``fds`` map of the ``stats`` reply."""
         return {"used": self.used, "limit": self.limit, "peak": self.peak, "warnings": self.warnings}
+
+
+RESERVE: Final = 4
+"""Descriptors held back from start, released while accepting is paused (room for control)."""
+RESUME_FRACTION: Final = 0.9
+"""Usage under which a paused endpoint accepts again."""
+
+
+class AcceptGuard:
+    """Stops accepting on an endpoint that is out of descriptors, and resumes later.
+
+    At the limit, libzmq retries ``accept()`` on a listening socket in a tight loop (a core at
+    100%, and an ``EVENT_ACCEPT_FAILED`` per try). On the first such failure the guard unbinds
+    that endpoint (connections already made stay up; new clients are refused and retry, as
+    ZeroMQ clients do) and releases :data:`RESERVE` descriptors it held since start, so that
+    the control endpoint can still accept an operator; once usage is under
+    :data:`RESUME_FRACTION` of the limit it binds the endpoints again.
+    """
+
+    def __init__(self, unbind: Callable[[str], None], rebind: Callable[[str], None]) -> None:
+        self._unbind = unbind
+        self._rebind = rebind
+        self.paused: dict[str, float] = {}
+        """Endpoint role -> monotonic time it stopped accepting."""
+        self.pauses = 0
+        self._reserve = [_reserve_fd() for _ in range(RESERVE)]
+
+    def on_accept_failed(self, role: str, error: int) -> None:
+        """A monitor's ``EVENT_ACCEPT_FAILED`` on ``role`` with ``errno`` ``error``."""
+        if error not in _OUT_OF_DESCRIPTORS or role in self.paused:
+            return
+        self.paused[role] = time.monotonic()
+        self.pauses += 1
+        log.error("%s: out of file descriptors; not accepting new connections until some are free", role)
+        self._unbind(role)
+        for fd in self._reserve:
+            os.close(fd)
+        self._reserve = []
+
+    def tick(self, used: int | None, limit: int) -> None:
+        """Resume the paused endpoints once usage is low enough (about once a second)."""
+        if not self.paused or used is None or (limit and used >= RESUME_FRACTION * limit):
+            return
+        for role in list(self.paused):
+            try:
+                self._rebind(role)
+            except zmq.ZMQError as exc:
+                log.error("%s: cannot bind again yet: %s", role, exc)
+                continue
+            del self.paused[role]
+            log.info("%s: accepting connections again (%s of %d descriptors in use)", role, used, limit)
+        if not self.paused:
+            with contextlib.suppress(OSError):
+                self._reserve = [_reserve_fd() for _ in range(RESERVE)]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"paused": sorted(self.paused), "pauses": self.pauses}
+
+
+def _reserve_fd() -> int:
+    return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)

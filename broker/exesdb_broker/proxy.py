@@ -41,6 +41,8 @@ class Proxy:
         self._backend = backend
         self._control = control
         self._commands: queue.SimpleQueue[ProxyCommand | object] = queue.SimpleQueue()
+        self.started = threading.Event()
+        """Set once forwarding has begun (its control socket answers from then on)."""
         self.stopped = threading.Event()
         """Set once forwarding has ended for good."""
 
@@ -53,6 +55,7 @@ class Proxy:
         self._commands.put(_STOP)
 
     def run(self) -> None:
+        self.started.set()
         try:
             for _ in range(1_000_000):  # one lap per TERMINATE
                 zmq.proxy_steerable(self._frontend, self._backend, None, self._control)

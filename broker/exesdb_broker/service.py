@@ -11,6 +11,7 @@ to the proxy's control socket are made fresh by every :meth:`Service.run`.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -25,9 +26,9 @@ from exesdb_sdk.publisher import prepare_socket
 from zmq.utils.monitor import recv_monitor_message
 
 from .control import ControlHandler
-from .fds import FdWatch
+from .fds import AcceptGuard, FdWatch
 from .mailbox import Mailbox
-from .proxy import Proxy
+from .proxy import Proxy, ProxyCommand
 from .security import SecurityMonitor
 from .stats import ProxyTotals, StatsBook
 
@@ -64,6 +65,8 @@ class ServiceWiring:
     proxy_control: str
     """The inproc endpoint of the proxy's control socket."""
     inbox: Mailbox[InboxItem]
+    endpoints: dict[str, str]
+    """The bound endpoint of each role (frontend, backend, control), to unbind and bind again."""
 
 
 class Service:
@@ -81,6 +84,7 @@ class Service:
         node: str,
         metrics_interval: float,
         on_stop: Callable[[], None],
+        remember: Callable[[int], None] | None = None,
         extra_stats: Callable[[], dict[str, Any]],
         journal_ops: tuple[str, ...] = (),
         to_journal: Callable[[list[bytes]], None] | None = None,
@@ -93,6 +97,9 @@ class Service:
         self._on_stop = on_stop
         """Stops what comes after the proxy (tap, journal), once the proxy has stopped."""
         self._extra_stats = extra_stats
+        self._remember = remember
+        """Writes the subscriber count for the start grace of the next run."""
+        self._remembered = 0
         self._to_journal = to_journal
         self._encoder = Encoder(src=node)
         self._handler = ControlHandler(node, self._stats, authorize=self._authorize)
@@ -101,6 +108,7 @@ class Service:
         self.security: SecurityMonitor | None = None
         """Set by the broker before the first run: handshake failures, op roles, violations."""
         self.fds = FdWatch()
+        self.accepting = AcceptGuard(self._unbind, self._rebind)
         self.ready = threading.Event()
         """Set once the broker's own publisher is connected through the running proxy."""
         self.stopped = threading.Event()
@@ -213,10 +221,14 @@ class Service:
     def _sample(self) -> None:
         """Once a second: rates, the proxy's counters (to prove tap drops), descriptors."""
         self._book.sample()
+        if self._remember is not None and self._book.subscribers != self._remembered:
+            self._remembered = self._book.subscribers
+            self._remember(self._remembered)
         totals = self._proxy_totals()
         if totals is not None:
             self._book.observe_proxy(totals, time.monotonic())
         warning = self.fds.sample()
+        self.accepting.tick(self.fds.used, self.fds.limit)
         if warning is not None:
             self.publish(
                 SystemAlert(
@@ -233,8 +245,8 @@ class Service:
 
     def _proxy_totals(self) -> ProxyTotals | None:
         proxy = self._proxy
-        if proxy is None:
-            return None
+        if proxy is None or not self._proxy_child.started.is_set() or self._proxy_child.stopped.is_set():
+            return None  # not forwarding (yet, or any more): nobody would answer
         while proxy.poll(0):  # a late reply to a request that timed out: stale, drop it
             proxy.recv_multipart()
         proxy.send(b"STATISTICS")
@@ -250,8 +262,55 @@ class Service:
         reply.update(self._extra_stats())
         if self.security is not None:
             reply["security"] = self.security.snapshot()
-        reply["fds"] = {**self.fds.snapshot(), "accept_failures": dict(self.accept_failures)}
+        reply["fds"] = {
+            **self.fds.snapshot(),
+            **self.accepting.snapshot(),
+            "accept_failures": dict(self.accept_failures),
+        }
         return reply
+
+    def _unbind(self, role: str) -> None:
+        self._listen(role, False)
+
+    def _rebind(self, role: str) -> None:
+        self._listen(role, True)
+
+    def _listen(self, role: str, on: bool) -> None:
+        """Bind (``on``) or unbind the endpoint of ``role``, in the thread owning its socket."""
+        url = self._wiring.endpoints[role]
+
+        def switch(socket: zmq.Socket[Any]) -> None:
+            if on:
+                socket.bind(url)
+            else:
+                socket.unbind(url)
+
+        if role == "control":
+            switch(self._wiring.control)
+        else:
+            self._in_proxy(lambda frontend, backend: switch(frontend if role == "frontend" else backend))
+
+    def _in_proxy(self, command: ProxyCommand) -> None:
+        """Run ``command`` in the proxy thread (which owns the data sockets) and wait for it."""
+        done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+
+        def run(frontend: zmq.Socket[Any], backend: zmq.Socket[Any]) -> None:
+            try:
+                command(frontend, backend)
+            except zmq.ZMQError as exc:
+                done.put(exc)
+                return
+            done.put(None)
+
+        self._proxy_child.submit(run)
+        if self._proxy is not None:
+            self._proxy.send(b"TERMINATE")
+        try:
+            outcome = done.get(timeout=_PROXY_STOP_TIMEOUT)
+        except queue.Empty:
+            raise zmq.ZMQError(zmq.EAGAIN, "the proxy did not run the command in time") from None
+        if outcome is not None:
+            raise outcome
 
     def _authorize(self, op: str, user_id: str | None) -> str | None:
         return None if self.security is None else self.security.authorize(op, user_id)
@@ -273,14 +332,10 @@ class Service:
             return
         event = message["event"]
         if event == zmq.EVENT_ACCEPT_FAILED:
-            self.accept_failures[role] = self.accept_failures.get(role, 0) + 1
-            if self.accept_failures[role] == 1 or self.accept_failures[role] % 100_000 == 0:
-                log.error(
-                    "%s: cannot accept a connection: %s (%d so far)",
-                    role,
-                    zmq.strerror(message["value"]),
-                    self.accept_failures[role],
-                )
+            failures = self.accept_failures[role] = self.accept_failures.get(role, 0) + 1
+            if failures == 1:
+                log.error("%s: cannot accept a connection: %s", role, zmq.strerror(message["value"]))
+            self.accepting.on_accept_failed(role, message["value"])
             return
         if self.security is not None:
             self.security.on_monitor_event(role, event, message["value"])
