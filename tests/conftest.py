@@ -41,7 +41,9 @@ def broker_command() -> list[str]:
 class BrokerProcess:
     """A running ``exesdb-broker`` subprocess and what it printed on stderr."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, args: list[str], env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
+    ) -> None:
         self.proc = subprocess.Popen(
             [*broker_command(), *args],
             stdin=subprocess.DEVNULL,
@@ -49,6 +51,7 @@ class BrokerProcess:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            preexec_fn=preexec,
         )
         self.lines: list[str] = []
         self._queue: queue.Queue[str | None] = queue.Queue()

@@ -9,14 +9,14 @@ Threads (children of :class:`~.supervisor.Supervisor`), each owning the sockets 
 - ``exesdb-service``: control requests, connection monitors, probe echoes, the broker's own
   lifecycle and metrics (:mod:`.service`).
 
-Starting, in order: bind every endpoint; start the tap and the journal, whose subscriptions
-must be in place before anything is forwarded; start the service (the control endpoint
-answers from here on); wait out the start grace; start the proxy. **The start grace**: after a
+Starting, in order: bind every endpoint (the frontend last, after the start grace); start the
+tap and the journal, whose subscriptions must be in place before anything is forwarded; start
+the service (the control endpoint answers from here on) and the proxy. **The start grace**: after a
 restart, publishers hold what they queued during the outage and flush it the moment they
 reconnect, before the subscribers that were connected have come back, and the broker would
-forward it to nobody. So the broker binds its endpoints but forwards nothing until as many
-subscribers as the previous run had are back (at most ``start_grace``): their subscriptions
-are then in place when the queued messages arrive (see :mod:`.grace`).
+forward it to nobody. So the broker binds its frontend only once as many subscribers as the
+previous run had are back (at most ``start_grace``): their subscriptions are then in place
+when the queued messages arrive (see :mod:`.grace`).
 
 Stopping needs no new file descriptor: the service is told through its mailbox, announces the
 stop, stops the proxy, then the tap and the journal (which drains and commits), and the
@@ -56,7 +56,13 @@ GRACE_POLL: Final = 0.01
 _START_TIMEOUT: Final = 5.0
 _CONTROL_MAX_MESSAGE: Final = 64 * 1024
 _BACKEND_LINGER_MS: Final = 500
-_MONITOR_EVENTS: Final = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_ACCEPT_FAILED | HANDSHAKE_FAILURES
+_MONITOR_EVENTS: Final = (
+    zmq.EVENT_ACCEPTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_ACCEPT_FAILED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | HANDSHAKE_FAILURES
+)
 _STOP_SERVICE_TIMEOUT: Final = 2.0
 _DRAIN_TIMEOUT: Final = 120.0
 """Upper bound on the journal's drain at stop (the buffer bound keeps it far shorter)."""
@@ -161,8 +167,10 @@ class Broker:
         for socket, role in ((frontend, "frontend"), (backend, "backend"), (control, "control")):
             self._security.secure(socket, role)
 
-        self.frontend = self._bind(frontend, "frontend", config.frontend)
         self.backend = self._bind(backend, "backend", config.backend)
+        expected = expected_subscribers(config.data_dir, self.backend) if config.start_grace > 0 else 0
+        if not expected:  # else the frontend is bound once the subscribers are back
+            self.frontend = self._bind(frontend, "frontend", config.frontend)
         self.control = self._bind(control, "control", config.control)
         frontend.bind(base + "-frontend")
         backend.bind(base + "-backend")
@@ -195,6 +203,7 @@ class Broker:
         self._proxy = Proxy(frontend, backend, proxy_control)
         self._sockets = [socket for socket in self._sockets if socket not in (frontend, backend, proxy_control)]
         self._book = StatsBook(self._tap.counters)
+        endpoints = {"frontend": self.frontend, "backend": self.backend, "control": self.control}
         self._service = Service(
             ServiceWiring(
                 context,
@@ -203,7 +212,7 @@ class Broker:
                 base + "-frontend",
                 base + "-proxy",
                 self._inbox,
-                {"frontend": self.frontend, "backend": self.backend, "control": self.control},
+                endpoints,  # shared with the security monitor: the frontend may be bound later
             ),
             self._book,
             self._proxy,
@@ -211,11 +220,11 @@ class Broker:
             metrics_interval=config.metrics_interval,
             on_stop=self._stop_after_proxy,
             remember=lambda count: remember_subscribers(config.data_dir, self.backend, count),
+            nudge_tap=self._tap.nudge,
             extra_stats=self._extra_stats,
             journal_ops=JOURNAL_OPS,
             to_journal=self._journal.submit,
         )
-        endpoints = {"frontend": self.frontend, "backend": self.backend, "control": self.control}
         self._service.security = SecurityMonitor(self._security, config.node, self._service.publish, endpoints)
 
         supervisor = self._supervisor
@@ -225,7 +234,6 @@ class Broker:
             if not event.wait(_START_TIMEOUT):
                 raise BrokerUnavailableError(base + "-backend", _START_TIMEOUT, name)
         supervisor.start(self._service)
-        self._grace()
         supervisor.start(self._proxy)
         # The broker's own publisher is ready once the tap's subscription has come back up
         # through the proxy: from then on every publisher that connects is sent everything.
@@ -234,24 +242,25 @@ class Broker:
                 continue
             if not event.wait(_START_TIMEOUT):
                 raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, name)
+        if expected:
+            self._grace(expected)
+            self.frontend = self._service.bind_frontend(config.frontend)
 
-    def _grace(self) -> None:
-        """Forward nothing until the previous run's subscribers are back (see :mod:`.grace`)."""
-        expected = expected_subscribers(self.config.data_dir, self.backend)
-        grace = self.config.start_grace
-        if grace <= 0 or expected == 0:
-            return
+    def _grace(self, expected: int) -> None:
+        """Wait until ``expected`` subscribers have completed their handshake (their
+        subscriptions follow it at once and the running proxy applies them), at most
+        ``start_grace`` seconds; the frontend is bound after it (see :mod:`.grace`)."""
         started = time.monotonic()
-        deadline = started + grace
+        deadline = started + self.config.start_grace
         waited = threading.Event()
-        for _ in range(10_000):
+        for _ in range(1_000_000):
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._book.subscribers >= expected:
+            if remaining <= 0 or self._book.subscribers_back >= expected:
                 break
             waited.wait(min(remaining, GRACE_POLL))
         log.info(
-            "start grace: %d of %d subscriber connection(s) back after %.2f s; forwarding",
-            self._book.subscribers,
+            "start grace: %d of %d subscriber connection(s) back after %.2f s; accepting publishers",
+            self._book.subscribers_back,
             expected,
             time.monotonic() - started,
         )

@@ -89,13 +89,16 @@ LAST_FLUSH: Final = 1.0
 SHED_ALERT_INTERVAL: Final = 10.0
 """Seconds between ``SystemAlert`` messages while the journal sheds."""
 INJECTED_LIMIT: Final = 100_000
-_TICK: Final = 0.010
+_TICK: Final = 0.050
+"""Seconds between reads of the SUB while nothing is queued (requests wake the loop at once)."""
 _MAINTENANCE: Final = 1.0
 _DRAIN_ROUNDS: Final = 10_000
 """Bound on the rounds of a read-until-empty (each reads up to READ_ROUND messages)."""
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _START_TIMEOUT_MS: Final = 5000
 _GAP_TOPIC: Final = JOURNAL_GAP_TOPIC.encode()
+_SHED: Final = "journal input buffer full"
+_RESTARTED: Final = "journal thread restarted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,7 @@ class _Gap:
     missed: int
     since: int
     until: int
+    reason: str
 
 
 @dataclass(slots=True)
@@ -302,12 +306,15 @@ class Journal:
                 "the journal restarted while committing this publish: it may or may not be recorded",
             )
         self._in_flight = []
-        now = time.time_ns()
+        now, lost = time.time_ns(), 0
         while self._buffer:
             record = self._buffer.popleft()
             if not record.durable and not record.topic.startswith(_GAP_TOPIC):
-                self._dropped(record.instance, now)
+                self._dropped(record.instance, now, _RESTARTED)
+                lost += 1
         self._buffer_bytes = 0
+        if lost:
+            log.error("journal restarted: %d buffered message(s) lost, marked as a gap in the journal", lost)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -431,7 +438,7 @@ class Journal:
                 continue  # unavailable: forwarded, not journaled (stats say why)
             size = len(topic) + len(body) + RECORD_OVERHEAD
             if self._buffer_bytes + size > bound:
-                self._dropped(instance, time.time_ns())
+                self._dropped(instance, time.time_ns(), _SHED)
                 continue
             if self._gaps:
                 self._mark_gap(instance)
@@ -448,26 +455,25 @@ class Journal:
         if len(kept) > LAST_TOPICS:
             del kept[next(iter(kept))]
 
-    def _dropped(self, instance: Instance, now: int) -> None:
+    def _dropped(self, instance: Instance, now: int, reason: str) -> None:
         self.counters.dropped[instance.value] += 1
-        self._shed_since_alert += 1
         gap = self._gaps.get(instance)
         if gap is None:
-            self._gaps[instance] = _Gap(1, now, now)
+            self._gaps[instance] = _Gap(1, now, now, reason)
         else:
             gap.missed += 1
             gap.until = now
-        if time.monotonic() >= self._next_shed_alert:
-            self._shed_alert(instance)
+        if reason is _SHED:
+            self._shed_since_alert += 1
+            if time.monotonic() >= self._next_shed_alert:
+                self._shed_alert(instance)
 
     def _mark_gap(self, instance: Instance) -> None:
         """Record the pending gap marker of ``instance`` ahead of its next record."""
         gap = self._gaps.pop(instance, None)
         if gap is None:
             return
-        body = encode_journal_gap(
-            self._encoder.src, instance.value, gap.missed, gap.since, gap.until, "journal input buffer full"
-        )
+        body = encode_journal_gap(self._encoder.src, instance.value, gap.missed, gap.since, gap.until, gap.reason)
         self._buffer.append(Record(instance, _GAP_TOPIC, body))
         self._buffer_bytes += len(_GAP_TOPIC) + len(body) + RECORD_OVERHEAD
         self.counters.gaps += 1

@@ -258,7 +258,7 @@ class SecurityMonitor:
         self._security = security
         self._node = node
         self._publish = publish
-        self._endpoints = dict(endpoints)
+        self._endpoints = endpoints
         self._bucket = bucket or TokenBucket(_BURST, _PER_SECOND)
         self.failures: dict[str, int] = {"auth": 0, "protocol": 0, "no_detail": 0}
         self.failures_by_endpoint: dict[str, int] = dict.fromkeys(DOMAINS, 0)

@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import zmq
 from exesdb_sdk import __version__
+from exesdb_sdk.errors import BindError
 from exesdb_sdk.messages import BrokerMetrics, Payload, SystemAlert, SystemEvent, SystemLifecycle
 from exesdb_sdk.protocol import PROBE_PREFIX, Encoder
 from exesdb_sdk.publisher import prepare_socket
@@ -41,6 +42,9 @@ STOP: Final = ("stop", None)
 """The inbox item that makes the service shut the broker down."""
 _PROBE: Final = b"\x01" + PROBE_PREFIX.encode()
 _SAMPLE_INTERVAL: Final = 1.0
+_TAP_CHECK_INTERVAL: Final = 0.1
+_TAP_BEHIND_FRAMES: Final = 4_000
+"""Frames behind at which the service raises the tap's priority (its queue holds 20,000+)."""
 _PROXY_REPLY_TIMEOUT_MS: Final = 1000
 _FLUSH: Final = b"_exesdb/flush/"
 _FLUSH_TIMEOUT: Final = 0.5
@@ -48,7 +52,8 @@ _PROXY_STOP_TIMEOUT: Final = 1.0
 _READ_BURST: Final = 1000
 
 InboxItem = tuple[str, Any]
-"""``("stop", None)``, or ``("reply", frames)``: a control reply another thread produced."""
+"""``("stop", None)``; ``("reply", frames)``: a control reply another thread produced;
+``("proxy", command)``: a :data:`~.proxy.ProxyCommand` to run in the proxy thread."""
 
 
 @dataclass(slots=True)
@@ -85,6 +90,7 @@ class Service:
         metrics_interval: float,
         on_stop: Callable[[], None],
         remember: Callable[[int], None] | None = None,
+        nudge_tap: Callable[[], None] | None = None,
         extra_stats: Callable[[], dict[str, Any]],
         journal_ops: tuple[str, ...] = (),
         to_journal: Callable[[list[bytes]], None] | None = None,
@@ -98,6 +104,7 @@ class Service:
         """Stops what comes after the proxy (tap, journal), once the proxy has stopped."""
         self._extra_stats = extra_stats
         self._remember = remember
+        self._nudge_tap = nudge_tap
         """Writes the subscriber count for the start grace of the next run."""
         self._remembered = 0
         self._to_journal = to_journal
@@ -185,17 +192,21 @@ class Service:
             poller.register(socket, zmq.POLLIN)
         poller.register(wiring.inbox.fileno(), zmq.POLLIN)
         roles = {socket: role for role, socket in wiring.monitors.items()}
-        next_sample = time.monotonic()
+        next_sample = next_tap_check = time.monotonic()
         next_metrics = time.monotonic() + self._metrics_interval
         while True:
             now = time.monotonic()
             if now >= next_sample:
                 self._sample()
                 next_sample = now + _SAMPLE_INTERVAL
+            elif now >= next_tap_check:
+                self._check_tap()
+            if now >= next_tap_check:
+                next_tap_check = now + _TAP_CHECK_INTERVAL
             if now >= next_metrics:
                 self._publish_metrics()
                 next_metrics = now + self._metrics_interval
-            wait_ms = max(0, int((min(next_sample, next_metrics) - now) * 1000)) + 1
+            wait_ms = max(0, int((min(next_sample, next_tap_check, next_metrics) - now) * 1000)) + 1
             ready = dict(poller.poll(wait_ms))
             if publisher in ready:
                 self._drain_subscriptions(publisher)
@@ -213,6 +224,10 @@ class Service:
         for kind, value in self._wiring.inbox.take(_READ_BURST):
             if kind == "reply":
                 self._send_control(value)
+            elif kind == "proxy":
+                self._proxy_child.submit(value)
+                if self._proxy is not None:
+                    self._proxy.send(b"TERMINATE")
             elif kind == "stop":
                 self._shut_down()
                 return True
@@ -221,12 +236,12 @@ class Service:
     def _sample(self) -> None:
         """Once a second: rates, the proxy's counters (to prove tap drops), descriptors."""
         self._book.sample()
-        if self._remember is not None and self._book.subscribers != self._remembered:
-            self._remembered = self._book.subscribers
-            self._remember(self._remembered)
-        totals = self._proxy_totals()
-        if totals is not None:
-            self._book.observe_proxy(totals, time.monotonic())
+        self._check_tap()
+        self._sample_fds()
+        if self.security is not None:
+            self.security.tick()
+
+    def _sample_fds(self) -> None:
         warning = self.fds.sample()
         self.accepting.tick(self.fds.used, self.fds.limit)
         if warning is not None:
@@ -240,8 +255,19 @@ class Service:
                     metadata={"used": self.fds.used, "limit": self.fds.limit},
                 )
             )
-        if self.security is not None:
-            self.security.tick()
+
+    def _check_tap(self) -> None:
+        """Every 0.1 s: remember the subscriber count (for the next start's grace), sample the
+        proxy's counters (rates, proof of tap drops), raise the tap's priority if it is behind."""
+        if self._remember is not None and self._book.subscribers != self._remembered:
+            self._remembered = self._book.subscribers
+            self._remember(self._remembered)
+        totals = self._proxy_totals()
+        if totals is None:
+            return
+        self._book.observe_proxy(totals, time.monotonic())
+        if self._nudge_tap is not None and self._book.tap_behind(totals) >= _TAP_BEHIND_FRAMES:
+            self._nudge_tap()
 
     def _proxy_totals(self) -> ProxyTotals | None:
         proxy = self._proxy
@@ -268,6 +294,29 @@ class Service:
             "accept_failures": dict(self.accept_failures),
         }
         return reply
+
+    def bind_frontend(self, url: str) -> str:
+        """Bind the frontend's endpoint now (after the start grace; from any thread) and
+        return it as bound, with the real port for ``:*``."""
+        done: queue.SimpleQueue[str | BaseException] = queue.SimpleQueue()
+
+        def bind(frontend: zmq.Socket[Any], backend: zmq.Socket[Any]) -> None:
+            try:
+                frontend.bind(url)
+            except zmq.ZMQError as exc:
+                done.put(BindError("frontend", url, zmq.strerror(exc.errno or 0)))
+                return
+            done.put(frontend.getsockopt_string(zmq.LAST_ENDPOINT))
+
+        self._wiring.inbox.put(("proxy", bind))
+        try:
+            outcome = done.get(timeout=_PROXY_STOP_TIMEOUT * 5)
+        except queue.Empty:
+            raise BindError("frontend", url, "the proxy did not bind it in time") from None
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self._wiring.endpoints["frontend"] = outcome
+        return outcome
 
     def _unbind(self, role: str) -> None:
         self._listen(role, False)
@@ -331,21 +380,26 @@ class Service:
         except (zmq.Again, ValueError, IndexError):  # nothing, or a torn event from a failed run
             return
         event = message["event"]
+        log.debug("%s: %s", role, zmq.Event(event).name)
         if event == zmq.EVENT_ACCEPT_FAILED:
             failures = self.accept_failures[role] = self.accept_failures.get(role, 0) + 1
             if failures == 1:
                 log.error("%s: cannot accept a connection: %s", role, zmq.strerror(message["value"]))
-            self.accepting.on_accept_failed(role, message["value"])
+            if role not in self.accepting.paused:
+                self._sample_fds()  # usage now, at the limit, before the guard frees any
+                self.accepting.on_accept_failed(role, message["value"])
             return
         if self.security is not None:
             self.security.on_monitor_event(role, event, message["value"])
         if role == "control":
             return
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if role == "backend":
+                self._book.subscribers_back += 1
+            return
         delta = 1 if event == zmq.EVENT_ACCEPTED else -1 if event == zmq.EVENT_DISCONNECTED else 0
         if role == "backend":
             self._book.subscribers = max(0, self._book.subscribers + delta)
-            if delta > 0:
-                self._book.last_subscriber = time.monotonic()
         else:
             self._book.publishers = max(0, self._book.publishers + delta)
 

@@ -46,8 +46,8 @@ class StatsBook:
         self._started = time.monotonic()
         self.subscribers = 0
         self.publishers = 0
-        self.last_subscriber = 0.0
-        """Monotonic time of the latest subscriber connection (the start grace watches it)."""
+        self.subscribers_back = 0
+        """Subscriber connections whose handshake completed (the start grace counts them)."""
         self.missed_frames = 0
         """Frames the tap is proven to have missed (the counts are approximate when non-zero)."""
         self._proxy_sample: tuple[float, int] | None = None
@@ -65,7 +65,7 @@ class StatsBook:
         elapsed = now - self._last_sample
         if elapsed <= 0:
             return
-        messages = dict(self.counters.messages)
+        messages = {instance: values[0] for instance, values in self.counters.per_instance().items()}
         self.rates = {
             instance: (count - self._last_messages.get(instance, 0)) / elapsed for instance, count in messages.items()
         }
@@ -84,7 +84,14 @@ class StatsBook:
         caught_up_at, frames = self.counters.caught_up
         if previous is not None and previous[0] < caught_up_at:
             self.missed_frames = max(self.missed_frames, previous[1] - frames)
+        if previous is not None and at > previous[0]:
+            # two frames a message, as the protocol has it: the tap's gate needs no more precision
+            self.counters.forward_rate = (totals.frames_out - previous[1]) / 2 / (at - previous[0])
         self._proxy_sample = (at, totals.frames_out)
+
+    def tap_behind(self, totals: ProxyTotals) -> int:
+        """Frames the proxy has forwarded that the tap has not read (or has dropped)."""
+        return max(0, totals.frames_out - self.counters.frames - self.missed_frames)
 
     def counting(self) -> dict[str, Any]:
         """The ``counting`` map of the ``stats`` reply."""
@@ -97,9 +104,10 @@ class StatsBook:
     def snapshot(self, proxy: ProxyTotals | None) -> dict[str, Any]:
         """The ``stats`` reply fields (see docs/protocol.md)."""
         counters = self.counters
-        messages = dict(counters.messages)
-        envelopes = dict(counters.envelopes)
-        sizes = dict(counters.sizes)
+        totals = counters.per_instance()
+        messages = {instance: values[0] for instance, values in totals.items()}
+        envelopes = {instance: values[1] for instance, values in totals.items()}
+        sizes = {instance: values[2] for instance, values in totals.items()}
         malformed = {reason: n for reason, n in dict(counters.malformed).items() if n}
         instances = {
             instance.value: {

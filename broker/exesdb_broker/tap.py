@@ -8,11 +8,12 @@ It drains its queue on a 10 ms timer, never per message, and runs on idle CPU ti
 (Linux ``SCHED_IDLE``), so a busy machine slows the counting, never the forwarding. Idle
 time alone is not enough on a loaded machine (with a publisher spinning on one core and three
 SDK subscribers at 20,000 msg/s, the tap counted 53-90% of the messages): when the tap finds
-itself behind it runs at normal priority until it has caught up, but for at most
-:data:`CPU_BUDGET` of one core per second, so that a flood the broker cannot count costs
-the forwarding no more than that. Past that the XPUB socket drops for the tap (it never
-blocks); the service proves such drops from the proxy's exact frame counters (see
-:class:`.stats.StatsBook`) and ``stats`` says the counts are approximate.
+itself behind while the proxy forwards at most :data:`EXACT_RATE` messages per second, it runs
+at normal priority until it has caught up, within :data:`CPU_BUDGET` of one core. Above that
+rate it stays on idle time, so that a flood the broker cannot count costs the forwarding
+nothing. Past its queue the XPUB socket drops for the tap (it never blocks); the service
+proves such drops from the proxy's exact frame counters (see :class:`.stats.StatsBook`) and
+``stats.counting`` says the counts are approximate.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from exesdb_sdk.errors import ProtocolError
 from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import Decoder, is_reserved
 
-__all__ = ["CPU_BUDGET", "TAP_HWM", "Tap", "TapCounters"]
+__all__ = ["CPU_BUDGET", "EXACT_RATE", "TAP_HWM", "TOPICS_KEPT", "Tap", "TapCounters"]
 
 log = logging.getLogger("exesdb.broker.tap")
 
@@ -40,23 +41,30 @@ TAP_HWM: Final = 10_000
 """Messages the tap may fall behind (plus the backend's own ``hwm``) before the broker drops
 for it. This bounds the broker's memory under overload; a 200,000 bound let a 1 KB flood grow
 the broker to 345 MB."""
-CPU_BUDGET: Final = 0.15
+CPU_BUDGET: Final = 0.35
 """Share of one core the tap may take at normal priority to catch up, per second."""
+EXACT_RATE: Final = 50_000
+"""Forwarding rate (messages/s) up to which the tap raises its priority to count exactly. It
+costs about 5.5 us per message here, so this stays within :data:`CPU_BUDGET`; above it a busy
+machine's idle time decides how much is counted, and ``stats.counting`` says so."""
+TOPICS_KEPT: Final = 4096
 _TICK: Final = 0.010
 _BEHIND: Final = TAP_HWM // 4
 """Messages read in one drain that mean the tap is falling behind."""
 _NOBLOCK: Final = int(zmq.NOBLOCK)
-_INSTANCE_CACHE_LIMIT: Final = 4096
 
 
 @dataclass(slots=True)
 class TapCounters:
-    """What the tap has seen. Written by the tap thread only; read under the GIL."""
+    """What the tap has seen. Written by the tap thread only; read under the GIL.
 
-    messages: Counter[Instance] = field(default_factory=Counter)
-    envelopes: Counter[Instance] = field(default_factory=Counter)
-    sizes: Counter[Instance] = field(default_factory=Counter)
-    """Bytes of all frames, per instance."""
+    Counts are kept per topic (``[instance, messages, envelopes, bytes]``, keyed by the topic
+    bytes, which hash in C) and summed per instance when read; past
+    :data:`TOPICS_KEPT` topics they are folded into per-instance totals.
+    """
+
+    by_topic: dict[bytes, list[Any]] = field(default_factory=dict)
+    folded: dict[Instance, list[int]] = field(default_factory=dict)
     malformed: Counter[str] = field(default_factory=Counter)
     internal: int = 0
     """Protocol messages (subscription probe acks), not counted as traffic."""
@@ -70,6 +78,28 @@ class TapCounters:
     proxy had forwarded before that time had been counted or dropped by then."""
     boosts: int = 0
     """Times the tap ran at normal priority to catch up."""
+    forward_rate: float = 0.0
+    """Messages per second the proxy forwards (set by the stats book); the tap raises its
+    priority only up to :data:`EXACT_RATE`."""
+
+    def per_instance(self) -> dict[Instance, tuple[int, int, int]]:
+        """``(messages, envelopes, bytes)`` per instance seen."""
+        totals = {instance: list(values) for instance, values in self.folded.items()}
+        for instance, messages, envelopes, size in list(self.by_topic.values()):
+            entry = totals.setdefault(instance, [0, 0, 0])
+            entry[0] += messages
+            entry[1] += envelopes
+            entry[2] += size
+        return {instance: (m, e, b) for instance, (m, e, b) in totals.items()}
+
+    def fold(self) -> None:
+        """Move the per-topic counts into the per-instance totals (bounds the topic table)."""
+        for instance, messages, envelopes, size in list(self.by_topic.values()):
+            entry = self.folded.setdefault(instance, [0, 0, 0])
+            entry[0] += messages
+            entry[1] += envelopes
+            entry[2] += size
+        self.by_topic = {}
 
 
 class _Priority:
@@ -81,7 +111,8 @@ class _Priority:
         self._window = time.monotonic()
         self._cpu_at_window = time.thread_time()
 
-    def _set(self, boosted: bool) -> None:
+    def set(self, boosted: bool) -> None:
+        """Switch the tap thread's policy (callable from another thread: it names the thread)."""
         policy = os.SCHED_OTHER if boosted else os.SCHED_IDLE
         try:
             os.sched_setscheduler(self._thread, policy, os.sched_param(0))
@@ -90,18 +121,15 @@ class _Priority:
                 os.setpriority(os.PRIO_PROCESS, self._thread, 0 if boosted else 19)
         self.boosted = boosted
 
-    def idle(self) -> None:
-        self._set(False)
-
     def update(self, behind: bool) -> bool:
-        """Adjust for this drain; return whether the tap was raised to normal priority now."""
+        """Adjust after a drain (in the tap thread); return whether it was raised now."""
         now = time.monotonic()
         if now - self._window >= 1.0:
             self._window, self._cpu_at_window = now, time.thread_time()
         within_budget = time.thread_time() - self._cpu_at_window < CPU_BUDGET
         want = behind and within_budget
         if want != self.boosted:
-            self._set(want)
+            self.set(want)
             return want
         return False
 
@@ -120,15 +148,23 @@ class Tap:
         self.ready = threading.Event()
         """Set once the tap's subscription is in place (before the proxy runs, nothing is missed)."""
         self._decoder = Decoder()
-        self._instances: dict[bytes, Instance] = {}
+        self._priority: _Priority | None = None
 
     def stop(self) -> None:
         """Ask the tap to finish its current drain and end."""
         self._stopping.set()
 
+    def nudge(self) -> None:
+        """Raise the tap to normal priority from another thread: on a busy machine an idle-time
+        thread may not run at all, not even to notice that it is behind."""
+        priority = self._priority
+        if priority is not None and not priority.boosted and self.counters.forward_rate <= EXACT_RATE:
+            priority.set(True)
+            self.counters.boosts += 1
+
     def run(self) -> None:
-        priority = _Priority()
-        priority.idle()
+        priority = self._priority = _Priority()
+        priority.set(False)
         sub = self._context.socket(zmq.SUB)
         try:
             sub.setsockopt(zmq.RCVHWM, TAP_HWM)
@@ -141,7 +177,8 @@ class Tap:
             # signal its pipe for every message (p50 latency +15-20% measured on 2 cores).
             while not self._stopping.wait(wait):
                 read, empty = self._drain(sub)
-                if priority.update(behind=read >= _BEHIND or not empty):
+                behind = (read >= _BEHIND or not empty) and self.counters.forward_rate <= EXACT_RATE
+                if priority.update(behind=behind):
                     self.counters.boosts += 1
                 wait = _TICK if empty else 0.0
         finally:
@@ -151,8 +188,8 @@ class Tap:
         """Count what is queued, up to :data:`TAP_HWM` messages; return how many were read
         and whether the queue was found empty."""
         counters = self.counters
-        decoder = self._decoder
-        instances = self._instances
+        check = self._decoder.check
+        by_topic = counters.by_topic
         for read in range(TAP_HWM):
             try:
                 frames = recv_frames(sub, _NOBLOCK)
@@ -167,16 +204,17 @@ class Tap:
                 counters.internal_seen.set()
                 continue
             try:
-                text, envelopes = decoder.check(frames)
+                text, envelopes = check(frames)
             except ProtocolError as exc:
                 counters.malformed[exc.reason] += 1
                 continue
-            instance = instances.get(topic)
-            if instance is None:
-                if len(instances) >= _INSTANCE_CACHE_LIMIT:
-                    instances.clear()
-                instance = instances[topic] = Instance.resolve(text.partition("/")[0])
-            counters.messages[instance] += 1
-            counters.envelopes[instance] += envelopes
-            counters.sizes[instance] += sum(map(len, frames))
+            entry = by_topic.get(topic)
+            if entry is None:
+                if len(by_topic) >= TOPICS_KEPT:
+                    counters.fold()
+                    by_topic = counters.by_topic
+                entry = by_topic[topic] = [Instance.resolve(text.partition("/")[0]), 0, 0, 0]
+            entry[1] += 1
+            entry[2] += envelopes
+            entry[3] += sum(map(len, frames))
         return TAP_HWM, False

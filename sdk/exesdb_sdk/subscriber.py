@@ -79,6 +79,9 @@ class SubscriberStats:
     """Live envelopes skipped because a replay had delivered them already (the catch-up seam)."""
     replayed: int = 0
     """Envelopes delivered from the broker's journal or last values (included in ``received``)."""
+    journal_gaps: int = 0
+    """Messages the broker's journal could not record, met during a replay (its gap markers).
+    Those from a sequenced publisher also show in ``gaps``, at the next replayed message."""
 
 
 def subscription_prefixes(instance: Instance | str | None, prefix: str) -> list[bytes]:
@@ -106,6 +109,7 @@ class SubscriberCore:
         "held_scanned",
         "horizon",
         "invalid_payloads",
+        "journal_gaps",
         "on_error",
         "on_gap",
         "pending",
@@ -142,6 +146,7 @@ class SubscriberCore:
         """Highest replayed ``seq`` per (pub, topic): live messages at or below it are duplicates."""
         self.duplicates = 0
         self.replayed = 0
+        self.journal_gaps = 0
 
     @staticmethod
     def new_probe() -> tuple[str, bytes]:
@@ -232,7 +237,7 @@ class SubscriberCore:
             self.decode_errors += 1
             return
         missed: int = data["missed"]
-        self._gaps.gaps += missed
+        self.journal_gaps += missed
         if self.on_gap is not None:
             marker = Message(type=JOURNAL_GAP_TYPE, data=data, topic=JOURNAL_GAP_TOPIC, replayed=True)
             self.on_gap(marker, missed)
@@ -314,6 +319,7 @@ class SubscriberCore:
             self.invalid_payloads,
             self.duplicates,
             self.replayed,
+            self.journal_gaps,
         )
 
 
