@@ -38,7 +38,7 @@ from exesdb_sdk.protocol import Decoder, decode_request, encode_error_reply, enc
 from exesdb_sdk.publisher import prepare_socket
 
 from .queries import Refused, last_reply, not_journaled, replay_reply
-from .store import JournalStore, Row, StoreError, open_store
+from .store import JournalStore, Record, StoreError, open_store
 
 __all__ = ["JOURNAL_OPS", "Journal", "JournalSettings"]
 
@@ -106,7 +106,7 @@ class _Durable:
     request_id: Any
     topic: bytes
     body: bytes
-    row: Row
+    row: Record
 
 
 class Journal:
@@ -324,15 +324,15 @@ class Journal:
             known = self._topics[topic] = (instance, last)
         return known
 
-    def _row(self, frames: Sequence[bytes], instance: Instance, rt: int, durable: bool) -> Row:
-        _, pub, pseq, count = self._decoder.inspect(frames)
-        return Row(instance, rt, frames[0], frames[1], pub, pseq, count, durable)
+    def _row(self, frames: Sequence[bytes], instance: Instance, durable: bool) -> Record:
+        self._decoder.inspect(frames)  # only well-formed messages are recorded
+        return Record(instance, frames[0], frames[1], durable)
 
     def _write(
         self, live: list[list[bytes]], durable: list[_Durable], pipe: zmq.Socket[Any], pub: zmq.Socket[Any]
     ) -> None:
         counters = self.counters
-        rows: list[Row] = []
+        rows: list[Record] = []
         last: dict[bytes, tuple[int, bytes]] = {}
         rt = time.time_ns()
         injected = self._injected
@@ -346,7 +346,7 @@ class Journal:
             if instance is None and not keeps_last:
                 continue
             try:
-                row = self._row(frames, instance or Instance.EVENTS, rt, False)
+                row = self._row(frames, instance or Instance.EVENTS, False)
             except ProtocolError:
                 counters.malformed += 1
                 continue
@@ -363,7 +363,7 @@ class Journal:
         self._remember_last(last)
         if self._store is not None and (rows or last):
             try:
-                self._store.write(rows, last)
+                self._store.write(rows)
             except sqlite3.Error as exc:
                 counters.last_error = f"commit failed: {exc}"
                 log.error("journal commit failed (%d records): %s", len(rows), exc)
@@ -374,6 +374,11 @@ class Journal:
                 return
             counters.committed += len(rows)
             counters.heads = {i.value: self._store.heads[i] for i in self.settings.instances}
+            try:
+                self._store.write_last(last)
+            except sqlite3.Error as exc:
+                counters.last_error = f"last values not kept: {exc}"
+                log.error("journal could not keep %d last values: %s", len(last), exc)
         counters.pending = 0
         for item in durable:
             if len(injected) >= INJECTED_LIMIT:
@@ -432,7 +437,7 @@ class Journal:
         if len(body) > self.settings.max_message_size:
             raise Refused("too_large", f"body is {len(body)} bytes, over {self.settings.max_message_size}")
         try:
-            text, pub, pseq, count = self._decoder.inspect([topic, body])
+            text, _, _, _ = self._decoder.inspect([topic, body])
         except ProtocolError as exc:
             raise Refused("bad_request", f"not a valid message: {exc}") from None
         instance = Instance.resolve(text.partition("/")[0])
@@ -440,7 +445,7 @@ class Journal:
             raise not_journaled(instance, self.settings.instances)
         if self._store is None:
             raise Refused("journal_unavailable", f"journal unavailable: {self.reason or self.state}")
-        row = Row(instance, time.time_ns(), topic, body, pub, pseq, count, True)
+        row = Record(instance, topic, body, True)
         return _Durable(head, request_id, topic, body, row)
 
     def _answer(self, pipe: zmq.Socket[Any], head: list[bytes], request_id: Any, request: dict[str, Any]) -> None:
