@@ -136,11 +136,12 @@ def test_writes_are_split_into_chunks_by_count_and_by_size(store: JournalStore, 
     ]
     store.write(records(1))  # a new chunk: a write never appends to an existing one
     assert chunk_rows(tmp_path)[-1][:3] == (2 * CHUNK_RECORDS + 501,) * 2 + (1,)
+    assert 2 * 100_000 < CHUNK_BYTES <= 3 * 100_000
     big = [Record(AUDIT, topic("big"), bytes(100_000)) for _ in range(7)]
     store.write(big)
     sizes = [(n, size) for _, _, n, size in chunk_rows(tmp_path)[4:]]
     assert [n for n, _ in sizes] == [3, 3, 1]  # a chunk closes at the record that reaches CHUNK_BYTES
-    assert all(size < CHUNK_BYTES + 100_100 for _, size in sizes)
+    assert [size for _, size in sizes] == [300_000, 300_000, 100_000]  # the bodies' bytes
     assert [body for _, _, _, body, _ in everything(store, prefix=topic("big"))] == [bytes(100_000)] * 7
 
 

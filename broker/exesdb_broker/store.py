@@ -15,7 +15,7 @@ Schema (version 2):
 - ``c_<instance>(first_seq INTEGER PRIMARY KEY, last_seq, rt, n, bytes, data BLOB)``, indexed
   on ``rt``: one row per chunk, holding the records ``first_seq..last_seq`` (``n`` of them,
   no hole) of the instance, all received at ``rt`` (UTC ns; it never decreases with the
-  sequence number). ``bytes`` is the sum of their topic and body sizes. ``data`` is the
+  sequence number). ``bytes`` is the sum of their body sizes. ``data`` is the
   msgpack array ``[topics, index, bodies, durable]``: each distinct topic once (bin), per
   record the position of its topic in ``topics``, per record its body (bin), and the
   positions of the records that came as durable publishes (usually none). A chunk holds at

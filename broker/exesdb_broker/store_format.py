@@ -25,7 +25,7 @@ SCHEMA_VERSION: Final = 2
 CHUNK_RECORDS: Final = 1000
 """Records per chunk at most."""
 CHUNK_BYTES: Final = 256 * 1024
-"""Topic and body bytes per chunk, about (a chunk closes once it reaches this)."""
+"""Body bytes per chunk, about (a chunk closes at the record that reaches this)."""
 Chunk = tuple[int, int, int, int, int, bytes]
 """One chunk row: first_seq, last_seq, rt, n, bytes, data."""
 
@@ -56,14 +56,17 @@ def chunks(
     start = 0
     while start < len(bodies):
         end = min(start + CHUNK_RECORDS, len(bodies))
-        size = sum(map(len, topics[start:end])) + sum(map(len, bodies[start:end]))
+        size = sum(map(len, bodies[start:end]))
         if size > CHUNK_BYTES:  # large bodies: close the chunk at the record that reaches the size
             size, end = 0, start
             while size < CHUNK_BYTES:
-                size += len(topics[end]) + len(bodies[end])
+                size += len(bodies[end])
                 end += 1
         part = topics[start:end]
         where = {topic: i for i, topic in enumerate(dict.fromkeys(part))}
+        for topic in where:  # the codec would pack anything, and the chunk would not unpack
+            if type(topic) is not bytes:
+                raise TypeError(f"a record's topic must be bytes, not {type(topic).__name__}")
         marks = [p - start for p in durable if start <= p < end]
         data = _encode(Packed(list(where), list(map(where.__getitem__, part)), bodies[start:end], marks))
         yield first_seq + start, first_seq + end - 1, rt, end - start, size, data
