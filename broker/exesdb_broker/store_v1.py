@@ -27,6 +27,7 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
     become chunks in sequence order, keeping every record's seq, rt and durable flag (a chunk
     has one receive time, so chunks also split where rt changes), then the table goes."""
     started = time.monotonic()
+    log.info("journal %s: converting it from schema 1 to %d (once)", path, SCHEMA_VERSION)
     create_tables(db)
     tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     converted = written = 0
