@@ -1,7 +1,7 @@
 """The journal's storage: SQLite (standard library) in WAL mode, records kept in chunks.
 
 Only the journal thread touches a :class:`JournalStore`. One SQLite row per message costs
-about 4.6 us here, more than the journal can spend, so a row holds a **chunk**: many
+4 to 7 us here, more than the journal can spend, so a row holds a **chunk**: many
 consecutive records of one instance, packed with msgspec. A :meth:`JournalStore.write` is one
 transaction that adds new chunks only (it never appends to an existing one), all records of
 it sharing one receive time. Under the default fsync policy ``durable``, ``synchronous`` is
@@ -15,7 +15,8 @@ Schema (version 2):
 - ``c_<instance>(first_seq INTEGER PRIMARY KEY, last_seq, rt, n, bytes, data BLOB)``, indexed
   on ``rt``: one row per chunk, holding the records ``first_seq..last_seq`` (``n`` of them,
   no hole) of the instance, all received at ``rt`` (UTC ns; it never decreases with the
-  sequence number). ``bytes`` is the sum of their body sizes. ``data`` is the
+  sequence number, except where a schema-1 file recorded it otherwise: converted chunks keep
+  the receive times as they were). ``bytes`` is the sum of their body sizes. ``data`` is the
   msgpack array ``[topics, index, bodies, durable]``: each distinct topic once (bin), per
   record the position of its topic in ``topics``, per record its body (bin), and the
   positions of the records that came as durable publishes (usually none). A chunk holds at
