@@ -237,11 +237,9 @@ class Broker:
         supervisor.start(self._proxy)
         # The broker's own publisher is ready once the tap's subscription has come back up
         # through the proxy: from then on every publisher that connects is sent everything.
-        for name, event in (("proxy", self._service.ready), ("journal publisher", self._journal.ready)):
-            if self._journal.state == "disabled" and event is self._journal.ready:
-                continue
-            if not event.wait(_START_TIMEOUT):
-                raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, name)
+        # (The journal holds durable publishes back until its own publisher is.)
+        if not self._service.ready.wait(_START_TIMEOUT):
+            raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, "proxy")
         if expected:
             self._grace(expected)
             self.frontend = self._service.bind_frontend(config.frontend)

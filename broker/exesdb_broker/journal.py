@@ -275,7 +275,6 @@ class Journal:
         pub = self._context.socket(zmq.XPUB)
         self._pub = pub
         try:
-            self._open()
             sub.setsockopt(zmq.RCVHWM, 0)  # unbounded: the backend never drops for the journal
             sub.setsockopt(zmq.LINGER, 0)
             for instance in self.settings.instances:
@@ -286,6 +285,9 @@ class Journal:
             prepare_socket(pub, hwm=0, send_timeout=0, linger=0)
             pub.connect(self._frontend)
             self.subscribed.set()
+            # After subscribing: opening may take seconds (converting an older journal), and
+            # what arrives meanwhile waits in the SUB.
+            self._open()
             self._loop(sub, pub)
         finally:
             self._pub = None
@@ -536,7 +538,7 @@ class Journal:
         if store is None:  # only while it cannot be opened: nothing is buffered then
             return
         try:
-            store.write_records(records)  # interim name
+            store.write(records)
         except sqlite3.Error as exc:
             counters.last_error = f"commit failed: {exc}"
             log.error("journal commit failed (%d records): %s", len(records), exc)
