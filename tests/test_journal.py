@@ -166,8 +166,7 @@ def test_a_torn_wal_and_a_damaged_file_do_not_stop_the_broker(start_broker: Star
     with (tmp_path / "journal.db").open("r+b") as handle:  # overwrite the first page
         handle.write(os.urandom(4096))
     third = start_broker("--data-dir", str(tmp_path))
-    # the journal opens its file once subscribed, maybe after the readiness line
-    assert wait_until(lambda: "unreadable" in third.stderr and "moved it to" in third.stderr, 10), third.stderr
+    assert "unreadable" in third.stderr and "moved it to" in third.stderr
     with Publisher(third.frontend, control=third.control) as pub:
         assert pub.publish("audit", "x", "Custom", {}, durable=True) == 1  # a new journal
     assert any(p.name.startswith("journal.db.corrupt-") for p in tmp_path.iterdir())

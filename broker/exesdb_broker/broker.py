@@ -9,9 +9,11 @@ Threads (children of :class:`~.supervisor.Supervisor`), each owning the sockets 
 - ``exesdb-service``: control requests, connection monitors, probe echoes, the broker's own
   lifecycle and metrics (:mod:`.service`).
 
-Starting, in order: bind every endpoint (the frontend last, after the start grace); start the
-tap and the journal, whose subscriptions must be in place before anything is forwarded; start
-the service (the control endpoint answers from here on) and the proxy. **The start grace**: after a
+Starting, in order: bind the backend and the control endpoints; start the tap, the journal's
+feeds and the journal, whose subscriptions must be in place before anything is forwarded;
+start the service (the control endpoint answers from here on) and the proxy; once the
+journal's first sync marker has come back through every feed (and after the start grace),
+bind the frontend. **The start grace**: after a
 restart, publishers hold what they queued during the outage and flush it the moment they
 reconnect, before the subscribers that were connected have come back, and the broker would
 forward it to nobody. So the broker binds its frontend only once as many subscribers as the
@@ -37,8 +39,9 @@ from exesdb_sdk.errors import BindError, BrokerUnavailableError, ConfigError, Ex
 from exesdb_sdk.settings import check_settings
 
 from .config import BrokerConfig, journal_instances, last_value_prefixes
+from .feed import Feed
 from .grace import expected_subscribers, remember_subscribers
-from .journal import JOURNAL_OPS, Journal, JournalSettings
+from .journal import JOURNAL_OPS, Journal, JournalSettings, journal_feeds
 from .mailbox import Mailbox
 from .proxy import Proxy
 from .security import HANDSHAKE_FAILURES, Security, SecurityMonitor
@@ -64,6 +67,7 @@ _MONITOR_EVENTS: Final = (
     | HANDSHAKE_FAILURES
 )
 _STOP_SERVICE_TIMEOUT: Final = 2.0
+_OPEN_TIMEOUT: Final = 600.0
 _DRAIN_TIMEOUT: Final = 120.0
 """Upper bound on the journal's drain at stop (the buffer bound keeps it far shorter)."""
 
@@ -169,8 +173,6 @@ class Broker:
 
         self.backend = self._bind(backend, "backend", config.backend)
         expected = expected_subscribers(config.data_dir, self.backend) if config.start_grace > 0 else 0
-        if not expected:  # else the frontend is bound once the subscribers are back
-            self.frontend = self._bind(frontend, "frontend", config.frontend)
         self.control = self._bind(control, "control", config.control)
         frontend.bind(base + "-frontend")
         backend.bind(base + "-backend")
@@ -183,20 +185,25 @@ class Broker:
         self._sockets.extend(monitors.values())
 
         self._tap = Tap(context, base + "-backend")
+        journal_settings = JournalSettings(
+            data_dir=config.data_dir,
+            instances=journal_instances(config.journal),
+            last_values=last_value_prefixes(config.last_values),
+            max_age=config.journal_max_age,
+            max_records=config.journal_max_records,
+            fsync=config.journal_fsync,
+            max_message_size=config.max_message_size,
+            buffer_bytes=config.journal_buffer,
+            node=config.node,
+        )
+        self._feeds = [
+            Feed(context, label, instance, prefixes, backend=base + "-backend", base=base)
+            for label, instance, prefixes in journal_feeds(journal_settings)
+        ]
         self._journal = Journal(
             context,
-            JournalSettings(
-                data_dir=config.data_dir,
-                instances=journal_instances(config.journal),
-                last_values=last_value_prefixes(config.last_values),
-                max_age=config.journal_max_age,
-                max_records=config.journal_max_records,
-                fsync=config.journal_fsync,
-                max_message_size=config.max_message_size,
-                buffer_bytes=config.journal_buffer,
-                node=config.node,
-            ),
-            backend=base + "-backend",
+            journal_settings,
+            feeds=self._feeds,
             frontend=base + "-frontend",
             reply=lambda frames: self._inbox.put(("reply", frames)),
         )
@@ -220,7 +227,6 @@ class Broker:
             metrics_interval=config.metrics_interval,
             on_stop=self._stop_after_proxy,
             remember=lambda count: remember_subscribers(config.data_dir, self.backend, count),
-            nudge_tap=self._tap.nudge,
             extra_stats=self._extra_stats,
             journal_ops=JOURNAL_OPS,
             to_journal=self._journal.submit,
@@ -228,21 +234,29 @@ class Broker:
         self._service.security = SecurityMonitor(self._security, config.node, self._service.publish, endpoints)
 
         supervisor = self._supervisor
-        supervisor.start(self._tap)
-        supervisor.start(self._journal)
-        for name, event in (("tap", self._tap.ready), ("journal", self._journal.subscribed)):
+        first: list[tuple[Tap | Feed, threading.Event]] = [(self._tap, self._tap.ready)]
+        for child, event in first + [(feed, feed.ready) for feed in self._feeds]:
+            supervisor.start(child)
             if not event.wait(_START_TIMEOUT):
-                raise BrokerUnavailableError(base + "-backend", _START_TIMEOUT, name)
+                raise BrokerUnavailableError(base + "-backend", _START_TIMEOUT, child.name)
+        supervisor.start(self._journal)
+        if not self._journal.subscribed.wait(_START_TIMEOUT):
+            raise BrokerUnavailableError(base + "-backend", _START_TIMEOUT, "journal")
         supervisor.start(self._service)
         supervisor.start(self._proxy)
         # The broker's own publisher is ready once the tap's subscription has come back up
-        # through the proxy: from then on every publisher that connects is sent everything.
-        # (The journal holds durable publishes back until its own publisher is.)
-        if not self._service.ready.wait(_START_TIMEOUT):
-            raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, "proxy")
+        # through the proxy, and the journal once its sync marker has come back through every
+        # feed: only then is the frontend bound, so nothing a publisher sends is missed.
+        for name, event in (("proxy", self._service.ready), ("journal feeds", self._journal.synced)):
+            if not event.wait(_START_TIMEOUT):
+                raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, name)
+        # Opening the journal may convert an older one (seconds per million records): the
+        # broker is ready, and accepts publishers, once it knows whether its journal works.
+        if not self._journal.opened.wait(_OPEN_TIMEOUT):
+            raise BrokerUnavailableError(config.data_dir, _OPEN_TIMEOUT, "journal store")
         if expected:
             self._grace(expected)
-            self.frontend = self._service.bind_frontend(config.frontend)
+        self.frontend = self._service.bind_frontend(config.frontend)
 
     def _grace(self, expected: int) -> None:
         """Wait until ``expected`` subscribers have completed their handshake (their
@@ -303,6 +317,8 @@ class Broker:
             supervisor.join("tap", timeout * 0.25)
             if not supervisor.join("journal", _DRAIN_TIMEOUT):
                 log.error("the journal did not finish its drain within %.0f s", _DRAIN_TIMEOUT)
+            for feed in self._feeds:
+                supervisor.join(feed.name, timeout * 0.25)
             self._security.stop()
             if supervisor.alive("service"):  # stuck: close what is left from here, it is over
                 log.error("the service thread did not stop; closing its sockets from the outside")

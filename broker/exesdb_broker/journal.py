@@ -3,33 +3,30 @@
 
 Sockets, created and closed by every :meth:`Journal.run`:
 
-- a SUB on the backend (inproc) subscribed to the journaled instances and the last-value
-  prefixes, with ``RCVHWM`` 0: libzmq makes the pipe unbounded when either end's HWM is 0, so
-  the backend never drops for the journal and, since XPUB never blocks, the journal never
-  slows the forwarding;
-- an XPUB into the frontend (inproc) that forwards durable publishes once committed, and the
-  ``SystemAlert`` that says the journal is shedding.
+- a SUB connected to the feeds (:mod:`.feed`): one per journaled instance and one for the
+  last-value topics outside them, each a libzmq proxy that sheds in C, countably, when the
+  journal reads too slowly (:mod:`.intake` counts it and marks the gap);
+- a DEALER to each feed's control socket (its frame counters; ``TERMINATE`` at stop);
+- an XPUB into the frontend (inproc) that forwards durable publishes once committed, sends
+  the sync markers and the ``SystemAlert`` that says the journal is shedding.
 
-Requests come from the service thread through a :class:`~.mailbox.Mailbox` and replies go
-back through the service's.
+Requests come from the service thread through a :class:`~.mailbox.Mailbox`; replies go back
+through the service's.
 
-**Bounded input.** Every round the journal first reads what is queued on its SUB (reading
-costs far less than committing, so the ZeroMQ pipe stays short), into an input buffer bounded
-in bytes (``journal_buffer``, default 64 MiB, counted as topic + body + :data:`RECORD_OVERHEAD`
-per message). Past the bound a message is not journaled: it is counted
-(``stats.journal.dropped``), and before the next record of that instance the journal records a
-gap marker (topic ``_exesdb/journal/gap``, see docs/protocol.md) so a replay says how many
-messages are missing there; a ``SystemAlert`` says so too, at most every
-:data:`SHED_ALERT_INTERVAL`. Then it commits: durable publishes first, in a transaction of
-their own that also takes the oldest buffered records (so a durable publish waits for one
-round, never for the backlog), then the buffer in transactions of :data:`COMMIT_ROUND`.
+**A round** reads up to :data:`READ_ROUND` messages from the feeds into the bounded buffer
+(stopping early for a request), then commits: durable publishes first, with at most
+:data:`DURABLE_ROUND` of the oldest buffered records, so a durable publish waits for a slice
+of reading and one small transaction, never for the backlog; then a transaction of up to
+:data:`COMMIT_ROUND` buffered records, every round once that many wait, else every 10 ms.
+While the buffer is full the journal reads nothing more (see :mod:`.intake`).
 
-**The seam.** Before answering ``replay`` or ``last`` it reads its SUB until empty and
-commits the whole buffer, so everything the broker forwarded before the request is in the
-answer: a catch-up-then-live subscription has no gap.
+**The seam.** A ``replay`` or ``last`` sends a sync marker through every feed and is answered
+once each has come back and everything read before is committed: everything the broker
+forwarded before the request is in the answer, so a catch-up-then-live subscription has no
+gap, and a flood cannot keep the answer waiting for more than what was queued.
 
-**Stop.** On ``stop`` it reads what is left (the proxy has stopped by then), commits
-everything, writes the last values, and logs what it drained and what it could not.
+**Stop.** On ``stop`` (the proxy has stopped by then) it reads what the feeds still hold,
+commits everything, writes the last values, stops the feeds and logs what it drained.
 
 **Last values** live in memory and are written to SQLite at most once per topic per
 :data:`LAST_FLUSH` seconds, and at stop.
@@ -41,33 +38,35 @@ import logging
 import sqlite3
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import zmq
-from exesdb_sdk._frames import recv_frames, send_frames
-from exesdb_sdk.durable import JOURNAL_GAP_TOPIC, encode_journal_gap
-from exesdb_sdk.errors import ExesdbError, ProtocolError
+from exesdb_sdk._frames import send_frames
+from exesdb_sdk.errors import ProtocolError
 from exesdb_sdk.instances import Instance
 from exesdb_sdk.messages import SystemAlert
-from exesdb_sdk.protocol import Decoder, Encoder, decode_request, encode_error_reply, encode_reply, is_reserved
+from exesdb_sdk.protocol import Decoder, Encoder, decode_request, encode_error_reply, encode_reply
 from exesdb_sdk.publisher import prepare_socket
 
+from .feed import Feed
+from .intake import LAST_FEED, Intake
 from .mailbox import Mailbox
 from .queries import Refused, last_reply, not_journaled, replay_reply
+from .stats import ProxyTotals
 from .store import JournalStore, Record, StoreError, open_store
 
 __all__ = [
     "COMMIT_ROUND",
     "DEFAULT_JOURNAL_BUFFER",
+    "DURABLE_ROUND",
     "JOURNAL_OPS",
     "LAST_FLUSH",
     "READ_ROUND",
-    "RECORD_OVERHEAD",
     "Journal",
     "JournalSettings",
+    "journal_feeds",
 ]
 
 log = logging.getLogger("exesdb.broker.journal")
@@ -76,29 +75,31 @@ JOURNAL_OPS: Final = ("publish", "replay", "last")
 """Control operations the service hands to the journal thread."""
 DEFAULT_JOURNAL_BUFFER: Final = 64 << 20
 """Bytes of input the journal holds before it sheds (``journal_buffer``)."""
-RECORD_OVERHEAD: Final = 128
-"""Bytes counted per buffered message on top of its topic and body (the Python objects)."""
-READ_ROUND: Final = 5_000
-"""Messages read from the SUB per round before the round commits and serves requests."""
+READ_ROUND: Final = 10_000
+"""Messages read per round, at most (reading stops early for a waiting request)."""
 COMMIT_ROUND: Final = 20_000
 """Buffered records per transaction."""
+DURABLE_ROUND: Final = 2_000
+"""Buffered records committed with durable publishes (they wait for no more than that)."""
 LAST_TOPICS: Final = 10_000
 """Last-value topics kept; past this the least recently updated is forgotten."""
 LAST_FLUSH: Final = 1.0
 """Seconds between writes of changed last values to SQLite."""
-SHED_ALERT_INTERVAL: Final = 10.0
-"""Seconds between ``SystemAlert`` messages while the journal sheds."""
 INJECTED_LIMIT: Final = 100_000
-_TICK: Final = 0.050
-"""Seconds between reads of the SUB while nothing is queued (requests wake the loop at once)."""
+_COALESCE: Final = 0.001
+"""Seconds the loop waits, after reading some, before it looks at the SUB again."""
+_COMMIT_EVERY: Final = 0.010
+"""Seconds at most a buffered record waits for its commit while the buffer is small."""
+_SAMPLE_EVERY: Final = 0.1
+"""Seconds between reads of the feeds' frame counters."""
 _MAINTENANCE: Final = 1.0
 _DRAIN_ROUNDS: Final = 10_000
-"""Bound on the rounds of a read-until-empty (each reads up to READ_ROUND messages)."""
-_NOBLOCK: Final = int(zmq.NOBLOCK)
-_START_TIMEOUT_MS: Final = 5000
-_GAP_TOPIC: Final = JOURNAL_GAP_TOPIC.encode()
-_SHED: Final = "journal input buffer full"
-_RESTARTED: Final = "journal thread restarted"
+_STOP_DRAIN: Final = 5.0
+"""Seconds at most for the final drain at stop (the feeds are bounded: far less is needed)."""
+_SYNC_TIMEOUT: Final = 5.0
+_SYNC_POLL: Final = 0.005
+_SLICE: Final = 1_000
+_FEED_REPLY_MS: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,12 +117,23 @@ class JournalSettings:
     node: str = ""
 
 
+def journal_feeds(settings: JournalSettings) -> list[tuple[str, Instance | None, tuple[bytes, ...]]]:
+    """``(label, instance, subscription prefixes)`` of the feeds the journal needs: one per
+    journaled instance, and one for the last-value prefixes outside those instances."""
+    feeds: list[tuple[str, Instance | None, tuple[bytes, ...]]] = [
+        (instance.alias, instance, (instance.prefix.encode(),)) for instance in settings.instances
+    ]
+    journaled = tuple(i.prefix.encode() for i in settings.instances)
+    outside = tuple(p for p in settings.last_values if not p.startswith(journaled))
+    if outside:
+        feeds.append((LAST_FEED, None, outside))
+    return feeds
+
+
 @dataclass(slots=True)
 class JournalCounters:
     """Written by the journal thread only; read under the GIL by ``stats``."""
 
-    received: int = 0
-    """Live messages of journaled instances read from the backend."""
     committed: int = 0
     """Records committed (live, durable and gap markers)."""
     durable: int = 0
@@ -130,13 +142,8 @@ class JournalCounters:
     """Durable publishes answered with an error."""
     failed: int = 0
     """Live messages a failed commit lost from the journal (they were forwarded)."""
-    dropped: Counter[str] = field(default_factory=Counter)
-    """Live messages not journaled because the input buffer was full (or lost with it), per instance."""
-    gaps: int = 0
-    """Gap markers recorded."""
-    shed_alerts: int = 0
     malformed: int = 0
-    """Messages not recorded because they do not follow the protocol (durable, last values)."""
+    """Durable publishes refused because they do not follow the protocol."""
     trimmed: int = 0
     drained_at_stop: int = 0
     last_error: str = ""
@@ -144,11 +151,13 @@ class JournalCounters:
 
 
 @dataclass(slots=True)
-class _Gap:
-    missed: int
-    since: int
-    until: int
-    reason: str
+class _Query:
+    sync: int
+    """The sync marker it waits for."""
+    since: float
+    head: list[bytes]
+    request_id: Any
+    request: dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -169,7 +178,7 @@ class Journal:
         context: zmq.Context[Any],
         settings: JournalSettings,
         *,
-        backend: str,
+        feeds: Sequence[Feed],
         frontend: str,
         reply: Callable[[list[bytes]], None],
     ) -> None:
@@ -179,31 +188,40 @@ class Journal:
         self.reason = ""
         self.inbox: Mailbox[tuple[str, Any]] = Mailbox()
         self.subscribed = threading.Event()
-        """Set once the SUB is connected (the broker starts the proxy after it)."""
+        """Set once the journal's SUB is connected to the feeds."""
+        self.synced = threading.Event()
+        """Set once a first sync marker has come back through every feed: from then on the
+        journal receives everything the proxy forwards on them."""
         self.ready = threading.Event()
         """Set once the journal's publisher is connected through the running proxy."""
+        self.opened = threading.Event()
+        """Set once the journal has opened its store (or found it unusable, or is disabled)."""
         self.stopped = threading.Event()
         self._context = context
-        self._backend = backend
+        self._feeds = list(feeds)
         self._frontend = frontend
         self._reply = reply
         self._store: JournalStore | None = None
         self._journaled = frozenset(settings.instances)
-        self._buffer: deque[Record] = deque()
-        self._buffer_bytes = 0
-        self._gaps: dict[Instance, _Gap] = {}
-        self._shed_since_alert = 0
-        self._next_shed_alert = 0.0
         self._last: dict[bytes, tuple[int, bytes]] = {}
         self._dirty: dict[bytes, tuple[int, bytes]] = {}
-        self._injected: dict[bytes, None] = {}
-        self._topics: dict[bytes, tuple[Instance | None, bool]] = {}
         self._in_flight: list[_Durable] = []
         self._deferred: list[tuple[str, Any]] = []
+        self._syncs = 0
+        self._first_sync = 0
         self._decoder = Decoder()
         self._encoder = Encoder(src=settings.node or "exesdb-broker")
         self._pub: zmq.Socket[Any] | None = None
         self._loaded = False
+        self.intake = Intake(
+            [(feed.label, feed.instance) for feed in self._feeds],
+            journaled=self._journaled,
+            last_values=settings.last_values,
+            buffer_bytes=settings.buffer_bytes,
+            node=self._encoder.src,
+            keep_last=self._keep_last,
+            alert=self._shed_alert,
+        )
 
     # -- the service's handle --------------------------------------------------------------
 
@@ -218,30 +236,33 @@ class Journal:
     @property
     def backlog(self) -> int:
         """Messages received and not yet committed."""
-        return len(self._buffer)
+        return len(self.intake.buffer)
 
     def snapshot(self) -> dict[str, Any]:
         """The ``journal`` map of the ``stats`` reply."""
-        c = self.counters
+        c, i = self.counters, self.intake.counters
         return {
             "state": self.state,
             "reason": self.reason,
             "data_dir": self.settings.data_dir,
-            "instances": [i.value for i in self.settings.instances],
+            "instances": [instance.value for instance in self.settings.instances],
             "fsync": self.settings.fsync,
-            "received": c.received,
+            "received": i.received,
             "committed": c.committed,
             "durable": c.durable,
             "refused": c.refused,
             "failed": c.failed,
-            "dropped": sum(c.dropped.values()),
-            "dropped_by_instance": dict(c.dropped),
-            "gaps": c.gaps,
-            "shed_alerts": c.shed_alerts,
-            "malformed": c.malformed,
+            "dropped": sum(i.dropped.values()),
+            "dropped_by_instance": dict(i.dropped),
+            "dropped_by_reason": dict(i.dropped_by_reason),
+            "last_values_dropped": i.last_dropped,
+            "gaps": i.gaps,
+            "shed_alerts": i.shed_alerts,
+            "malformed": c.malformed + i.malformed,
             "trimmed": c.trimmed,
-            "backlog": len(self._buffer),
-            "buffer_bytes": self._buffer_bytes,
+            "backlog": len(self.intake.buffer),
+            "unaccounted": self.intake.unaccounted(),
+            "buffer_bytes": self.intake.buffer_bytes,
             "buffer_limit": self.settings.buffer_bytes,
             "heads": dict(c.heads),
             "last_values": len(self._last),
@@ -258,12 +279,16 @@ class Journal:
             self._store = open_store(settings.data_dir, settings.fsync)
         except StoreError as exc:
             self.state, self.reason = "unavailable", str(exc)
+            self.intake.recording = False
+            self.intake.buffer.clear()
+            self.intake.buffer_bytes = 0
             log.warning("journal disabled: %s; durable publishes and replay will fail", exc)
             return
         self.state, self.reason = "ok", ""
+        self.intake.recording = True
         if not self._loaded:  # a restart keeps the last values it has in memory
             last = sorted(self._store.last_values().items(), key=lambda item: item[1][0])[-LAST_TOPICS:]
-            self._last = dict(last)
+            self._last = {**dict(last), **self._last}
             self._loaded = True
         self.counters.heads = {i.value: self._store.heads[i] for i in settings.instances}
         log.info("journal %s: recording %s", self._store.path, ", ".join(i.value for i in settings.instances) or "none")
@@ -271,30 +296,28 @@ class Journal:
     def run(self) -> None:
         self.ready.clear()  # until this run's publisher has the frontend's subscription
         self._recover()
-        sub = self._context.socket(zmq.SUB)
-        pub = self._context.socket(zmq.XPUB)
+        context = self._context
+        sub, pub = context.socket(zmq.SUB), context.socket(zmq.XPUB)
+        controls = {feed.label: context.socket(zmq.DEALER) for feed in self._feeds}
         self._pub = pub
         try:
-            sub.setsockopt(zmq.RCVHWM, 0)  # unbounded: the backend never drops for the journal
+            sub.setsockopt(zmq.RCVHWM, 1)  # the feeds' SNDHWM bound the queue (0 would unbind it)
             sub.setsockopt(zmq.LINGER, 0)
-            for instance in self.settings.instances:
-                sub.setsockopt(zmq.SUBSCRIBE, instance.prefix.encode())
-            for prefix in self.settings.last_values:
-                sub.setsockopt(zmq.SUBSCRIBE, prefix)
-            sub.connect(self._backend)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            for feed in self._feeds:
+                sub.connect(feed.endpoint)
+                controls[feed.label].setsockopt(zmq.LINGER, 0)
+                controls[feed.label].connect(feed.control)
             prepare_socket(pub, hwm=0, send_timeout=0, linger=0)
             pub.connect(self._frontend)
             self.subscribed.set()
-            # After subscribing: opening may take seconds (converting an older journal), and
-            # what arrives meanwhile waits in the SUB.
-            self._open()
-            self._loop(sub, pub)
+            self._loop(sub, pub, controls)
         finally:
             self._pub = None
             if self._store is not None:
                 self._store.close()
                 self._store = None
-            for socket in (sub, pub):
+            for socket in (sub, pub, *controls.values()):
                 socket.close(linger=0)
 
     def _recover(self) -> None:
@@ -308,30 +331,41 @@ class Journal:
                 "the journal restarted while committing this publish: it may or may not be recorded",
             )
         self._in_flight = []
-        now, lost = time.time_ns(), 0
-        while self._buffer:
-            record = self._buffer.popleft()
-            if not record.durable and not record.topic.startswith(_GAP_TOPIC):
-                self._dropped(record.instance, now, _RESTARTED)
-                lost += 1
-        self._buffer_bytes = 0
+        lost = self.intake.lose_buffer()
         if lost:
             log.error("journal restarted: %d buffered message(s) lost, marked as a gap in the journal", lost)
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def _loop(self, sub: zmq.Socket[Any], pub: zmq.Socket[Any]) -> None:
-        poller = zmq.Poller()
-        poller.register(self.inbox.fileno(), zmq.POLLIN)
-        poller.register(pub, zmq.POLLIN)
+    def _loop(self, sub: zmq.Socket[Any], pub: zmq.Socket[Any], controls: dict[str, zmq.Socket[Any]]) -> None:
+        # Two pollers: with the SUB while idle, so data wakes the loop at once (a feed's queue
+        # is bounded); without it for a moment after a read, so that moderate traffic is read
+        # in batches rather than with a wake-up per message.
+        idle, coalescing = zmq.Poller(), zmq.Poller()
+        for poller in (idle, coalescing):
+            poller.register(self.inbox.fileno(), zmq.POLLIN)
+            poller.register(pub, zmq.POLLIN)
+        idle.register(sub, zmq.POLLIN)
+        intake = self.intake
+        opened = False
         next_maintenance = time.monotonic() + _MAINTENANCE
-        wait = 0.0
+        next_sample = last_commit = 0.0
+        waiting: list[_Query] = []
+        poller, wait = idle, 0.0
         for _ in range(2**62):  # bounded in name; it ends on stop
             ready = dict(poller.poll(int(wait * 1000)))
             if pub in ready:
                 self._drain_subscriptions(pub)
+            if self.ready.is_set() and not self._first_sync:
+                self._first_sync = self._send_sync(pub)
+            if not self.synced.is_set() and self._first_sync and intake.synced(self._first_sync):
+                self.synced.set()
+            if self.synced.is_set() and not opened:
+                self._open()  # after the feeds are wired: converting an old journal may take seconds
+                opened = True
+                self.opened.set()
             requests = self.inbox.take(1000) if self.inbox.fileno() in ready else []
-            if not self.ready.is_set():  # durable publishes wait until they can be forwarded
+            if not opened:  # requests wait until the journal can answer them
                 self._deferred.extend(item for item in requests if item[0] == "request")
                 requests = [item for item in requests if item[0] != "request"]
             elif self._deferred:
@@ -342,111 +376,124 @@ class Journal:
             for kind, frames in requests:
                 if kind == "request" and len(frames) >= 2:
                     self._take_request(frames[:-1], frames[-1], durable, queries)
-            empty = self._ingest(sub, READ_ROUND)
-            self._in_flight = durable
-            self._commit(durable, COMMIT_ROUND)
-            self._in_flight = []
-            if queries or stop:
-                before = self.counters.committed
-                self._drain(sub)
-                self._flush_last()
-                if stop:
-                    self.counters.drained_at_stop = self.counters.committed - before
-            for head, request_id, request in queries:
-                self._answer(head, request_id, request)
+            if queries:
+                sync = self._send_sync(pub)
+                waiting.extend(_Query(sync, time.monotonic(), *query) for query in queries)
+            now = time.monotonic()
+            if now >= next_sample:
+                self._sample_feeds(controls)
+                next_sample = now + _SAMPLE_EVERY
+            before = intake.counters.received
+            # a durable publish waits for a slice of reading, not a round
+            empty = intake.ingest(sub, _SLICE if durable else READ_ROUND, self.inbox.pending)
+            read = intake.counters.received - before
+            now = time.monotonic()
+            if empty:
+                intake.found_empty(now)
+            if durable:
+                self._in_flight = durable
+                self._commit(durable, DURABLE_ROUND)
+                self._in_flight = []
+            if len(intake.buffer) >= COMMIT_ROUND or (intake.buffer and now - last_commit >= _COMMIT_EVERY):
+                self._commit([], COMMIT_ROUND)
+                last_commit = now
             if stop:
+                self._drain_at_stop(sub, controls)
+            if waiting:
+                waiting = self._answer_synced(waiting, empty or stop)
+            if stop:
+                self._flush_last()
+                for control in controls.values():
+                    control.send(b"TERMINATE")
                 self._stop_report()
                 return
-            now = time.monotonic()
             if now >= next_maintenance:
                 self._maintain()
                 self._flush_last()
                 next_maintenance = now + _MAINTENANCE
-            # Read on a timer while idle, as the tap does: a wake-up per message costs more
-            # than the message. Requests wake the loop at once through the inbox.
-            wait = 0.0 if (self._buffer or not empty) else min(_TICK, max(0.0, next_maintenance - now))
+            with_sub, wait = self._next_wait(empty, read, bool(waiting), next_maintenance, last_commit, now)
+            poller = idle if with_sub else coalescing
 
-    def _drain(self, sub: zmq.Socket[Any]) -> None:
-        """Read the SUB until empty and commit everything buffered (bounded by the buffer)."""
-        for _ in range(_DRAIN_ROUNDS):
-            empty = self._ingest(sub, READ_ROUND)
+    def _next_wait(
+        self, empty: bool, read: int, waiting: bool, next_maintenance: float, last_commit: float, now: float
+    ) -> tuple[bool, float]:
+        """Whether the next poll watches the SUB, and how long it may wait."""
+        if not empty:
+            return False, 0.0
+        if waiting or not self.synced.is_set():
+            return False, _SYNC_POLL
+        deadline = next_maintenance
+        if self.intake.buffer:
+            deadline = min(deadline, last_commit + _COMMIT_EVERY)
+        wait = max(0.0, deadline - now)
+        return (False, min(wait, _COALESCE)) if read else (True, wait)
+
+    def _sample_feeds(self, controls: dict[str, zmq.Socket[Any]]) -> None:
+        """Read every feed's frame counter (for the proof of what it shed)."""
+        for label, control in controls.items():
+            while control.poll(0):  # a late reply to a request that timed out: stale
+                control.recv_multipart()
+            control.send(b"STATISTICS")
+            if control.poll(_FEED_REPLY_MS):
+                totals = ProxyTotals.from_reply(control.recv_multipart())
+                self.intake.sampled(label, totals.frames_out, time.monotonic())
+
+    def _send_sync(self, pub: zmq.Socket[Any]) -> int:
+        """Send a sync marker through every feed (via the proxy); return its number."""
+        self._syncs += 1
+        for feed in self._feeds:
+            try:
+                send_frames(pub, feed.sync_prefix + str(self._syncs).encode(), b"")
+            except zmq.ZMQError as exc:  # not forwarding (stopping): the drain at stop answers
+                log.debug("journal sync marker not sent: %s", exc)
+        return self._syncs
+
+    def _answer_synced(self, waiting: list[_Query], empty: bool) -> list[_Query]:
+        """Answer the queries whose sync marker has come back through every feed (or that
+        waited too long while the feeds are empty), after committing everything read."""
+        now = time.monotonic()
+        synced = self.intake.synced
+        ready = [q for q in waiting if synced(q.sync) or (empty and now - q.since > _SYNC_TIMEOUT)]
+        if not ready:
+            return waiting
+        for _ in range(_DRAIN_ROUNDS):  # the answer must include the whole buffer
+            if not self.intake.buffer:
+                break
             self._commit([], COMMIT_ROUND)
-            if empty and not self._buffer:
-                return
-        log.warning("journal: still %d messages to commit after a full drain", len(self._buffer))
+        self._flush_last()
+        for query in ready:
+            self._answer(query.head, query.request_id, query.request)
+        return [q for q in waiting if q not in ready]
+
+    def _drain_at_stop(self, sub: zmq.Socket[Any], controls: dict[str, zmq.Socket[Any]]) -> None:
+        """Read and commit what the feeds still hold (the proxy has stopped: they are finite),
+        until every frame they sent is read or proven dropped."""
+        before = self.counters.committed
+        deadline = time.monotonic() + _STOP_DRAIN
+        for _ in range(_DRAIN_ROUNDS):
+            self._sample_feeds(controls)
+            empty = self.intake.ingest(sub, READ_ROUND, lambda: False)
+            if empty:
+                self.intake.found_empty(time.monotonic())
+            self._commit([], COMMIT_ROUND)
+            settled = empty and not self.intake.buffer and self.intake.unaccounted() == 0
+            if settled or time.monotonic() >= deadline:
+                break
+        self.counters.drained_at_stop = self.counters.committed - before
 
     def _stop_report(self) -> None:
-        counters = self.counters
-        dropped = sum(counters.dropped.values())
+        intake = self.intake
         log.info(
-            "journal stopped: drained and committed %d record(s) at stop; %d live message(s) not journaled "
-            "(input buffer full) since start; %d left uncommitted",
-            counters.drained_at_stop,
-            dropped,
-            len(self._buffer),
+            "journal stopped: drained and committed %d record(s) at stop, %d left; %d live message(s) "
+            "not journaled since start (%s)",
+            self.counters.drained_at_stop,
+            len(intake.buffer),
+            sum(intake.counters.dropped.values()),
+            ", ".join(f"{reason}: {n}" for reason, n in intake.counters.dropped_by_reason.items()) or "none",
         )
         self.stopped.set()
 
-    # -- input -------------------------------------------------------------------------------
-
-    def _classify(self, topic: bytes) -> tuple[Instance | None, bool]:
-        """(the instance when journaled, whether the topic keeps a last value)."""
-        known = self._topics.get(topic)
-        if known is None:
-            instance: Instance | None = None
-            try:
-                resolved = Instance.resolve(topic.decode().partition("/")[0])
-                instance = resolved if resolved in self._journaled else None
-            except (ExesdbError, UnicodeDecodeError):
-                instance = None
-            last = any(topic.startswith(prefix) for prefix in self.settings.last_values)
-            if len(self._topics) >= 4096:
-                self._topics.clear()
-            known = self._topics[topic] = (instance, last)
-        return known
-
-    def _ingest(self, sub: zmq.Socket[Any], limit: int) -> bool:
-        """Read up to ``limit`` live messages into the buffer (shedding past its bound);
-        return whether the SUB was found empty."""
-        counters = self.counters
-        injected = self._injected
-        bound = self.settings.buffer_bytes
-        buffer = self._buffer
-        for _ in range(limit):
-            try:
-                frames = recv_frames(sub, _NOBLOCK)
-            except zmq.Again:
-                return True
-            if len(frames) < 2 or is_reserved(frames[0]):
-                continue
-            topic, body = frames[0], frames[1]
-            if injected and body in injected:
-                del injected[body]  # a durable publish coming back around: recorded already
-                continue
-            instance, keeps_last = self._classify(topic)
-            if instance is None and not keeps_last:
-                continue
-            try:
-                self._decoder.check(frames)
-            except ProtocolError:
-                counters.malformed += 1
-                continue
-            if keeps_last:
-                self._keep_last(topic, body)
-            if instance is None:
-                continue
-            counters.received += 1
-            if self._store is None:
-                continue  # unavailable: forwarded, not journaled (stats say why)
-            size = len(topic) + len(body) + RECORD_OVERHEAD
-            if self._buffer_bytes + size > bound:
-                self._dropped(instance, time.time_ns(), _SHED)
-                continue
-            if self._gaps:
-                self._mark_gap(instance)
-            buffer.append(Record(instance, topic, body))
-            self._buffer_bytes += size
-        return False
+    # -- last values, alerts ---------------------------------------------------------------
 
     def _keep_last(self, topic: bytes, body: bytes) -> None:
         value = (time.time_ns(), body)
@@ -457,38 +504,17 @@ class Journal:
         if len(kept) > LAST_TOPICS:
             del kept[next(iter(kept))]
 
-    def _dropped(self, instance: Instance, now: int, reason: str) -> None:
-        self.counters.dropped[instance.value] += 1
-        gap = self._gaps.get(instance)
-        if gap is None:
-            self._gaps[instance] = _Gap(1, now, now, reason)
-        else:
-            gap.missed += 1
-            gap.until = now
-        if reason is _SHED:
-            self._shed_since_alert += 1
-            if time.monotonic() >= self._next_shed_alert:
-                self._shed_alert(instance)
-
-    def _mark_gap(self, instance: Instance) -> None:
-        """Record the pending gap marker of ``instance`` ahead of its next record."""
-        gap = self._gaps.pop(instance, None)
-        if gap is None:
+    def _flush_last(self) -> None:
+        if not self._dirty or self._store is None:
             return
-        body = encode_journal_gap(self._encoder.src, instance.value, gap.missed, gap.since, gap.until, gap.reason)
-        self._buffer.append(Record(instance, _GAP_TOPIC, body))
-        self._buffer_bytes += len(_GAP_TOPIC) + len(body) + RECORD_OVERHEAD
-        self.counters.gaps += 1
+        dirty, self._dirty = self._dirty, {}
+        try:
+            self._store.write_last(dirty)
+        except sqlite3.Error as exc:
+            self.counters.last_error = f"last values not written: {exc}"
+            log.error("journal: last values not written: %s", exc)
 
-    def _shed_alert(self, instance: Instance) -> None:
-        self._next_shed_alert = time.monotonic() + SHED_ALERT_INTERVAL
-        count, self._shed_since_alert = self._shed_since_alert, 0
-        total = sum(self.counters.dropped.values())
-        message = (
-            f"the journal is shedding: {count} message(s) of {instance.value} not journaled (input buffer of "
-            f"{self.settings.buffer_bytes} bytes full; {total} in all); replays mark the gap"
-        )
-        log.warning(message)
+    def _shed_alert(self, message: str, metadata: dict[str, Any]) -> None:
         self._publish(
             SystemAlert(
                 severity="error",
@@ -497,10 +523,9 @@ class Journal:
                 description=message,
                 source="exesdb_broker",
                 node=self._encoder.src,
-                metadata={"instance": instance.value, "dropped": count, "dropped_total": total},
+                metadata=metadata,
             )
         )
-        self.counters.shed_alerts += 1
 
     def _publish(self, payload: SystemAlert) -> None:
         pub = self._pub
@@ -515,7 +540,7 @@ class Journal:
     def _drain_subscriptions(self, pub: zmq.Socket[Any]) -> None:
         for _ in range(10_000):
             try:
-                pub.recv(_NOBLOCK)
+                pub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
             self.ready.set()  # the frontend's subscription: what it sends now is forwarded
@@ -526,17 +551,12 @@ class Journal:
         """Commit the durable publishes with up to ``limit`` of the oldest buffered records in
         one transaction, then acknowledge and forward them."""
         store, counters = self._store, self.counters
-        if not durable and not self._buffer:
+        if store is None:  # not open yet (or unavailable: then nothing is buffered)
             return
-        if self._gaps and not self._buffer:
-            for instance in list(self._gaps):
-                self._mark_gap(instance)
-        buffer = self._buffer
-        live = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
-        self._buffer_bytes -= sum(len(r.topic) + len(r.body) + RECORD_OVERHEAD for r in live)
+        if not durable and not self.intake.buffer and not self.intake.gaps_pending:
+            return
+        live = self.intake.pop(limit)
         records = live + [item.record for item in durable]
-        if store is None:  # only while it cannot be opened: nothing is buffered then
-            return
         try:
             store.write(records)
         except sqlite3.Error as exc:
@@ -553,10 +573,11 @@ class Journal:
 
     def _forward(self, item: _Durable) -> None:
         record = item.record
-        if len(self._injected) >= INJECTED_LIMIT:
-            self._injected.clear()
-        self._injected[record.body] = None
-        if self._classify(record.topic)[1]:
+        injected = self.intake.injected
+        if len(injected) >= INJECTED_LIMIT:
+            injected.clear()
+        injected[record.body] = None
+        if any(record.topic.startswith(prefix) for prefix in self.settings.last_values):
             self._keep_last(record.topic, record.body)
         pub = self._pub
         try:
@@ -568,16 +589,6 @@ class Journal:
         self.counters.durable += 1
         reply = encode_reply({"seq": record.seq, "instance": record.instance.value}, item.request_id)
         self._reply([*item.head, reply])
-
-    def _flush_last(self) -> None:
-        if not self._dirty or self._store is None:
-            return
-        dirty, self._dirty = self._dirty, {}
-        try:
-            self._store.write_last(dirty)
-        except sqlite3.Error as exc:
-            self.counters.last_error = f"last values not written: {exc}"
-            log.error("journal: last values not written: %s", exc)
 
     def _refuse(self, head: list[bytes], request_id: Any, code: str, message: str) -> None:
         self.counters.refused += 1

@@ -44,6 +44,10 @@ class Mailbox(Generic[T]):
         with contextlib.suppress(BlockingIOError):  # already signalled enough
             os.write(self._write_fd, (1).to_bytes(8, "little"))
 
+    def pending(self) -> bool:
+        """Whether items wait (cheap: no system call)."""
+        return not self._queue.empty()
+
     def take(self, limit: int) -> list[T]:
         """Up to ``limit`` queued items, oldest first (empty when there are none)."""
         with contextlib.suppress(BlockingIOError):

@@ -43,8 +43,7 @@ STOP: Final = ("stop", None)
 _PROBE: Final = b"\x01" + PROBE_PREFIX.encode()
 _SAMPLE_INTERVAL: Final = 1.0
 _TAP_CHECK_INTERVAL: Final = 0.1
-_TAP_BEHIND_FRAMES: Final = 4_000
-"""Frames behind at which the service raises the tap's priority (its queue holds 20,000+)."""
+
 _PROXY_REPLY_TIMEOUT_MS: Final = 1000
 _FLUSH: Final = b"_exesdb/flush/"
 _FLUSH_TIMEOUT: Final = 0.5
@@ -90,7 +89,6 @@ class Service:
         metrics_interval: float,
         on_stop: Callable[[], None],
         remember: Callable[[int], None] | None = None,
-        nudge_tap: Callable[[], None] | None = None,
         extra_stats: Callable[[], dict[str, Any]],
         journal_ops: tuple[str, ...] = (),
         to_journal: Callable[[list[bytes]], None] | None = None,
@@ -104,7 +102,6 @@ class Service:
         """Stops what comes after the proxy (tap, journal), once the proxy has stopped."""
         self._extra_stats = extra_stats
         self._remember = remember
-        self._nudge_tap = nudge_tap
         """Writes the subscriber count for the start grace of the next run."""
         self._remembered = 0
         self._to_journal = to_journal
@@ -258,7 +255,7 @@ class Service:
 
     def _check_tap(self) -> None:
         """Every 0.1 s: remember the subscriber count (for the next start's grace), sample the
-        proxy's counters (rates, proof of tap drops), raise the tap's priority if it is behind."""
+        proxy's counters (the forwarding rate, the proof of tap drops)."""
         if self._remember is not None and self._book.subscribers != self._remembered:
             self._remembered = self._book.subscribers
             self._remember(self._remembered)
@@ -266,8 +263,6 @@ class Service:
         if totals is None:
             return
         self._book.observe_proxy(totals, time.monotonic())
-        if self._nudge_tap is not None and self._book.tap_behind(totals) >= _TAP_BEHIND_FRAMES:
-            self._nudge_tap()
 
     def _proxy_totals(self) -> ProxyTotals | None:
         proxy = self._proxy

@@ -85,20 +85,16 @@ class StatsBook:
         if previous is not None and previous[0] < caught_up_at:
             self.missed_frames = max(self.missed_frames, previous[1] - frames)
         if previous is not None and at > previous[0]:
-            # two frames a message, as the protocol has it: the tap's gate needs no more precision
+            # two frames a message, as the protocol has it: the tap's budget needs no more precision
             self.counters.forward_rate = (totals.frames_out - previous[1]) / 2 / (at - previous[0])
         self._proxy_sample = (at, totals.frames_out)
-
-    def tap_behind(self, totals: ProxyTotals) -> int:
-        """Frames the proxy has forwarded that the tap has not read (or has dropped)."""
-        return max(0, totals.frames_out - self.counters.frames - self.missed_frames)
 
     def counting(self) -> dict[str, Any]:
         """The ``counting`` map of the ``stats`` reply."""
         return {
             "exact": self.missed_frames == 0,
             "missed_frames": self.missed_frames,
-            "boosts": self.counters.boosts,
+            "paused": self.counters.paused,
         }
 
     def snapshot(self, proxy: ProxyTotals | None) -> dict[str, Any]:

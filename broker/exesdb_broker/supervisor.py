@@ -12,6 +12,8 @@ Never a dead thread behind a live process.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 import time
@@ -95,6 +97,7 @@ class Supervisor:
         }
 
     def _supervise(self, child: Child) -> None:
+        _name_native_thread(f"exesdb-{child.name}")
         # Bounded: past the intensity the loop gives up, and every lap costs a failure.
         for _ in range(1_000_000):
             try:
@@ -132,3 +135,15 @@ class Supervisor:
             self.failure = f"the {child.name} thread failed ({type(exc).__name__}: {exc}) and {why}"
             log.critical("giving up: %s", self.failure, exc_info=exc)
             return True
+
+
+_PR_SET_NAME: Final = 15
+
+
+def _name_native_thread(name: str) -> None:
+    """Give the OS thread the child's name (``top -H``, ``ps -L`` show it); Linux, best effort."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass

@@ -4,23 +4,24 @@ It connects to the backend over inproc and subscribes to every topic, which also
 every publisher send everything to the broker even when no subscriber is connected. It
 counts messages and bytes per instance and classifies malformed input.
 
-It drains its queue on a 10 ms timer, never per message, and runs on idle CPU time only
-(Linux ``SCHED_IDLE``), so a busy machine slows the counting, never the forwarding. Idle
-time alone is not enough on a loaded machine (with a publisher spinning on one core and three
-SDK subscribers at 20,000 msg/s, the tap counted 53-90% of the messages): when the tap finds
-itself behind while the proxy forwards at most :data:`EXACT_RATE` messages per second, it runs
-at normal priority until it has caught up, within :data:`CPU_BUDGET` of one core. Above that
-rate it stays on idle time, so that a flood the broker cannot count costs the forwarding
-nothing. Past its queue the XPUB socket drops for the tap (it never blocks); the service
-proves such drops from the proxy's exact frame counters (see :class:`.stats.StatsBook`) and
-``stats.counting`` says the counts are approximate.
+It drains its queue on a 10 ms timer, never per message, within a CPU budget: while the proxy
+forwards at most :data:`EXACT_RATE` messages per second it may use :data:`CPU_BUDGET` of one
+core (about 5 us a message here: enough to count every message), above that rate only
+:data:`FLOOD_BUDGET`, so that a flood the broker cannot count costs the forwarding almost
+nothing. Over budget it sleeps until the next second. Past its queue the XPUB socket drops for
+the tap (it never blocks); the service proves such drops from the proxy's exact frame
+counters (see :class:`.stats.StatsBook`) and ``stats.counting`` says the counts are then
+approximate.
+
+It runs at normal priority. An idle-class thread (``SCHED_IDLE``, as an earlier version had)
+is never scheduled on a busy machine, not even to notice that it is behind, and while it
+holds the GIL every other broker thread waits for it: under a flood the journal then read a
+third of what it could.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import threading
 import time
 from collections import Counter
@@ -33,7 +34,7 @@ from exesdb_sdk.errors import ProtocolError
 from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import Decoder, is_reserved
 
-__all__ = ["CPU_BUDGET", "EXACT_RATE", "TAP_HWM", "TOPICS_KEPT", "Tap", "TapCounters"]
+__all__ = ["CPU_BUDGET", "EXACT_RATE", "FLOOD_BUDGET", "TAP_HWM", "TOPICS_KEPT", "Tap", "TapCounters"]
 
 log = logging.getLogger("exesdb.broker.tap")
 
@@ -42,15 +43,15 @@ TAP_HWM: Final = 10_000
 for it. This bounds the broker's memory under overload; a 200,000 bound let a 1 KB flood grow
 the broker to 345 MB."""
 CPU_BUDGET: Final = 0.35
-"""Share of one core the tap may take at normal priority to catch up, per second."""
+"""Share of one core the tap may use per second while the forwarding rate is at most
+:data:`EXACT_RATE`."""
+FLOOD_BUDGET: Final = 0.05
+"""Share of one core the tap may use per second above :data:`EXACT_RATE`."""
 EXACT_RATE: Final = 50_000
-"""Forwarding rate (messages/s) up to which the tap raises its priority to count exactly. It
-costs about 5.5 us per message here, so this stays within :data:`CPU_BUDGET`; above it a busy
-machine's idle time decides how much is counted, and ``stats.counting`` says so."""
+"""Forwarding rate (messages/s) up to which the tap may spend :data:`CPU_BUDGET` to count
+exactly (at about 4-5 us a message, that budget holds up to this rate)."""
 TOPICS_KEPT: Final = 4096
 _TICK: Final = 0.010
-_BEHIND: Final = TAP_HWM // 4
-"""Messages read in one drain that mean the tap is falling behind."""
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 
 
@@ -76,11 +77,10 @@ class TapCounters:
     caught_up: tuple[float, int] = (0.0, 0)
     """``(monotonic time, frames)`` when a drain last found the queue empty: every frame the
     proxy had forwarded before that time had been counted or dropped by then."""
-    boosts: int = 0
-    """Times the tap ran at normal priority to catch up."""
+    paused: int = 0
+    """Times the tap stopped for the rest of a second, over its CPU budget."""
     forward_rate: float = 0.0
-    """Messages per second the proxy forwards (set by the stats book); the tap raises its
-    priority only up to :data:`EXACT_RATE`."""
+    """Messages per second the proxy forwards (set by the stats book); it sets the budget."""
 
     def per_instance(self) -> dict[Instance, tuple[int, int, int]]:
         """``(messages, envelopes, bytes)`` per instance seen."""
@@ -102,36 +102,22 @@ class TapCounters:
         self.by_topic = {}
 
 
-class _Priority:
-    """Idle priority, raised to normal while behind, within a CPU budget per second."""
+class _Budget:
+    """CPU time of the tap thread per one-second window."""
 
     def __init__(self) -> None:
-        self._thread = threading.get_native_id()
-        self.boosted = False
         self._window = time.monotonic()
         self._cpu_at_window = time.thread_time()
 
-    def set(self, boosted: bool) -> None:
-        """Switch the tap thread's policy (callable from another thread: it names the thread)."""
-        policy = os.SCHED_OTHER if boosted else os.SCHED_IDLE
-        try:
-            os.sched_setscheduler(self._thread, policy, os.sched_param(0))
-        except (AttributeError, OSError):  # not Linux, or refused: nice 19 at least
-            with contextlib.suppress(AttributeError, OSError):
-                os.setpriority(os.PRIO_PROCESS, self._thread, 0 if boosted else 19)
-        self.boosted = boosted
-
-    def update(self, behind: bool) -> bool:
-        """Adjust after a drain (in the tap thread); return whether it was raised now."""
+    def pause(self, rate: float) -> float:
+        """Seconds to sleep before the next drain: 0 within budget, else the rest of the window."""
         now = time.monotonic()
         if now - self._window >= 1.0:
             self._window, self._cpu_at_window = now, time.thread_time()
-        within_budget = time.thread_time() - self._cpu_at_window < CPU_BUDGET
-        want = behind and within_budget
-        if want != self.boosted:
-            self.set(want)
-            return want
-        return False
+        budget = CPU_BUDGET if rate <= EXACT_RATE else FLOOD_BUDGET
+        if time.thread_time() - self._cpu_at_window < budget:
+            return 0.0
+        return max(0.0, self._window + 1.0 - now)
 
 
 class Tap:
@@ -148,23 +134,13 @@ class Tap:
         self.ready = threading.Event()
         """Set once the tap's subscription is in place (before the proxy runs, nothing is missed)."""
         self._decoder = Decoder()
-        self._priority: _Priority | None = None
 
     def stop(self) -> None:
         """Ask the tap to finish its current drain and end."""
         self._stopping.set()
 
-    def nudge(self) -> None:
-        """Raise the tap to normal priority from another thread: on a busy machine an idle-time
-        thread may not run at all, not even to notice that it is behind."""
-        priority = self._priority
-        if priority is not None and not priority.boosted and self.counters.forward_rate <= EXACT_RATE:
-            priority.set(True)
-            self.counters.boosts += 1
-
     def run(self) -> None:
-        priority = self._priority = _Priority()
-        priority.set(False)
+        budget = _Budget()
         sub = self._context.socket(zmq.SUB)
         try:
             sub.setsockopt(zmq.RCVHWM, TAP_HWM)
@@ -176,11 +152,11 @@ class Tap:
             # Wake on a timer, not per message: a reader woken for every message makes the proxy
             # signal its pipe for every message (p50 latency +15-20% measured on 2 cores).
             while not self._stopping.wait(wait):
-                read, empty = self._drain(sub)
-                behind = (read >= _BEHIND or not empty) and self.counters.forward_rate <= EXACT_RATE
-                if priority.update(behind=behind):
-                    self.counters.boosts += 1
-                wait = _TICK if empty else 0.0
+                _, empty = self._drain(sub)
+                pause = budget.pause(self.counters.forward_rate)
+                if pause:
+                    self.counters.paused += 1
+                wait = pause or (_TICK if empty else 0.0)
         finally:
             sub.close(linger=0)
 

@@ -1,0 +1,83 @@
+"""The journal's feeds: libzmq proxies that carry parts of the bus to the journal and shed in C.
+
+The journal's input cannot be an unbounded socket pipe (a flood of alerts grew the broker
+to 1.4 GB) nor a bounded one that drops silently. So each journaled instance, and the
+last-value topics outside them, reach the journal through a :class:`Feed`: a SUB on the
+backend (unbounded, but drained by ``zmq.proxy_steerable`` in C at the proxy's own speed)
+into a PUB bound over inproc with ``SNDHWM`` :data:`FEED_HWM`, which the journal's SUB
+reads. When the journal falls behind, the PUB drops, in C, at no cost to Python; the proxy's
+exact frame counters (``STATISTICS`` on the feed's control socket) let the journal prove how
+many it did not receive, per feed, and mark each gap (see :mod:`.journal`).
+
+Every feed also carries the journal's sync markers (``_exesdb/journal/sync/<feed>/<n>``),
+sent through the main proxy: what a feed delivers before its marker is everything the broker
+forwarded on that feed before the marker was sent.
+
+A feed owns only inproc sockets, but the journal's SUB is connected to its PUB; like the
+main proxy it is not restarted (a libzmq proxy does not fail short of the context ending).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Final
+
+import zmq
+from exesdb_sdk.instances import Instance
+
+__all__ = ["FEED_HWM", "SYNC_PREFIX", "Feed"]
+
+FEED_HWM: Final = 50_000
+"""Messages a feed queues for the journal before it sheds (the bound on that memory: about
+20 MB of 100-byte messages). It absorbs what arrives while the journal commits or answers."""
+SYNC_PREFIX: Final = b"_exesdb/journal/sync/"
+
+
+class Feed:
+    """One feed: a child of the broker's supervisor."""
+
+    restartable = False
+
+    def __init__(
+        self,
+        context: zmq.Context[Any],
+        label: str,
+        instance: Instance | None,
+        prefixes: tuple[bytes, ...],
+        *,
+        backend: str,
+        base: str,
+    ) -> None:
+        self.name = f"feed-{label}"
+        self.label = label
+        self.instance = instance
+        """The journaled instance it carries, or ``None`` for the last-value topics."""
+        self.prefixes = prefixes
+        self.sync_prefix = SYNC_PREFIX + label.encode() + b"/"
+        self.endpoint = f"{base}-feed-{label}"
+        """The inproc endpoint of its PUB (the journal's SUB connects to it)."""
+        self.control = f"{base}-feed-{label}-control"
+        """The inproc endpoint of its control socket (``STATISTICS``, ``TERMINATE``)."""
+        self.ready = threading.Event()
+        self._context = context
+        self._backend = backend
+
+    def run(self) -> None:
+        context = self._context
+        sub, pub, control = context.socket(zmq.SUB), context.socket(zmq.PUB), context.socket(zmq.DEALER)
+        try:
+            sub.setsockopt(zmq.RCVHWM, 0)  # unbounded, and drained in C: the backend never drops here
+            sub.setsockopt(zmq.LINGER, 0)
+            for prefix in (*self.prefixes, self.sync_prefix):
+                sub.setsockopt(zmq.SUBSCRIBE, prefix)
+            pub.setsockopt(zmq.SNDHWM, FEED_HWM)
+            pub.setsockopt(zmq.LINGER, 0)
+            control.setsockopt(zmq.LINGER, 0)
+            pub.bind(self.endpoint)
+            control.bind(self.control)
+            sub.connect(self._backend)
+            self.ready.set()
+            zmq.proxy_steerable(sub, pub, None, control)
+        finally:
+            for socket in (sub, pub, control):
+                socket.close(linger=0)
