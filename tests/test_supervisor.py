@@ -134,9 +134,7 @@ def test_past_the_restart_intensity_the_broker_gives_up(monkeypatch: pytest.Monk
     )
     with Broker(config) as broker:
         assert wait_until(lambda: not broker.running, 5)
-        assert broker.failure == (
-            "the tap thread failed (RuntimeError: injected Tap fault) and 3 failures in 60 s"
-        )
+        assert broker.failure == ("the tap thread failed (RuntimeError: injected Tap fault) and 3 failures in 60 s")
         assert broker.restarts == {"tap": 2}
 
 

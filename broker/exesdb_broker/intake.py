@@ -107,7 +107,12 @@ class _FeedBook:
     proven: int = 0
     """Frames proven dropped by it."""
     counted: int = 0
-    """Of those, frames already turned into dropped messages."""
+    """Messages already counted as dropped from it."""
+    echoes_expected: int = 0
+    """Messages of the journal's own that come back through the feed: the durable publishes
+    it forwarded on the feed's topics and its sync markers. A feed may shed them too; that is
+    no loss."""
+    echoes_seen: int = 0
     sample: tuple[float, int] | None = None
     """(monotonic time after the reply, frames the feed had sent)."""
     synced: int = 0
@@ -134,6 +139,9 @@ class Intake:
         self.bound = buffer_bytes
         self.recording = True
         """False while the store cannot be opened: messages are then counted, not kept."""
+        self.overdraw = 0
+        """Messages that may still be read past the bound while a query waits for its sync
+        marker (at most what the feeds can hold: the marker is behind no more than that)."""
         self._journaled = journaled
         self._last_values = last_values
         self._node = node
@@ -152,6 +160,7 @@ class Intake:
         self._max_frames = 2
         self._shed_since_alert = 0
         self._next_shed_alert = 0.0
+        self._markers_buffered = 0
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -188,7 +197,9 @@ class Intake:
                 if read % _SLICE == _SLICE - 1 and interrupt():
                     break
                 if size_now >= bound:
-                    break  # full: leave the rest to the feed, which sheds in C, countably
+                    if self.overdraw <= 0:
+                        break  # full: leave the rest to the feed, which sheds in C, countably
+                    self.overdraw -= 1
                 try:
                     frames = recv_frames(sub, _NOBLOCK)
                 except zmq.Again:
@@ -209,6 +220,7 @@ class Intake:
                 book.read += len(frames)
                 if injected and body in injected:
                     del injected[body]  # a durable publish coming back around: recorded already
+                    book.echoes_seen += 1
                     continue
                 if keeps_last:
                     self._check_last(frames)
@@ -243,6 +255,7 @@ class Intake:
         book = self._feeds.get(label)
         if book is not None:
             book.read += frames
+            book.echoes_seen += 1
             with contextlib.suppress(ValueError):
                 book.synced = max(book.synced, int(number))
 
@@ -250,9 +263,9 @@ class Intake:
         """Whether sync marker ``number`` has come back through every feed."""
         return all(book.synced >= number for book in self._feeds.values())
 
-    @property
-    def labels(self) -> list[str]:
-        return list(self._feeds)
+    def allow_overdraw(self) -> None:
+        """A query waits for a sync marker: let reading go on past the bound for a while."""
+        self.overdraw = FEED_HWM * len(self._feeds)
 
     # -- proving what the feeds shed -------------------------------------------------------------
 
@@ -274,14 +287,26 @@ class Intake:
         """Frames the feeds sent (at their last samples) that are neither read nor proven dropped."""
         return sum(max(0, b.sample[1] - b.read - b.proven) for b in self._feeds.values() if b.sample is not None)
 
+    def expect_markers(self) -> None:
+        """A sync marker was sent through every feed."""
+        for book in self._feeds.values():
+            book.echoes_expected += 1
+
+    def expect_echo(self, instance: Instance) -> None:
+        """A committed durable publish is being forwarded: it will come back through a feed,
+        and if that feed sheds it, it is no loss (it is journaled)."""
+        label = self._instance_feed.get(instance)
+        if label is not None:
+            self._feeds[label].echoes_expected += 1
+
     def _prove(self, book: _FeedBook, dropped_frames: int) -> None:
-        if dropped_frames <= book.proven:
-            return
-        book.proven = dropped_frames
-        messages = (book.proven - book.counted) // 2
+        book.proven = max(book.proven, dropped_frames)
+        # the journal's own messages not seen (yet) may be among the dropped: they are no loss
+        lost = book.proven // 2 - max(0, book.echoes_expected - book.echoes_seen)
+        messages = lost - book.counted
         if messages <= 0:
             return
-        book.counted += messages * 2
+        book.counted += messages
         if book.instance is None:
             self.counters.last_dropped += messages
         else:
@@ -314,6 +339,7 @@ class Intake:
         self.buffer.append(Record(instance, GAP_TOPIC, body))
         self.buffer_bytes += len(GAP_TOPIC) + len(body) + RECORD_OVERHEAD
         self.counters.gaps += 1
+        self._markers_buffered += 1
 
     @property
     def gaps_pending(self) -> bool:
@@ -346,7 +372,20 @@ class Intake:
             self.mark_gaps()  # everything read is in this batch: the hole is behind it
         records = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
         self.buffer_bytes -= sum(len(r.topic) + len(r.body) + RECORD_OVERHEAD for r in records)
+        if self._markers_buffered:
+            self._markers_buffered -= sum(1 for r in records if r.topic is GAP_TOPIC)
         return records
+
+    @property
+    def backlog(self) -> int:
+        """Live messages read and not yet committed."""
+        return len(self.buffer) - self._markers_buffered
+
+    def discard(self) -> None:
+        """Forget what is buffered (the store cannot be opened: nothing will be journaled)."""
+        self.buffer.clear()
+        self.buffer_bytes = 0
+        self._markers_buffered = 0
 
     def lose_buffer(self) -> int:
         """After a failed run: the buffered messages are lost (counted and marked); how many."""
@@ -356,6 +395,7 @@ class Intake:
                 lost[record.instance] += 1
         self.buffer.clear()
         self.buffer_bytes = 0
+        self._markers_buffered = 0
         for instance, count in lost.items():
             self.dropped(instance, count, RESTARTED)
         return sum(lost.values())

@@ -23,7 +23,8 @@ While the buffer is full the journal reads nothing more (see :mod:`.intake`).
 **The seam.** A ``replay`` or ``last`` sends a sync marker through every feed and is answered
 once each has come back and everything read before is committed: everything the broker
 forwarded before the request is in the answer, so a catch-up-then-live subscription has no
-gap, and a flood cannot keep the answer waiting for more than what was queued.
+gap, and a flood cannot keep the answer waiting for more than what was queued (the buffer and
+the feeds). The later pages of a catch-up (``"sync": false``) are answered at once.
 
 **Stop.** On ``stop`` (the proxy has stopped by then) it reads what the feeds still hold,
 commits everything, writes the last values, stops the feeds and logs what it drained.
@@ -51,7 +52,7 @@ from exesdb_sdk.protocol import Decoder, Encoder, decode_request, encode_error_r
 from exesdb_sdk.publisher import prepare_socket
 
 from .feed import Feed
-from .intake import LAST_FEED, Intake
+from .intake import GAP_TOPIC, LAST_FEED, Intake
 from .mailbox import Mailbox
 from .queries import Refused, last_reply, not_journaled, replay_reply
 from .stats import ProxyTotals
@@ -96,7 +97,10 @@ _MAINTENANCE: Final = 1.0
 _DRAIN_ROUNDS: Final = 10_000
 _STOP_DRAIN: Final = 5.0
 """Seconds at most for the final drain at stop (the feeds are bounded: far less is needed)."""
-_SYNC_TIMEOUT: Final = 5.0
+_SYNC_TIMEOUT: Final = 3.0
+"""Seconds a query waits for its sync marker before it is answered from what is committed
+(a flood the journal sheds can shed the markers too; the gap markers then say what is missing)."""
+_SYNC_RESEND: Final = 0.1
 _SYNC_POLL: Final = 0.005
 _SLICE: Final = 1_000
 _FEED_REPLY_MS: Final = 200
@@ -136,6 +140,10 @@ class JournalCounters:
 
     committed: int = 0
     """Records committed (live, durable and gap markers)."""
+    live: int = 0
+    """Live messages committed."""
+    last_writes: int = 0
+    """Transactions that wrote last values (at most one per LAST_FLUSH seconds)."""
     durable: int = 0
     """Durable publishes committed and acknowledged."""
     refused: int = 0
@@ -213,6 +221,7 @@ class Journal:
         self._encoder = Encoder(src=settings.node or "exesdb-broker")
         self._pub: zmq.Socket[Any] | None = None
         self._loaded = False
+        self._view: dict[str, Any] = {}
         self.intake = Intake(
             [(feed.label, feed.instance) for feed in self._feeds],
             journaled=self._journaled,
@@ -222,6 +231,7 @@ class Journal:
             keep_last=self._keep_last,
             alert=self._shed_alert,
         )
+        self._take_view()
 
     # -- the service's handle --------------------------------------------------------------
 
@@ -235,20 +245,26 @@ class Journal:
 
     @property
     def backlog(self) -> int:
-        """Messages received and not yet committed."""
-        return len(self.intake.buffer)
+        """Live messages received and not yet committed."""
+        return self.intake.backlog
 
     def snapshot(self) -> dict[str, Any]:
-        """The ``journal`` map of the ``stats`` reply."""
-        c, i = self.counters, self.intake.counters
-        return {
-            "state": self.state,
-            "reason": self.reason,
+        """The ``journal`` map of the ``stats`` reply: the view the journal thread took at the
+        end of its latest round, so its counts agree with each other exactly (``received`` =
+        ``committed_live`` + ``backlog`` + what a restart lost)."""
+        return {**self._view, "state": self.state, "reason": self.reason, "last_error": self.counters.last_error}
+
+    def _take_view(self) -> None:
+        """Rebuild the stats view (in the journal thread, between rounds)."""
+        c, intake = self.counters, self.intake
+        i = intake.counters
+        self._view = {
             "data_dir": self.settings.data_dir,
             "instances": [instance.value for instance in self.settings.instances],
             "fsync": self.settings.fsync,
             "received": i.received,
             "committed": c.committed,
+            "committed_live": c.live,
             "durable": c.durable,
             "refused": c.refused,
             "failed": c.failed,
@@ -260,13 +276,14 @@ class Journal:
             "shed_alerts": i.shed_alerts,
             "malformed": c.malformed + i.malformed,
             "trimmed": c.trimmed,
-            "backlog": len(self.intake.buffer),
-            "unaccounted": self.intake.unaccounted(),
-            "buffer_bytes": self.intake.buffer_bytes,
+            "backlog": intake.backlog,
+            "in_feeds": intake.unaccounted() // 2,
+            "buffer_bytes": intake.buffer_bytes,
             "buffer_limit": self.settings.buffer_bytes,
             "heads": dict(c.heads),
             "last_values": len(self._last),
-            "last_error": c.last_error,
+            "last_value_writes": c.last_writes,
+            "drained_at_stop": c.drained_at_stop,
         }
 
     # -- life ------------------------------------------------------------------------------
@@ -280,8 +297,7 @@ class Journal:
         except StoreError as exc:
             self.state, self.reason = "unavailable", str(exc)
             self.intake.recording = False
-            self.intake.buffer.clear()
-            self.intake.buffer_bytes = 0
+            self.intake.discard()
             log.warning("journal disabled: %s; durable publishes and replay will fail", exc)
             return
         self.state, self.reason = "ok", ""
@@ -349,7 +365,7 @@ class Journal:
         intake = self.intake
         opened = False
         next_maintenance = time.monotonic() + _MAINTENANCE
-        next_sample = last_commit = 0.0
+        next_sample = last_commit = last_sync = 0.0
         waiting: list[_Query] = []
         poller, wait = idle, 0.0
         for _ in range(2**62):  # bounded in name; it ends on stop
@@ -363,6 +379,7 @@ class Journal:
             if self.synced.is_set() and not opened:
                 self._open()  # after the feeds are wired: converting an old journal may take seconds
                 opened = True
+                self._take_view()
                 self.opened.set()
             requests = self.inbox.take(1000) if self.inbox.fileno() in ready else []
             if not opened:  # requests wait until the journal can answer them
@@ -376,15 +393,26 @@ class Journal:
             for kind, frames in requests:
                 if kind == "request" and len(frames) >= 2:
                     self._take_request(frames[:-1], frames[-1], durable, queries)
+            now = time.monotonic()
             if queries:
-                sync = self._send_sync(pub)
-                waiting.extend(_Query(sync, time.monotonic(), *query) for query in queries)
+                later = [q for q in queries if q[2].get("sync", True) is False]  # continuation pages
+                for head, request_id, request in later:
+                    self._answer(head, request_id, request)
+                if len(later) < len(queries):
+                    sync = self._send_sync(pub)
+                    waiting.extend(_Query(sync, time.monotonic(), *q) for q in queries if q not in later)
+                    intake.allow_overdraw()
+            if waiting and now - last_sync >= _SYNC_RESEND:  # a feed may have shed the marker
+                self._send_sync(pub)
+                last_sync = now
             now = time.monotonic()
             if now >= next_sample:
                 self._sample_feeds(controls)
                 next_sample = now + _SAMPLE_EVERY
             before = intake.counters.received
-            # a durable publish waits for a slice of reading, not a round
+            # a durable publish waits for a slice of reading, not a round; a query waits for its
+            # sync marker, which may be queued behind a full buffer: it reads past the bound
+            # (by at most what the feeds hold) until the marker is in
             empty = intake.ingest(sub, _SLICE if durable else READ_ROUND, self.inbox.pending)
             read = intake.counters.received - before
             now = time.monotonic()
@@ -405,12 +433,14 @@ class Journal:
                 self._flush_last()
                 for control in controls.values():
                     control.send(b"TERMINATE")
+                self._take_view()
                 self._stop_report()
                 return
             if now >= next_maintenance:
                 self._maintain()
                 self._flush_last()
                 next_maintenance = now + _MAINTENANCE
+            self._take_view()
             with_sub, wait = self._next_wait(empty, read, bool(waiting), next_maintenance, last_commit, now)
             poller = idle if with_sub else coalescing
 
@@ -441,11 +471,13 @@ class Journal:
     def _send_sync(self, pub: zmq.Socket[Any]) -> int:
         """Send a sync marker through every feed (via the proxy); return its number."""
         self._syncs += 1
-        for feed in self._feeds:
-            try:
+        try:
+            for feed in self._feeds:
                 send_frames(pub, feed.sync_prefix + str(self._syncs).encode(), b"")
-            except zmq.ZMQError as exc:  # not forwarding (stopping): the drain at stop answers
-                log.debug("journal sync marker not sent: %s", exc)
+        except zmq.ZMQError as exc:  # not forwarding (stopping): the drain at stop answers
+            log.debug("journal sync marker not sent: %s", exc)
+        else:
+            self.intake.expect_markers()
         return self._syncs
 
     def _answer_synced(self, waiting: list[_Query], empty: bool) -> list[_Query]:
@@ -453,7 +485,7 @@ class Journal:
         waited too long while the feeds are empty), after committing everything read."""
         now = time.monotonic()
         synced = self.intake.synced
-        ready = [q for q in waiting if synced(q.sync) or (empty and now - q.since > _SYNC_TIMEOUT)]
+        ready = [q for q in waiting if synced(q.sync) or now - q.since > _SYNC_TIMEOUT]
         if not ready:
             return waiting
         for _ in range(_DRAIN_ROUNDS):  # the answer must include the whole buffer
@@ -463,7 +495,10 @@ class Journal:
         self._flush_last()
         for query in ready:
             self._answer(query.head, query.request_id, query.request)
-        return [q for q in waiting if q not in ready]
+        rest = [q for q in waiting if q not in ready]
+        if not rest:
+            self.intake.overdraw = 0
+        return rest
 
     def _drain_at_stop(self, sub: zmq.Socket[Any], controls: dict[str, zmq.Socket[Any]]) -> None:
         """Read and commit what the feeds still hold (the proxy has stopped: they are finite),
@@ -485,11 +520,12 @@ class Journal:
         intake = self.intake
         log.info(
             "journal stopped: drained and committed %d record(s) at stop, %d left; %d live message(s) "
-            "not journaled since start (%s)",
+            "not journaled since start (%s), marked by %d gap marker(s)",
             self.counters.drained_at_stop,
-            len(intake.buffer),
+            intake.backlog,
             sum(intake.counters.dropped.values()),
             ", ".join(f"{reason}: {n}" for reason, n in intake.counters.dropped_by_reason.items()) or "none",
+            intake.counters.gaps,
         )
         self.stopped.set()
 
@@ -510,6 +546,7 @@ class Journal:
         dirty, self._dirty = self._dirty, {}
         try:
             self._store.write_last(dirty)
+            self.counters.last_writes += 1
         except sqlite3.Error as exc:
             self.counters.last_error = f"last values not written: {exc}"
             log.error("journal: last values not written: %s", exc)
@@ -567,6 +604,7 @@ class Journal:
                 self._refuse(item.head, item.request_id, "commit_failed", f"journal commit failed: {exc}")
             return
         counters.committed += len(records)
+        counters.live += sum(1 for record in live if record.topic is not GAP_TOPIC)
         counters.heads = {i.value: store.heads[i] for i in self.settings.instances}
         for item in durable:
             self._forward(item)
@@ -586,6 +624,8 @@ class Journal:
             send_frames(pub, record.topic, record.body)
         except zmq.Again:  # unbounded HWM: only while stopping
             log.warning("durable message on %s committed but not forwarded", record.topic.decode())
+        else:
+            self.intake.expect_echo(record.instance)
         self.counters.durable += 1
         reply = encode_reply({"seq": record.seq, "instance": record.instance.value}, item.request_id)
         self._reply([*item.head, reply])

@@ -115,7 +115,10 @@ class CatchUp:
         if self.next is None:
             args.update(self._start)
         else:
+            # a later page: the first one already waited for the broker to record everything it
+            # had forwarded (the seam), so this one needs no wait
             args["from_seq"] = self.next
+            args["sync"] = False
         return args
 
     def advance(self, reply: Mapping[str, Any]) -> list[tuple[list[bytes], bool]]:
