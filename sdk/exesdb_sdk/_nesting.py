@@ -20,12 +20,13 @@ from typing import Any, Final
 
 import msgspec
 
-__all__ = ["nests_deeper"]
+__all__ = ["HEADER_TABLE", "SHORT_BODY", "nests_deeper"]
 
 _HEADER_BYTES: Final = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
 _OTHER_BYTES: Final = bytes(sorted(set(range(256)).difference(_HEADER_BYTES)))
-_ONES: Final = bytes(1 if byte in _HEADER_BYTES else 0 for byte in range(256))
-_SHORT: Final = 256
+HEADER_TABLE: Final = bytes(1 if byte in _HEADER_BYTES else 0 for byte in range(256))
+"""``value.translate(HEADER_TABLE).count(1)``: how many bytes of ``value`` could start an array or a map."""
+SHORT_BODY: Final = 256
 """Below this many bytes, mapping to 0/1 and counting beats deleting (which sets up a table per call)."""
 _CHUNK_BYTES: Final = 16
 """Bytes per level of budget in a chunk counted at once (header bytes are rarely 1 in 32)."""
@@ -41,8 +42,8 @@ class _Unreadable(Exception):
 
 def _header_bytes(value: bytes) -> int:
     """How many bytes of ``value`` could start an array or a map (so, at least how deep it nests)."""
-    if len(value) < _SHORT:
-        return value.translate(_ONES).count(1)
+    if len(value) < SHORT_BODY:
+        return value.translate(HEADER_TABLE).count(1)
     return len(value.translate(None, _OTHER_BYTES))
 
 
@@ -125,7 +126,7 @@ def nests_deeper(body: bytes, limit: int) -> bool:
         # Not a big batch, whose envelopes hold one header byte each at least: counting the
         # whole of one would only repeat the counting of its parts. (_header_bytes, inlined:
         # this is the common path, taken by every body.)
-        count = body.translate(_ONES).count(1) if size < _SHORT else len(body.translate(None, _OTHER_BYTES))
+        count = body.translate(HEADER_TABLE).count(1) if size < SHORT_BODY else len(body.translate(None, _OTHER_BYTES))
         if count <= limit:
             return False
     try:
