@@ -29,7 +29,8 @@ HEADER_TABLE: Final = bytes(1 if byte in _HEADER_BYTES else 0 for byte in range(
 SHORT_BODY: Final = 256
 """Below this many bytes, mapping to 0/1 and counting beats deleting (which sets up a table per call)."""
 _CHUNK_BYTES: Final = 16
-"""Bytes per level of budget in a chunk counted at once (header bytes are rarely 1 in 32)."""
+"""Bytes per level of budget of the first part of a big group, counted to learn how dense header
+bytes are in it (about 1 in 30 in typical bodies)."""
 _BIG_ARRAYS: Final = (0xDC, 0xDD)
 _UNCOUNTED: Final = -1
 _OVER: Final = 1 << 62
@@ -70,7 +71,7 @@ def _fits(value: bytes, budget: int, count: int) -> bool:
     """Whether the MessagePack value ``value``, holding ``count`` header bytes (``_OVER``: not
     counted, known to be more than ``budget``), nests at most ``budget`` deep."""
     # Work items: sibling values, each allowed ``budget`` more levels, holding ``count`` header
-    # bytes together (or ``_UNCOUNTED``, or ``_OVER``) in about ``size`` bytes.
+    # bytes together (or ``_UNCOUNTED``, or ``_OVER``) in ``size`` bytes (0: small enough to count).
     pending: list[tuple[list[Any], int, int, int]] = [([value], budget, count, len(value))]
     while pending:
         group, budget, count, size = pending.pop()
@@ -96,19 +97,21 @@ def _fits(value: bytes, budget: int, count: int) -> bool:
                 pending.append((children, budget, count, len(item)))
             continue
         if count == _UNCOUNTED:
-            chunk = _CHUNK_BYTES * (budget + 1)
-            if size > 2 * chunk:
-                # Too big to pass whole: split it by size now rather than count it twice.
-                step = max(1, len(group) * chunk // size)
-                part = size * step // len(group)
-                pending.extend((group[at : at + step], budget, _UNCOUNTED, part) for at in range(0, len(group), step))
+            if size > 2 * _CHUNK_BYTES * (budget + 1):
+                # Too big to pass whole: rather than count it all and then in parts, count a
+                # first part, and cut the rest into parts expected to hold 3/4 of the budget each.
+                first = max(1, len(group) * _CHUNK_BYTES * (budget + 1) // size)
+                count = _header_bytes(b"".join(group[:first]))
+                step = max(1, first * budget * 3 // (4 * count)) if count else first
+                if count > budget:
+                    pending.append((group[:first], budget, count, 0))
+                pending.extend((group[at : at + step], budget, _UNCOUNTED, 0) for at in range(first, len(group), step))
                 continue
             count = _header_bytes(b"".join(group))
         if count > budget:
             # Chunks expected to hold about half the budget each: most pass at the first count.
             step = max(1, len(group) * budget // (2 * count))
-            part = size * step // len(group)
-            pending.extend((group[at : at + step], budget, _UNCOUNTED, part) for at in range(0, len(group), step))
+            pending.extend((group[at : at + step], budget, _UNCOUNTED, 0) for at in range(0, len(group), step))
     return True
 
 
