@@ -210,11 +210,7 @@ def ranged(low: int, high: int) -> Callable[[Any], str | None]:
 
 def typed(*kinds: type, empty: bool = True) -> Callable[[Any], str | None]:
     def rule(value: Any) -> str | None:
-        if value is None and type(None) in kinds:
-            return None
-        if isinstance(value, bool) and bool not in kinds:
-            return "bad_envelope"
-        if not isinstance(value, kinds) or isinstance(value, tuple | msgpack.ExtType | msgpack.Timestamp):
+        if type(value) not in kinds:  # exact types: a bool is no int here, an ExtType no tuple
             return "bad_envelope"
         return None if empty or value else "bad_envelope"
 
@@ -534,8 +530,7 @@ def test_control_handler_answers_every_frame_with_a_reply_or_nothing(frames: lis
     try:
         reply = decode_reply(answer[-1])
     except ControlError as exc:
-        assert exc.code in {"bad_request", "unknown_op", "internal", "forbidden"}
-        assert exc.code != "internal", exc
+        assert exc.code in {"bad_request", "unknown_op"}, exc  # never "internal": no op failed
     else:
         assert reply["ok"] is True
 
@@ -552,6 +547,6 @@ def test_control_handler_echoes_deep_ids_within_the_limit() -> None:
         decode_reply(reply[-1])
 
 
-def test_floats_and_nan_in_structured_values_are_fine() -> None:
+def test_floats_as_values_and_keys_inside_data_are_fine() -> None:
     assert expected({"type": "T", "data": {"f": math.inf, "n": {1.5: None}}}) == ("ok", 1)
     assert outcome(Decoder().decode, [TOPIC, pack({"type": "T", "data": {"n": {1.5: None}}})]) == ("ok", 1)
