@@ -34,6 +34,9 @@ RESERVED_PREFIX = "_exesdb/"  # §3
 PROBE_PREFIX = "_exesdb/probe/"  # §8.2
 MAX_MESSAGE_SIZE = 1_048_576  # §2: the broker's default max_message_size
 MAX_SUBTOPIC_BYTES = 1024  # §3
+MAX_DEPTH = 64  # §4 Limits: arrays and maps nest at most this deep, every level counted
+# §4 Limits: the range of each integer key of an envelope.
+_RANGES: dict[str, tuple[int, int]] = {"v": (1, 65535), "ts": (0, 2**63 - 1), "seq": (0, 2**63 - 1)}
 LINGER_MS = 1000  # §7.5: bounded linger
 DEFAULT_TIMEOUT = 5.0
 
@@ -143,6 +146,19 @@ def unpack(body: bytes) -> Any:
         raise Malformed(f"body is not MessagePack: {exc}") from exc
 
 
+def nesting(value: Any) -> int:
+    """§4 Limits: how many levels of arrays and maps ``value`` nests (keys count; a scalar is 0).
+    Iterative, so a hostile body cannot exhaust this client's stack either."""
+    deepest, pending = 0, [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if type(item) in (list, tuple, dict):
+            deepest = max(deepest, level)
+            children = [c for pair in item.items() for c in pair] if isinstance(item, dict) else item
+            pending.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def decode_envelope(topic: str, value: Any, batch_index: int | None = None) -> Envelope:
     """Check one envelope against §4 and apply the defaults."""
     if not isinstance(value, dict):
@@ -160,6 +176,8 @@ def decode_envelope(topic: str, value: Any, batch_index: int | None = None) -> E
         # bool is an int subclass in Python but a distinct MessagePack type.
         if isinstance(item, bool) or not isinstance(item, accepted):
             raise Malformed(f"envelope key {key!r} has the wrong type {type(item).__name__}")
+        if key in _RANGES and not _RANGES[key][0] <= item <= _RANGES[key][1]:
+            raise Malformed(f"envelope key {key!r} is {item}, outside {_RANGES[key][0]} to {_RANGES[key][1]}")
         fields[key] = item
     data = fields.pop("data", {})
     if not all(isinstance(k, str) for k in data):
@@ -187,6 +205,8 @@ def decode_message(frames: list[bytes]) -> tuple[str, list[Envelope]]:
     if not slash or instance not in INSTANCES:
         raise Malformed(f"topic {topic!r} names no instance")
     body = unpack(frames[1])  # frames 2... are reserved: ignored (§2)
+    if nesting(body) > MAX_DEPTH:
+        raise Malformed(f"body nests more than {MAX_DEPTH} levels deep")
     if isinstance(body, dict):
         return topic, [decode_envelope(topic, body)]
     if isinstance(body, list):

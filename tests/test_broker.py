@@ -284,3 +284,60 @@ def test_bad_config_file_is_a_one_line_error(start_broker: StartBroker, tmp_path
     broker = start_broker("--config", str(tmp_path / "missing.toml"), ready=False)
     assert broker.wait_exit(15) == 2
     assert re.fullmatch(r"exesdb-broker: error: config file .*missing.toml: not found", broker.lines[0])
+
+
+# The defect report's bodies: 1000 arrays nested in ``data`` (1 KB), and a seq past 2**63 - 1.
+DEEP_BODY = b"\x82\xa4type\xa4Fuzz\xa4data\x81\xa1x" + b"\x91" * 1000 + b"\xc0"
+HUGE_SEQ_BODY = msgspec.msgpack.encode({"v": 1, "type": "T", "ts": 1, "pub": "0123456789abcdef", "seq": 2**63})
+
+
+def test_deep_and_out_of_range_bodies_kill_no_thread(broker: BrokerProcess) -> None:
+    errors: list[str] = []
+    with Subscriber(broker.backend, on_error=lambda exc, frames: errors.append(exc.reason)) as sub:
+        sub.subscribe("health")
+        raw = raw_publisher(broker.frontend)
+        try:
+            for topic in (b"ex_esdb_health/x", b"ex_esdb_alerts/x"):  # alerts is journaled
+                raw.send_multipart([topic, DEEP_BODY])
+                raw.send_multipart([topic, HUGE_SEQ_BODY])
+            raw.send_multipart([b"ex_esdb_health/x", _envelope(1, ok=True)])
+        finally:
+            raw.close()
+        assert sub.recv(timeout=5).data == {"ok": True}, "the bad ones are skipped, never raised"
+        assert errors == ["too_deep", "out_of_range"]
+
+        # the stats tap counted them, and keeps counting
+        assert wait_until(lambda: _stats(broker)["malformed"] == 4, 10), _stats(broker)
+        assert _stats(broker)["malformed_by_reason"] == {"too_deep": 2, "out_of_range": 2}
+        with Publisher(broker.frontend) as pub:  # a new publisher still gets the broker's subscription
+            for n in range(3):
+                pub.publish("health", "x", "T", {"n": n})
+            assert [sub.recv(timeout=5).data["n"] for _ in range(3)] == [0, 1, 2]
+        raw = raw_publisher(broker.frontend)
+        try:
+            raw.send_multipart([b"ex_esdb_health/x", DEEP_BODY])
+        finally:
+            raw.close()
+        assert wait_until(lambda: _stats(broker)["malformed_by_reason"].get("too_deep") == 3, 10)
+        assert _stats(broker)["instances"]["ex_esdb_health"]["messages"] == 4  # 1 raw + 3 published
+
+    # the journal is still up: it counted its two as malformed, refuses a bad durable publish
+    # and bad replay arguments with a clear error, and records a good durable publish
+    assert wait_until(lambda: _stats(broker)["journal"]["malformed"] == 2, 10), _stats(broker)["journal"]
+    journal = _stats(broker)["journal"]
+    assert (journal["state"], journal["committed"]) == ("ok", 0), journal
+    with ControlClient(broker.control) as control:
+        with pytest.raises(ControlError) as refused:
+            control.request("publish", {"topic": "ex_esdb_alerts/x", "body": HUGE_SEQ_BODY})
+        assert refused.value.code == "bad_request" and "out_of_range" in refused.value.message
+        for key in ("from_seq", "since", "limit"):
+            with pytest.raises(ControlError) as refused:
+                control.request("replay", {"instance": "alerts", key: 2**63})
+            assert refused.value.code == "bad_request" and repr(key) in refused.value.message
+        with pytest.raises(ControlError, match="bad_request"):
+            control.request("publish", {"topic": "ex_esdb_alerts/x", "body": DEEP_BODY})
+    with Publisher(broker.frontend, control=broker.control) as pub:
+        assert pub.publish("alerts", "x", "SystemAlert", {"n": 1}, durable=True) == 1
+    journal = _stats(broker)["journal"]
+    assert (journal["state"], journal["committed"], journal["durable"]) == ("ok", 1, 1), journal
+    _round_trip(broker)

@@ -238,6 +238,14 @@ def test_raw_publisher_gap_counted_by_sdk_subscriber(broker: BrokerProcess) -> N
     assert (raw.stats.gaps.gaps, raw.stats.gaps.lost, raw.stats.gaps.duplicates) == (1, 2, 2)
 
 
+def nest(levels: int) -> Any:
+    """0 inside ``levels`` arrays."""
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
 BAD_MESSAGES: dict[str, list[bytes]] = {
     "single frame": [b"ex_esdb_health/bad"],
     "not MessagePack": [b"ex_esdb_health/bad", b"\xc1"],
@@ -249,6 +257,12 @@ BAD_MESSAGES: dict[str, list[bytes]] = {
     "seq is a string": [b"ex_esdb_health/bad", pack({"type": "T", "seq": "1"})],
     "data is a list": [b"ex_esdb_health/bad", pack({"type": "T", "data": [1]})],
     "batch with a bad envelope": [b"ex_esdb_health/bad", pack([{"type": "T"}, {"type": 5}])],
+    # §4 Limits
+    "65 levels deep": [b"ex_esdb_health/bad", pack([{"type": "T", "data": {"x": nest(62)}}])],
+    "1000 levels deep": [b"ex_esdb_health/bad", pack({"type": "T", "data": {"x": nest(1000)}})],
+    "negative seq": [b"ex_esdb_health/bad", pack({"type": "T", "seq": -1})],
+    "seq past 2**63 - 1": [b"ex_esdb_health/bad", pack({"type": "T", "seq": 2**63})],
+    "version 0": [b"ex_esdb_health/bad", pack({"type": "T", "v": 0})],
 }
 
 
@@ -263,7 +277,8 @@ def test_malformed_messages_are_skipped_and_counted(broker: BrokerProcess) -> No
         with RawPublisher(broker.frontend) as pub:
             for frames in BAD_MESSAGES.values():
                 pub.send_raw(frames)
-            # Accepted: unknown keys, frames after the body (§2, §4), values of any type in data.
+            # Accepted: unknown keys, frames after the body (§2, §4), values of any type in data,
+            # 64 levels of nesting, integers at the ends of their ranges (§4 Limits).
             pub.send_raw(
                 [
                     b"ex_esdb_health/good",
@@ -271,22 +286,32 @@ def test_malformed_messages_are_skipped_and_counted(broker: BrokerProcess) -> No
                     b"reserved frame",
                 ]
             )
+            pub.send_raw([b"ex_esdb_health/good", pack([{"type": "L", "v": 65535, "ts": 0, "data": {"x": nest(61)}}])])
+            pub.send_raw([b"ex_esdb_health/good", pack({"type": "L", "seq": 2**63 - 1, "ts": 2**63 - 1})])
             pub.publish("ex_esdb_health/good", "Marker", {})
         sdk_got = sdk_recv_until_type(sub, "Marker")
         raw_got = recv_until(raw, lambda e: e.type == "Marker")
         stats = wait_stats(control, lambda s: s["malformed"] >= len(BAD_MESSAGES))
 
-    assert [m.type for m in sdk_got] == ["T", "Marker"]
+    assert [m.type for m in sdk_got] == ["T", "L", "L", "Marker"]
     assert sdk_got[0].data == {"m": {1: "x"}}
     assert sub.stats.decode_errors == len(BAD_MESSAGES)
-    assert [e.type for e in raw_got] == ["T", "Marker"]
+    assert [e.type for e in raw_got] == ["T", "L", "L", "Marker"]
     assert raw_got[0].data == {"m": {1: "x"}} and raw_got[0].seq == 0 and raw_got[0].pub == ""
     assert raw.stats.malformed == len(BAD_MESSAGES)
     assert stats["malformed"] == len(BAD_MESSAGES)
     reasons = stats["malformed_by_reason"]
     assert sum(reasons.values()) == len(BAD_MESSAGES)
     assert reasons["single_frame"] == 1
-    assert set(reasons) <= {"single_frame", "bad_topic", "unknown_instance", "bad_body", "bad_envelope"}
+    assert set(reasons) <= {
+        "single_frame",
+        "bad_topic",
+        "unknown_instance",
+        "bad_body",
+        "bad_envelope",
+        "too_deep",
+        "out_of_range",
+    }
 
 
 def test_sdk_subscriber_skips_invalid_utf8_string(broker: BrokerProcess) -> None:

@@ -12,8 +12,10 @@ from typing import Any
 
 import msgspec
 import pytest
+from exesdb_broker.queries import Refused, int_arg
 from exesdb_sdk import ControlClient, DurabilityError, Publisher, Subscriber
 from exesdb_sdk.errors import BrokerUnavailableError, ControlError
+from exesdb_sdk.protocol import MAX_INT
 
 from . import conftest
 from .conftest import BrokerProcess, StartBroker, raw_publisher, wait_until
@@ -393,3 +395,15 @@ def test_journal_settings_come_from_the_environment_and_the_file(
     assert stats["data_dir"] == str(tmp_path / "from-file")
     assert stats["instances"] == ["ex_esdb_audit", "ex_esdb_security"]  # the environment wins over the file
     assert (tmp_path / "from-file" / "journal.db").exists()
+
+
+@pytest.mark.parametrize("key", ["from_seq", "since", "limit"])
+def test_integer_arguments_of_replay_are_bounded_at_max_int(key: str) -> None:
+    minimum = 1 if key == "limit" else 0
+    assert int_arg({key: MAX_INT}, key, 5, minimum) == MAX_INT
+    assert int_arg({}, key, 5, minimum) == 5
+    # past MAX_INT SQLite raises OverflowError, which is no sqlite3.Error: refuse before it
+    for value in (MAX_INT + 1, 2**64 - 1, minimum - 1, True, "1", [1]):
+        with pytest.raises(Refused) as caught:
+            int_arg({key: value}, key, 5, minimum)
+        assert caught.value.code == "bad_request" and repr(key) in caught.value.message

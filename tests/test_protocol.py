@@ -9,8 +9,11 @@ from typing import Any
 import msgspec
 import pytest
 from exesdb_sdk import Instance, Message, Publisher, Subscriber, UnknownInstanceError
+from exesdb_sdk.durable import CatchUp, durable_seq
 from exesdb_sdk.errors import ControlError, ProtocolError
 from exesdb_sdk.protocol import (
+    MAX_DEPTH,
+    MAX_INT,
     Decoder,
     Encoder,
     GapTracker,
@@ -89,7 +92,7 @@ def test_arbitrary_bodies_decode_or_raise_protocol_error(junk: bytes) -> None:
     try:
         messages = Decoder().decode([b"ex_esdb_health/x", junk])
     except ProtocolError as exc:
-        assert exc.reason in {"bad_body", "bad_envelope"}
+        assert exc.reason in {"bad_body", "bad_envelope", "out_of_range"}
     else:
         assert all(isinstance(m, Message) for m in messages)
 
@@ -154,6 +157,126 @@ def test_control_codec() -> None:
             decode_request(bad)
     with pytest.raises(ProtocolError):
         decode_reply(msgspec.msgpack.encode({"pong": True}))
+
+
+HEALTH = b"ex_esdb_health/x"
+# The body of the defect report: 1000 nested arrays inside ``data`` (1 KB).
+DEEP_BODY = b"\x82\xa4type\xa4Fuzz\xa4data\x81\xa1x" + b"\x91" * 1000 + b"\xc0"
+
+
+def nested(depth: int, inner: Any = 1) -> Any:
+    """``inner`` inside ``depth`` arrays (``depth`` levels deep when ``inner`` is a scalar)."""
+    for _ in range(depth):
+        inner = [inner]
+    return inner
+
+
+def tupled(depth: int) -> Any:
+    """1 inside ``depth`` tuples: a map key ``depth`` levels deep (MessagePack arrays)."""
+    key: Any = 1
+    for _ in range(depth):
+        key = (key,)
+    return key
+
+
+def outcomes(decoder: Decoder, frames: list[bytes]) -> list[tuple[str, int]]:
+    """What decode, check and inspect make of ``frames``: ("ok", envelopes) or (reason, 0) each."""
+    results = []
+    for call in (decoder.decode, decoder.check, decoder.inspect):
+        try:
+            result = call(frames)
+        except ProtocolError as exc:
+            results.append((exc.reason, 0))
+        else:
+            results.append(("ok", len(result) if isinstance(result, list) else result[-1]))
+    return results
+
+
+def test_deep_nesting_is_too_deep_not_a_recursion_error() -> None:
+    assert outcomes(Decoder(), [HEALTH, DEEP_BODY]) == [("too_deep", 0)] * 3
+    assert outcomes(Decoder(b"secret"), [HEALTH, DEEP_BODY]) == [("too_deep", 0)] * 3
+    batch = b"\xdc\x00\x02" + msgspec.msgpack.encode({"type": "T"}) + DEEP_BODY
+    assert outcomes(Decoder(b"secret"), [HEALTH, batch]) == [("too_deep", 0)] * 3
+    for frame in (DEEP_BODY, b"\x82\xa2op\xa4ping\xa2id" + b"\x91" * 1000 + b"\xc0"):
+        for decode in (decode_request, decode_reply):
+            with pytest.raises(ProtocolError) as caught:
+                decode(frame)
+            assert caught.value.reason == "too_deep"
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_nesting_is_allowed_up_to_max_depth_counting_every_level(batched: bool) -> None:
+    assert MAX_DEPTH == 64
+    left = MAX_DEPTH - 1 - batched  # levels left below the envelope map (and the batch array)
+    for extra in (0, 1):
+        envelopes = [
+            {"type": "T", "data": {"x": nested(left - 1 + extra)}},
+            {"type": "T", "future": nested(left + extra)},  # an unknown key: skipped, still counted
+            {"type": "T", "data": {"m": {tupled(left - 2 + extra): 1}}},  # keys count too
+        ]
+        for envelope in envelopes:
+            body = msgspec.msgpack.encode([envelope] if batched else envelope)
+            expected = ("too_deep", 0) if extra else ("ok", 1)
+            assert outcomes(Decoder(), [HEALTH, body]) == [expected] * 3, (extra, envelope)
+    assert decode_request(msgspec.msgpack.encode({"op": "ping", "id": nested(MAX_DEPTH - 1)}))["op"] == "ping"
+    with pytest.raises(ProtocolError, match="too_deep"):
+        decode_request(msgspec.msgpack.encode({"op": "ping", "id": nested(MAX_DEPTH)}))
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "good"),
+    [
+        ("seq", -1, 0),
+        ("seq", MAX_INT + 1, MAX_INT),
+        ("seq", 2**64 - 1, MAX_INT),
+        ("ts", -1, 0),
+        ("ts", MAX_INT + 1, MAX_INT),
+        ("v", 0, 1),
+        ("v", 65536, 65535),
+    ],
+)
+def test_integer_ranges_are_out_of_range(key: str, bad: int, good: int) -> None:
+    decoder = Decoder()
+    for value, expected in [(bad, ("out_of_range", 0)), (good, ("ok", 1))]:
+        body = msgspec.msgpack.encode({"type": "T", key: value})
+        assert outcomes(decoder, [HEALTH, body]) == [expected] * 3
+        batch = msgspec.msgpack.encode([{"type": "T"}, {"type": "T", key: value}])
+        assert outcomes(decoder, [HEALTH, batch]) == [(expected[0], 2 * expected[1])] * 3
+    # a wrong type stays a bad envelope; an empty type too, though its message says ">= 1"
+    for envelope in ({"type": "T", key: "1"}, {"type": "T", key: True}, {"type": "", key: good}):
+        assert outcomes(decoder, [HEALTH, msgspec.msgpack.encode(envelope)]) == [("bad_envelope", 0)] * 3
+
+
+def test_check_rejects_what_decode_rejects_about_data() -> None:
+    decoder = Decoder()
+    for data, reason in [(5, "bad_envelope"), ([1], "bad_envelope"), ({1: 2}, "bad_envelope")]:
+        body = msgspec.msgpack.encode({"type": "T", "data": data, "seq": -1})
+        assert outcomes(decoder, [HEALTH, body]) == [(reason, 0)] * 3, data
+    body = msgspec.msgpack.encode({"type": "T", "~replayed": "yes"})
+    assert outcomes(decoder, [HEALTH, body]) == [("bad_envelope", 0)] * 3
+
+
+def test_a_topic_too_long_to_sign_is_a_bad_signature() -> None:
+    encoder = Encoder(src="n", secret=b"secret")
+    body = encoder.encode(encoder.topic("health", "x"), "T", {})
+    with pytest.raises(ProtocolError, match="bad_signature"):
+        Decoder(b"secret").decode([b"ex_esdb_health/" + b"x" * 0x10000, body])
+
+
+def test_control_frames_never_raise_anything_but_protocol_errors() -> None:
+    not_utf8 = msgspec.msgpack.encode({"op": "ping", "x": "@"}).replace(b"\xa1@", b"\xa1\xff")
+    with pytest.raises(ProtocolError, match="bad_request"):
+        decode_request(not_utf8)
+    with pytest.raises(ProtocolError, match="bad_reply"):
+        decode_reply(not_utf8.replace(b"\xa2op\xa4ping", b"\xa2ok\xc3\xa0"))
+    for reply in ({"ok": True, "seq": MAX_INT + 1}, {"ok": True, "seq": -1}, {"ok": True, "seq": True}):
+        with pytest.raises(ProtocolError, match="bad_reply"):
+            durable_seq(reply)
+    assert durable_seq({"ok": True, "seq": MAX_INT}) == MAX_INT
+    with pytest.raises(ProtocolError, match="bad_reply"):
+        CatchUp("audit", "", 0).advance({"records": [], "next": MAX_INT + 1, "more": False})
+    with pytest.raises(ValueError, match="replay_from"):
+        CatchUp("audit", "", MAX_INT + 1)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from exesdb_sdk.errors import ExesdbError
 from exesdb_sdk.instances import Instance
+from exesdb_sdk.protocol import MAX_INT
 
 from .store import JournalStore
 
@@ -32,9 +33,11 @@ class Refused(Exception):
 
 
 def int_arg(request: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
+    """The integer argument ``key`` of a request, from ``minimum`` to ``MAX_INT`` (what SQLite
+    stores: a larger one would raise ``OverflowError`` there), else :class:`Refused`."""
     value = request.get(key, default)
-    if type(value) is not int or value < minimum:
-        raise Refused("bad_request", f"{key!r} must be an integer >= {minimum}, not {value!r}")
+    if type(value) is not int or not minimum <= value <= MAX_INT:
+        raise Refused("bad_request", f"{key!r} must be an integer from {minimum} to {MAX_INT}, not {value!r:.60}")
     return value
 
 

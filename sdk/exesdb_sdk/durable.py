@@ -15,6 +15,7 @@ import msgspec
 
 from .errors import ControlError, DurabilityError, ProtocolError
 from .instances import Instance
+from .protocol import MAX_INT
 
 __all__ = [
     "DEFAULT_PAGE",
@@ -48,8 +49,8 @@ def replay_args(start: ReplayFrom) -> dict[str, Any]:
     if isinstance(start, bool):
         raise ValueError("replay_from must be a sequence number, a datetime, a timedelta or 'earliest'")
     if isinstance(start, int):
-        if start < 0:
-            raise ValueError(f"replay_from sequence number must be >= 0, not {start}")
+        if not 0 <= start <= MAX_INT:
+            raise ValueError(f"replay_from sequence number must be from 0 to {MAX_INT}, not {start}")
         return {"from_seq": start}
     if isinstance(start, timedelta):
         return {"since": time.time_ns() - int(start.total_seconds() * 1e9)}
@@ -77,8 +78,8 @@ def durable_request(topic: bytes, body: bytes) -> dict[str, Any]:
 def durable_seq(reply: Mapping[str, Any]) -> int:
     """The broker sequence number of an acknowledged durable publish."""
     seq = reply.get("seq")
-    if type(seq) is not int:
-        raise ProtocolError("bad_reply", "publish reply without an integer 'seq'")
+    if type(seq) is not int or not 0 <= seq <= MAX_INT:
+        raise ProtocolError("bad_reply", f"publish reply without an integer 'seq' from 0 to {MAX_INT}")
     return seq
 
 
@@ -125,8 +126,8 @@ class CatchUp:
         """Take a ``replay`` reply: the ``[topic, body]`` of its records, in order, each with
         whether it was a durable publish (a record the broker committed before forwarding)."""
         records, following = reply.get("records"), reply.get("next")
-        if not isinstance(records, list) or type(following) is not int:
-            raise ProtocolError("bad_reply", "replay reply without 'records' and an integer 'next'")
+        if not isinstance(records, list) or type(following) is not int or not 0 <= following <= MAX_INT:
+            raise ProtocolError("bad_reply", f"replay reply without 'records' and a 'next' from 0 to {MAX_INT}")
         frames = [
             (_frames(record[2], record[3]), len(record) < 5 or record[4] is not False)
             for record in records

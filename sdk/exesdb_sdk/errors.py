@@ -66,7 +66,8 @@ class ProtocolError(ExesdbError, ValueError):
     """Frames or a control message that do not follow wire protocol v1.
 
     ``reason`` is a short machine-readable code (``single_frame``, ``bad_topic``,
-    ``unknown_instance``, ``bad_body``, ``bad_envelope``, ``bad_request``...).
+    ``unknown_instance``, ``too_deep``, ``bad_body``, ``bad_envelope``, ``out_of_range``,
+    ``bad_request``...).
     """
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -21,12 +21,15 @@ from typing import Annotated, Any, Final
 
 import msgspec
 
+from ._nesting import HEADER_TABLE, SHORT_BODY, nests_deeper
 from .errors import ControlError, MessageTooLargeError, ProtocolError, UnknownInstanceError
 from .instances import Instance
 from .signing import sign, verify
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_DEPTH",
+    "MAX_INT",
     "PROBE_PREFIX",
     "PROTOCOL_VERSION",
     "RESERVED_PREFIX",
@@ -49,6 +52,13 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 DEFAULT_MAX_MESSAGE_SIZE: Final = 1 << 20
 """Default limit, in bytes, for any one frame (1 MiB)."""
+MAX_DEPTH: Final = 64
+"""How deeply arrays and maps may nest in a body or a control frame, counting every level: a
+batch's array, the envelope map and ``data`` are three. Deeper is malformed (``too_deep``)."""
+MAX_INT: Final = (1 << 63) - 1
+"""The largest ``seq``, ``ts`` and control integer argument (a signed 64-bit integer)."""
+MAX_VERSION: Final = 0xFFFF
+"""The largest envelope version ``v`` (the smallest is 1)."""
 
 SEPARATOR: Final = "/"
 MAX_SUBTOPIC_BYTES: Final = 1024
@@ -60,6 +70,11 @@ PROBE_PREFIX: Final = "_exesdb/probe/"
 _RESERVED_BYTES: Final = RESERVED_PREFIX.encode()
 _TOPIC_CACHE_LIMIT: Final = 4096
 _GAP_TRACKER_LIMIT: Final = 100_000
+_TOO_DEEP: Final = f"nests arrays and maps more than {MAX_DEPTH} deep"
+
+# msgspec checks these ranges as it decodes (costing next to nothing); outside: ``out_of_range``.
+_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+_Version = Annotated[int, msgspec.Meta(ge=PROTOCOL_VERSION, le=MAX_VERSION)]
 
 
 def new_publisher_id() -> str:
@@ -134,11 +149,11 @@ class Message(msgspec.Struct, gc=False, repr_omit_defaults=True):
 
     type: Annotated[str, msgspec.Meta(min_length=1)]
     data: dict[str, Any] = {}
-    v: int = PROTOCOL_VERSION
-    ts: int = 0
+    v: _Version = PROTOCOL_VERSION
+    ts: _Count = 0
     src: str = ""
     pub: str = ""
-    seq: int = 0
+    seq: _Count = 0
     id: str | None = None
     corr: str | None = None
     cause: str | None = None
@@ -312,33 +327,60 @@ def _array_header(count: int) -> bytes:
 _ARRAY_MARKERS: Final = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
 
 
-_MAP_MARKERS: Final = frozenset(range(0x80, 0x90)) | {0xDE, 0xDF}
+class _AnyMap(msgspec.Struct, frozen=True):
+    """A map with string keys whose values are skipped, not decoded: ``data`` as a check sees it."""
+
+
+_EMPTY_MAP: Final = _AnyMap()
 
 
 class _Header(msgspec.Struct, gc=False):
-    """An envelope with its ``data`` left undecoded: enough to check a message cheaply."""
+    """An envelope with its ``data`` left undecoded: enough to check a message cheaply.
+
+    Every field of :class:`Message` is here with the same type (``data`` and ``~payload``
+    skipped, not decoded), so a check rejects what decoding rejects, for the same reason.
+    """
 
     type: Annotated[str, msgspec.Meta(min_length=1)]
-    data: msgspec.Raw = msgspec.Raw(b"\x80")
-    v: int = PROTOCOL_VERSION
-    ts: int = 0
+    data: _AnyMap = _EMPTY_MAP
+    v: _Version = PROTOCOL_VERSION
+    ts: _Count = 0
     src: str = ""
     pub: str = ""
-    seq: int = 0
+    seq: _Count = 0
     id: str | None = None
     corr: str | None = None
     cause: str | None = None
     trace: str | None = None
     sig: bytes | None = None
+    topic: str = msgspec.field(default="", name="~topic")
+    payload: msgspec.Raw = msgspec.field(default=msgspec.Raw(b"\xc0"), name="~payload")
+    replayed: bool = msgspec.field(default=False, name="~replayed")
+
+
+def _invalid(exc: msgspec.ValidationError) -> ProtocolError:
+    """The reason for an envelope msgspec refused: a range of :data:`MAX_INT` or ``v``, or a type."""
+    text = str(exc)
+    if text.startswith(("Expected `int` >=", "Expected `int` <=")):
+        return ProtocolError("out_of_range", text)
+    return ProtocolError("bad_envelope", text)
 
 
 class Decoder:
     """Turns received frames into :class:`Message` objects, or raises :class:`ProtocolError`.
 
-    Reasons: ``single_frame``, ``bad_topic``, ``unknown_instance``, ``reserved_topic``,
-    ``bad_body`` (not MessagePack, or a string that is not UTF-8), ``bad_envelope``
-    (MessagePack, but not an envelope or a non-empty batch of envelopes) and, with a
-    ``secret``, ``bad_signature``.
+    It takes any frames: whatever they hold, it returns messages or raises
+    :class:`ProtocolError` with one of these reasons, looked for in this order:
+
+    - ``single_frame``: no body frame;
+    - ``reserved_topic``, ``bad_topic`` (not UTF-8, no ``/``), ``unknown_instance``;
+    - ``too_deep``: arrays and maps nested more than :data:`MAX_DEPTH` deep;
+    - with a ``secret``, ``bad_signature``;
+    - then, for the first problem met while decoding the body: ``bad_body`` (not one
+      MessagePack value, or a string that is not UTF-8), ``bad_envelope`` (MessagePack, but
+      not an envelope or a non-empty batch of envelopes; a key of the wrong type) or
+      ``out_of_range`` (``seq`` or ``ts`` outside 0 to :data:`MAX_INT`, ``v`` outside 1 to
+      :data:`MAX_VERSION`).
     """
 
     __slots__ = ("_batch", "_header", "_headers", "_raws", "_secret", "_single", "_topics")
@@ -360,6 +402,8 @@ class Decoder:
                 envelopes = [bytes(raw) for raw in self._raws.decode(body)]
             except msgspec.DecodeError as exc:
                 raise ProtocolError("bad_body", f"body is not MessagePack: {exc}") from None
+            except RecursionError:
+                raise ProtocolError("too_deep", f"body {_TOO_DEEP}") from None
         else:
             envelopes = [body]
         for envelope in envelopes:
@@ -377,9 +421,20 @@ class Decoder:
         return text
 
     def _topic(self, frames: Sequence[bytes]) -> str:
+        """The topic of a data message whose body may be decoded: checked for nesting and, with
+        a secret, for signatures."""
         if len(frames) < 2:
             raise ProtocolError("single_frame", "a data message needs [topic, body] frames")
         topic = self._topics.get(frames[0]) or self._learn(frames[0])
+        body = frames[1]
+        size = len(body)
+        # nests_deeper's first test, inlined for the common small body: saves a call per message.
+        if (
+            size > MAX_DEPTH
+            and (size >= SHORT_BODY or body.translate(HEADER_TABLE).count(1) > MAX_DEPTH)
+            and nests_deeper(body, MAX_DEPTH)
+        ):
+            raise ProtocolError("too_deep", f"body {_TOO_DEEP}")
         if self._secret is not None:
             self._verify(frames[0], frames[1])
         return topic
@@ -394,11 +449,13 @@ class Decoder:
                 return envelopes
             return [single.decode(body)]
         except msgspec.ValidationError as exc:
-            raise ProtocolError("bad_envelope", str(exc)) from None
+            raise _invalid(exc) from None
         except msgspec.DecodeError as exc:
             raise ProtocolError("bad_body", f"body is not MessagePack: {exc}") from None
         except UnicodeDecodeError as exc:  # msgspec lets invalid UTF-8 in a str through as this
             raise ProtocolError("bad_body", f"a string in the body is not UTF-8: {exc.reason}") from None
+        except RecursionError:  # the nesting check ran first; this is only a backstop
+            raise ProtocolError("too_deep", f"body {_TOO_DEEP}") from None
 
     def decode(self, frames: Sequence[bytes]) -> list[Message]:
         """Decode one data message (a single envelope or a batch) into messages."""
@@ -410,22 +467,20 @@ class Decoder:
 
     def check(self, frames: Sequence[bytes]) -> tuple[str, int]:
         """Check one data message as :meth:`decode` would, without building the payloads;
-        return its topic and envelope count. (Strings inside ``data`` are not checked.)"""
+        return its topic and envelope count.
+
+        What is inside ``data`` (and ``~payload``) is skipped rather than decoded, so strings
+        there are not checked for UTF-8, nor timestamps and map keys inside them for validity:
+        :meth:`decode` may refuse a message that passes this check, never the other way round.
+        """
         topic = self._topic(frames)
-        headers: list[_Header] = self._envelopes(self._header, self._headers, frames[1])
-        for header in headers:
-            if memoryview(header.data)[0] not in _MAP_MARKERS:
-                raise ProtocolError("bad_envelope", "'data' must be a map")
-        return topic, len(headers)
+        return topic, len(self._envelopes(self._header, self._headers, frames[1]))
 
     def inspect(self, frames: Sequence[bytes]) -> tuple[str, str, int, int]:
         """Check one data message as :meth:`check` does; return its topic, the first envelope's
         ``pub`` and ``seq``, and the envelope count."""
         topic = self._topic(frames)
         headers: list[_Header] = self._envelopes(self._header, self._headers, frames[1])
-        for header in headers:
-            if memoryview(header.data)[0] not in _MAP_MARKERS:
-                raise ProtocolError("bad_envelope", "'data' must be a map")
         return topic, headers[0].pub, headers[0].seq, len(headers)
 
 
@@ -485,12 +540,24 @@ def encode_request(op: str, args: Mapping[str, Any] | None = None, request_id: i
     return _encode(request)
 
 
-def decode_request(frame: bytes) -> dict[str, Any]:
-    """Decode a control request; raises :class:`ProtocolError` (reason ``bad_request``)."""
+def _decode_frame(frame: bytes, what: str, reason: str) -> Any:
+    """The MessagePack value of a control frame, or :class:`ProtocolError` (``too_deep`` or ``reason``)."""
+    if nests_deeper(frame, MAX_DEPTH):
+        raise ProtocolError("too_deep", f"{what} {_TOO_DEEP}")
     try:
-        request = msgspec.msgpack.decode(frame)
+        return msgspec.msgpack.decode(frame)
     except msgspec.DecodeError as exc:
-        raise ProtocolError("bad_request", f"request is not MessagePack: {exc}") from None
+        raise ProtocolError(reason, f"{what} is not MessagePack: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec lets invalid UTF-8 in a str through as this
+        raise ProtocolError(reason, f"a string in the {what} is not UTF-8: {exc.reason}") from None
+    except RecursionError:  # the nesting check ran first; this is only a backstop
+        raise ProtocolError("too_deep", f"{what} {_TOO_DEEP}") from None
+
+
+def decode_request(frame: bytes) -> dict[str, Any]:
+    """Decode a control request from any bytes; raises :class:`ProtocolError` (reason
+    ``bad_request``, or ``too_deep`` past :data:`MAX_DEPTH`) for anything else."""
+    request = _decode_frame(frame, "request", "bad_request")
     if type(request) is not dict:
         raise ProtocolError("bad_request", "request must be a map")
     if type(request.get("op")) is not str:
@@ -516,12 +583,10 @@ def encode_error_reply(code: str, message: str, request_id: Any = None) -> bytes
 
 
 def decode_reply(frame: bytes) -> dict[str, Any]:
-    """Decode a control reply; raises :class:`ControlError` for an error reply and
-    :class:`ProtocolError` (reason ``bad_reply``) for anything that is not a reply."""
-    try:
-        reply = msgspec.msgpack.decode(frame)
-    except msgspec.DecodeError as exc:
-        raise ProtocolError("bad_reply", f"reply is not MessagePack: {exc}") from None
+    """Decode a control reply from any bytes; raises :class:`ControlError` for an error reply
+    and :class:`ProtocolError` (reason ``bad_reply``, or ``too_deep`` past :data:`MAX_DEPTH`)
+    for anything that is not a reply."""
+    reply = _decode_frame(frame, "reply", "bad_reply")
     if type(reply) is not dict or type(reply.get("ok")) is not bool:
         raise ProtocolError("bad_reply", "reply must be a map with a boolean 'ok'")
     if not reply["ok"]:

@@ -26,6 +26,7 @@ ENV_SECRET: Final = "EXESDB_SECRET"
 
 _TRAILER: Final = b"\xa3sig\xc4\x20"  # fixstr "sig", then bin 8 of 32 bytes
 _SIGNED_TAIL: Final = len(_TRAILER) + 32
+_MAX_TOPIC: Final = 0xFFFF  # its length is signed as 2 bytes: a longer topic was never signed
 
 
 def resolve_secret(secret: str | bytes | None) -> bytes | None:
@@ -75,7 +76,7 @@ def sign(secret: bytes, topic: bytes, unsigned: bytes) -> bytes:
 def verify(secret: bytes, topic: bytes, signed: bytes) -> bool:
     """Whether ``signed`` is an envelope map ending with a valid ``sig`` for ``topic``."""
     header = _read_header(signed)
-    if header is None or len(signed) < header[1] + _SIGNED_TAIL:
+    if header is None or len(signed) < header[1] + _SIGNED_TAIL or len(topic) > _MAX_TOPIC:
         return False
     count, length = header
     if count == 0 or signed[-_SIGNED_TAIL:-32] != _TRAILER:
