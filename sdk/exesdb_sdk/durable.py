@@ -169,7 +169,7 @@ def journal_gap(body: bytes) -> dict[str, Any] | None:
     ``reason``), or ``None`` when ``body`` is not one."""
     try:
         marker = _gap_decoder.decode(body)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return None
     if marker.type != JOURNAL_GAP_TYPE:
         return None
