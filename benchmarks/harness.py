@@ -30,9 +30,9 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event
@@ -160,14 +160,14 @@ BROKER_FLAGS: Final[dict[str, list[str]]] = {
 """Extra ``exesdb-broker`` flags per broker kind (defaults: journal alerts and audit, fsync durable)."""
 
 
-def broker_command(kind: str, transport: str = "tcp", directory: str = "") -> list[str]:
+def broker_command(kind: str, transport: str = "tcp", directory: str = "", extra: Sequence[str] = ()) -> list[str]:
     frontend, backend, control = endpoints_for(transport, directory)
     if kind == "bare":  # this module, as a script
         return [sys.executable, str(Path(__file__).resolve()), "--serve-bare-proxy", frontend, backend]
     return [
         sys.executable, "-m", "exesdb_broker",
         "--frontend", frontend, "--backend", backend, "--control", control, "--log-level", "warning",
-        *BROKER_FLAGS[kind],
+        *BROKER_FLAGS[kind], *extra,
     ]  # fmt: skip
 
 
@@ -190,6 +190,9 @@ class BrokerHandle:
     backend: str
     control: str | None
     pid: int
+    lines: list[str] = field(default_factory=list)
+    """What the broker printed on stderr so far (it keeps growing)."""
+    process: subprocess.Popen[str] | None = None
 
 
 @contextmanager
@@ -200,14 +203,14 @@ def running_broker(kind: str, transport: str = "tcp") -> Iterator[tuple[str, str
 
 
 @contextmanager
-def started_broker(kind: str, transport: str = "tcp") -> Iterator[BrokerHandle]:
+def started_broker(kind: str, transport: str = "tcp", extra: Sequence[str] = ()) -> Iterator[BrokerHandle]:
     """Start ``exesdb-broker`` (kind ``"exesdb"``) or the bare proxy (``"bare"``) over ``transport``
     (``"tcp"`` on free 127.0.0.1 ports, or ``"ipc"`` in a temporary directory); stop it on exit."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXESDB_")}  # default settings
     directory = tempfile.mkdtemp(prefix="exesdb-bench-")
     env["XDG_STATE_HOME"] = directory  # the broker's journal goes in the run's own directory
     proc = subprocess.Popen(
-        broker_command(kind, transport, directory),
+        broker_command(kind, transport, directory, extra),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -241,7 +244,7 @@ def started_broker(kind: str, transport: str = "tcp") -> Iterator[BrokerHandle]:
                 endpoints = match.group(1), match.group(2), control.group(1) if control else None
         if endpoints is None:
             raise RuntimeError(f"{kind} broker did not become ready:\n" + "\n".join(seen[-20:]))
-        yield BrokerHandle(*endpoints, pid=proc.pid)
+        yield BrokerHandle(*endpoints, pid=proc.pid, lines=seen, process=proc)
     finally:
         stop_process(proc)
         _children.remove(proc)

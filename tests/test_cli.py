@@ -258,3 +258,25 @@ def test_demo_runs_and_exits_0(clean_env: dict[str, str]) -> None:
     for instance in ("health", "metrics", "events", "audit", "security", "logging", "alerts", "diagnostics", "system"):
         assert f" {instance} " in out, instance
     assert "Traceback" not in done.stderr
+
+
+def test_stats_warns_when_counts_are_approximate_or_threads_restarted() -> None:
+    from exesdb_cli.stats import render_stats
+    from rich.console import Console
+
+    stats = {
+        "instances": {"ex_esdb_health": {"messages": 1, "envelopes": 1, "bytes": 10, "rate": 0.0}},
+        "totals": {"messages": 1, "envelopes": 1, "bytes": 10, "rate": 0.0},
+        "subscribers": 0, "publishers": 0, "malformed": 0, "uptime": 1.0,
+        "counting": {"exact": False, "missed_frames": 2_000, "paused": 3},
+        "restarts": {"total": 1, "by_thread": {"tap": 1}},
+        "fds": {"used": 250, "limit": 256, "paused": ["frontend"]},
+        "journal": {"state": "ok", "heads": {"ex_esdb_alerts": 5}, "backlog": 0, "durable": 0, "dropped": 7},
+    }  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(render_stats(stats))
+    text = console.export_text()
+    assert "counts are approximate: the counter missed at least 1,000 messages under load" in text
+    assert "thread restarts: tap 1" in text
+    assert "out of file descriptors: not accepting on frontend" in text
+    assert "NOT JOURNALED 7 (marked in the journal)" in text

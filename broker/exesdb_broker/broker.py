@@ -227,6 +227,7 @@ class Broker:
             metrics_interval=config.metrics_interval,
             on_stop=self._stop_after_proxy,
             remember=lambda count: remember_subscribers(config.data_dir, self.backend, count),
+            adjust_tap=self._tap.adjust,
             extra_stats=self._extra_stats,
             journal_ops=JOURNAL_OPS,
             to_journal=self._journal.submit,

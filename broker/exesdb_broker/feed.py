@@ -20,17 +20,23 @@ main proxy it is not restarted (a libzmq proxy does not fail short of the contex
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import zmq
+from exesdb_sdk._frames import send_frames
 from exesdb_sdk.instances import Instance
 
-__all__ = ["FEED_HWM", "SYNC_PREFIX", "Feed"]
+from .stats import ProxyTotals
+
+__all__ = ["FEED_HWM", "SYNC_PREFIX", "Feed", "FeedLink"]
 
 FEED_HWM: Final = 50_000
 """Messages a feed queues for the journal before it sheds (the bound on that memory: about
 20 MB of 100-byte messages). It absorbs what arrives while the journal commits or answers."""
 SYNC_PREFIX: Final = b"_exesdb/journal/sync/"
+_REPLY_MS: Final = 200
 
 
 class Feed:
@@ -81,3 +87,45 @@ class Feed:
         finally:
             for socket in (sub, pub, control):
                 socket.close(linger=0)
+
+
+class FeedLink:
+    """The journal's end of its feeds, for one run of the journal thread: the SUB that reads
+    them all and a DEALER to each feed's control socket. Created and closed by that thread."""
+
+    def __init__(self, context: zmq.Context[Any], feeds: list[Feed]) -> None:
+        self._feeds = feeds
+        self.sub = context.socket(zmq.SUB)
+        self.controls = {feed.label: context.socket(zmq.DEALER) for feed in feeds}
+        self.sub.setsockopt(zmq.RCVHWM, 1)  # the feeds' SNDHWM bound the queue (0 would unbind it)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        for feed in feeds:
+            self.sub.connect(feed.endpoint)
+            control = self.controls[feed.label]
+            control.setsockopt(zmq.LINGER, 0)
+            control.connect(feed.control)
+
+    def sample(self, sampled: Callable[[str, int, float], None]) -> None:
+        """Read every feed's count of frames sent: ``sampled(label, frames, monotonic time)``."""
+        for label, control in self.controls.items():
+            while control.poll(0):  # a late reply to a request that timed out: stale
+                control.recv_multipart()
+            control.send(b"STATISTICS")
+            if control.poll(_REPLY_MS):
+                sampled(label, ProxyTotals.from_reply(control.recv_multipart()).frames_out, time.monotonic())
+
+    def send_sync(self, pub: zmq.Socket[Any], number: int) -> None:
+        """Send sync marker ``number`` through every feed, by way of the proxy (``pub`` is a
+        publisher into the frontend). Raises ``zmq.ZMQError`` when it cannot."""
+        for feed in self._feeds:
+            send_frames(pub, feed.sync_prefix + str(number).encode(), b"")
+
+    def terminate(self) -> None:
+        """End every feed (at stop, once they are drained)."""
+        for control in self.controls.values():
+            control.send(b"TERMINATE")
+
+    def close(self) -> None:
+        for socket in (self.sub, *self.controls.values()):
+            socket.close(linger=0)

@@ -29,8 +29,8 @@ the feeds). The later pages of a catch-up (``"sync": false``) are answered at on
 **Stop.** On ``stop`` (the proxy has stopped by then) it reads what the feeds still hold,
 commits everything, writes the last values, stops the feeds and logs what it drained.
 
-**Last values** live in memory and are written to SQLite at most once per topic per
-:data:`LAST_FLUSH` seconds, and at stop.
+**Last values** live in memory (:mod:`.lastvalues`) and are written to SQLite at most once
+per topic per second, and at stop.
 """
 
 from __future__ import annotations
@@ -51,11 +51,11 @@ from exesdb_sdk.messages import SystemAlert
 from exesdb_sdk.protocol import Decoder, Encoder, decode_request, encode_error_reply, encode_reply
 from exesdb_sdk.publisher import prepare_socket
 
-from .feed import Feed
+from .feed import Feed, FeedLink
 from .intake import GAP_TOPIC, LAST_FEED, Intake
+from .lastvalues import LAST_FLUSH, LastValues
 from .mailbox import Mailbox
-from .queries import Refused, last_reply, not_journaled, replay_reply
-from .stats import ProxyTotals
+from .queries import Refused, answer, durable_record
 from .store import JournalStore, Record, StoreError, open_store
 
 __all__ = [
@@ -63,7 +63,6 @@ __all__ = [
     "DEFAULT_JOURNAL_BUFFER",
     "DURABLE_ROUND",
     "JOURNAL_OPS",
-    "LAST_FLUSH",
     "READ_ROUND",
     "Journal",
     "JournalSettings",
@@ -82,10 +81,6 @@ COMMIT_ROUND: Final = 20_000
 """Buffered records per transaction."""
 DURABLE_ROUND: Final = 2_000
 """Buffered records committed with durable publishes (they wait for no more than that)."""
-LAST_TOPICS: Final = 10_000
-"""Last-value topics kept; past this the least recently updated is forgotten."""
-LAST_FLUSH: Final = 1.0
-"""Seconds between writes of changed last values to SQLite."""
 INJECTED_LIMIT: Final = 100_000
 _COALESCE: Final = 0.001
 """Seconds the loop waits, after reading some, before it looks at the SUB again."""
@@ -103,7 +98,6 @@ _SYNC_TIMEOUT: Final = 3.0
 _SYNC_RESEND: Final = 0.1
 _SYNC_POLL: Final = 0.005
 _SLICE: Final = 1_000
-_FEED_REPLY_MS: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +136,6 @@ class JournalCounters:
     """Records committed (live, durable and gap markers)."""
     live: int = 0
     """Live messages committed."""
-    last_writes: int = 0
-    """Transactions that wrote last values (at most one per LAST_FLUSH seconds)."""
     durable: int = 0
     """Durable publishes committed and acknowledged."""
     refused: int = 0
@@ -211,8 +203,7 @@ class Journal:
         self._reply = reply
         self._store: JournalStore | None = None
         self._journaled = frozenset(settings.instances)
-        self._last: dict[bytes, tuple[int, bytes]] = {}
-        self._dirty: dict[bytes, tuple[int, bytes]] = {}
+        self.last = LastValues()
         self._in_flight: list[_Durable] = []
         self._deferred: list[tuple[str, Any]] = []
         self._syncs = 0
@@ -220,7 +211,6 @@ class Journal:
         self._decoder = Decoder()
         self._encoder = Encoder(src=settings.node or "exesdb-broker")
         self._pub: zmq.Socket[Any] | None = None
-        self._loaded = False
         self._view: dict[str, Any] = {}
         self.intake = Intake(
             [(feed.label, feed.instance) for feed in self._feeds],
@@ -228,7 +218,7 @@ class Journal:
             last_values=settings.last_values,
             buffer_bytes=settings.buffer_bytes,
             node=self._encoder.src,
-            keep_last=self._keep_last,
+            keep_last=self.last.keep,
             alert=self._shed_alert,
         )
         self._take_view()
@@ -252,7 +242,8 @@ class Journal:
         """The ``journal`` map of the ``stats`` reply: the view the journal thread took at the
         end of its latest round, so its counts agree with each other exactly (``received`` =
         ``committed_live`` + ``backlog`` + what a restart lost)."""
-        return {**self._view, "state": self.state, "reason": self.reason, "last_error": self.counters.last_error}
+        last_error = self.counters.last_error or self.last.error
+        return {**self._view, "state": self.state, "reason": self.reason, "last_error": last_error}
 
     def _take_view(self) -> None:
         """Rebuild the stats view (in the journal thread, between rounds)."""
@@ -281,8 +272,8 @@ class Journal:
             "buffer_bytes": intake.buffer_bytes,
             "buffer_limit": self.settings.buffer_bytes,
             "heads": dict(c.heads),
-            "last_values": len(self._last),
-            "last_value_writes": c.last_writes,
+            "last_values": len(self.last.kept),
+            "last_value_writes": self.last.writes,
             "drained_at_stop": c.drained_at_stop,
         }
 
@@ -302,39 +293,28 @@ class Journal:
             return
         self.state, self.reason = "ok", ""
         self.intake.recording = True
-        if not self._loaded:  # a restart keeps the last values it has in memory
-            last = sorted(self._store.last_values().items(), key=lambda item: item[1][0])[-LAST_TOPICS:]
-            self._last = {**dict(last), **self._last}
-            self._loaded = True
+        self.last.load(self._store)
         self.counters.heads = {i.value: self._store.heads[i] for i in settings.instances}
         log.info("journal %s: recording %s", self._store.path, ", ".join(i.value for i in settings.instances) or "none")
 
     def run(self) -> None:
         self.ready.clear()  # until this run's publisher has the frontend's subscription
         self._recover()
-        context = self._context
-        sub, pub = context.socket(zmq.SUB), context.socket(zmq.XPUB)
-        controls = {feed.label: context.socket(zmq.DEALER) for feed in self._feeds}
+        link = FeedLink(self._context, self._feeds)
+        pub = self._context.socket(zmq.XPUB)
         self._pub = pub
         try:
-            sub.setsockopt(zmq.RCVHWM, 1)  # the feeds' SNDHWM bound the queue (0 would unbind it)
-            sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.SUBSCRIBE, b"")
-            for feed in self._feeds:
-                sub.connect(feed.endpoint)
-                controls[feed.label].setsockopt(zmq.LINGER, 0)
-                controls[feed.label].connect(feed.control)
             prepare_socket(pub, hwm=0, send_timeout=0, linger=0)
             pub.connect(self._frontend)
             self.subscribed.set()
-            self._loop(sub, pub, controls)
+            self._loop(link, pub)
         finally:
             self._pub = None
             if self._store is not None:
                 self._store.close()
                 self._store = None
-            for socket in (sub, pub, *controls.values()):
-                socket.close(linger=0)
+            link.close()
+            pub.close(linger=0)
 
     def _recover(self) -> None:
         """After a failed run: what was buffered is lost (counted and marked), and durable
@@ -353,7 +333,8 @@ class Journal:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def _loop(self, sub: zmq.Socket[Any], pub: zmq.Socket[Any], controls: dict[str, zmq.Socket[Any]]) -> None:
+    def _loop(self, link: FeedLink, pub: zmq.Socket[Any]) -> None:
+        sub = link.sub
         # Two pollers: with the SUB while idle, so data wakes the loop at once (a feed's queue
         # is bounded); without it for a moment after a read, so that moderate traffic is read
         # in batches rather than with a wake-up per message.
@@ -364,7 +345,7 @@ class Journal:
         idle.register(sub, zmq.POLLIN)
         intake = self.intake
         opened = False
-        next_maintenance = time.monotonic() + _MAINTENANCE
+        next_maintenance = next_flush = time.monotonic() + _MAINTENANCE
         next_sample = last_commit = last_sync = 0.0
         waiting: list[_Query] = []
         poller, wait = idle, 0.0
@@ -372,42 +353,20 @@ class Journal:
             ready = dict(poller.poll(int(wait * 1000)))
             if pub in ready:
                 self._drain_subscriptions(pub)
-            if self.ready.is_set() and not self._first_sync:
-                self._first_sync = self._send_sync(pub)
-            if not self.synced.is_set() and self._first_sync and intake.synced(self._first_sync):
-                self.synced.set()
-            if self.synced.is_set() and not opened:
-                self._open()  # after the feeds are wired: converting an old journal may take seconds
-                opened = True
-                self._take_view()
-                self.opened.set()
-            requests = self.inbox.take(1000) if self.inbox.fileno() in ready else []
-            if not opened:  # requests wait until the journal can answer them
-                self._deferred.extend(item for item in requests if item[0] == "request")
-                requests = [item for item in requests if item[0] != "request"]
-            elif self._deferred:
-                requests, self._deferred = [*self._deferred, *requests], []
-            stop = any(kind == "stop" for kind, _ in requests)
-            durable: list[_Durable] = []
-            queries: list[tuple[list[bytes], Any, dict[str, Any]]] = []
-            for kind, frames in requests:
-                if kind == "request" and len(frames) >= 2:
-                    self._take_request(frames[:-1], frames[-1], durable, queries)
+            if not opened:
+                opened = self._start_up(link, pub)
+            stop, durable, queries = self._requests(
+                self.inbox.take(1000) if self.inbox.fileno() in ready else [], opened
+            )
             now = time.monotonic()
             if queries:
-                later = [q for q in queries if q[2].get("sync", True) is False]  # continuation pages
-                for head, request_id, request in later:
-                    self._answer(head, request_id, request)
-                if len(later) < len(queries):
-                    sync = self._send_sync(pub)
-                    waiting.extend(_Query(sync, time.monotonic(), *q) for q in queries if q not in later)
-                    intake.allow_overdraw()
+                waiting.extend(self._queries(queries, link, pub))
             if waiting and now - last_sync >= _SYNC_RESEND:  # a feed may have shed the marker
-                self._send_sync(pub)
+                self._send_sync(link, pub)
                 last_sync = now
             now = time.monotonic()
             if now >= next_sample:
-                self._sample_feeds(controls)
+                link.sample(intake.sampled)
                 next_sample = now + _SAMPLE_EVERY
             before = intake.counters.received
             # a durable publish waits for a slice of reading, not a round; a query waits for its
@@ -426,23 +385,72 @@ class Journal:
                 self._commit([], COMMIT_ROUND)
                 last_commit = now
             if stop:
-                self._drain_at_stop(sub, controls)
+                self._drain_at_stop(link)
             if waiting:
                 waiting = self._answer_synced(waiting, empty or stop)
             if stop:
-                self._flush_last()
-                for control in controls.values():
-                    control.send(b"TERMINATE")
+                self.last.flush(self._store)
+                link.terminate()
                 self._take_view()
                 self._stop_report()
                 return
             if now >= next_maintenance:
                 self._maintain()
-                self._flush_last()
                 next_maintenance = now + _MAINTENANCE
+            if now >= next_flush:
+                self.last.flush(self._store)
+                next_flush = now + LAST_FLUSH
             self._take_view()
             with_sub, wait = self._next_wait(empty, read, bool(waiting), next_maintenance, last_commit, now)
             poller = idle if with_sub else coalescing
+
+    def _start_up(self, link: FeedLink, pub: zmq.Socket[Any]) -> bool:
+        """Until the journal is open: sync the feeds once the publisher is connected, then open
+        the store (after the feeds are wired: converting an old journal may take seconds).
+        Returns whether it is open."""
+        if self.ready.is_set() and not self._first_sync:
+            self._first_sync = self._send_sync(link, pub)
+        if not self.synced.is_set() and self._first_sync and self.intake.synced(self._first_sync):
+            self.synced.set()
+        if not self.synced.is_set():
+            return False
+        self._open()
+        self._take_view()
+        self.opened.set()
+        return True
+
+    def _requests(
+        self, items: list[tuple[str, Any]], opened: bool
+    ) -> tuple[bool, list[_Durable], list[tuple[list[bytes], Any, dict[str, Any]]]]:
+        """Sort the inbox: whether to stop, the durable publishes, the queries. Requests wait
+        (deferred) until the journal is open."""
+        if not opened:
+            self._deferred.extend(item for item in items if item[0] == "request")
+            items = [item for item in items if item[0] != "request"]
+        elif self._deferred:
+            items, self._deferred = [*self._deferred, *items], []
+        durable: list[_Durable] = []
+        queries: list[tuple[list[bytes], Any, dict[str, Any]]] = []
+        for kind, frames in items:
+            if kind == "request" and len(frames) >= 2:
+                self._take_request(frames[:-1], frames[-1], durable, queries)
+        return any(kind == "stop" for kind, _ in items), durable, queries
+
+    def _queries(
+        self, queries: list[tuple[list[bytes], Any, dict[str, Any]]], link: FeedLink, pub: zmq.Socket[Any]
+    ) -> list[_Query]:
+        """Answer the later pages of a catch-up at once; the rest wait for a sync marker."""
+        waiting = []
+        for head, request_id, request in queries:
+            if request.get("sync", True) is False:
+                self._answer(head, request_id, request)
+            else:
+                waiting.append((head, request_id, request))
+        if not waiting:
+            return []
+        sync = self._send_sync(link, pub)
+        self.intake.allow_overdraw()
+        return [_Query(sync, time.monotonic(), *query) for query in waiting]
 
     def _next_wait(
         self, empty: bool, read: int, waiting: bool, next_maintenance: float, last_commit: float, now: float
@@ -458,22 +466,11 @@ class Journal:
         wait = max(0.0, deadline - now)
         return (False, min(wait, _COALESCE)) if read else (True, wait)
 
-    def _sample_feeds(self, controls: dict[str, zmq.Socket[Any]]) -> None:
-        """Read every feed's frame counter (for the proof of what it shed)."""
-        for label, control in controls.items():
-            while control.poll(0):  # a late reply to a request that timed out: stale
-                control.recv_multipart()
-            control.send(b"STATISTICS")
-            if control.poll(_FEED_REPLY_MS):
-                totals = ProxyTotals.from_reply(control.recv_multipart())
-                self.intake.sampled(label, totals.frames_out, time.monotonic())
-
-    def _send_sync(self, pub: zmq.Socket[Any]) -> int:
-        """Send a sync marker through every feed (via the proxy); return its number."""
+    def _send_sync(self, link: FeedLink, pub: zmq.Socket[Any]) -> int:
+        """Send a sync marker through every feed; return its number."""
         self._syncs += 1
         try:
-            for feed in self._feeds:
-                send_frames(pub, feed.sync_prefix + str(self._syncs).encode(), b"")
+            link.send_sync(pub, self._syncs)
         except zmq.ZMQError as exc:  # not forwarding (stopping): the drain at stop answers
             log.debug("journal sync marker not sent: %s", exc)
         else:
@@ -492,7 +489,7 @@ class Journal:
             if not self.intake.buffer:
                 break
             self._commit([], COMMIT_ROUND)
-        self._flush_last()
+        self.last.flush(self._store)
         for query in ready:
             self._answer(query.head, query.request_id, query.request)
         rest = [q for q in waiting if q not in ready]
@@ -500,14 +497,14 @@ class Journal:
             self.intake.overdraw = 0
         return rest
 
-    def _drain_at_stop(self, sub: zmq.Socket[Any], controls: dict[str, zmq.Socket[Any]]) -> None:
+    def _drain_at_stop(self, link: FeedLink) -> None:
         """Read and commit what the feeds still hold (the proxy has stopped: they are finite),
         until every frame they sent is read or proven dropped."""
         before = self.counters.committed
         deadline = time.monotonic() + _STOP_DRAIN
         for _ in range(_DRAIN_ROUNDS):
-            self._sample_feeds(controls)
-            empty = self.intake.ingest(sub, READ_ROUND, lambda: False)
+            link.sample(self.intake.sampled)
+            empty = self.intake.ingest(link.sub, READ_ROUND, lambda: False)
             if empty:
                 self.intake.found_empty(time.monotonic())
             self._commit([], COMMIT_ROUND)
@@ -529,27 +526,7 @@ class Journal:
         )
         self.stopped.set()
 
-    # -- last values, alerts ---------------------------------------------------------------
-
-    def _keep_last(self, topic: bytes, body: bytes) -> None:
-        value = (time.time_ns(), body)
-        kept = self._last
-        kept.pop(topic, None)
-        kept[topic] = value
-        self._dirty[topic] = value
-        if len(kept) > LAST_TOPICS:
-            del kept[next(iter(kept))]
-
-    def _flush_last(self) -> None:
-        if not self._dirty or self._store is None:
-            return
-        dirty, self._dirty = self._dirty, {}
-        try:
-            self._store.write_last(dirty)
-            self.counters.last_writes += 1
-        except sqlite3.Error as exc:
-            self.counters.last_error = f"last values not written: {exc}"
-            log.error("journal: last values not written: %s", exc)
+    # -- alerts ------------------------------------------------------------------------------
 
     def _shed_alert(self, message: str, metadata: dict[str, Any]) -> None:
         self._publish(
@@ -616,7 +593,7 @@ class Journal:
             injected.clear()
         injected[record.body] = None
         if any(record.topic.startswith(prefix) for prefix in self.settings.last_values):
-            self._keep_last(record.topic, record.body)
+            self.last.keep(record.topic, record.body)
         pub = self._pub
         try:
             if pub is None:
@@ -658,34 +635,20 @@ class Journal:
             self._refuse(head, request_id, exc.code, exc.message)
 
     def _durable(self, request: dict[str, Any]) -> Record:
-        topic, body = request.get("topic"), request.get("body")
-        if isinstance(topic, str):
-            topic = topic.encode()
-        if not isinstance(topic, bytes) or not isinstance(body, bytes):
-            raise Refused("bad_request", "publish needs 'topic' (str) and 'body' (bin)")
-        if len(body) > self.settings.max_message_size:
-            raise Refused("too_large", f"body is {len(body)} bytes, over {self.settings.max_message_size}")
         try:
-            text, _ = self._decoder.check([topic, body])
-        except ProtocolError as exc:
-            self.counters.malformed += 1
-            raise Refused("bad_request", f"not a valid message: {exc}") from None
-        instance = Instance.resolve(text.partition("/")[0])
-        if instance not in self._journaled:
-            raise not_journaled(instance, self.settings.instances)
+            record = durable_record(request, self.settings.max_message_size, self._journaled, self._decoder)
+        except Refused as exc:
+            self.counters.malformed += exc.malformed
+            raise
         if self._store is None:
             raise Refused("journal_unavailable", f"journal unavailable: {self.reason or self.state}")
-        return Record(instance, topic, body, durable=True)
+        return record
 
     def _answer(self, head: list[bytes], request_id: Any, request: dict[str, Any]) -> None:
-        op = request["op"]
         try:
-            if op == "replay":
-                fields = replay_reply(self._store, self.settings.instances, self.reason or self.state, request)
-            elif op == "last":
-                fields = last_reply(self._last, self.settings.last_values, request)
-            else:
-                raise Refused("unknown_op", f"unknown op {op!r}")
+            settings = self.settings
+            reason = self.reason or self.state
+            fields = answer(request, self._store, settings.instances, settings.last_values, reason, self.last.kept)
         except Refused as exc:
             self._reply([*head, encode_error_reply(exc.code, exc.message, request_id)])
             return

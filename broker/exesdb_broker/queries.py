@@ -1,4 +1,4 @@
-"""The journal's read-side answers: ``replay`` pages and ``last`` values, and request checks.
+"""The journal's answers: ``replay`` pages, ``last`` values, and the checks of requests.
 
 Pure functions over a :class:`~.store.JournalStore` and the last-value map; the journal
 thread calls them (it owns the store) and turns :class:`Refused` into an error reply.
@@ -9,13 +9,23 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
-from exesdb_sdk.errors import ExesdbError
+from exesdb_sdk.errors import ExesdbError, ProtocolError
 from exesdb_sdk.instances import Instance
-from exesdb_sdk.protocol import MAX_INT
+from exesdb_sdk.protocol import MAX_INT, Decoder
 
-from .store import JournalStore
+from .store import JournalStore, Record
 
-__all__ = ["PAGE_BYTES", "PAGE_RECORDS", "Refused", "int_arg", "last_reply", "not_journaled", "replay_reply"]
+__all__ = [
+    "PAGE_BYTES",
+    "PAGE_RECORDS",
+    "Refused",
+    "answer",
+    "durable_record",
+    "int_arg",
+    "last_reply",
+    "not_journaled",
+    "replay_reply",
+]
 
 PAGE_RECORDS: Final = 1000
 """Records per ``replay`` page at most."""
@@ -24,12 +34,14 @@ PAGE_BYTES: Final = 1 << 20
 
 
 class Refused(Exception):
-    """A request the journal answers with an error reply ``code``."""
+    """A request the journal answers with an error reply ``code`` (``malformed``: because the
+    message it carries does not follow the protocol)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, malformed: bool = False) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.malformed = malformed
 
 
 def int_arg(request: Mapping[str, Any], key: str, default: int, minimum: int) -> int:
@@ -95,3 +107,42 @@ def last_reply(
     wanted = prefix.encode()
     records = [[topic.decode(), rt, body] for topic, (rt, body) in sorted(last.items()) if topic.startswith(wanted)]
     return {"records": records, "topics": [p.decode() for p in prefixes]}
+
+
+def durable_record(
+    request: Mapping[str, Any], max_message_size: int, journaled: frozenset[Instance], decoder: Decoder
+) -> Record:
+    """The record a durable ``publish`` asks for (docs/protocol.md, section 10.5), checked as a
+    subscriber would check the message; else :class:`Refused`."""
+    topic, body = request.get("topic"), request.get("body")
+    if isinstance(topic, str):
+        topic = topic.encode()
+    if not isinstance(topic, bytes) or not isinstance(body, bytes):
+        raise Refused("bad_request", "publish needs 'topic' (str) and 'body' (bin)")
+    if len(body) > max_message_size:
+        raise Refused("too_large", f"body is {len(body)} bytes, over {max_message_size}")
+    try:
+        text, _ = decoder.check([topic, body])
+    except ProtocolError as exc:
+        raise Refused("bad_request", f"not a valid message: {exc}", malformed=True) from None
+    instance = Instance.resolve(text.partition("/")[0])
+    if instance not in journaled:
+        raise not_journaled(instance, sorted(journaled, key=list(Instance).index))
+    return Record(instance, topic, body, durable=True)
+
+
+def answer(
+    request: Mapping[str, Any],
+    store: JournalStore | None,
+    journaled: Sequence[Instance],
+    last_values: Sequence[bytes],
+    unavailable: str,
+    last: Mapping[bytes, tuple[int, bytes]],
+) -> dict[str, Any]:
+    """The reply fields of a ``replay`` or ``last`` request; else :class:`Refused`."""
+    op = request["op"]
+    if op == "replay":
+        return replay_reply(store, journaled, unavailable, request)
+    if op == "last":
+        return last_reply(last, last_values, request)
+    raise Refused("unknown_op", f"unknown op {op!r}")

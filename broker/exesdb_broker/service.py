@@ -89,6 +89,7 @@ class Service:
         metrics_interval: float,
         on_stop: Callable[[], None],
         remember: Callable[[int], None] | None = None,
+        adjust_tap: Callable[[float, int], None] | None = None,
         extra_stats: Callable[[], dict[str, Any]],
         journal_ops: tuple[str, ...] = (),
         to_journal: Callable[[list[bytes]], None] | None = None,
@@ -102,6 +103,7 @@ class Service:
         """Stops what comes after the proxy (tap, journal), once the proxy has stopped."""
         self._extra_stats = extra_stats
         self._remember = remember
+        self._adjust_tap = adjust_tap
         """Writes the subscriber count for the start grace of the next run."""
         self._remembered = 0
         self._to_journal = to_journal
@@ -255,7 +257,7 @@ class Service:
 
     def _check_tap(self) -> None:
         """Every 0.1 s: remember the subscriber count (for the next start's grace), sample the
-        proxy's counters (the forwarding rate, the proof of tap drops)."""
+        proxy's counters (the forwarding rate, the proof of tap drops), set the tap's priority."""
         if self._remember is not None and self._book.subscribers != self._remembered:
             self._remembered = self._book.subscribers
             self._remember(self._remembered)
@@ -263,6 +265,8 @@ class Service:
         if totals is None:
             return
         self._book.observe_proxy(totals, time.monotonic())
+        if self._adjust_tap is not None:
+            self._adjust_tap(self._book.counters.forward_rate, self._book.tap_behind(totals))
 
     def _proxy_totals(self) -> ProxyTotals | None:
         proxy = self._proxy

@@ -89,12 +89,17 @@ class StatsBook:
             self.counters.forward_rate = (totals.frames_out - previous[1]) / 2 / (at - previous[0])
         self._proxy_sample = (at, totals.frames_out)
 
+    def tap_behind(self, totals: ProxyTotals) -> int:
+        """Frames the proxy has forwarded that the tap has neither read nor been proven to miss."""
+        return max(0, totals.frames_out - self.counters.frames - self.missed_frames)
+
     def counting(self) -> dict[str, Any]:
         """The ``counting`` map of the ``stats`` reply."""
         return {
             "exact": self.missed_frames == 0,
             "missed_frames": self.missed_frames,
             "paused": self.counters.paused,
+            "raised": self.counters.raised,
         }
 
     def snapshot(self, proxy: ProxyTotals | None) -> dict[str, Any]:

@@ -55,10 +55,30 @@ def render_stats(stats: dict[str, Any]) -> Group:
     )
     if "security" in stats:
         footer.append(f"  handshake failures {stats['security']['handshake_failures']}")
+    lines: list[Table | Text] = [table, footer, *(Text(line, style="bold red") for line in _warnings(stats))]
     journal = stats.get("journal")
-    if not journal:
-        return Group(table, footer)
-    return Group(table, footer, Text(_journal_line(journal)))
+    if journal:
+        lines.append(Text(_journal_line(journal)))
+    return Group(*lines)
+
+
+def _warnings(stats: dict[str, Any]) -> list[str]:
+    """What an operator must not miss: approximate counts, restarted threads, descriptors."""
+    warnings = []
+    counting = stats.get("counting", {})
+    if counting and not counting.get("exact", True):
+        missed = counting.get("missed_frames", 0) // 2
+        warnings.append(f"counts are approximate: the counter missed at least {missed:,} messages under load")
+    restarts = stats.get("restarts", {})
+    if restarts.get("total"):
+        by_thread = ", ".join(f"{name} {n}" for name, n in restarts.get("by_thread", {}).items())
+        warnings.append(f"thread restarts: {by_thread} (see the broker's log)")
+    fds = stats.get("fds", {})
+    if fds.get("paused"):
+        warnings.append(f"out of file descriptors: not accepting on {', '.join(fds['paused'])}")
+    elif fds.get("used") and fds.get("limit") and fds["used"] >= 0.8 * fds["limit"]:
+        warnings.append(f"file descriptors: {fds['used']:,} of {fds['limit']:,} in use")
+    return warnings
 
 
 def _journal_line(journal: dict[str, Any]) -> str:
@@ -66,10 +86,13 @@ def _journal_line(journal: dict[str, Any]) -> str:
     if journal.get("state") != "ok":
         return f"journal {journal.get('state')}: {journal.get('reason') or 'no journaled instance'}"
     heads = ", ".join(f"{name.removeprefix('ex_esdb_')} {seq:,}" for name, seq in journal.get("heads", {}).items())
-    return (
+    line = (
         f"journal ok ({heads})  backlog {journal.get('backlog', 0):,}  durable {journal.get('durable', 0):,}  "
         f"last values {journal.get('last_values', 0):,}  {journal.get('data_dir', '')}"
     )
+    if journal.get("dropped"):
+        line += f"  NOT JOURNALED {journal['dropped']:,} (marked in the journal)"
+    return line
 
 
 def run_stats(

@@ -10,7 +10,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
 from exesdb_sdk import Instance, ReceiveTimeoutError, Subscriber
+from exesdb_sdk.durable import JOURNAL_GAP_TYPE
 from exesdb_sdk.errors import ExesdbError, ProtocolError
+from exesdb_sdk.protocol import Message
 
 from .render import pretty, to_json, to_raw
 
@@ -108,9 +110,13 @@ def run_tail(
 
         console = Console(highlight=False, soft_wrap=True)
 
-    def on_gap(message: object, missing: int) -> None:
-        topic = getattr(message, "topic", "?")
-        print(f"exesdb tail: {missing} message(s) missing on {topic} (sequence gap)", file=sys.stderr, flush=True)
+    def on_gap(message: Message, missing: int) -> None:
+        if message.type == JOURNAL_GAP_TYPE:  # the broker's marker, met in a replay
+            where, why = message.data.get("instance", "?"), message.data.get("reason", "")
+            line = f"{missing} message(s) of {where} not journaled ({why})"
+        else:
+            line = f"{missing} message(s) missing on {message.topic} (sequence gap)"
+        print(f"exesdb tail: {line}", file=sys.stderr, flush=True)
 
     def on_error(error: ProtocolError, frames: Sequence[bytes]) -> None:
         topic = frames[0][:80].decode("utf-8", "replace") if frames else "?"
