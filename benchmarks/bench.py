@@ -1,6 +1,6 @@
 """All benchmarks in one run: one command, one table, one JSON file.
 
-    python benchmarks/bench.py                # everything, about 10 minutes
+    python benchmarks/bench.py                # everything, about 15 minutes
     python benchmarks/bench.py --quick        # a smoke run of every scenario
     python benchmarks/bench.py --only core --only peers --reps 3
 
@@ -14,8 +14,11 @@ Suites, each a module of this directory with ``scenarios(quick=..., reps=...)``:
   when their servers or clients are not installed (``pip install '.[bench]'``; Debian packages
   ``redis-server`` and ``nats-server``);
 - ``security``: CURVE on vs off, 100 B throughput through exesdb-broker;
-- ``journal``: live throughput on a non-journaled instance with the journal off and on, and
-  acknowledged durable publishes per second (fsync never vs the default policy).
+- ``journal``: live throughput on a non-journaled instance with the journal off and on,
+  acknowledged durable publishes per second (fsync never vs the default policy), and the
+  journal's ingest rate under a flood;
+- ``incident``: a 25 s flood of alerts (durable acks, replays and memory meanwhile, then a
+  SIGTERM), and the share of messages ``stats`` counts at 20,000 and 50,000 msg/s.
 
 Suites run one after another, never at the same time: on a 2-core machine anything running
 beside a benchmark changes its figures. Only the ratios inside one run are comparable.
@@ -37,7 +40,7 @@ from harness import (
     write_report,
 )
 
-SUITES = ("core", "sdk", "topology", "peers", "security", "journal")
+SUITES = ("core", "sdk", "topology", "peers", "security", "journal", "incident")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,4 +26,5 @@ def test_quick_journal_benchmark_reports_both_figures(tmp_path: Path) -> None:
     assert is_number(durable["ratios"]["acked_per_s"])
     ingest = scenarios["journal_ingest"]
     assert all(is_number(ingest["medians"][side]["records_per_s"]) for side in ingest["sides"])
+    assert all(0 <= ingest["medians"][side]["shed_fraction"] <= 1 for side in ingest["sides"])
     assert "ratio" in done.stdout

@@ -12,8 +12,6 @@ Never a dead thread behind a live process.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import threading
 import time
@@ -137,13 +135,10 @@ class Supervisor:
             return True
 
 
-_PR_SET_NAME: Final = 15
-
-
 def _name_native_thread(name: str) -> None:
     """Give the OS thread the child's name (``top -H``, ``ps -L`` show it); Linux, best effort."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-    except (OSError, AttributeError):
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as comm:
+            comm.write(name[:15])
+    except OSError:
         pass
