@@ -720,3 +720,24 @@ def test_the_readme_security_setup_works(
         assert done.stderr.count("\n") == 1
     finally:
         assert broker.stop() == 0
+
+
+def test_a_dead_zap_handler_is_restarted_and_handshakes_go_on(keys: Keys, tmp_path: Path) -> None:
+    from exesdb_broker import Broker, BrokerConfig
+
+    config = BrokerConfig(
+        frontend="tcp://127.0.0.1:*",
+        backend="tcp://127.0.0.1:*",
+        control="tcp://127.0.0.1:*",
+        broker_key=str(keys.server_secret),
+        allow_publishers=str(keys.dirs[PUBLISHERS]),
+        allow_subscribers=str(keys.dirs[SUBSCRIBERS]),
+        allow_admins=str(keys.dirs[ADMINS]),
+        data_dir=str(tmp_path / "data"),
+    )
+    with Broker(config) as broker:
+        broker._security._authenticator.stop()  # type: ignore[union-attr]  # the ZAP thread dies
+        assert wait_until(lambda: broker.restarts.get("zap") == 1, 10)
+        with ControlClient(broker.control, timeout=5, **keys.client("adm")) as control:  # a new handshake
+            assert control.stats()["restarts"]["by_thread"] == {"zap": 1}
+        assert broker.running

@@ -228,6 +228,7 @@ class Broker:
             on_stop=self._stop_after_proxy,
             remember=lambda count: remember_subscribers(config.data_dir, self.backend, count),
             adjust_tap=self._tap.adjust,
+            watch_zap=self._watch_zap,
             extra_stats=self._extra_stats,
             journal_ops=JOURNAL_OPS,
             to_journal=self._journal.submit,
@@ -278,6 +279,14 @@ class Broker:
             time.monotonic() - started,
         )
 
+    def _watch_zap(self) -> None:
+        """Once a second (from the service thread): restart a dead ZAP handler, as the
+        supervisor restarts its own children."""
+        if self._stopped or self._security.zap_alive():
+            return
+        if not self._supervisor.watched_failed("zap", "the ZAP handler thread stopped"):
+            self._security.restart_zap()
+
     def _extra_stats(self) -> dict[str, Any]:
         return {"journal": self._journal.snapshot(), "restarts": self._supervisor.snapshot()}
 
@@ -307,7 +316,12 @@ class Broker:
             self._stopped = True
             context = self._context
             assert context is not None
-            log.info("broker stopping")
+            backlog = self._journal.snapshot()
+            log.info(
+                "broker stopping (the journal holds %s message(s) not yet committed, %s more in its feeds)",
+                backlog.get("backlog", 0),
+                backlog.get("in_feeds", 0),
+            )
             supervisor = self._supervisor
             if supervisor.alive("service"):
                 self._inbox.put(STOP)

@@ -372,6 +372,7 @@ class Security:
             self._server = load_key_file(config.broker_key, what="broker_key", secret=True)
             self._allowlists = Allowlists.load(directories)
         self._authenticator: BrokerAuthenticator | None = None
+        self._context: zmq.Context[Any] | None = None
         self._lock = threading.Lock()
         self.reloads = 0
 
@@ -384,6 +385,7 @@ class Security:
             log.warning(warning)
         if not self.enabled:
             return
+        self._context = context
         self._authenticator = BrokerAuthenticator(context, self._allowlists)
         self._authenticator.start()
         counts = " ".join(f"{role}={n}" for role, n in self.counts().items())
@@ -432,6 +434,22 @@ class Security:
                 " ".join(f"{role}={after[role]} (was {before[role]})" for role in ROLES),
             )
             return True
+
+    def zap_alive(self) -> bool:
+        """Whether the ZAP handler thread runs (always true with security off)."""
+        authenticator = self._authenticator
+        return authenticator is None or authenticator.is_alive()
+
+    def restart_zap(self) -> None:
+        """Start a fresh ZAP handler in place of a dead one (every handshake waits for it)."""
+        with self._lock:
+            dead, self._authenticator = self._authenticator, None
+            if dead is not None:
+                dead.stop()
+            assert self._context is not None
+            self._authenticator = BrokerAuthenticator(self._context, self._allowlists)
+            self._authenticator.start()
+        log.warning("the ZAP handler thread had stopped: started a new one")
 
     def stop(self) -> None:
         """Stop the ZAP thread (before the context terminates)."""

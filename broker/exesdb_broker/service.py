@@ -90,6 +90,7 @@ class Service:
         on_stop: Callable[[], None],
         remember: Callable[[int], None] | None = None,
         adjust_tap: Callable[[float, int], None] | None = None,
+        watch_zap: Callable[[], None] | None = None,
         extra_stats: Callable[[], dict[str, Any]],
         journal_ops: tuple[str, ...] = (),
         to_journal: Callable[[list[bytes]], None] | None = None,
@@ -104,6 +105,7 @@ class Service:
         self._extra_stats = extra_stats
         self._remember = remember
         self._adjust_tap = adjust_tap
+        self._watch_zap = watch_zap
         """Writes the subscriber count for the start grace of the next run."""
         self._remembered = 0
         self._to_journal = to_journal
@@ -239,6 +241,8 @@ class Service:
         self._sample_fds()
         if self.security is not None:
             self.security.tick()
+            if self._watch_zap is not None:
+                self._watch_zap()
 
     def _sample_fds(self) -> None:
         warning = self.fds.sample()

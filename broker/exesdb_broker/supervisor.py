@@ -108,6 +108,12 @@ class Supervisor:
                 continue
             return
 
+    def watched_failed(self, name: str, reason: str) -> bool:
+        """A thread the supervisor does not run itself (pyzmq's ZAP handler) was found dead:
+        count it as a failure of ``name``, to be restarted by its owner; return whether the
+        supervisor gives up instead."""
+        return self._give_up(_Watched(name), RuntimeError(reason))
+
     def _give_up(self, child: Child, exc: Exception) -> bool:
         """Count a failure of ``child``; return whether the supervisor gives up."""
         with self._lock:
@@ -133,6 +139,18 @@ class Supervisor:
             self.failure = f"the {child.name} thread failed ({type(exc).__name__}: {exc}) and {why}"
             log.critical("giving up: %s", self.failure, exc_info=exc)
             return True
+
+
+class _Watched:
+    """A thread run by someone else, counted by the supervisor."""
+
+    restartable = True
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def run(self) -> None:  # pragma: no cover - never run: its owner restarts it
+        raise NotImplementedError
 
 
 def _name_native_thread(name: str) -> None:

@@ -68,9 +68,9 @@ CPU_BUDGET: Final = 0.35
 :data:`EXACT_RATE`."""
 FLOOD_BUDGET: Final = 0.05
 """Share of one core the tap may use per second above :data:`EXACT_RATE`."""
-EXACT_RATE: Final = 50_000
+EXACT_RATE: Final = 70_000
 """Forwarding rate (messages/s) up to which the tap may spend :data:`CPU_BUDGET` to count
-exactly (at about 4-5 us a message, that budget holds up to this rate)."""
+exactly (at about 4-5 us a message, that budget holds up to about this rate)."""
 IDLE_RATE: Final = 10_000
 """Forwarding rate (messages/s) under which the tap runs on idle CPU time, while it keeps up."""
 BEHIND_FRAMES: Final = 2_000
