@@ -37,11 +37,18 @@ def test_replay_pages_through_100k_records(journaled: BrokerProcess) -> None:
     raw = raw_publisher(journaled.frontend)
     pack = msgspec.msgpack.Encoder().encode
     try:
-        for n in range(1, 100_001):
-            raw.send_multipart([b"ex_esdb_audit/bulk", pack({"type": "Custom", "pub": "bulk", "seq": n, "data": {}})])
+        # in bursts the journal keeps up with: a raw flood faster than it reads is shed, by
+        # design (counted and marked; see test_journal_incidents), which is not what this tests
+        for burst in range(10):
+            last = burst * 10_000 + 10_000
+            for n in range(last - 9_999, last + 1):
+                body = pack({"type": "Custom", "pub": "bulk", "seq": n, "data": {}})
+                raw.send_multipart([b"ex_esdb_audit/bulk", body])
+            assert wait_until(lambda: head(journaled) == last, timeout=10)  # noqa: B023
     finally:
         raw.close()
-    assert wait_until(lambda: head(journaled) == 100_000, timeout=40)
+    with ControlClient(journaled.control) as control:
+        assert control.stats()["journal"]["dropped"] == 0
 
     seen = 0
     pages = 0
