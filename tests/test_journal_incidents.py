@@ -179,3 +179,24 @@ def test_last_values_are_kept_in_memory_and_written_once_a_second(start_broker: 
     with Subscriber(again.backend, control=again.control) as sub:
         sub.subscribe("health", "node_health:n9", with_last=True)
         assert sub.recv(timeout=5).data["load_avg"] == 19_999
+
+
+def test_a_malformed_last_value_is_counted_and_the_good_one_before_it_kept(
+    start_broker: StartBroker, tmp_path: Path
+) -> None:
+    broker = start_broker("--data-dir", str(tmp_path))
+    topic = b"ex_esdb_health/node_health:n1"
+    good = msgspec.msgpack.encode(
+        {"type": "NodeHealth", "pub": "p", "seq": 1, "data": {"node": "n1", "status": "healthy"}}
+    )
+    raw = raw_publisher(broker.frontend)
+    try:
+        raw.send_multipart([topic, good])
+        assert wait_until(lambda: _journal(broker)["journal"]["last_values"] == 1)
+        raw.send_multipart([topic, b"\x82\xa4type\xa4Fuzz\xa4data\x81\xa1x" + b"\x91" * 1000 + b"\xc0"])
+        assert wait_until(lambda: _journal(broker)["journal"]["malformed"] == 1)
+    finally:
+        raw.close()
+    with ControlClient(broker.control) as control:
+        records = control.request("last", {"prefix": "ex_esdb_health/node_health:"})["records"]
+    assert [(name, body) for name, _, body in records] == [(topic.decode(), good)]

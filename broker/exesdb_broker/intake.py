@@ -21,8 +21,8 @@ the protocol has senders send them; frames convert to messages on that basis.
 
 Journaled messages are not decoded here (the tap classifies malformed ones; a replay delivers
 what came, and readers skip what they would skip live): reading is what keeps the feeds from
-shedding, so it is kept to the minimum. Last-value messages are checked, so that ``last``
-never answers with a message a reader cannot decode.
+shedding, so it is kept to the minimum. Last-value messages are handed to
+:class:`~.lastvalues.LastValues`, which checks the newest per topic before it is answered.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ from typing import Any, Final
 import zmq
 from exesdb_sdk._frames import recv_frames
 from exesdb_sdk.durable import JOURNAL_GAP_TOPIC, encode_journal_gap
-from exesdb_sdk.errors import ExesdbError, ProtocolError
+from exesdb_sdk.errors import ExesdbError
 from exesdb_sdk.instances import Instance
-from exesdb_sdk.protocol import RESERVED_PREFIX, Decoder
+from exesdb_sdk.protocol import RESERVED_PREFIX
 
 from .feed import FEED_HWM, SYNC_PREFIX
 from .store import Record
@@ -85,8 +85,6 @@ class IntakeCounters:
     gaps: int = 0
     """Gap markers recorded."""
     shed_alerts: int = 0
-    malformed: int = 0
-    """Last-value messages not kept because they do not follow the protocol."""
 
 
 @dataclass(slots=True)
@@ -153,7 +151,6 @@ class Intake:
         self._topics: dict[bytes, tuple[Instance | None, bool, _FeedBook]] = {}
         self._stray = _FeedBook(None)
         """The book of topics no feed carries (cannot happen unless the settings changed)."""
-        self._decoder = Decoder()
         self.injected: dict[bytes, None] = {}
         """Bodies of durable publishes forwarded by the journal itself: skipped when they come
         back around (they were recorded before they were forwarded)."""
@@ -161,6 +158,8 @@ class Intake:
         self._shed_since_alert = 0
         self._next_shed_alert = 0.0
         self._markers_buffered = 0
+        self.taken = 0
+        """Messages read from the feeds, of every kind (journaled, last values, markers)."""
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -190,7 +189,7 @@ class Intake:
         topics = self._topics
         recording = self.recording
         size_now = self.buffer_bytes
-        received = 0
+        received = taken = 0
         empty = False
         try:
             for read in range(limit):
@@ -205,6 +204,7 @@ class Intake:
                 except zmq.Again:
                     empty = True
                     break
+                taken += 1
                 if len(frames) != 2:
                     self._max_frames = max(self._max_frames, len(frames))
                     if len(frames) < 2:
@@ -223,7 +223,7 @@ class Intake:
                     book.echoes_seen += 1
                     continue
                 if keeps_last:
-                    self._check_last(frames)
+                    self._keep_last(topic, body)
                 if instance is None:
                     continue
                 received += 1
@@ -238,15 +238,8 @@ class Intake:
         finally:
             self.buffer_bytes = size_now
             counters.received += received
+            self.taken += taken
         return empty
-
-    def _check_last(self, frames: list[bytes]) -> None:
-        try:
-            self._decoder.check(frames)
-        except ProtocolError:
-            self.counters.malformed += 1
-        else:
-            self._keep_last(frames[0], frames[1])
 
     def _on_reserved(self, topic: bytes, frames: int) -> None:
         if not topic.startswith(SYNC_PREFIX):

@@ -82,7 +82,7 @@ COMMIT_ROUND: Final = 20_000
 DURABLE_ROUND: Final = 2_000
 """Buffered records committed with durable publishes (they wait for no more than that)."""
 INJECTED_LIMIT: Final = 100_000
-_COALESCE: Final = 0.001
+_COALESCE: Final = 0.010
 """Seconds the loop waits, after reading some, before it looks at the SUB again."""
 _COMMIT_EVERY: Final = 0.010
 """Seconds at most a buffered record waits for its commit while the buffer is small."""
@@ -265,14 +265,14 @@ class Journal:
             "last_values_dropped": i.last_dropped,
             "gaps": i.gaps,
             "shed_alerts": i.shed_alerts,
-            "malformed": c.malformed + i.malformed,
+            "malformed": c.malformed + self.last.malformed,
             "trimmed": c.trimmed,
             "backlog": intake.backlog,
             "in_feeds": intake.unaccounted() // 2,
             "buffer_bytes": intake.buffer_bytes,
             "buffer_limit": self.settings.buffer_bytes,
             "heads": dict(c.heads),
-            "last_values": len(self.last.kept),
+            "last_values": self.last.topics,
             "last_value_writes": self.last.writes,
             "drained_at_stop": c.drained_at_stop,
         }
@@ -368,12 +368,12 @@ class Journal:
             if now >= next_sample:
                 link.sample(intake.sampled)
                 next_sample = now + _SAMPLE_EVERY
-            before = intake.counters.received
+            before = intake.taken
             # a durable publish waits for a slice of reading, not a round; a query waits for its
             # sync marker, which may be queued behind a full buffer: it reads past the bound
             # (by at most what the feeds hold) until the marker is in
             empty = intake.ingest(sub, _SLICE if durable else READ_ROUND, self.inbox.pending)
-            read = intake.counters.received - before
+            read = intake.taken - before
             now = time.monotonic()
             if empty:
                 intake.found_empty(now)
@@ -593,7 +593,7 @@ class Journal:
             injected.clear()
         injected[record.body] = None
         if any(record.topic.startswith(prefix) for prefix in self.settings.last_values):
-            self.last.keep(record.topic, record.body)
+            self.last.keep(record.topic, record.body, checked=True)
         pub = self._pub
         try:
             if pub is None:

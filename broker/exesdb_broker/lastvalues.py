@@ -5,6 +5,12 @@ broker 85 us of CPU a message at 5,000 msg/s): the journal keeps the last messag
 in memory and writes the topics that changed at most once every :data:`LAST_FLUSH` seconds,
 and at stop. A ``kill -9`` can lose the last second of them; a restart of the journal thread
 loses none (they live on this object).
+
+Nor is each message checked as it comes: the newest per topic waits, unchecked, until it
+would be answered or written, and only it is checked then (a stream of 5,000 reports a second
+on 20 topics checks 20 a second). One that does not follow the protocol is counted and
+dropped, and the topic keeps the well-formed value before it: ``last`` never answers with a
+message a reader cannot decode.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ import logging
 import sqlite3
 import time
 from typing import Final
+
+from exesdb_sdk.errors import ProtocolError
+from exesdb_sdk.protocol import Decoder
 
 from .store import JournalStore
 
@@ -30,11 +39,16 @@ class LastValues:
     """Topic -> (receive time in UTC ns, body), least recently updated first."""
 
     def __init__(self) -> None:
-        self.kept: dict[bytes, tuple[int, bytes]] = {}
+        self._kept: dict[bytes, tuple[int, bytes]] = {}
+        self._unchecked: dict[bytes, tuple[int, bytes]] = {}
+        """The newest message of each topic since it was last settled, not checked yet."""
         self._dirty: dict[bytes, tuple[int, bytes]] = {}
+        self._decoder = Decoder()
         self._loaded = False
         self.writes = 0
         """Transactions that wrote last values."""
+        self.malformed = 0
+        """Newest messages of a topic not kept because they do not follow the protocol."""
         self.error = ""
 
     def load(self, store: JournalStore) -> None:
@@ -42,20 +56,35 @@ class LastValues:
         if self._loaded:
             return
         stored = sorted(store.last_values().items(), key=lambda item: item[1][0])[-LAST_TOPICS:]
-        self.kept = {**dict(stored), **self.kept}
+        self._kept = {**dict(stored), **self._kept}
         self._loaded = True
 
-    def keep(self, topic: bytes, body: bytes) -> None:
+    def keep(self, topic: bytes, body: bytes, *, checked: bool = False) -> None:
+        """The newest message of ``topic`` (``checked``: it is known to follow the protocol)."""
         value = (time.time_ns(), body)
-        kept = self.kept
-        kept.pop(topic, None)
-        kept[topic] = value
-        self._dirty[topic] = value
-        if len(kept) > LAST_TOPICS:
-            del kept[next(iter(kept))]
+        if checked:
+            self._unchecked.pop(topic, None)
+            self._keep(topic, value)
+            return
+        unchecked = self._unchecked
+        unchecked[topic] = value
+        if len(unchecked) >= LAST_TOPICS:
+            self._settle()
+
+    @property
+    def kept(self) -> dict[bytes, tuple[int, bytes]]:
+        """Every topic's newest well-formed message."""
+        self._settle()
+        return self._kept
+
+    @property
+    def topics(self) -> int:
+        """Topics with a checked value (it is behind :attr:`kept` by at most a flush interval)."""
+        return len(self._kept)
 
     def flush(self, store: JournalStore | None) -> None:
         """Write the topics changed since the last flush, in one transaction."""
+        self._settle()
         if not self._dirty or store is None:
             return
         dirty, self._dirty = self._dirty, {}
@@ -65,3 +94,22 @@ class LastValues:
         except sqlite3.Error as exc:
             self.error = f"last values not written: {exc}"
             log.error("journal: last values not written: %s", exc)
+
+    def _settle(self) -> None:
+        unchecked, self._unchecked = self._unchecked, {}
+        check = self._decoder.check
+        for topic, value in unchecked.items():
+            try:
+                check((topic, value[1]))
+            except ProtocolError:
+                self.malformed += 1
+            else:
+                self._keep(topic, value)
+
+    def _keep(self, topic: bytes, value: tuple[int, bytes]) -> None:
+        kept = self._kept
+        kept.pop(topic, None)
+        kept[topic] = value
+        self._dirty[topic] = value
+        if len(kept) > LAST_TOPICS:
+            del kept[next(iter(kept))]
