@@ -63,6 +63,11 @@ def test_a_failing_tap_is_restarted_and_counting_goes_on(
     with Broker(config) as broker:
         assert wait_until(lambda: broker.restarts.get("tap") == 1, 5)
         with Publisher(broker.frontend) as pub:
+            # the restarted tap counts once its fresh socket is subscribed: probe until it does
+            for n in range(50):
+                pub.publish("diagnostics", "probe", "Custom", {"n": n})
+                if wait_until(lambda: _stats(broker)["instances"]["ex_esdb_diagnostics"]["messages"] > 0, 0.2):
+                    break
             for n in range(100):
                 pub.publish("logging", "app", "LogEntry", {"n": n})
         assert wait_until(lambda: _stats(broker)["instances"]["ex_esdb_logging"]["messages"] == 100, 10)

@@ -158,6 +158,9 @@ class Broker:
         frontend.setsockopt(zmq.RCVHWM, config.hwm)
         frontend.setsockopt(zmq.MAXMSGSIZE, config.max_message_size)
         frontend.setsockopt(zmq.LINGER, 0)
+        # The broker's own subscription to everything, held by the socket that never restarts:
+        # publishers send it all even while the tap (which also subscribes to all) restarts.
+        frontend.send(b"\x01")
         backend = context.socket(zmq.XPUB)
         backend.setsockopt(zmq.SNDHWM, config.hwm)
         backend.setsockopt(zmq.LINGER, _BACKEND_LINGER_MS)
