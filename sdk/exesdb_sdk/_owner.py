@@ -50,6 +50,13 @@ class SocketOwner:
         """Disconnect; messages not yet read are discarded. Idempotent."""
         self._close(0)
 
+    def __del__(self) -> None:
+        # Without this a client dropped unclosed hangs the program: pyzmq's Context.__del__
+        # terminates the context, which waits for the handshake monitor (on a shadow context
+        # it cannot see). Garbage is closed at once: what it had not sent is discarded.
+        if getattr(self, "_socket", None) is not None:
+            self._close(0)
+
     def __enter__(self) -> Self:
         return self
 
@@ -92,6 +99,17 @@ class AsyncSocketOwner:
         socket.close(linger=None if linger is None else int(linger * 1000))
         if self._own_context:
             await asyncio.to_thread(self._context.term)
+
+    def __del__(self) -> None:
+        # As SocketOwner.__del__: close at once (there is no loop to await in here).
+        socket = getattr(self, "_socket", None)
+        if socket is None:
+            return
+        self._socket = None
+        self._watch.close()
+        socket.close(linger=0)
+        if self._own_context:
+            self._context.term()
 
     async def __aenter__(self) -> Self:
         return self
