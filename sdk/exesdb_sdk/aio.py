@@ -14,6 +14,7 @@ from typing import Any, Self
 import zmq
 import zmq.asyncio
 
+from ._flows import Request, Step, WaitReady, arun, catch_up, subscribe_durable
 from ._owner import AsyncSocketOwner
 from .control import DEFAULT_CONTROL_TIMEOUT, ReplyMatcher
 from .curve import KeyPath, resolve_client_keys
@@ -280,29 +281,15 @@ class AsyncSubscriber(AsyncSocketOwner):
         """Subscribe (see :meth:`Subscriber.subscribe`, also for ``replay_from`` and
         ``with_last``); with ``wait``, until the broker confirms."""
         socket = self._live()
-        core = self._core
         durable = replay_from is not None or with_last
-        catchup = core.hold(instance, prefix, replay_from) if durable else None
+        if durable and instance is None:
+            raise ValueError("replay_from and with_last need an instance")
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.SUBSCRIBE, topic)
-        if not durable:
-            if wait:
-                await self.wait_ready(timeout)
-            return
-        assert instance is not None
-        try:
+        if durable:
+            await arun(subscribe_durable(self._core, instance, prefix, replay_from, with_last, timeout), self._perform)
+        elif wait:
             await self.wait_ready(timeout)
-            if with_last:
-                core.take_last(
-                    await self._control_client().request("last", {"prefix": Instance.resolve(instance).prefix + prefix})
-                )
-            if catchup is not None:
-                core.catchups.append(catchup)
-                await self._catch_up()
-        except ControlError as exc:
-            core.abandon(catchup)
-            raise durability_error(exc) from None
-        core.settle()
 
     def _control_client(self) -> AsyncControlClient:
         if self._control is None:
@@ -314,20 +301,19 @@ class AsyncSubscriber(AsyncSocketOwner):
             )
         return self._control
 
-    async def _catch_up(self) -> None:
-        """Fetch the next page of the first catch-up, holding live messages back meanwhile."""
+    async def _perform(self, step: Step) -> Any:
+        """Carry out one step of a flow (see :mod:`._flows`)."""
+        if isinstance(step, WaitReady):
+            return await self.wait_ready(step.timeout)
+        if isinstance(step, Request):
+            return await self._control_client().request(step.op, step.args, timeout=step.timeout)
         core, socket = self._core, self._live()
         for _ in range(_HOLD_READ):
             try:
                 core.feed(await socket.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
                 break
-        catchup = core.catchups[0]
-        try:
-            reply = await self._control_client().request("replay", catchup.request())
-        except ControlError as exc:
-            raise durability_error(exc) from None
-        core.take_page(catchup, reply)
+        return None
 
     async def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
         """Undo a :meth:`subscribe` with the same arguments."""
@@ -363,10 +349,7 @@ class AsyncSubscriber(AsyncSocketOwner):
         """The next message; waits up to ``timeout`` seconds (``None``: forever)."""
         pending = self._core.pending
         if not pending and self._core.catchups:
-            for _ in range(1_000_000):  # each page moves the cursor on
-                if pending or not self._core.catchups:
-                    break
-                await self._catch_up()
+            await arun(catch_up(self._core), self._perform)
         if pending:
             return pending.popleft()
         take = self._core.take

@@ -11,6 +11,7 @@ from typing import Any, Final
 
 import zmq
 
+from ._flows import Request, Step, WaitReady, catch_up, run, subscribe_durable
 from ._frames import recv_frames
 from ._owner import SocketOwner
 from .control import ControlClient
@@ -20,12 +21,11 @@ from .durable import (
     JOURNAL_GAP_TYPE,
     CatchUp,
     ReplayFrom,
-    durability_error,
     journal_gap,
     last_frames,
 )
 from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, resolve_endpoint
-from .errors import BrokerUnavailableError, ControlError, ProtocolError, ReceiveTimeoutError, ValidationError
+from .errors import BrokerUnavailableError, ProtocolError, ReceiveTimeoutError, ValidationError
 from .instances import Instance
 from .messages import registry
 from .protocol import PROBE_PREFIX, RESERVED_PREFIX, Decoder, GapTracker, Message
@@ -407,29 +407,15 @@ class Subscriber(SocketOwner):
         ``HealthSummary`` per store). Such messages have ``replayed`` set.
         """
         socket = self._live()
-        core = self._core
         durable = replay_from is not None or with_last
-        catchup = core.hold(instance, prefix, replay_from) if durable else None
+        if durable and instance is None:
+            raise ValueError("replay_from and with_last need an instance")
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.SUBSCRIBE, topic)
-        if not durable:
-            if wait:
-                self.wait_ready(timeout)
-            return
-        assert instance is not None
-        try:
+        if durable:
+            run(subscribe_durable(self._core, instance, prefix, replay_from, with_last, timeout), self._perform)
+        elif wait:
             self.wait_ready(timeout)
-            if with_last:
-                core.take_last(
-                    self._control_client().request("last", {"prefix": Instance.resolve(instance).prefix + prefix})
-                )
-            if catchup is not None:
-                core.catchups.append(catchup)
-                self._catch_up()
-        except ControlError as exc:
-            core.abandon(catchup)
-            raise durability_error(exc) from None
-        core.settle()
 
     def _control_client(self) -> ControlClient:
         if self._control is None:
@@ -441,20 +427,19 @@ class Subscriber(SocketOwner):
             )
         return self._control
 
-    def _catch_up(self) -> None:
-        """Fetch the next page of the first catch-up, holding live messages back meanwhile."""
+    def _perform(self, step: Step) -> Any:
+        """Carry out one step of a flow (see :mod:`._flows`)."""
+        if isinstance(step, WaitReady):
+            return self.wait_ready(step.timeout)
+        if isinstance(step, Request):
+            return self._control_client().request(step.op, step.args, timeout=step.timeout)
         core, socket = self._core, self._live()
         for _ in range(_HOLD_READ):
             try:
                 core.feed(recv_frames(socket, _NOBLOCK))
             except zmq.Again:
                 break
-        catchup = core.catchups[0]
-        try:
-            reply = self._control_client().request("replay", catchup.request())
-        except ControlError as exc:
-            raise durability_error(exc) from None
-        core.take_page(catchup, reply)
+        return None
 
     def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
         """Undo a :meth:`subscribe` with the same arguments."""
@@ -493,10 +478,7 @@ class Subscriber(SocketOwner):
         """
         pending = self._core.pending
         if not pending and self._core.catchups:
-            for _ in range(1_000_000):  # each page moves the cursor on
-                if pending or not self._core.catchups:
-                    break
-                self._catch_up()
+            run(catch_up(self._core), self._perform)
         if pending:
             return pending.popleft()
         socket = self._live()
