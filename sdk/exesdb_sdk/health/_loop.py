@@ -11,6 +11,7 @@ from typing import Any, Final, Self, TypeVar
 
 from ..aio import AsyncPublisher, AsyncSubscriber
 from ..messages import Payload
+from ..protocol import Message
 
 __all__ = ["BusService", "LoopThread"]
 
@@ -139,6 +140,9 @@ class BusService:
     async def _teardown(self) -> None:
         """Last words before the loops are cancelled and the outbox flushed."""
 
+    def _on_gap(self, message: Message, missing: int) -> None:
+        """The subscriber found ``missing`` messages lost before ``message`` (in the loop thread)."""
+
     def _publish(self, message: Payload) -> None:
         """Queue a message for publishing (in the loop thread)."""
         if self._outbox is not None:
@@ -153,7 +157,7 @@ class BusService:
         self._outbox = outbox
         async with (
             AsyncPublisher(self._frontend, node=self._node, secret=self._secret) as pub,
-            AsyncSubscriber(self._backend, secret=self._secret) as sub,
+            AsyncSubscriber(self._backend, secret=self._secret, on_gap=self._on_gap) as sub,
         ):
             self._pub_id = pub.pub_id
             await self._setup(sub)

@@ -16,6 +16,10 @@ callable or an async callable):
   closes the breaker and the held events follow in order. Every transition is published as a
   ``SubscriptionHealth``. Without the breaker, an event that fails ``unhealthy_threshold``
   times in a row is dropped, counted;
+- a message of events its subscription never received (a jump in the publisher's sequence
+  numbers: a broker restart, the subscriber's queue overflowing) is counted in ``missed``,
+  warned about and published as a ``SubscriptionHealth`` ``event_gap``, which makes the
+  subscription ``degraded`` until the next delivery. Missed events are not recovered;
 - it publishes its figures on ``ex_esdb_metrics/store_metrics:<store>`` and the pool a
   ``MetricsSummary`` per store on ``metrics_summary:<store>``, every ``metrics_interval``.
 """
@@ -67,6 +71,9 @@ class WorkerStats:
     paused: bool
     breaker: str
     status: str
+    missed: int = 0
+    """Messages of events the worker's subscription never received (each carries one or more
+    events), from the sequence gaps its subscriber saw."""
 
 
 class EmitterWorker:
@@ -102,6 +109,7 @@ class EmitterWorker:
         self.delivered = 0
         self.failures = 0
         self.dropped = 0
+        self.missed = 0
         self._overflowing = False
         self._window = (time.monotonic(), 0)
 
@@ -122,6 +130,7 @@ class EmitterWorker:
             self.paused,
             self._breaker.state,
             self._state.status,
+            self.missed,
         )
 
     # -- in the pool's loop ----------------------------------------------------------------
@@ -202,6 +211,20 @@ class EmitterWorker:
                 subscription=self.subscription,
                 dropped=self.dropped,
             )
+
+    def on_gap(self, missing: int) -> None:
+        """``missing`` messages of this worker's topic never arrived: count, warn, report."""
+        self.missed += missing
+        error = f"{missing} message(s) of events missed ({self.missed} so far)"
+        observe.emit(
+            log,
+            "failure",
+            f"⚠ EVENTS MISSED: {self.subscription}: {error}",
+            level=logging.WARNING,
+            subscription=self.subscription,
+            missed=self.missed,
+        )
+        self._note("event_gap", error, force=True)  # every gap is reported, even when already degraded
 
     def on_health(self, report: SubscriptionHealth) -> None:
         """A report about this worker's subscription from another publisher."""
@@ -339,6 +362,7 @@ class EmitterWorker:
             paused=self.paused,
             breaker=self._breaker.state,
             failures=self.failures,
+            missed_events=self.missed,
         )
 
 
@@ -431,6 +455,12 @@ class EmitterPool(BusService):
         for worker in list(self._workers.values()):
             await worker.stop("shutdown")
 
+    def _on_gap(self, message: Message, missing: int) -> None:
+        # Called while the subscriber decodes the message after the gap, before it is
+        # dispatched: the report goes out ahead of the events that follow the gap.
+        for worker in self._by_topic.get(message.topic, ()):
+            worker.on_gap(missing)
+
     async def _receive_loop(self, sub: AsyncSubscriber) -> None:
         async for message in sub:
             self._dispatch(message)
@@ -512,5 +542,6 @@ class EmitterPool(BusService):
                     dropped_events=sum(f.dropped_events for f in figures),
                     period_ms=self.config.metrics_interval,
                     node=self._node,
+                    missed_events=sum(f.missed_events for f in figures),
                 )
             )

@@ -37,6 +37,7 @@ SubscriptionEvent = Literal[
     "circuit_breaker_closed",
     "event_delivery_success",
     "event_delivery_failed",
+    "event_gap",
     "heartbeat",
 ]
 SUBSCRIPTION_EVENTS: Final[tuple[str, ...]] = get_args(SubscriptionEvent)
@@ -83,7 +84,9 @@ def apply_event(
 
     Delivery failures count as consecutive failures: below ``threshold`` the subscription is
     ``degraded``, at it ``failed``; any success resets the count. A heartbeat keeps the status,
-    except that it revives a ``stale`` or ``unknown`` subscription as ``healthy``.
+    except that it revives a ``stale`` or ``unknown`` subscription as ``healthy``. An
+    ``event_gap`` (events the subscription missed) is an error that makes it ``degraded``, unless
+    it is ``failed`` already; the next delivered event makes it ``healthy`` again.
     """
     if event not in SUBSCRIPTION_EVENTS:
         raise ValueError(f"unknown subscription event {event!r}")
@@ -96,6 +99,11 @@ def apply_event(
         state.consecutive_failures += 1
         state.last_error = error if error is not None else state.last_error
         state.status = "failed" if state.consecutive_failures >= threshold else "degraded"
+    elif event == "event_gap":
+        state.error_count += 1
+        state.last_error = error if error is not None else state.last_error
+        if state.status != "failed":
+            state.status = "degraded"
     elif event == "heartbeat":
         if state.status in ("stale", "unknown"):
             state.status = "healthy"

@@ -84,7 +84,8 @@ class SubscriptionHealth(Payload):
     subscription: str
     status: SubscriptionStatus
     event: str
-    """What happened: ``registration_success``, ``event_delivery_failed``, ``circuit_breaker_opened``..."""
+    """What happened: ``registration_success``, ``event_delivery_failed``, ``circuit_breaker_opened``,
+    ``event_gap`` (events the subscription missed; ``last_error`` says how many)..."""
     node: str | None = None
     event_count: int = 0
     error_count: int = 0

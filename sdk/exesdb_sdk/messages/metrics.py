@@ -116,6 +116,8 @@ class MetricsSummary(Payload):
     dropped_events: int = 0
     period_ms: float | None = None
     node: str | None = None
+    missed_events: int = 0
+    """Messages of events the store's workers never received (see ``EmitterMetrics.missed_events``)."""
 
 
 class EmitterMetrics(Payload):
@@ -133,6 +135,9 @@ class EmitterMetrics(Payload):
     paused: bool = False
     breaker: Literal["closed", "open", "half_open"] = "closed"
     failures: int = 0
+    missed_events: int = 0
+    """Messages of events the worker's subscription never received, by the publishers' sequence
+    numbers (a broker restart, a subscriber queue overflow): counted, not recovered."""
 
 
 class BrokerMetrics(Payload):

@@ -22,8 +22,8 @@ HealthStatus = Literal["healthy", "degraded", "unhealthy", "unknown"]
 
 SubscriptionStatus = Literal["healthy", "degraded", "failed", "registering", "stale", "unknown"]
 """Health of a subscription: ``registering`` until it is set up, ``degraded`` after a failure
-short of the threshold, ``failed`` at the threshold, ``stale`` when nothing has been heard for
-three check intervals."""
+short of the threshold or after events it missed (``event_gap``), ``failed`` at the threshold,
+``stale`` when nothing has been heard for three check intervals."""
 
 Severity = Literal["info", "warning", "error", "critical"]
 AlertCategory = Literal["system", "performance", "security", "data", "network"]
