@@ -64,9 +64,9 @@ def test_instance_isolation(broker: BrokerProcess) -> None:
         health.subscribe("health")
         metrics.subscribe(Instance.METRICS)
         with Publisher(broker.frontend) as pub:
-            pub.publish("metrics", "store_metrics:s", "PerformanceMetric", {"value": 1})
-            pub.publish("health", "store_health:s", "NodeHealth", {"status": "healthy"})
-            pub.publish("metrics", "store_metrics:s", "PerformanceMetric", {"value": 2})
+            pub.publish("metrics", "store_metrics:s", "PerfSample", {"value": 1})
+            pub.publish("health", "store_health:s", "NodeHealth", {"node": "n1", "status": "healthy"})
+            pub.publish("metrics", "store_metrics:s", "PerfSample", {"value": 2})
         got = health.recv(timeout=5)
         assert got.type == "NodeHealth"
         assert [metrics.recv(timeout=5).data["value"] for _ in range(2)] == [1, 2]
@@ -107,7 +107,7 @@ def test_one_shot_publish_is_not_lost(broker: BrokerProcess) -> None:
         sub.subscribe("alerts")
         for i in range(5):
             with Publisher(broker.frontend) as pub:
-                pub.publish("alerts", "critical", "SystemAlert", {"i": i})
+                pub.publish("alerts", "critical", "AlertNote", {"i": i})
             assert sub.recv(timeout=5).data == {"i": i}
 
 
@@ -115,7 +115,7 @@ def test_one_shot_publish_from_a_process_that_exits_at_once(broker: BrokerProces
     script = textwrap.dedent(
         f"""
         from exesdb_sdk import Publisher
-        Publisher({broker.frontend!r}).publish("audit", "admin", "AdminAction", {{"who": "ops"}})
+        Publisher({broker.frontend!r}).publish("audit", "admin", "AdminNote", {{"who": "ops"}})
         """
     )
     with Subscriber(broker.backend) as sub:
@@ -128,9 +128,9 @@ def test_one_shot_publish_from_a_process_that_exits_at_once(broker: BrokerProces
 def test_batches_arrive_as_separate_messages_in_order(broker: BrokerProcess) -> None:
     with Subscriber(broker.backend) as sub, Publisher(broker.frontend) as pub:
         sub.subscribe("events")
-        pub.publish("events", "store:s1", "Events", {"n": 0})
-        assert pub.publish_batch("events", "store:s1", "Events", ({"n": n} for n in range(1, 101))) == 100
-        pub.publish("events", "store:s1", "Events", {"n": 101})
+        pub.publish("events", "store:s1", "EventNote", {"n": 0})
+        assert pub.publish_batch("events", "store:s1", "EventNote", ({"n": n} for n in range(1, 101))) == 100
+        pub.publish("events", "store:s1", "EventNote", {"n": 101})
         messages = [sub.recv(timeout=5) for _ in range(102)]
         assert [m.data["n"] for m in messages] == list(range(102))
         assert [m.seq for m in messages] == list(range(1, 103))
@@ -167,14 +167,14 @@ def test_asyncio_round_trip(broker: BrokerProcess) -> None:
         async with AsyncSubscriber(broker.backend) as sub:
             await sub.subscribe("lifecycle")
             async with AsyncPublisher(broker.frontend) as pub:
-                await pub.publish("lifecycle", "process", "ProcessLifecycle", {"n": 1})
-                await pub.publish_batch("lifecycle", "process", "ProcessLifecycle", [{"n": 2}, {"n": 3}])
+                await pub.publish("lifecycle", "process", "LifecycleNote", {"n": 1})
+                await pub.publish_batch("lifecycle", "process", "LifecycleNote", [{"n": 2}, {"n": 3}])
             received = [(m.type, m.data) async for m in sub.iter(timeout=0.5)]
             assert sub.stats.received == 3
             return received
 
     received = asyncio.run(asyncio.wait_for(main(), 20))
-    assert received == [("ProcessLifecycle", {"n": n}) for n in (1, 2, 3)]
+    assert received == [("LifecycleNote", {"n": n}) for n in (1, 2, 3)]
 
 
 def _free_port() -> int:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+import msgspec
 import zmq
 
 from ._frames import send_frames
@@ -14,9 +15,9 @@ from .control import DEFAULT_CONTROL_TIMEOUT, ControlClient
 from .curve import KeyPath, resolve_client_keys
 from .durable import durability_error, durable_request, durable_seq
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
-from .errors import BrokerUnavailableError, ControlError, PublishTimeoutError
+from .errors import BrokerUnavailableError, ControlError, PublishTimeoutError, ValidationError
 from .instances import Instance
-from .messages.base import Payload
+from .messages.base import Payload, registry
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node
 from .signing import resolve_secret
 
@@ -58,6 +59,28 @@ def prepare_socket(socket: zmq.Socket[Any], *, hwm: int, send_timeout: float | N
     socket.setsockopt(zmq.SNDHWM, hwm)
     socket.setsockopt(zmq.SNDTIMEO, -1 if send_timeout is None else int(send_timeout * 1000))
     socket.setsockopt(zmq.LINGER, int(linger * 1000))
+
+
+def checked_data(type: str, data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``data`` if it can be sent as an envelope of ``type``: a map, and for a catalogue type
+    one that type accepts (as ``publish_message`` would). Raises
+    :class:`~exesdb_sdk.errors.ValidationError` naming the field; a subscriber could not read it."""
+    if data.__class__ is not dict:  # the common case first: an isinstance on an ABC costs more
+        if isinstance(data, msgspec.Struct):  # a typed payload validated itself when it was built
+            return data
+        if not isinstance(data, Mapping):
+            raise ValidationError(type, "data", f"must be a map, not {_type_name(data)}")
+    cls = _REGISTRY.get(type)
+    if cls is not None:
+        cls.from_data(data)
+    return data
+
+
+_REGISTRY: Final = registry()
+
+
+def _type_name(value: object) -> str:
+    return "a list" if isinstance(value, list) else "None" if value is None else f"a {value.__class__.__name__}"
 
 
 class PublisherCore:
@@ -112,7 +135,7 @@ class PublisherCore:
         """The topic, the body and the envelope count of one publish."""
         encoder = self._encoder
         topic = encoder.topic(instance, subtopic)
-        return topic, encoder.encode(topic, type, data, corr, cause, trace), 1
+        return topic, encoder.encode(topic, type, checked_data(type, data), corr, cause, trace), 1
 
     def _encode_payload(
         self,
@@ -141,7 +164,7 @@ class PublisherCore:
         encoder = self._encoder
         topic = encoder.topic(instance, subtopic)
         before = encoder.seq(topic)
-        body = encoder.encode_batch(topic, type, batch, corr, cause, trace)
+        body = encoder.encode_batch(topic, type, (checked_data(type, data) for data in batch), corr, cause, trace)
         return topic, body, encoder.seq(topic) - before
 
     def _refused(self, topic: bytes, seq: int, envelopes: int) -> None:
