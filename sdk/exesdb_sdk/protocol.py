@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_DEPTH",
     "MAX_INT",
+    "MAX_SEQ_JUMP",
     "PROBE_PREFIX",
     "PROTOCOL_VERSION",
     "RESERVED_PREFIX",
@@ -484,19 +485,29 @@ class Decoder:
         return topic, headers[0].pub, headers[0].seq, len(headers)
 
 
+MAX_SEQ_JUMP: Final = 100_000_000
+"""The largest forward ``seq`` jump counted as a gap (100 million: over 15 minutes of the
+fastest single publisher on one topic); a larger one is a reset."""
+
+
 class GapTracker:
     """Counts sequence gaps per (publisher, topic).
 
     The first message seen from a (publisher, topic) sets the baseline; after that a
-    jump from ``n`` to ``n + k`` counts ``k - 1`` missing messages. Bounded: past
-    100,000 tracked pairs it forgets them all and starts new baselines.
+    jump from ``n`` to ``n + k`` counts ``k - 1`` missing messages. A live ``seq`` that goes
+    back, or jumps further than :data:`MAX_SEQ_JUMP`, is no gap but a publisher that started
+    over or a forgery: it is counted in :attr:`resets` and becomes the new baseline, so one
+    message can never switch gap counting off (a replayed one that goes back is an overlap of
+    two catch-ups, and is skipped). Bounded: past 100,000 tracked pairs it forgets them all
+    and starts new baselines.
     """
 
-    __slots__ = ("_last", "gaps")
+    __slots__ = ("_last", "gaps", "resets")
 
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], int] = {}
         self.gaps = 0
+        self.resets = 0
 
     def observe_all(self, messages: list[Message], on_gap: Callable[[Message, int], None] | None) -> None:
         """:meth:`observe` each message, calling ``on_gap(message, missing)`` after a gap."""
@@ -511,12 +522,16 @@ class GapTracker:
                 if len(last_seen) >= _GAP_TRACKER_LIMIT:
                     last_seen.clear()
                 last_seen[key] = seq
+            elif seq == last + 1:
+                last_seen[key] = seq
+            elif seq > last + MAX_SEQ_JUMP or (seq < last and not message.replayed):
+                self.resets += 1
+                last_seen[key] = seq
             elif seq > last:
                 last_seen[key] = seq
-                if seq > last + 1:
-                    self.gaps += seq - last - 1
-                    if on_gap is not None:
-                        on_gap(message, seq - last - 1)
+                self.gaps += seq - last - 1
+                if on_gap is not None:
+                    on_gap(message, seq - last - 1)
 
     def observe(self, message: Message) -> int:
         """Record ``message``; return how many messages are missing just before it."""

@@ -82,6 +82,9 @@ class SubscriberStats:
     journal_gaps: int = 0
     """Messages the broker's journal could not record, met during a replay (its gap markers).
     Those from a sequenced publisher also show in ``gaps``, at the next replayed message."""
+    resets: int = 0
+    """Times a publisher's ``seq`` went back or jumped implausibly far on a topic (it started
+    over, or the message is forged): counted here, not as gaps, and tracking goes on from it."""
 
 
 def subscription_prefixes(instance: Instance | str | None, prefix: str) -> list[bytes]:
@@ -154,8 +157,9 @@ class SubscriberCore:
         token = secrets.token_hex(8)
         return token, _PROBE_BYTES + token.encode()
 
-    def take(self, frames: Sequence[bytes]) -> list[Message]:
-        """Decode one received ZeroMQ message into its envelopes, counting gaps on the way.
+    def take(self, frames: Sequence[bytes], replayed: bool = False) -> list[Message]:
+        """Decode one received ZeroMQ message into its envelopes (marked ``replayed`` when
+        they come from the journal), counting gaps on the way.
 
         Probe acks are noted in :attr:`acked`; malformed messages are counted and reported
         to ``on_error``. Both give an empty list.
@@ -176,6 +180,8 @@ class SubscriberCore:
             return []
         types = self._types
         for message in messages:
+            if replayed:
+                message.replayed = True
             cls = types.get(message.type)
             if cls is not None:
                 try:
@@ -217,10 +223,9 @@ class SubscriberCore:
         if frames[0] == _JOURNAL_GAP:
             self._journal_gap(frames[1])
             return []
-        messages = self.take(frames)
+        messages = self.take(frames, replayed=True)
         horizon = self.horizon
         for message in messages:
-            message.replayed = True
             if message.seq > 0 and message.pub:
                 key = (message.pub, message.topic)
                 if message.seq > horizon.get(key, 0):
@@ -320,6 +325,7 @@ class SubscriberCore:
             self.duplicates,
             self.replayed,
             self.journal_gaps,
+            self._gaps.resets,
         )
 
 
