@@ -32,7 +32,7 @@ def _round_trip(broker: BrokerProcess) -> None:
     """Proof that the broker still serves: a fresh subscriber gets a fresh publisher's message."""
     with Subscriber(broker.backend) as sub, Publisher(broker.frontend) as pub:
         sub.subscribe("diagnostics")
-        pub.publish("diagnostics", "probe", "DebugTrace", {"alive": True})
+        pub.publish("diagnostics", "probe", "Probe", {"alive": True})
         assert sub.recv(timeout=5).data == {"alive": True}
 
 
@@ -68,7 +68,7 @@ def test_exact_stats_after_a_known_burst(broker: BrokerProcess) -> None:
 def test_broker_receives_with_no_subscriber_connected(broker: BrokerProcess) -> None:
     with Publisher(broker.frontend) as pub:
         for i in range(50):
-            pub.publish("logging", "app", "LogEntry", {"i": i})
+            pub.publish("logging", "app", "AppLog", {"i": i})
     assert wait_until(lambda: _stats(broker)["instances"]["ex_esdb_logging"]["messages"] == 50, 10)
     assert _stats(broker)["subscribers"] == 0
 
@@ -339,7 +339,7 @@ def test_deep_and_out_of_range_bodies_kill_no_thread(broker: BrokerProcess) -> N
         with pytest.raises(ControlError, match="bad_request"):
             control.request("publish", {"topic": "ex_esdb_alerts/x", "body": DEEP_BODY})
     with Publisher(broker.frontend, control=broker.control) as pub:
-        assert pub.publish("alerts", "x", "SystemAlert", {"n": 1}, durable=True) == 3
+        assert pub.publish("alerts", "x", "AlertNote", {"n": 1}, durable=True) == 3
     journal = _stats(broker)["journal"]
     assert (journal["state"], journal["committed"], journal["durable"]) == ("ok", 3, 1), journal
     assert journal["malformed"] == 2  # the two refused durable publishes

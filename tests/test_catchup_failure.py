@@ -28,7 +28,7 @@ def test_a_failed_catch_up_does_not_poison_the_subscriber(journaled: BrokerProce
         with pytest.raises(BrokerUnavailableError):
             sub.subscribe("audit", timeout=0.5, **how)  # type: ignore[arg-type]
         with Publisher(journaled.frontend) as pub:
-            pub.publish("logging", "app", "LogEntry", {"n": 1})
+            pub.publish("logging", "app", "AppLog", {"n": 1})
             pub.publish("audit", "access", "Custom", {"n": 2})
         assert {sub.recv(timeout=5).data["n"] for _ in range(2)} == {1, 2}
 
@@ -41,7 +41,7 @@ def test_a_failed_catch_up_does_not_poison_the_asyncio_subscriber(journaled: Bro
             with pytest.raises(BrokerUnavailableError):
                 await sub.subscribe("audit", timeout=0.5, replay_from="earliest")
             with Publisher(journaled.frontend) as pub:
-                pub.publish("logging", "app", "LogEntry", {"n": 1})
+                pub.publish("logging", "app", "AppLog", {"n": 1})
                 pub.publish("audit", "access", "Custom", {"n": 2})
             return {(await sub.recv(timeout=5)).data["n"] for _ in range(2)}
 

@@ -646,7 +646,7 @@ def test_signing_and_curve_together(secure: BrokerProcess, keys: Keys) -> None:
         sub.subscribe("audit")
         wrong.subscribe("audit")
         with Publisher(secure.frontend, secret="s3cret", **keys.client("pub")) as pub:
-            pub.publish("audit", "admin_actions", "AdminAction", {"action": "x", "admin": "a", "target": "t"})
+            pub.publish("audit", "admin_actions", "AdminNote", {"action": "x", "admin": "a", "target": "t"})
             pub.publish("audit", "marker", "Custom", {"last": True})
         assert sub.recv(timeout=TIMEOUT).topic == "ex_esdb_audit/admin_actions"
         assert sub.recv(timeout=TIMEOUT).data == {"last": True}

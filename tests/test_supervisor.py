@@ -69,7 +69,7 @@ def test_a_failing_tap_is_restarted_and_counting_goes_on(
                 if wait_until(lambda: _stats(broker)["instances"]["ex_esdb_diagnostics"]["messages"] > 0, 0.2):
                     break
             for n in range(100):
-                pub.publish("logging", "app", "LogEntry", {"n": n})
+                pub.publish("logging", "app", "AppLog", {"n": n})
         assert wait_until(lambda: _stats(broker)["instances"]["ex_esdb_logging"]["messages"] == 100, 10)
         stats = _stats(broker)
         assert stats["restarts"]["by_thread"] == {"tap": 1} and stats["restarts"]["total"] == 1

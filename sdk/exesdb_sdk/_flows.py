@@ -10,18 +10,38 @@ driver runs it and whatever a step raised. (The shape of httpx's ``auth_flow``.)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from .durable import ReplayFrom, durability_error
-from .errors import ControlError
+import zmq
+
+from .durable import ReplayFrom, durability_error, durable_request, durable_seq
+from .errors import BrokerUnavailableError, ControlError
 from .instances import Instance
 
 if TYPE_CHECKING:
+    from .control import ReplyMatcher
+    from .publisher import PublisherCore
     from .subscriber import SubscriberCore
 
-__all__ = ["Flow", "ReadHeld", "Request", "Step", "WaitReady", "arun", "catch_up", "run", "subscribe_durable"]
+__all__ = [
+    "Flow",
+    "ReadHeld",
+    "Receive",
+    "Request",
+    "Send",
+    "Settle",
+    "Step",
+    "WaitReady",
+    "arun",
+    "catch_up",
+    "control_request",
+    "durable_publish",
+    "run",
+    "subscribe_durable",
+]
 
 _STEPS: Final = 10_000_000
 """Steps a flow may take: far more than any does (a replay page is three)."""
@@ -51,7 +71,27 @@ class ReadHeld:
     """Read what the socket holds now, without waiting, into the subscriber's core."""
 
 
-Step = WaitReady | Request | ReadHeld
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send these frames without waiting; a full queue raises ``zmq.Again``."""
+
+    frames: list[bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Receive:
+    """Receive one message within ``timeout`` seconds; the result is its frames, or ``None``.
+    A failed handshake raises :class:`~exesdb_sdk.errors.AuthenticationError` meanwhile."""
+
+    timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """The peer has answered: stop watching the handshakes (see :class:`~.curve.HandshakeWatch`)."""
+
+
+Step = WaitReady | Request | ReadHeld | Send | Receive | Settle
 Flow = Generator[Step, Any, T]
 
 
@@ -139,3 +179,39 @@ def _page(core: SubscriberCore, timeout: float | None = None) -> Flow[None]:
     yield ReadHeld()  # what arrived live meanwhile is held, not left to pile up in the socket
     catchup = core.catchups[0]
     core.take_page(catchup, (yield Request("replay", catchup.request(), timeout)))
+
+
+def control_request(
+    matcher: ReplyMatcher, op: str, args: Mapping[str, Any] | None, timeout: float, endpoint: str
+) -> Flow[dict[str, Any]]:
+    """One control request: send it, then read until the reply to it (a late reply to an
+    earlier request is skipped) or the deadline."""
+    request_id, frames = matcher.request(op, args)
+    deadline = time.monotonic() + timeout
+    try:
+        yield Send(frames)
+    except zmq.Again:  # the queue to the broker is full: it is not taking requests
+        raise BrokerUnavailableError(endpoint, timeout, "broker control endpoint") from None
+    for _ in range(_STEPS):
+        remaining = deadline - time.monotonic()
+        received = (yield Receive(remaining)) if remaining > 0 else None
+        if received is None:
+            raise BrokerUnavailableError(endpoint, timeout, "broker control endpoint")
+        reply = matcher.match(received, request_id)
+        if reply is not None:
+            yield Settle()
+            return reply
+    raise BrokerUnavailableError(endpoint, timeout, "broker control endpoint")  # pragma: no cover
+
+
+def durable_publish(publisher: PublisherCore, topic: bytes, body: bytes, envelopes: int) -> Flow[int]:
+    """A durable publish: the broker commits it, then forwards it. Refused, its sequence
+    numbers are given back (nothing was sent); the result is the broker's sequence number."""
+    seq = publisher._encoder.seq(topic)
+    try:
+        reply = yield Request("publish", durable_request(topic, body))
+    except ControlError as exc:
+        publisher._refused(topic, seq, envelopes)
+        raise durability_error(exc) from None
+    publisher._count(topic, body, envelopes)
+    return durable_seq(reply)

@@ -14,11 +14,22 @@ from typing import Any, Self
 import zmq
 import zmq.asyncio
 
-from ._flows import Request, Step, WaitReady, arun, catch_up, subscribe_durable
+from ._flows import (
+    Receive,
+    Request,
+    Send,
+    Step,
+    WaitReady,
+    arun,
+    catch_up,
+    control_request,
+    durable_publish,
+    subscribe_durable,
+)
 from ._owner import AsyncSocketOwner
 from .control import DEFAULT_CONTROL_TIMEOUT, ReplyMatcher
 from .curve import KeyPath, resolve_client_keys
-from .durable import ReplayFrom, durability_error, durable_request, durable_seq
+from .durable import ReplayFrom
 from .endpoints import (
     DEFAULT_BACKEND,
     DEFAULT_CONTROL,
@@ -26,7 +37,7 @@ from .endpoints import (
     ENV_CONTROL,
     resolve_endpoint,
 )
-from .errors import BrokerUnavailableError, ClosedError, ControlError, ReceiveTimeoutError
+from .errors import BrokerUnavailableError, ClosedError, ReceiveTimeoutError
 from .instances import Instance
 from .messages.base import Payload
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Message
@@ -197,14 +208,13 @@ class AsyncPublisher(AsyncSocketOwner, PublisherCore):
                 client_key=self._key_paths[0],
                 server_key=self._key_paths[1],
             )
-        seq = self._encoder.seq(topic)
-        try:
-            reply = await self._control.request("publish", durable_request(topic, body))
-        except ControlError as exc:
-            self._refused(topic, seq, envelopes)
-            raise durability_error(exc) from None
-        self._count(topic, body, envelopes)
-        return durable_seq(reply)
+        control = self._control
+
+        async def perform(step: Step) -> Any:
+            assert isinstance(step, Request)
+            return await control.request(step.op, step.args, timeout=step.timeout)
+
+        return await arun(durable_publish(self, topic, body, envelopes), perform)
 
     async def _drain(self) -> None:
         socket = self._live()
@@ -421,22 +431,17 @@ class AsyncControlClient(AsyncSocketOwner):
         self, op: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> dict[str, Any]:
         """Send a control request and return the reply (see :meth:`ControlClient.request`)."""
-        socket = self._live()
         timeout = self.timeout if timeout is None else timeout
-        request_id, frames = self._matcher.request(op, args)
-        deadline = time.monotonic() + timeout
-        try:
-            await socket.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint") from None
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not await self._watch.await_readable(socket, max(1, int(remaining * 1000))):
-                raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint")
-            reply = self._matcher.match(await socket.recv_multipart(), request_id)
-            if reply is not None:
-                self._watch.settle()
-                return reply
+        return await arun(control_request(self._matcher, op, args, timeout, self.endpoint), self._perform)
+
+    async def _perform(self, step: Step) -> Any:
+        socket = self._live()
+        if isinstance(step, Send):
+            return await socket.send_multipart(step.frames, zmq.NOBLOCK)
+        if isinstance(step, Receive):
+            ready = await self._watch.await_readable(socket, max(1, int(step.timeout * 1000)))
+            return await socket.recv_multipart() if ready else None
+        return self._watch.settle()
 
     async def ping(self) -> dict[str, Any]:
         """Check the broker answers."""

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Mapping
 from typing import Any, Final
 
 import zmq
 
+from ._flows import Receive, Send, Step, control_request, run
 from ._owner import SocketOwner
 from .curve import KeyPath, resolve_client_keys
 from .endpoints import DEFAULT_CONTROL, ENV_CONTROL, resolve_endpoint
-from .errors import BrokerUnavailableError, ProtocolError
+from .errors import ProtocolError
 from .protocol import decode_reply, encode_request
 
 __all__ = ["DEFAULT_CONTROL_TIMEOUT", "ControlClient"]
@@ -91,22 +91,16 @@ class ControlClient(SocketOwner):
         self, op: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
     ) -> dict[str, Any]:
         """Send ``{"op": op, **args}`` and return the reply map (``ok`` is true)."""
-        socket = self._live()
         timeout = self.timeout if timeout is None else timeout
-        request_id, frames = self._matcher.request(op, args)
-        deadline = time.monotonic() + timeout
-        try:
-            socket.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint") from None
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or not self._watch.wait(max(1, int(remaining * 1000))):
-                raise BrokerUnavailableError(self.endpoint, timeout, "broker control endpoint")
-            reply = self._matcher.match(socket.recv_multipart(), request_id)
-            if reply is not None:
-                self._watch.settle()
-                return reply
+        return run(control_request(self._matcher, op, args, timeout, self.endpoint), self._perform)
+
+    def _perform(self, step: Step) -> Any:
+        socket = self._live()
+        if isinstance(step, Send):
+            return socket.send_multipart(step.frames, zmq.NOBLOCK)
+        if isinstance(step, Receive):
+            return socket.recv_multipart() if self._watch.wait(max(1, int(step.timeout * 1000))) else None
+        return self._watch.settle()
 
     def ping(self) -> dict[str, Any]:
         """Check the broker answers: version, protocol and node."""

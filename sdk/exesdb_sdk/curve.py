@@ -31,7 +31,7 @@ import zmq.asyncio
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from .errors import AuthenticationError, ConfigError
+from .errors import AuthenticationError, ConfigError, HandshakeError
 
 __all__ = [
     "ENV_CLIENT_KEY",
@@ -188,9 +188,9 @@ def apply_server_keys(socket: zmq.Socket[Any], keys: KeyPair, domain: str) -> No
 
 
 def _describe(event: int, value: int, keyed: bool) -> str:
-    # Measured with libzmq 4.3.5: a client without keys at a CURVE endpoint sees either a
-    # mechanism mismatch or, when the broker hangs up first, NO_DETAIL; a wrong server key
-    # gives NO_DETAIL on every retry (the broker cannot decrypt the HELLO and drops it).
+    # Measured with libzmq 4.3.5: a client without keys at a CURVE endpoint sees a mechanism
+    # mismatch (NO_DETAIL without keys is a peer that is not ZeroMQ: see HandshakeWatch._drain);
+    # a wrong server key gives NO_DETAIL on every retry (the broker cannot decrypt the HELLO).
     if not keyed and event != zmq.EVENT_HANDSHAKE_FAILED_AUTH:
         return f"the broker requires CURVE: give client_key and server_key (or {ENV_CLIENT_KEY} / {ENV_SERVER_KEY})"
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
@@ -228,7 +228,7 @@ class HandshakeWatch:
         self._keyed = keys is not None
         self._socket = socket
         self._monitor: zmq.Socket[Any] | None = None
-        self._failure: AuthenticationError | None = None
+        self._failure: AuthenticationError | HandshakeError | None = None
         self._failure_kind: int | None = None
         self._arm()
 
@@ -258,7 +258,14 @@ class HandshakeWatch:
                 # keep the most specific failure: NO_DETAIL (the peer hung up first) says the least
                 raw: Any = event["endpoint"]
                 endpoint = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
-                self._failure = AuthenticationError(endpoint, _describe(kind, int(event["value"]), self._keyed))
+                value = int(event["value"])
+                if not self._keyed and kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                    # measured: a CURVE broker answers a client without keys with a mechanism
+                    # mismatch; a bare hang-up comes from something that is not ZeroMQ
+                    detail = "the peer closed the connection during the ZeroMQ handshake: is it an exesdb broker?"
+                    self._failure = HandshakeError(endpoint, detail)
+                else:
+                    self._failure = AuthenticationError(endpoint, _describe(kind, value, self._keyed))
                 self._failure_kind = kind
 
     def check(self) -> None:

@@ -17,6 +17,7 @@ Every error the SDK, the broker and the CLI raise on purpose derives from
     ├── ControlError                               the broker answered a control request with an error
     │   └── DurabilityError         (OSError)      the broker did not record a durable publish or cannot replay
     ├── AuthenticationError         (PermissionError) the broker refused this client's CURVE handshake
+    ├── HandshakeError              (ConnectionError) the peer is no ZeroMQ broker: it hung up the handshake
     └── ClosedError                 (RuntimeError) the publisher, subscriber or client is closed
 """
 
@@ -33,6 +34,7 @@ __all__ = [
     "ControlError",
     "DurabilityError",
     "ExesdbError",
+    "HandshakeError",
     "MessageTooLargeError",
     "ProtocolError",
     "PublishTimeoutError",
@@ -163,6 +165,16 @@ class DurabilityError(ControlError, OSError):
 
     def __init__(self, code: str, message: str) -> None:
         ControlError.__init__(self, code, message)
+
+
+class HandshakeError(ExesdbError, ConnectionError):
+    """The peer at ``endpoint`` closed the connection during the ZeroMQ handshake without a
+    reason a broker would give: something that is not a ZeroMQ endpoint listens there."""
+
+    def __init__(self, endpoint: str, detail: str) -> None:
+        self.endpoint = endpoint
+        self.detail = detail
+        super().__init__(f"handshake failed at {endpoint}: {detail}")
 
 
 class ClosedError(ExesdbError, RuntimeError):

@@ -9,13 +9,13 @@ from typing import Any, Final
 import msgspec
 import zmq
 
+from ._flows import Request, Step, durable_publish, run
 from ._frames import send_frames
 from ._owner import SocketOwner
 from .control import DEFAULT_CONTROL_TIMEOUT, ControlClient
 from .curve import KeyPath, resolve_client_keys
-from .durable import durability_error, durable_request, durable_seq
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
-from .errors import BrokerUnavailableError, ControlError, PublishTimeoutError, ValidationError
+from .errors import BrokerUnavailableError, PublishTimeoutError, ValidationError
 from .instances import Instance
 from .messages.base import Payload, registry
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node
@@ -342,14 +342,13 @@ class Publisher(SocketOwner, PublisherCore):
                 client_key=self._key_paths[0],
                 server_key=self._key_paths[1],
             )
-        seq = self._encoder.seq(topic)
-        try:
-            reply = self._control.request("publish", durable_request(topic, body))
-        except ControlError as exc:
-            self._refused(topic, seq, envelopes)
-            raise durability_error(exc) from None
-        self._count(topic, body, envelopes)
-        return durable_seq(reply)
+        control = self._control
+
+        def perform(step: Step) -> Any:
+            assert isinstance(step, Request)
+            return control.request(step.op, step.args, timeout=step.timeout)
+
+        return run(durable_publish(self, topic, body, envelopes), perform)
 
     def _drain(self) -> None:
         """Read the subscription messages the broker sends, so they never pile up."""
