@@ -56,6 +56,7 @@ from .subscriber import (
     GapCallback,
     SubscriberCore,
     SubscriberStats,
+    literal_prefix,
     subscription_prefixes,
 )
 
@@ -296,8 +297,10 @@ class AsyncSubscriber(AsyncSocketOwner):
             raise ValueError("replay_from and with_last need an instance")
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.SUBSCRIBE, topic)
+        self._core.topics.add(instance, prefix)
         if durable:
-            await arun(subscribe_durable(self._core, instance, prefix, replay_from, with_last, timeout), self._perform)
+            flow = subscribe_durable(self._core, instance, literal_prefix(prefix), replay_from, with_last, timeout)
+            await arun(flow, self._perform)
         elif wait:
             await self.wait_ready(timeout)
 
@@ -330,6 +333,7 @@ class AsyncSubscriber(AsyncSocketOwner):
         socket = self._live()
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+        self._core.topics.remove(instance, prefix)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Return once the broker has applied every subscription made so far."""

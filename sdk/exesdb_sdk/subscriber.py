@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
+import re
 import secrets
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -57,6 +59,7 @@ _RESERVED: Final = RESERVED_PREFIX.encode()
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _HORIZON_LIMIT: Final = 100_000
 _HOLD_READ: Final = 100_000
+_GLOB_CHARS: Final = "*?["
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +88,75 @@ class SubscriberStats:
     resets: int = 0
     """Times a publisher's ``seq`` went back or jumped implausibly far on a topic (it started
     over, or the message is forged): counted here, not as gaps, and tracking goes on from it."""
+    filtered: int = 0
+    """Messages dropped because only a glob subscription's literal start matched their topic
+    (see :class:`TopicFilter`): the cost of a wildcard."""
 
 
 def subscription_prefixes(instance: Instance | str | None, prefix: str) -> list[bytes]:
-    """The ZeroMQ subscriptions for ``instance`` (``None``: all ten) narrowed by ``prefix``."""
+    """The ZeroMQ subscriptions for ``instance`` (``None``: all ten) narrowed by ``prefix``
+    (a glob is subscribed by its literal start: see :class:`TopicFilter`)."""
     if instance is None:
         if prefix:
             raise ValueError("a prefix needs an instance")
         return [i.prefix.encode() for i in Instance]
-    return [(Instance.resolve(instance).prefix + prefix).encode()]
+    return [(Instance.resolve(instance).prefix + literal_prefix(prefix)).encode()]
+
+
+def literal_prefix(prefix: str) -> str:
+    """The start of ``prefix`` before its first glob character (``*``, ``?``, ``[``)."""
+    cut = min((i for i in (prefix.find(c) for c in _GLOB_CHARS) if i >= 0), default=len(prefix))
+    return prefix[:cut]
+
+
+class TopicFilter:
+    """The topics a subscriber's subscriptions want, once one of them is a glob.
+
+    ZeroMQ filters by prefix only, so a sub-topic glob (``node_health:*``, ``store_*:eu``,
+    shell-style: ``*`` any characters, ``/`` included, ``?`` one, ``[...]`` a set) is
+    subscribed by its literal start and the rest is matched here, on the topic bytes before
+    decoding: what the broker sends that no subscription wants is dropped, counted in
+    ``stats.filtered``. Without globs nothing is matched here.
+    """
+
+    __slots__ = ("_globs", "_plain", "_wanted")
+
+    def __init__(self) -> None:
+        self._plain: Counter[bytes] = Counter()
+        self._globs: Counter[tuple[bytes, str]] = Counter()
+        self._wanted: re.Pattern[bytes] | None = None
+
+    @property
+    def active(self) -> bool:
+        """Whether a glob subscription is in place (messages are then matched)."""
+        return self._wanted is not None
+
+    def add(self, instance: Instance | str | None, prefix: str) -> None:
+        self._change(instance, prefix, 1)
+
+    def remove(self, instance: Instance | str | None, prefix: str) -> None:
+        self._change(instance, prefix, -1)
+
+    def wants(self, topic: bytes) -> bool:
+        """Whether some subscription wants ``topic`` (only meaningful while :attr:`active`)."""
+        wanted = self._wanted
+        return wanted is None or wanted.match(topic) is not None
+
+    def _change(self, instance: Instance | str | None, prefix: str, by: int) -> None:
+        glob = literal_prefix(prefix) != prefix
+        for topic in subscription_prefixes(instance, "" if glob else prefix):
+            if glob:
+                self._globs[(topic, prefix)] += by
+            else:
+                self._plain[topic] += by
+        self._plain = +self._plain  # drops what fell to zero
+        self._globs = +self._globs
+        if not self._globs:
+            self._wanted = None
+            return
+        parts = [re.escape(topic) for topic in self._plain]
+        parts += [re.escape(topic) + fnmatch.translate(glob).encode() for topic, glob in self._globs]
+        self._wanted = re.compile(b"|".join(b"(?:" + part + b")" for part in parts), re.DOTALL)
 
 
 class SubscriberCore:
@@ -107,6 +170,7 @@ class SubscriberCore:
         "catchups",
         "decode_errors",
         "duplicates",
+        "filtered",
         "held",
         "held_keys",
         "held_scanned",
@@ -119,6 +183,7 @@ class SubscriberCore:
         "received",
         "rejected",
         "replayed",
+        "topics",
     )
 
     def __init__(
@@ -150,6 +215,8 @@ class SubscriberCore:
         self.duplicates = 0
         self.replayed = 0
         self.journal_gaps = 0
+        self.topics = TopicFilter()
+        self.filtered = 0
 
     @staticmethod
     def new_probe() -> tuple[str, bytes]:
@@ -167,6 +234,9 @@ class SubscriberCore:
         if frames[0].startswith(_RESERVED):
             if frames[0].startswith(_PROBE_BYTES):
                 self.acked.add(frames[0][len(_PROBE_BYTES) :].decode("ascii", "replace"))
+            return []
+        if self.topics.active and not self.topics.wants(frames[0]):
+            self.filtered += 1
             return []
         try:
             messages = self._decoder.decode(frames)
@@ -326,6 +396,7 @@ class SubscriberCore:
             self.replayed,
             self.journal_gaps,
             self._gaps.resets,
+            self.filtered,
         )
 
 
@@ -418,8 +489,10 @@ class Subscriber(SocketOwner):
             raise ValueError("replay_from and with_last need an instance")
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.SUBSCRIBE, topic)
+        self._core.topics.add(instance, prefix)
         if durable:
-            run(subscribe_durable(self._core, instance, prefix, replay_from, with_last, timeout), self._perform)
+            flow = subscribe_durable(self._core, instance, literal_prefix(prefix), replay_from, with_last, timeout)
+            run(flow, self._perform)
         elif wait:
             self.wait_ready(timeout)
 
@@ -452,6 +525,7 @@ class Subscriber(SocketOwner):
         socket = self._live()
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+        self._core.topics.remove(instance, prefix)
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Return once the broker has applied every subscription made so far.
