@@ -34,11 +34,14 @@ __all__ = [
     "Send",
     "Settle",
     "Step",
+    "Subscribe",
+    "Unsubscribe",
     "WaitReady",
     "arun",
     "catch_up",
     "control_request",
     "durable_publish",
+    "probe",
     "run",
     "subscribe_durable",
 ]
@@ -80,10 +83,25 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Receive:
-    """Receive one message within ``timeout`` seconds; the result is its frames, or ``None``.
-    A failed handshake raises :class:`~exesdb_sdk.errors.AuthenticationError` meanwhile."""
+    """Receive one message within ``timeout`` seconds; the result is its frames, or ``None``
+    (nothing yet: a driver may return sooner than ``timeout``, the flow then asks again). A
+    failed handshake raises :class:`~exesdb_sdk.errors.AuthenticationError` meanwhile."""
 
     timeout: float
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Subscribe the socket to this topic prefix."""
+
+    topic: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """Undo a :class:`Subscribe` (the socket may have been closed meanwhile: then nothing)."""
+
+    topic: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +109,7 @@ class Settle:
     """The peer has answered: stop watching the handshakes (see :class:`~.curve.HandshakeWatch`)."""
 
 
-Step = WaitReady | Request | ReadHeld | Send | Receive | Settle
+Step = WaitReady | Request | ReadHeld | Send | Receive | Settle | Subscribe | Unsubscribe
 Flow = Generator[Step, Any, T]
 
 
@@ -194,14 +212,43 @@ def control_request(
         raise BrokerUnavailableError(endpoint, timeout, "broker control endpoint") from None
     for _ in range(_STEPS):
         remaining = deadline - time.monotonic()
-        received = (yield Receive(remaining)) if remaining > 0 else None
-        if received is None:
-            raise BrokerUnavailableError(endpoint, timeout, "broker control endpoint")
-        reply = matcher.match(received, request_id)
+        if remaining <= 0:
+            break
+        received = yield Receive(remaining)
+        reply = None if received is None else matcher.match(received, request_id)
         if reply is not None:
             yield Settle()
             return reply
-    raise BrokerUnavailableError(endpoint, timeout, "broker control endpoint")  # pragma: no cover
+    raise BrokerUnavailableError(endpoint, timeout, "broker control endpoint")
+
+
+def probe(core: SubscriberCore, timeout: float, endpoint: str) -> Flow[None]:
+    """Wait until the broker has applied every subscription made so far: subscribe to a
+    one-off probe topic, which the broker echoes (subscriptions travel in order, so the echo
+    proves the earlier ones arrived). What arrives meanwhile is kept for ``recv``."""
+    token, topic = core.new_probe()
+    yield Subscribe(topic)
+    try:
+        deadline = time.monotonic() + timeout
+        for _ in range(_STEPS):
+            if token in core.acked:  # another task reading this subscriber may have seen it
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerUnavailableError(endpoint, timeout)
+            received = yield Receive(remaining)
+            if received is not None:
+                core.feed(received)
+        yield Settle()
+    except GeneratorExit:  # the flow was dropped: nothing can be done through it any more
+        core.acked.discard(token)
+        raise
+    except BaseException:
+        core.acked.discard(token)
+        yield Unsubscribe(topic)
+        raise
+    core.acked.discard(token)
+    yield Unsubscribe(topic)
 
 
 def durable_publish(publisher: PublisherCore, topic: bytes, body: bytes, envelopes: int) -> Flow[int]:

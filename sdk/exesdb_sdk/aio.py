@@ -18,12 +18,16 @@ from ._flows import (
     Receive,
     Request,
     Send,
+    Settle,
     Step,
+    Subscribe,
+    Unsubscribe,
     WaitReady,
     arun,
     catch_up,
     control_request,
     durable_publish,
+    probe,
     subscribe_durable,
 )
 from ._owner import AsyncSocketOwner
@@ -320,6 +324,23 @@ class AsyncSubscriber(AsyncSocketOwner):
             return await self.wait_ready(step.timeout)
         if isinstance(step, Request):
             return await self._control_client().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, Receive):
+            # short polls: another task reading this subscriber may take what we wait for,
+            # and it is noted in the shared core all the same
+            socket = self._live()
+            self._watch.check()
+            if not await socket.poll(max(1, int(min(step.timeout, _PROBE_SLICE) * 1000))):
+                return None
+            with contextlib.suppress(zmq.Again):
+                return await socket.recv_multipart(zmq.NOBLOCK)
+            return None
+        if isinstance(step, Subscribe | Unsubscribe):
+            if self._socket is not None:
+                option = zmq.SUBSCRIBE if isinstance(step, Subscribe) else zmq.UNSUBSCRIBE
+                self._socket.setsockopt(option, step.topic)
+            return None
+        if isinstance(step, Settle):
+            return self._watch.settle()
         core, socket = self._core, self._live()
         for _ in range(_HOLD_READ):
             try:
@@ -337,27 +358,9 @@ class AsyncSubscriber(AsyncSocketOwner):
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Return once the broker has applied every subscription made so far."""
-        socket = self._live()
+        self._live()
         timeout = self.subscribe_timeout if timeout is None else timeout
-        token, topic = self._core.new_probe()
-        socket.setsockopt(zmq.SUBSCRIBE, topic)
-        try:
-            deadline = time.monotonic() + timeout
-            while token not in self._core.acked:
-                self._watch.check()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BrokerUnavailableError(self.backend, timeout)
-                # Short polls: another task reading this subscriber may take the ack first,
-                # and it is noted in the shared core all the same.
-                if await socket.poll(max(1, int(min(remaining, _PROBE_SLICE) * 1000))):
-                    with contextlib.suppress(zmq.Again):
-                        self._core.feed(await socket.recv_multipart(zmq.NOBLOCK))
-            self._watch.settle()
-        finally:
-            self._core.acked.discard(token)
-            if self._socket is not None:
-                socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+        await arun(probe(self._core, timeout, self.backend), self._perform)
 
     async def recv(self, timeout: float | None = None) -> Message:
         """The next message; waits up to ``timeout`` seconds (``None``: forever)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import struct
 import time
 from dataclasses import dataclass, field
@@ -206,6 +207,27 @@ def _describe(event: int, value: int, keyed: bool) -> str:
     return "the broker dropped the CURVE handshake (wrong server key, or a broker without CURVE?)"
 
 
+_ZMTP_SIGNATURE_END: Final = 0x7F
+_GREETING_WAIT: Final = 0.5
+
+
+def speaks_zmtp(endpoint: str) -> bool:
+    """Whether the peer at a ``tcp://host:port`` endpoint greets in ZMTP (its first bytes are
+    the ZeroMQ signature ``0xFF ... 0x7F``), asked over a fresh connection, as a diagnosis
+    after a handshake failed. True when it cannot tell (not tcp, no answer in time)."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host, _, port = endpoint[len("tcp://") :].rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=_GREETING_WAIT) as probe:
+            greeting = probe.recv(10)
+    except TimeoutError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return greeting[:1] == b"\xff" and (len(greeting) < 10 or greeting[9] == _ZMTP_SIGNATURE_END)
+
+
 class HandshakeWatch:
     """Follows a client socket's handshakes through a ZeroMQ socket monitor while it waits.
 
@@ -259,10 +281,10 @@ class HandshakeWatch:
                 raw: Any = event["endpoint"]
                 endpoint = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
                 value = int(event["value"])
-                if not self._keyed and kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-                    # measured: a CURVE broker answers a client without keys with a mechanism
-                    # mismatch; a bare hang-up comes from something that is not ZeroMQ
-                    detail = "the peer closed the connection during the ZeroMQ handshake: is it an exesdb broker?"
+                if not self._keyed and kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not speaks_zmtp(endpoint):
+                    # a CURVE broker hangs up on a client without keys too: only a peer that
+                    # does not even greet in ZMTP is certainly no broker
+                    detail = "the peer closed the connection without a ZeroMQ greeting: is it an exesdb broker?"
                     self._failure = HandshakeError(endpoint, detail)
                 else:
                     self._failure = AuthenticationError(endpoint, _describe(kind, value, self._keyed))

@@ -17,7 +17,7 @@ Every error the SDK, the broker and the CLI raise on purpose derives from
     ├── ControlError                               the broker answered a control request with an error
     │   └── DurabilityError         (OSError)      the broker did not record a durable publish or cannot replay
     ├── AuthenticationError         (PermissionError) the broker refused this client's CURVE handshake
-    ├── HandshakeError              (ConnectionError) the peer is no ZeroMQ broker: it hung up the handshake
+    ├── HandshakeError              (ConnectionError) the peer is no ZeroMQ endpoint: it hung up without a greeting
     └── ClosedError                 (RuntimeError) the publisher, subscriber or client is closed
 """
 

@@ -13,7 +13,19 @@ from typing import Any, Final
 
 import zmq
 
-from ._flows import Request, Step, WaitReady, catch_up, run, subscribe_durable
+from ._flows import (
+    Receive,
+    Request,
+    Settle,
+    Step,
+    Subscribe,
+    Unsubscribe,
+    WaitReady,
+    catch_up,
+    probe,
+    run,
+    subscribe_durable,
+)
 from ._frames import recv_frames
 from ._owner import SocketOwner
 from .control import ControlClient
@@ -27,7 +39,7 @@ from .durable import (
     last_frames,
 )
 from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, resolve_endpoint
-from .errors import BrokerUnavailableError, ProtocolError, ReceiveTimeoutError, ValidationError
+from .errors import ProtocolError, ReceiveTimeoutError, ValidationError
 from .instances import Instance
 from .messages import registry
 from .protocol import PROBE_PREFIX, RESERVED_PREFIX, Decoder, GapTracker, Message
@@ -512,6 +524,16 @@ class Subscriber(SocketOwner):
             return self.wait_ready(step.timeout)
         if isinstance(step, Request):
             return self._control_client().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, Receive):
+            socket = self._live()
+            return recv_frames(socket) if self._watch.wait(max(1, int(step.timeout * 1000))) else None
+        if isinstance(step, Subscribe | Unsubscribe):
+            if self._socket is not None:
+                option = zmq.SUBSCRIBE if isinstance(step, Subscribe) else zmq.UNSUBSCRIBE
+                self._socket.setsockopt(option, step.topic)
+            return None
+        if isinstance(step, Settle):
+            return self._watch.settle()
         core, socket = self._core, self._live()
         for _ in range(_HOLD_READ):
             try:
@@ -534,22 +556,9 @@ class Subscriber(SocketOwner):
         travel in order, so the echo proves the earlier ones arrived. Messages received
         meanwhile are kept for :meth:`recv`.
         """
-        socket = self._live()
+        self._live()
         timeout = self.subscribe_timeout if timeout is None else timeout
-        token, topic = self._core.new_probe()
-        socket.setsockopt(zmq.SUBSCRIBE, topic)
-        try:
-            deadline = time.monotonic() + timeout
-            while token not in self._core.acked:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._watch.wait(max(1, int(remaining * 1000))):
-                    raise BrokerUnavailableError(self.backend, timeout)
-                self._core.feed(recv_frames(socket))
-            self._watch.settle()
-        finally:
-            self._core.acked.discard(token)
-            if self._socket is not None:
-                socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+        run(probe(self._core, timeout, self.backend), self._perform)
 
     def recv(self, timeout: float | None = None) -> Message:
         """The next message; waits up to ``timeout`` seconds (``None``: forever).
