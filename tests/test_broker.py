@@ -236,7 +236,7 @@ def test_port_in_use_is_a_one_line_error(start_broker: StartBroker) -> None:
     [
         ("--frontend", "http://127.0.0.1:80", "transport 'http'"),
         ("--control", "tcp://127.0.0.1:99999", "port '99999'"),
-        ("--backend", "tcp://nowhere.example:7101", "is not an IP address"),
+        ("--backend", "tcp://nowhere.example:7101", "cannot resolve host 'nowhere.example'"),
         ("--log-level", "chatty", "'chatty' is not one of"),
         ("--hwm", "0", "--hwm: 0 is not greater than zero"),
     ],

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Final, NoReturn
 
 import typer
+from exesdb_sdk import __version__
 from exesdb_sdk.errors import ExesdbError
 
 from .broker import Broker
@@ -22,6 +23,7 @@ log = logging.getLogger("exesdb.broker")
 
 EXIT_FAILURE: Final = 1
 EXIT_USAGE: Final = 2
+EXIT_INTERRUPTED: Final = 130
 _SIGNALS: Final = {signal.SIGTERM, signal.SIGINT}
 _RELOAD: Final = signal.SIGHUP
 
@@ -34,19 +36,30 @@ HELP = (
     "free port.\n\n"
     'Once bound it prints one line on stderr: "exesdb-broker ready frontend=... backend=... '
     'control=...". SIGTERM or SIGINT stops it cleanly with status 0, after the journal has '
-    "committed what it received; SIGHUP re-reads the key allowlists. Every thread runs under a "
+    "committed what it received (SIGINT before that line: status 130); SIGHUP re-reads the key "
+    "allowlists. Every thread runs under a "
     "supervisor: a failed one is restarted, and past --max-restarts in --restart-period the broker "
     "exits 1.\n\n"
     "Security: --broker-key (a secret key file from exesdb keygen) turns on CURVE on every "
     "endpoint; --allow-publishers, --allow-subscribers and --allow-admins name directories of "
     "allowed public key files. Without it only loopback addresses may be bound, unless "
     "--allow-insecure.\n\n"
-    "Exit status: 0 clean stop, 1 runtime failure (e.g. an endpoint in use), 2 bad configuration.\n\n"
+    "Exit status: 0 clean stop, 1 runtime failure (e.g. an endpoint in use), 2 bad configuration "
+    "or usage (one line on stderr), 130 Ctrl-C during start-up.\n\n"
     "Example: exesdb-broker --frontend tcp://127.0.0.1:7100 --log-format json"
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        print(f"exesdb-broker {__version__}")
+        raise typer.Exit()
+
+
 def serve(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
     frontend: Annotated[
         str | None,
         typer.Option(help="XSUB endpoint publishers connect to [default: tcp://127.0.0.1:7100]"),
@@ -164,11 +177,17 @@ def serve(
     before, after = raise_fd_limit()
     # Signals go to sigwait below, never to a handler running in the middle of broker code.
     signal.pthread_sigmask(signal.SIG_BLOCK, {*_SIGNALS, _RELOAD})
+    _stop_if_signalled()
     broker = Broker(settings)
     try:
         broker.start()
     except ExesdbError as exc:
         _fail(str(exc), EXIT_USAGE if isinstance(exc, ValueError) else EXIT_FAILURE)
+    try:
+        _stop_if_signalled()
+    except typer.Exit:
+        broker.stop()
+        raise
     log.info("file descriptors: limit %d%s", after, f" (raised from {before})" if after != before else "")
     print(
         readiness_line(settings.log_format, broker.frontend, broker.backend, broker.control),
@@ -189,13 +208,41 @@ def serve(
         _fail(f"broker stopped unexpectedly: {broker.failure or 'see the log above'}", EXIT_FAILURE)
 
 
+def _stop_if_signalled() -> None:
+    """Before the ready line, a pending SIGINT or SIGTERM ends start-up: one line, and status 130
+    for SIGINT (the shell's Ctrl-C), 0 for SIGTERM (a clean stop, as after the ready line)."""
+    pending = signal.sigpending() & _SIGNALS
+    if not pending:
+        return
+    received = signal.sigtimedwait(pending, 0)
+    signo = received.si_signo if received is not None else next(iter(pending))
+    name = signal.Signals(signo).name
+    print(f"exesdb-broker: interrupted ({name}) before start-up finished", file=sys.stderr, flush=True)
+    raise typer.Exit(EXIT_INTERRUPTED if signo == signal.SIGINT else 0)
+
+
 def _fail(message: str, code: int) -> NoReturn:
     print(f"exesdb-broker: error: {message}", file=sys.stderr, flush=True)
     raise typer.Exit(code)
 
 
+def _usage_line(exc: typer.TyperException) -> str:
+    """A usage error as one line, like every other error: click's message, lower-cased."""
+    message = " ".join(exc.format_message().split()).removesuffix(".")
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    return f"exesdb-broker: error: {message} (see exesdb-broker --help)"
+
+
 def main() -> None:
     """Entry point of the ``exesdb-broker`` console script."""
+    # From here on a signal waits for serve to take it, never a KeyboardInterrupt mid start-up.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {*_SIGNALS, _RELOAD})
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
     app.command(help=HELP)(serve)
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except typer.TyperException as exc:
+        print(_usage_line(exc), file=sys.stderr, flush=True)
+        code = EXIT_USAGE
+    sys.exit(code if isinstance(code, int) else 0)

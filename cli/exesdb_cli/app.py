@@ -13,11 +13,13 @@ __all__ = ["app", "main"]
 
 EXIT_ERROR: Final = 1
 EXIT_TIMEOUT: Final = 124
+EXIT_INTERRUPTED: Final = 130
+"""128 + SIGINT, what a shell reports for a command stopped by Ctrl-C."""
+_STDOUT: Final = 1
 
 app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
-    no_args_is_help=True,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -28,20 +30,39 @@ def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _run(action: Callable[[], int]) -> None:
-    """Run a command: exit with its status; an ExesdbError is one line and status 1; Ctrl-C is quiet."""
+def _run(action: Callable[[], int], *, on_interrupt: int = EXIT_INTERRUPTED) -> None:
+    """Run a command: exit with its status; an ExesdbError is one line and status 1.
+
+    Ctrl-C exits ``on_interrupt``: 0 for commands that run until stopped (tail, stats --watch,
+    demo), else 130 with a line saying so. A reader that went away (``exesdb demo | head``)
+    ends the command quietly with status 0, as it ends ``cat``."""
     from exesdb_sdk.errors import ExesdbError
 
+    was_devnull = _is_devnull(_STDOUT)
     try:
         code = action()
     except ExesdbError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
+        if on_interrupt:
+            print("exesdb: interrupted", file=sys.stderr, flush=True)
+        code = on_interrupt
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
         code = 0
-    except BrokenPipeError:  # the reader went away (exesdb tail | head): stop quietly, like cat
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except SystemExit as exc:
+        # rich's Console meets a closed pipe by pointing stdout at /dev/null and exiting 1.
+        if exc.code != EXIT_ERROR or was_devnull or not _is_devnull(_STDOUT):
+            raise
         code = 0
     raise typer.Exit(code)
+
+
+def _is_devnull(fd: int) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(os.devnull))
+    except OSError:
+        return False
 
 
 def _version(value: bool) -> None:
@@ -52,8 +73,9 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
+    ctx: typer.Context,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
@@ -61,9 +83,16 @@ def _root(
     """exesdb: follow, publish and inspect the exesdb-pubsub bus.
 
     Endpoints come from --frontend/--backend/--control, else EXESDB_FRONTEND, EXESDB_BACKEND,
-    EXESDB_CONTROL, else 127.0.0.1 ports 7100/7101/7102. Errors are one line on stderr with
-    exit status 1.
+    EXESDB_CONTROL, else 127.0.0.1 ports 7100/7101/7102. Errors, usage errors included, are one
+    line on stderr with exit status 1; Ctrl-C stops publish (or tail before --count) with 130.
     """
+    if ctx.invoked_subcommand is None:  # a bare `exesdb` shows the help
+
+        def show_help() -> int:
+            print(ctx.get_help(), flush=True)
+            return 0
+
+        _run(show_help)
 
 
 Backend = Annotated[
@@ -100,7 +129,10 @@ Output is pretty, coloured lines on a terminal and JSON lines otherwise. Sequenc
 undecodable messages are reported on stderr and never stop the tail. Once subscribed, a line
 "exesdb tail: following ..." goes to stderr.
 
-Exit status: 0 after --count messages (or Ctrl-C), 124 when --timeout passes first, 1 on error.
+--timeout counts from the start, so it also bounds the wait for the broker (--connect-timeout).
+
+Exit status: 0 after --count messages (or Ctrl-C), 124 when --timeout passes first, 1 on
+error, 130 on Ctrl-C before --count messages arrived.
 
 Examples:
 
@@ -186,7 +218,7 @@ def tail(
             control=control,
         )
 
-    _run(action)
+    _run(action, on_interrupt=0)
 
 
 PUBLISH_HELP = """Publish messages.
@@ -195,7 +227,8 @@ DATA is a JSON object, the message's data; with no DATA it is read from stdin, o
 with --lines. With --type naming a catalogue type (exesdb instances lists them) the data is
 validated first. Everything is checked before anything is sent: bad JSON, an unknown instance
 or a field that fails validation is one line on stderr, exit status 1, nothing sent. So is a
-broker that does not answer within --connect-timeout.
+broker that does not answer within --connect-timeout (its control endpoint's, with --durable,
+included). Ctrl-C stops it with status 130 and says how many were published.
 
 Examples:
 
@@ -266,6 +299,9 @@ def publish(
 STATS_HELP = """Show the broker's counters: per-instance messages, bytes and rate, subscribers, publishers,
 malformed messages and uptime.
 
+--watch refreshes until Ctrl-C (status 0): in place on a terminal, else one block (or JSON
+line) per refresh. While the broker does not answer it says so once on stderr and retries.
+
 Examples:
 
   exesdb stats
@@ -299,7 +335,7 @@ def stats(
             server_key=server_key,
         )
 
-    _run(action)
+    _run(action, on_interrupt=0)
 
 
 INSTANCES_HELP = """List the ten instances with their aliases, default sub-topics and message types.
@@ -365,7 +401,7 @@ def demo(
 
         return run_demo(duration=duration, pace=pace)
 
-    _run(action)
+    _run(action, on_interrupt=0)
 
 
 KEYGEN_HELP = """Create a CURVE key pair for the broker or a client: NAME.key (the public key, to hand
@@ -408,6 +444,22 @@ def broker(ctx: typer.Context) -> None:
     broker_main()
 
 
+def _usage_line(prog: str, exc: typer.TyperException) -> str:
+    """One line for a usage error (bad option, missing argument, bad value): click's message,
+    lower-cased like our own, and where to look (``exesdb publish --help``)."""
+    message = " ".join(exc.format_message().split()).removesuffix(".")
+    if message[:1].isupper() and not message[1:2].isupper():
+        message = message[0].lower() + message[1:]
+    ctx = getattr(exc, "ctx", None)
+    where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+    return f"{prog}: error: {message}{where}"
+
+
 def main() -> None:
     """Entry point of the ``exesdb`` console script."""
-    app()
+    try:
+        code = app(prog_name="exesdb", standalone_mode=False)
+    except typer.TyperException as exc:
+        print(_usage_line("exesdb", exc), file=sys.stderr, flush=True)
+        code = EXIT_ERROR
+    sys.exit(code if isinstance(code, int) else 0)

@@ -6,16 +6,18 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from exesdb_sdk import Instance, Publisher
 from exesdb_sdk.errors import ExesdbError
 from exesdb_sdk.messages import lookup
 from exesdb_sdk.protocol import Encoder
 
-__all__ = ["parse_payloads", "run_publish"]
+__all__ = ["EXIT_INTERRUPTED", "parse_payloads", "run_publish"]
 
-_PROGRESS_FROM = 1000
+EXIT_INTERRUPTED: Final = 130
+_PROGRESS_FROM: Final = 1000
+_USAGE: Final = "usage: exesdb publish INSTANCE SUBTOPIC [DATA]"
 
 
 def _parse(text: str, where: str) -> dict[str, Any]:
@@ -43,6 +45,20 @@ def parse_payloads(data: str | None, *, lines: bool, stdin: str | None) -> list[
     if not text.strip():
         raise ExesdbError("no DATA given and stdin is empty")
     return [_parse(text, "stdin")]
+
+
+def _check_subtopic(subtopic: str, data: str | None) -> None:
+    """A JSON object where the sub-topic goes means the sub-topic was left out (DATA took its place)."""
+    if data is None and subtopic.lstrip().startswith("{"):
+        shown = subtopic if len(subtopic) <= 40 else subtopic[:37] + "..."
+        raise ExesdbError(f"missing SUBTOPIC: {shown!r} looks like DATA; {_USAGE}")
+
+
+def _read_stdin(lines: bool) -> str:
+    if sys.stdin.isatty():  # a terminal gives no sign that anything waits for it
+        what = "DATA, one JSON object per line," if lines else "DATA"
+        print(f"exesdb publish: reading {what} from stdin (Ctrl-D to end)...", file=sys.stderr, flush=True)
+    return sys.stdin.read()
 
 
 def _check(instance: str, subtopic: str, type_name: str, payloads: Sequence[dict[str, Any]], max_size: int) -> None:
@@ -75,8 +91,12 @@ def run_publish(
     durable: bool = False,
     control: str | None = None,
 ) -> int:
-    """Publish; return the exit status. Raises ExesdbError with a one-line message on bad input."""
-    stdin = None if data is not None else sys.stdin.read()
+    """Publish; return the exit status. Raises ExesdbError with a one-line message on bad input.
+
+    ``connect_timeout`` bounds every wait for the broker, its control endpoint's included. Ctrl-C
+    stops it with status 130 and a line saying how many of the messages were published."""
+    _check_subtopic(subtopic, data)
+    stdin = None if data is not None else _read_stdin(lines)
     payloads = parse_payloads(data, lines=lines, stdin=stdin)
     _check(instance, subtopic, type_name, payloads, max_message_size)
     total = len(payloads) * count
@@ -89,6 +109,7 @@ def run_publish(
     with Publisher(
         frontend,
         connect_timeout=connect_timeout,
+        control_timeout=connect_timeout,
         secret=secret,
         max_message_size=max_message_size,
         client_key=client_key,
@@ -99,8 +120,8 @@ def run_publish(
         task = progress.add_task("publishing", total=total) if progress else None
         if progress:
             progress.start()
+        sent, interrupted = 0, False
         try:
-            sent = 0
             for _ in range(count):
                 for payload in payloads:
                     if interval:
@@ -113,10 +134,17 @@ def run_publish(
                     sent += 1
                     if progress is not None and task is not None and sent % 100 == 0:
                         progress.update(task, completed=sent)
+        except KeyboardInterrupt:
+            interrupted = True  # what was published so far is still flushed as the publisher closes
         finally:
             if progress:
                 progress.stop()
     plural = "" if total == 1 else "s"
+    where = f"{Instance.resolve(instance)}/{subtopic}"
+    if interrupted:
+        what = "journaled" if durable else "published"
+        print(f"exesdb publish: interrupted: {what} {sent} of {total} message{plural} to {where}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     what = "journaled" if durable else "sent"
-    print(f"exesdb publish: {what} {total} message{plural} to {Instance.resolve(instance)}/{subtopic}", file=sys.stderr)
+    print(f"exesdb publish: {what} {total} message{plural} to {where}", file=sys.stderr)
     return 0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
-from exesdb_sdk import ControlClient
+from exesdb_sdk import BrokerUnavailableError, ControlClient
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -105,22 +107,55 @@ def run_stats(
     client_key: str | None = None,
     server_key: str | None = None,
 ) -> int:
+    """Print the broker's stats once, or every ``interval`` seconds with ``watch`` until Ctrl-C.
+
+    A watch outlives the broker: while it does not answer (each try waits up to ``timeout``) it
+    says so once on stderr and keeps asking. On a terminal the table is redrawn in place;
+    otherwise each refresh is written and flushed (a JSON line with ``as_json``)."""
+    from rich.console import Console
+
+    console = Console()
     with ControlClient(control, timeout=timeout, client_key=client_key, server_key=server_key) as client:
-        if as_json and not watch:
-            print(json.dumps(client.stats()))
+        if not watch:
+            stats = client.stats()
+            if as_json:
+                print(json.dumps(stats))
+            else:
+                console.print(render_stats(stats))
             return 0
-        if as_json:
-            while True:  # one JSON line per interval until Ctrl-C
-                print(json.dumps(client.stats()), flush=True)
-                time.sleep(interval)  # the refresh period
-        from rich.console import Console
+        if as_json or not console.is_terminal:
+
+            def write(stats: dict[str, Any]) -> None:
+                if as_json:
+                    print(json.dumps(stats), flush=True)
+                else:
+                    console.print(render_stats(stats))
+                    console.file.flush()
+
+            _watch(client, interval, write)
         from rich.live import Live
 
-        console = Console()
-        if not watch:
-            console.print(render_stats(client.stats()))
-            return 0
-        with Live(render_stats(client.stats()), console=console, refresh_per_second=4) as live:
-            while True:
-                time.sleep(interval)  # the refresh period
-                live.update(render_stats(client.stats()))
+        with Live(console=console, refresh_per_second=4) as live:
+            _watch(client, interval, lambda stats: live.update(render_stats(stats)))
+
+
+def _watch(client: ControlClient, interval: float, show: Callable[[dict[str, Any]], None]) -> NoReturn:
+    """Show the stats every ``interval`` seconds; while the broker is away, say so once and retry."""
+    away = False
+    while True:
+        try:
+            stats = client.stats()
+        except BrokerUnavailableError:
+            if not away:
+                _notice(f"broker unavailable at {client.endpoint}, retrying...")
+                away = True
+        else:
+            if away:
+                _notice(f"broker at {client.endpoint} answering again")
+                away = False
+            show(stats)
+        time.sleep(interval)  # the refresh period
+
+
+def _notice(line: str) -> None:
+    print(f"exesdb stats: {line}", file=sys.stderr, flush=True)

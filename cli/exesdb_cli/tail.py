@@ -9,16 +9,17 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Literal
 
-from exesdb_sdk import Instance, ReceiveTimeoutError, Subscriber
+from exesdb_sdk import ControlClient, Instance, ReceiveTimeoutError, Subscriber
 from exesdb_sdk.durable import JOURNAL_GAP_TYPE
 from exesdb_sdk.errors import ExesdbError, ProtocolError
 from exesdb_sdk.protocol import Message
 
 from .render import pretty, to_json, to_raw
 
-__all__ = ["EXIT_TIMEOUT", "Output", "parse_since", "run_tail"]
+__all__ = ["EXIT_INTERRUPTED", "EXIT_TIMEOUT", "Output", "parse_since", "run_tail"]
 
 EXIT_TIMEOUT: Final = 124
+EXIT_INTERRUPTED: Final = 130
 Output = Literal["pretty", "json", "raw"]
 
 
@@ -94,10 +95,15 @@ def run_tail(
     last: bool = False,
     control: str | None = None,
 ) -> int:
-    """Follow messages until ``count`` (exit 0), ``timeout`` (exit 124) or Ctrl-C (exit 0).
+    """Follow messages until ``count`` (exit 0), ``timeout`` (exit 124) or Ctrl-C (exit 0; 130
+    with a line saying how many arrived when ``count`` was not reached).
 
-    With ``replay`` (``("since", "1h")``, ``("seq", 42)`` or ``("start", None)``) each instance
-    catches up from the broker's journal first; with ``last`` it starts with the last values."""
+    ``timeout`` counts from the start and so also bounds the wait for the broker (at most
+    ``connect_timeout``). With ``replay`` (``("since", "1h")``, ``("seq", 42)`` or
+    ``("start", None)``) each instance catches up from the broker's journal first; with ``last``
+    it starts with the last values."""
+    started = time.monotonic()
+    connect_timeout = min(connect_timeout, timeout) if timeout else connect_timeout
     pairs = _subscriptions(instances, topics)
     replay_from = _replay_from(replay)
     if replay_from is not None and any(instance is None for instance, _ in pairs):
@@ -122,6 +128,10 @@ def run_tail(
         topic = frames[0][:80].decode("utf-8", "replace") if frames else "?"
         print(f"exesdb tail: skipped a message on {topic}: {error}", file=sys.stderr, flush=True)
 
+    if replay_from is not None or last:
+        # The subscriber asks the control endpoint with its own 5 s timeout: check it answers in ours.
+        with ControlClient(control, timeout=connect_timeout, client_key=client_key, server_key=server_key) as probe:
+            probe.ping()
     with Subscriber(
         backend,
         subscribe_timeout=connect_timeout,
@@ -144,27 +154,34 @@ def run_tail(
         )
         print(f"exesdb tail: following {names} on {sub.backend}", file=sys.stderr, flush=True)
         seen = 0
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else started + timeout
         previous = time.time()
-        while count is None or seen < count:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return EXIT_TIMEOUT
-            try:
-                message = sub.recv(remaining)
-            except ReceiveTimeoutError:
-                return EXIT_TIMEOUT
-            if excludes and _excluded(message.topic, message.subtopic, excludes):
-                continue
-            seen += 1
-            if output == "json":
-                print(to_json(message), flush=True)
-            elif output == "raw":
-                print(to_raw(message), flush=True)
-            else:
-                assert console is not None
-                now = time.time()
-                text, style = pretty(message, received=now if timestamps else None, delta=now - previous)
-                previous = now
-                console.print(text, style=style, markup=False)
+        try:
+            while count is None or seen < count:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return EXIT_TIMEOUT
+                try:
+                    message = sub.recv(remaining)
+                except ReceiveTimeoutError:
+                    return EXIT_TIMEOUT
+                if excludes and _excluded(message.topic, message.subtopic, excludes):
+                    continue
+                seen += 1
+                if output == "json":
+                    print(to_json(message), flush=True)
+                elif output == "raw":
+                    print(to_raw(message), flush=True)
+                else:
+                    assert console is not None
+                    now = time.time()
+                    text, style = pretty(message, received=now if timestamps else None, delta=now - previous)
+                    previous = now
+                    console.print(text, style=style, markup=False)
+        except KeyboardInterrupt:
+            if count is None:  # the usual way to stop following
+                return 0
+            plural = "" if count == 1 else "s"
+            print(f"exesdb tail: interrupted: received {seen} of {count} message{plural}", file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 from typing import Final
 
 from .errors import ConfigError
@@ -43,7 +44,8 @@ def validate_endpoint(url: str, what: str = "endpoint", *, bind: bool = False) -
 
     Supported: ``tcp://HOST:PORT`` (HOST an IP literal, ``[IPv6]`` or ``localhost``;
     when binding, PORT may be ``*`` or ``0`` for an ephemeral port), ``ipc://PATH`` and
-    ``inproc://NAME``. Raises :class:`~exesdb_sdk.errors.ConfigError` naming ``what``.
+    ``inproc://NAME``. Raises :class:`~exesdb_sdk.errors.ConfigError` naming ``what``; for a
+    host name it says whether the name resolves at all.
     """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(f"{what}: {url!r} is not an endpoint URL (e.g. tcp://127.0.0.1:7100)")
@@ -67,8 +69,19 @@ def validate_endpoint(url: str, what: str = "endpoint", *, bind: bool = False) -
     try:
         ipaddress.ip_address(bare)
     except ValueError:
+        if not _resolves(bare):
+            raise ConfigError(f"{what}: cannot resolve host {bare!r} in {url!r}") from None
         raise ConfigError(f"{what}: host {host!r} in {url!r} is not an IP address") from None
     return url
+
+
+def _resolves(host: str) -> bool:
+    """Whether ``host`` is a name the resolver knows (only asked when validation fails anyway)."""
+    try:
+        socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):  # socket.gaierror is an OSError; an unencodable name a UnicodeError
+        return False
+    return True
 
 
 def resolve_endpoint(explicit: str | None, env_var: str, default: str, what: str) -> str:

@@ -82,6 +82,10 @@ def _read_table(path: Path, section: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # TOML is UTF-8; tomllib decodes before it parses
+        raise ConfigError(
+            f"config file {path}: invalid TOML: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
+        ) from None
     table = document.get(section, {})
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [{section}] must be a table")
