@@ -197,6 +197,66 @@ def test_make_console_forces_colour_into_a_pipe(clean_env: dict[str, str], force
     assert bool(ANSI.search(done.stdout)) is coloured, repr(done.stdout)
 
 
+def _demo(env: dict[str, str], seconds: str) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([EXESDB, "demo", "--duration", seconds], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def _in_order(out: str, markers: list[str]) -> None:
+    where = 0
+    for marker in markers:
+        found = out.find(marker, where)
+        assert found >= 0, f"{marker!r} missing after offset {where}:\n{out}"
+        where = found + len(marker)
+
+
+@pytest.mark.timeout(90)
+def test_demo_tells_the_whole_health_story_in_order(clean_env: dict[str, str]) -> None:
+    done = _demo(_colour_env(clean_env), "4")
+    out = done.stdout
+    _in_order(
+        out,
+        [
+            "EMITTER WORKER ACTIVATION",
+            "[failure] ✖ DELIVERY FAILED: orders:projection",
+            "(circuit_breaker_opened) - Emission PAUSED",
+            "HALF-OPEN: the breaker of orders:projection",
+            "event=circuit_breaker_half_open",
+            "(circuit_breaker_closed) - Emission RESUMED",
+            "HELD EVENTS DELIVERED",
+            "delivered in order",
+            "EMITTER WORKER TERMINATION",
+            "exesdb demo: what happened",
+            "breaker     orders:projection: closed -> open -> half-open",
+        ],
+    )
+    # Summaries with their numbers, from the bus.
+    assert re.search(r"HealthSummary store=orders \d/2 healthy", out)
+    assert re.search(r"MetricsSummary store=orders [\d.]+ events/s \d+ delivered", out)
+    assert re.search(r"BrokerMetrics node=\S+ [\d.]+ msg/s \d+ messages \d+ subscribers", out)
+    assert re.search(r"ThroughputMetric component=persistence \d+ ops/s", out)
+    # The end: every held event delivered, nothing left behind.
+    held = re.search(r"(\d+) event\(s\) held while paused, (\d+) delivered after it, in order", out)
+    assert held and held.group(1) == held.group(2) and int(held.group(1)) >= 1, out
+    assert re.search(r"orders:projection\s+(\d+) of \1 store events .* 0 dropped, 0 left undelivered", out), out
+    # Every line of the emitter came through the SDK's handler: a time, a level, a category.
+    for line in out.splitlines():
+        if "DELIVERY FAILED" in line or "Emission" in line:
+            assert re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) \[(failure|success)\] ", line), line
+    assert ANSI.search(out) is None  # piped: plain
+    assert done.stderr == ""  # no traceback, no logging error, nothing from Python's last-resort handler
+
+
+@pytest.mark.timeout(90)
+def test_demo_is_coloured_when_forced(clean_env: dict[str, str]) -> None:
+    out = _demo(_colour_env(clean_env, FORCE_COLOR="1"), "3").stdout
+    lines = out.splitlines()
+    for marker in ("Emission PAUSED", "Emission RESUMED", "EMITTER WORKER ACTIVATION", " HealthSummary "):
+        line = next((line for line in lines if marker in line), None)
+        assert line is not None and ANSI.search(line), (marker, line)
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="needs tail.py to print with render.make_console(force_colour=True); remove this marker then",
