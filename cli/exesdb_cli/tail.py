@@ -14,7 +14,7 @@ from exesdb_sdk.durable import JOURNAL_GAP_TYPE
 from exesdb_sdk.errors import ExesdbError, ProtocolError
 from exesdb_sdk.protocol import Message
 
-from .render import pretty, to_json, to_raw
+from .render import make_console, pretty, to_json, to_raw
 
 __all__ = ["EXIT_INTERRUPTED", "EXIT_TIMEOUT", "Output", "parse_since", "run_tail"]
 
@@ -110,11 +110,7 @@ def run_tail(
         raise ExesdbError("name the instances to replay, e.g. exesdb tail audit --since 1h")
     if last:
         pairs = [(i, p) for instance, p in pairs for i in ([instance] if instance is not None else list(Instance))]
-    console = None
-    if output == "pretty":
-        from rich.console import Console
-
-        console = Console(highlight=False, soft_wrap=True)
+    console = make_console(force_colour=True) if output == "pretty" else None
 
     def on_gap(message: Message, missing: int) -> None:
         if message.type == JOURNAL_GAP_TYPE:  # the broker's marker, met in a replay
