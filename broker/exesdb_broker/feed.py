@@ -109,11 +109,9 @@ class FeedLink:
     def sample(self, sampled: Callable[[str, int, float], None]) -> None:
         """Read every feed's count of frames sent: ``sampled(label, frames, monotonic time)``."""
         for label, control in self.controls.items():
-            while control.poll(0):  # a late reply to a request that timed out: stale
-                control.recv_multipart()
-            control.send(b"STATISTICS")
-            if control.poll(_REPLY_MS):
-                sampled(label, ProxyTotals.from_reply(control.recv_multipart()).frames_out, time.monotonic())
+            totals = ProxyTotals.ask(control, _REPLY_MS)
+            if totals is not None:
+                sampled(label, totals.frames_out, time.monotonic())
 
     def send_sync(self, pub: zmq.Socket[Any], number: int) -> None:
         """Send sync marker ``number`` through every feed, by way of the proxy (``pub`` is a

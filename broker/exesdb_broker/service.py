@@ -276,12 +276,7 @@ class Service:
         proxy = self._proxy
         if proxy is None or not self._proxy_child.started.is_set() or self._proxy_child.stopped.is_set():
             return None  # not forwarding (yet, or any more): nobody would answer
-        while proxy.poll(0):  # a late reply to a request that timed out: stale, drop it
-            proxy.recv_multipart()
-        proxy.send(b"STATISTICS")
-        if not proxy.poll(_PROXY_REPLY_TIMEOUT_MS):
-            return None
-        return ProxyTotals.from_reply(proxy.recv_multipart())
+        return ProxyTotals.ask(proxy, _PROXY_REPLY_TIMEOUT_MS)
 
     def _stats(self) -> dict[str, Any]:
         totals = self._proxy_totals()

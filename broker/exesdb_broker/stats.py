@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import zmq
 from exesdb_sdk.instances import Instance
 
 from .tap import TapCounters
@@ -30,8 +31,29 @@ class ProxyTotals:
         The order is frontend (recv n, recv bytes, send n, send bytes), then backend; the
         data flows frontend recv -> backend send.
         """
+        if len(frames) != 8 or any(len(frame) != 8 for frame in frames):
+            raise ValueError(f"not a STATISTICS reply: {len(frames)} frame(s)")
         values = [struct.unpack("=Q", frame)[0] for frame in frames]
         return cls(values[0], values[1], values[6], values[7])
+
+    @classmethod
+    def ask(cls, control: zmq.Socket[Any], timeout_ms: int) -> ProxyTotals | None:
+        """Send ``STATISTICS`` on a proxy's control socket and return the reply, or ``None``
+        when none comes within ``timeout_ms``. Late replies to earlier requests, and other
+        replies the proxy sends (libzmq 4.3.5 answers its other commands too), are skipped."""
+        while control.poll(0):
+            control.recv_multipart()
+        control.send(b"STATISTICS")
+        deadline = time.monotonic() + timeout_ms / 1000
+        for _ in range(100):  # bounded: each turn reads one reply
+            remaining = int((deadline - time.monotonic()) * 1000)
+            if remaining <= 0 or not control.poll(remaining):
+                return None
+            try:
+                return cls.from_reply(control.recv_multipart())
+            except ValueError:
+                continue
+        return None
 
 
 class StatsBook:
