@@ -33,6 +33,7 @@ __all__ = [
     "MAX_SEQ_JUMP",
     "PROBE_PREFIX",
     "PROTOCOL_VERSION",
+    "REORDER_WINDOW",
     "RESERVED_PREFIX",
     "Decoder",
     "Encoder",
@@ -490,16 +491,22 @@ MAX_SEQ_JUMP: Final = 100_000_000
 fastest single publisher on one topic); a larger one is a reset."""
 
 
+REORDER_WINDOW: Final = 1_000
+"""How far below the highest ``seq`` a live envelope is a late duplicate (skipped) rather
+than a reset."""
+
+
 class GapTracker:
     """Counts sequence gaps per (publisher, topic).
 
     The first message seen from a (publisher, topic) sets the baseline; after that a
-    jump from ``n`` to ``n + k`` counts ``k - 1`` missing messages. A live ``seq`` that goes
-    back, or jumps further than :data:`MAX_SEQ_JUMP`, is no gap but a publisher that started
-    over or a forgery: it is counted in :attr:`resets` and becomes the new baseline, so one
-    message can never switch gap counting off (a replayed one that goes back is an overlap of
-    two catch-ups, and is skipped). Bounded: past 100,000 tracked pairs it forgets them all
-    and starts new baselines.
+    jump from ``n`` to ``n + k`` counts ``k - 1`` missing messages; a ``seq`` at most
+    :data:`REORDER_WINDOW` below the highest is a late duplicate, skipped. A live ``seq``
+    further back, or one that jumps further than :data:`MAX_SEQ_JUMP`, is no gap but a
+    publisher that started over or a forgery: it is counted in :attr:`resets` and becomes the
+    new baseline, so one message can never switch gap counting off (a replayed one that goes
+    back is an overlap of two catch-ups, and is skipped). Bounded: past 100,000 tracked pairs
+    it forgets them all and starts new baselines.
     """
 
     __slots__ = ("_last", "gaps", "resets")
@@ -524,7 +531,7 @@ class GapTracker:
                 last_seen[key] = seq
             elif seq == last + 1:
                 last_seen[key] = seq
-            elif seq > last + MAX_SEQ_JUMP or (seq < last and not message.replayed):
+            elif seq > last + MAX_SEQ_JUMP or (seq < last - REORDER_WINDOW and not message.replayed):
                 self.resets += 1
                 last_seen[key] = seq
             elif seq > last:
