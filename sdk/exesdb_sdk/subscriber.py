@@ -131,17 +131,14 @@ class TopicFilter:
     ``stats.filtered``. Without globs nothing is matched here.
     """
 
-    __slots__ = ("_globs", "_plain", "_wanted")
+    __slots__ = ("_globs", "_plain", "_wanted", "active")
 
     def __init__(self) -> None:
         self._plain: Counter[bytes] = Counter()
         self._globs: Counter[tuple[bytes, str]] = Counter()
         self._wanted: re.Pattern[bytes] | None = None
-
-    @property
-    def active(self) -> bool:
+        self.active = False
         """Whether a glob subscription is in place (messages are then matched)."""
-        return self._wanted is not None
 
     def add(self, instance: Instance | str | None, prefix: str) -> None:
         self._change(instance, prefix, 1)
@@ -163,6 +160,7 @@ class TopicFilter:
                 self._plain[topic] += by
         self._plain = +self._plain  # drops what fell to zero
         self._globs = +self._globs
+        self.active = bool(self._globs)
         if not self._globs:
             self._wanted = None
             return
