@@ -478,3 +478,27 @@ def test_a_closed_pipe_ends_the_demo_quietly(clean_env: dict[str, str]) -> None:
             proc.wait()
     assert code == 0, err.join()
     assert "Traceback" not in err.join()
+
+
+def _holds_sigint(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    blocked = int(status.split("SigBlk:")[1].split()[0], 16)
+    return bool(blocked & (1 << (signal.SIGINT - 1)))
+
+
+@pytest.mark.timeout(90)
+def test_ctrl_c_at_any_moment_of_start_up_gives_no_traceback() -> None:
+    # during the imports (about 0.4 s) as much as after them: the entry point holds the signals
+    # first (what comes before it is Python's own start, which no program can handle)
+    broker = str(Path(sys.executable).with_name("exesdb-broker"))
+    free = "tcp://127.0.0.1:*"
+    for delay in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
+        proc = subprocess.Popen(
+            [broker, "--frontend", free, "--backend", free, "--control", free], stderr=subprocess.PIPE, text=True
+        )
+        assert wait_until(lambda: proc.poll() is not None or _holds_sigint(proc.pid), timeout=10)  # noqa: B023
+        time.sleep(delay)  # the moment of the Ctrl-C is what is tested, not a wait for a socket
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        assert "Traceback" not in err, f"Ctrl-C {delay} s into start-up:\n{err}"
+        assert proc.returncode in (0, 130), (delay, proc.returncode, err)

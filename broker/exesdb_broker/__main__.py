@@ -1,5 +1,5 @@
 """``python -m exesdb_broker`` runs the daemon."""
 
-from .cli import main
+from ._start import main
 
 main()
