@@ -462,10 +462,20 @@ class Decoder:
     def decode(self, frames: Sequence[bytes]) -> list[Message]:
         """Decode one data message (a single envelope or a batch) into messages."""
         topic = self._topic(frames)
-        messages: list[Message] = self._envelopes(self._single, self._batch, frames[1])
-        for message in messages:
-            message.topic = topic
-        return messages
+        try:
+            messages: list[Message] = self._envelopes(self._single, self._batch, frames[1])
+        except ProtocolError as exc:
+            if exc.reason != "bad_body":
+                raise
+            error = exc
+        else:
+            for message in messages:
+                message.topic = topic
+            return messages
+        # A body wrong in its envelope and inside its data is classified by the envelope, as
+        # check() (the broker's count) classifies it: the two agree on every reason.
+        self._envelopes(self._header, self._headers, frames[1])
+        raise error
 
     def check(self, frames: Sequence[bytes]) -> tuple[str, int]:
         """Check one data message as :meth:`decode` would, without building the payloads;
@@ -473,7 +483,8 @@ class Decoder:
 
         What is inside ``data`` (and ``~payload``) is skipped rather than decoded, so strings
         there are not checked for UTF-8, nor timestamps and map keys inside them for validity:
-        :meth:`decode` may refuse a message that passes this check, never the other way round.
+        :meth:`decode` may refuse a message that passes this check, never the other way round,
+        and where both refuse they give the same reason.
         """
         topic = self._topic(frames)
         return topic, len(self._envelopes(self._header, self._headers, frames[1]))
