@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,9 @@ from hypothesis import strategies as st
 settings.register_profile(
     "exesdb-fuzz",
     max_examples=250,
+    # The same examples every run, so that the suite gates on what it has seen pass; set
+    # EXESDB_FUZZ_EXPLORE=1 to draw new ones (and add what they find as an @example).
+    derandomize=not os.environ.get("EXESDB_FUZZ_EXPLORE"),
     deadline=None,
     database=None,  # nothing written into the repository
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
