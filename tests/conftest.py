@@ -19,10 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import zmq
+from exesdb_sdk import ControlClient
 
 READY = re.compile(
     r"exesdb-broker ready frontend=(\S+) backend=(\S+) control=(\S+)"  # --log-format text
@@ -36,6 +37,42 @@ def broker_command() -> list[str]:
     """The installed ``exesdb-broker`` script next to this Python, else ``python -m exesdb_broker``."""
     script = Path(sys.executable).with_name("exesdb-broker")
     return [str(script)] if script.exists() else [sys.executable, "-m", "exesdb_broker"]
+
+
+class Lines:
+    """The lines a child writes to one pipe, read by a thread, waited for with a deadline."""
+
+    def __init__(self, pipe: IO[str]) -> None:
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _read(self, pipe: IO[str]) -> None:
+        with pipe:
+            for raw in pipe:
+                line = raw.rstrip("\n")
+                self.lines.append(line)
+                self._queue.put(line)
+        self._queue.put(None)
+
+    def wait(self, pattern: str | re.Pattern[str], timeout: float = 15) -> str | None:
+        """The next line matching ``pattern`` within ``timeout``; ``None`` at EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = self._queue.get(timeout=remaining)
+            except queue.Empty:
+                return None
+            if line is None:
+                return None
+            if re.search(pattern, line):
+                return line
+        return None
+
+    def join(self, timeout: float = 10) -> str:
+        self._thread.join(timeout)
+        return "\n".join(self.lines)
 
 
 class BrokerProcess:
@@ -53,34 +90,15 @@ class BrokerProcess:
             env=env,
             preexec_fn=preexec,
         )
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.frontend = self.backend = self.control = ""
-
-    def _read(self) -> None:
         assert self.proc.stderr is not None
-        with self.proc.stderr:
-            for line in self.proc.stderr:
-                self.lines.append(line.rstrip("\n"))
-                self._queue.put(line)
-        self._queue.put(None)
+        self._err = Lines(self.proc.stderr)
+        self.lines = self._err.lines
+        self.frontend = self.backend = self.control = ""
 
     def wait_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str] | None:
         """The first new stderr line matching ``pattern`` within ``timeout``; ``None`` at EOF or timeout."""
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                return None
-            if line is None:
-                return None
-            match = pattern.search(line)
-            if match:
-                return match
-        return None
+        line = self._err.wait(pattern, timeout)
+        return None if line is None else pattern.search(line)
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> BrokerProcess:
         match = self.wait_line(READY, timeout)
@@ -92,7 +110,7 @@ class BrokerProcess:
 
     def wait_exit(self, timeout: float) -> int:
         code = self.proc.wait(timeout)
-        self._reader.join(timeout)
+        self._err.join(timeout)
         return code
 
     @property
@@ -114,6 +132,29 @@ class BrokerProcess:
 
 
 StartBroker = Callable[..., BrokerProcess]
+
+
+def cli_env(broker: BrokerProcess, clean_env: dict[str, str]) -> dict[str, str]:
+    """``clean_env`` with the ``EXESDB_*`` endpoints of ``broker``: the CLI's defaults."""
+    return {
+        **clean_env,
+        "EXESDB_FRONTEND": broker.frontend,
+        "EXESDB_BACKEND": broker.backend,
+        "EXESDB_CONTROL": broker.control,
+    }
+
+
+def instance_messages(broker: BrokerProcess, instance: str) -> int:
+    """The broker's message count of ``instance`` (its full name)."""
+    with ControlClient(broker.control) as control:
+        messages: int = control.stats()["instances"][instance]["messages"]
+        return messages
+
+
+def default_sigint() -> None:
+    """A child's ``preexec_fn``: SIGINT as a user's terminal gives it (a shell without job
+    control starts its children with SIGINT ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -12,32 +12,13 @@ from typing import Any
 
 import pytest
 from exesdb_cli.app import app
-from exesdb_sdk import ControlClient, Publisher
+from exesdb_sdk import Publisher
 from typer.testing import CliRunner
 
-from .conftest import BrokerProcess, wait_until
+from .conftest import BrokerProcess, cli_env, default_sigint, instance_messages, wait_until
 
 EXESDB = str(Path(sys.executable).with_name("exesdb"))
 runner = CliRunner()
-
-
-def _env(broker: BrokerProcess, clean_env: dict[str, str]) -> dict[str, str]:
-    return {
-        **clean_env,
-        "EXESDB_FRONTEND": broker.frontend,
-        "EXESDB_BACKEND": broker.backend,
-        "EXESDB_CONTROL": broker.control,
-    }
-
-
-def _count(broker: BrokerProcess, instance: str) -> int:
-    with ControlClient(broker.control) as control:
-        messages: int = control.stats()["instances"][instance]["messages"]
-        return messages
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 class Tail:
@@ -52,7 +33,7 @@ class Tail:
             text=True,
             # A shell without job control starts background jobs (a CI runner's, say) with SIGINT
             # ignored, and children inherit that; give the tail the terminal's default, as for a user.
-            preexec_fn=_default_sigint,
+            preexec_fn=default_sigint,
         )
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()  # blocks until it follows, or exits
@@ -64,7 +45,7 @@ class Tail:
 
 
 def test_tail_count_exit_0_and_json_lines_parse(broker: BrokerProcess, clean_env: dict[str, str]) -> None:
-    tail = Tail(["health", "--count", "2", "--timeout", "20"], _env(broker, clean_env))
+    tail = Tail(["health", "--count", "2", "--timeout", "20"], cli_env(broker, clean_env))
     with Publisher(broker.frontend) as pub:
         pub.publish("metrics", "x", "T", {"no": "metrics"})
         pub.publish("health", "node_health:n1", "NodeHealth", {"node": "n1", "status": "healthy"}, corr="c-9")
@@ -81,7 +62,7 @@ def test_tail_count_exit_0_and_json_lines_parse(broker: BrokerProcess, clean_env
 
 def test_tail_timeout_exits_124(broker: BrokerProcess, clean_env: dict[str, str]) -> None:
     started = time.monotonic()
-    code, lines, _ = Tail(["alerts", "--count", "1", "--timeout", "0.5"], _env(broker, clean_env)).finish()
+    code, lines, _ = Tail(["alerts", "--count", "1", "--timeout", "0.5"], cli_env(broker, clean_env)).finish()
     assert (code, lines) == (124, [])
     assert time.monotonic() - started < 10
 
@@ -89,7 +70,7 @@ def test_tail_timeout_exits_124(broker: BrokerProcess, clean_env: dict[str, str]
 def test_tail_exclude_topic_and_raw(broker: BrokerProcess, clean_env: dict[str, str]) -> None:
     tail = Tail(
         ["metrics", "audit", "--exclude", "broker", "--exclude", "noise", "--raw", "--count", "2"],
-        _env(broker, clean_env),
+        cli_env(broker, clean_env),
     )
     with Publisher(broker.frontend) as pub:
         pub.publish("metrics", "noise:1", "T", {"n": 0})
@@ -99,7 +80,7 @@ def test_tail_exclude_topic_and_raw(broker: BrokerProcess, clean_env: dict[str, 
     code, lines, _ = tail.finish()
     assert code == 0 and [json.loads(line) for line in lines] == [{"n": 1}, {"n": 2}]
 
-    tail = Tail(["--topic", "ex_esdb_alerts/crit", "--json", "--count", "1"], _env(broker, clean_env))
+    tail = Tail(["--topic", "ex_esdb_alerts/crit", "--json", "--count", "1"], cli_env(broker, clean_env))
     with Publisher(broker.frontend) as pub:
         pub.publish("alerts", "warning", "T", {"n": 1})
         pub.publish("alerts", "critical", "T", {"n": 2})
@@ -108,7 +89,7 @@ def test_tail_exclude_topic_and_raw(broker: BrokerProcess, clean_env: dict[str, 
 
 
 def test_a_one_shot_publish_reaches_a_running_tail(broker: BrokerProcess, clean_env: dict[str, str]) -> None:
-    env = _env(broker, clean_env)
+    env = cli_env(broker, clean_env)
     tail = Tail(["security", "--count", "1", "--timeout", "20"], env)
     login = '{"principal": "alice", "event": "login", "success": true}'
     done = subprocess.run(
@@ -122,7 +103,7 @@ def test_a_one_shot_publish_reaches_a_running_tail(broker: BrokerProcess, clean_
 
 
 def test_publish_lines_sends_one_message_per_line(broker: BrokerProcess, clean_env: dict[str, str]) -> None:
-    env = _env(broker, clean_env)
+    env = cli_env(broker, clean_env)
     tail = Tail(["logging", "--count", "3", "--timeout", "20"], env)
     stdin = '{"i": 1}\n\n{"i": 2}\n{"i": 3}\n'
     done = subprocess.run(
@@ -157,11 +138,11 @@ def test_publish_lines_sends_one_message_per_line(broker: BrokerProcess, clean_e
 def test_publish_errors_are_one_line_exit_1_and_send_nothing(
     broker: BrokerProcess, clean_env: dict[str, str], args: list[str], stdin: str | None, message: str
 ) -> None:
-    before = _count(broker, "ex_esdb_alerts")
+    before = instance_messages(broker, "ex_esdb_alerts")
     done = subprocess.run(
         [EXESDB, "publish", *args],
         input=stdin or "",
-        env=_env(broker, clean_env),
+        env=cli_env(broker, clean_env),
         capture_output=True,
         text=True,
         timeout=30,
@@ -170,7 +151,7 @@ def test_publish_errors_are_one_line_exit_1_and_send_nothing(
     assert done.stdout == ""
     lines = done.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("exesdb: error: ") and message in lines[0], done.stderr
-    assert _count(broker, "ex_esdb_alerts") == before
+    assert instance_messages(broker, "ex_esdb_alerts") == before
 
 
 def test_no_broker_is_a_clear_error_within_the_timeout(clean_env: dict[str, str]) -> None:
@@ -198,10 +179,10 @@ def test_no_broker_is_a_clear_error_within_the_timeout(clean_env: dict[str, str]
 def test_stats_json_counts_match_what_was_sent(broker: BrokerProcess, clean_env: dict[str, str]) -> None:
     done = subprocess.run(
         [EXESDB, "publish", "diagnostics", "load", '{"v": 1}', "--count", "250", "--rate", "5000"],
-        env=_env(broker, clean_env), capture_output=True, text=True, timeout=60,
+        env=cli_env(broker, clean_env), capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert wait_until(lambda: _count(broker, "ex_esdb_diagnostics") == 250, timeout=10)
+    assert wait_until(lambda: instance_messages(broker, "ex_esdb_diagnostics") == 250, timeout=10)
     result = runner.invoke(app, ["stats", "--json", "--control", broker.control])
     assert result.exit_code == 0, result.output
     stats: dict[str, Any] = json.loads(result.stdout)
@@ -242,7 +223,7 @@ def test_help_does_not_import_the_broker_or_zmq(clean_env: dict[str, str]) -> No
 
 
 def test_ctrl_c_stops_tail_cleanly(broker: BrokerProcess, clean_env: dict[str, str]) -> None:
-    tail = Tail(["--pretty"], _env(broker, clean_env))
+    tail = Tail(["--pretty"], cli_env(broker, clean_env))
     tail.proc.send_signal(signal.SIGINT)
     code, _, err = tail.finish()
     assert code == 0 and "Traceback" not in err

@@ -7,24 +7,21 @@ import errno
 import json
 import os
 import pty
-import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import pytest
-from exesdb_sdk import ControlClient, Publisher
+from exesdb_sdk import Publisher
 from exesdb_sdk.endpoints import validate_endpoint
 from exesdb_sdk.errors import ConfigError
 
-from .conftest import FREE, BrokerProcess, broker_command, wait_until
+from .conftest import FREE, BrokerProcess, Lines, broker_command, cli_env, default_sigint, instance_messages, wait_until
 
 EXESDB = str(Path(sys.executable).with_name("exesdb"))
 
@@ -41,26 +38,6 @@ def _dead_endpoint() -> str:
     return f"tcp://127.0.0.1:{_free_port()}"
 
 
-def _default_sigint() -> None:
-    # Children of a shell without job control inherit SIGINT ignored; a user's terminal gives the default.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
-def _env(broker: BrokerProcess, clean_env: dict[str, str]) -> dict[str, str]:
-    return {
-        **clean_env,
-        "EXESDB_FRONTEND": broker.frontend,
-        "EXESDB_BACKEND": broker.backend,
-        "EXESDB_CONTROL": broker.control,
-    }
-
-
-def _count(broker: BrokerProcess, instance: str) -> int:
-    with ControlClient(broker.control) as control:
-        messages: int = control.stats()["instances"][instance]["messages"]
-        return messages
-
-
 def _exesdb(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [EXESDB, *args], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
@@ -74,42 +51,6 @@ def _one_error(done: subprocess.CompletedProcess[str], prog: str = "exesdb") -> 
     return lines[0]
 
 
-class Lines:
-    """The lines a child writes to one pipe, read by a thread, waited for with a deadline."""
-
-    def __init__(self, pipe: IO[str]) -> None:
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._read, args=(pipe,), daemon=True)
-        self._thread.start()
-
-    def _read(self, pipe: IO[str]) -> None:
-        with pipe:
-            for raw in pipe:
-                line = raw.rstrip("\n")
-                self.lines.append(line)
-                self._queue.put(line)
-        self._queue.put(None)
-
-    def wait(self, pattern: str, timeout: float = 15) -> str | None:
-        """The next line matching ``pattern`` within ``timeout``; ``None`` at EOF or timeout."""
-        deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            try:
-                line = self._queue.get(timeout=remaining)
-            except queue.Empty:
-                return None
-            if line is None:
-                return None
-            if re.search(pattern, line):
-                return line
-        return None
-
-    def join(self, timeout: float = 10) -> str:
-        self._thread.join(timeout)
-        return "\n".join(self.lines)
-
-
 class Child:
     """A CLI or broker subprocess with its stdout and stderr read line by line."""
 
@@ -121,7 +62,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=_default_sigint,
+            preexec_fn=default_sigint,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         self.out = Lines(self.proc.stdout)
@@ -191,10 +132,10 @@ def test_ctrl_c_on_publish_says_how_many_and_exits_130(
 ) -> None:
     child = Child(
         [EXESDB, "publish", "diagnostics", "load", '{"v": 1}', "--count", "100000", "--rate", "100"],
-        _env(broker, clean_env),
+        cli_env(broker, clean_env),
     )
     children.append(child)
-    assert wait_until(lambda: _count(broker, "ex_esdb_diagnostics") >= 3, timeout=15)
+    assert wait_until(lambda: instance_messages(broker, "ex_esdb_diagnostics") >= 3, timeout=15)
     child.interrupt()
     assert child.wait() == 130
     match = re.fullmatch(r"exesdb publish: interrupted: published (\d+) of 100000 messages to \S+", child.err.join())
@@ -202,14 +143,14 @@ def test_ctrl_c_on_publish_says_how_many_and_exits_130(
     published = int(match.group(1))
     assert 3 <= published < 100000
     # Every message it says it published reached the broker.
-    assert wait_until(lambda: _count(broker, "ex_esdb_diagnostics") == published, timeout=10)
+    assert wait_until(lambda: instance_messages(broker, "ex_esdb_diagnostics") == published, timeout=10)
 
 
 @pytest.mark.timeout(30)
 def test_ctrl_c_before_tail_count_is_reached_exits_130(
     broker: BrokerProcess, clean_env: dict[str, str], children: list[Child]
 ) -> None:
-    child = Child([EXESDB, "tail", "alerts", "--count", "5", "--json"], _env(broker, clean_env))
+    child = Child([EXESDB, "tail", "alerts", "--count", "5", "--json"], cli_env(broker, clean_env))
     children.append(child)
     assert child.err.wait("following") is not None, child.err.lines
     with Publisher(broker.frontend) as pub:
@@ -344,7 +285,7 @@ def test_ctrl_c_while_the_broker_starts_is_one_line_and_130(tmp_path: Path) -> N
     fifo = tmp_path / "broker.toml"
     os.mkfifo(fifo)
     broker = BrokerProcess(["--config", str(fifo), "--frontend", FREE, "--backend", FREE, "--control", FREE],
-                           preexec=_default_sigint)  # fmt: skip
+                           preexec=default_sigint)  # fmt: skip
     writer: list[int] = []
 
     def reading() -> bool:
@@ -435,7 +376,7 @@ def test_stats_watch_retries_while_the_broker_is_away(clean_env: dict[str, str],
 @pytest.mark.timeout(30)
 def test_a_closed_pipe_ends_a_pretty_tail_quietly(broker: BrokerProcess, clean_env: dict[str, str]) -> None:
     proc = subprocess.Popen(
-        [EXESDB, "tail", "--pretty"], env=_env(broker, clean_env), stdin=subprocess.DEVNULL,
+        [EXESDB, "tail", "--pretty"], env=cli_env(broker, clean_env), stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
