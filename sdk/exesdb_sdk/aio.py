@@ -61,6 +61,7 @@ from .subscriber import (
     SubscriberCore,
     SubscriberStats,
     literal_prefix,
+    set_subscription,
     subscription_prefixes,
 )
 
@@ -335,10 +336,7 @@ class AsyncSubscriber(AsyncSocketOwner):
                 return await socket.recv_multipart(zmq.NOBLOCK)
             return None
         if isinstance(step, Subscribe | Unsubscribe):
-            if self._socket is not None:
-                option = zmq.SUBSCRIBE if isinstance(step, Subscribe) else zmq.UNSUBSCRIBE
-                self._socket.setsockopt(option, step.topic)
-            return None
+            return set_subscription(self._socket, step)
         if isinstance(step, Settle):
             return self._watch.settle()
         core, socket = self._core, self._live()

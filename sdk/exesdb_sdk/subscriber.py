@@ -115,6 +115,13 @@ def subscription_prefixes(instance: Instance | str | None, prefix: str) -> list[
     return [(Instance.resolve(instance).prefix + literal_prefix(prefix)).encode()]
 
 
+def set_subscription(socket: zmq.Socket[Any] | None, step: Subscribe | Unsubscribe) -> None:
+    """Carry out a flow's :class:`~._flows.Subscribe` or :class:`~._flows.Unsubscribe` (the
+    same call on a sync and an asyncio socket); nothing once the socket is closed."""
+    if socket is not None:
+        socket.setsockopt(zmq.SUBSCRIBE if isinstance(step, Subscribe) else zmq.UNSUBSCRIBE, step.topic)
+
+
 def literal_prefix(prefix: str) -> str:
     """The start of ``prefix`` before its first glob character (``*``, ``?``, ``[``)."""
     cut = min((i for i in (prefix.find(c) for c in _GLOB_CHARS) if i >= 0), default=len(prefix))
@@ -526,10 +533,7 @@ class Subscriber(SocketOwner):
             socket = self._live()
             return recv_frames(socket) if self._watch.wait(max(1, int(step.timeout * 1000))) else None
         if isinstance(step, Subscribe | Unsubscribe):
-            if self._socket is not None:
-                option = zmq.SUBSCRIBE if isinstance(step, Subscribe) else zmq.UNSUBSCRIBE
-                self._socket.setsockopt(option, step.topic)
-            return None
+            return set_subscription(self._socket, step)
         if isinstance(step, Settle):
             return self._watch.settle()
         core, socket = self._core, self._live()
