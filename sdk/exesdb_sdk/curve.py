@@ -252,6 +252,9 @@ class HandshakeWatch:
         self._monitor: zmq.Socket[Any] | None = None
         self._failure: AuthenticationError | HandshakeError | None = None
         self._failure_kind: int | None = None
+        self._zmtp: dict[str, bool] = {}
+        """Per endpoint, whether its peer greets in ZMTP (asked once per wait: every retry hangs
+        up alike)."""
         self._arm()
 
     def _arm(self) -> zmq.Socket[Any]:
@@ -281,7 +284,7 @@ class HandshakeWatch:
                 raw: Any = event["endpoint"]
                 endpoint = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
                 value = int(event["value"])
-                if not self._keyed and kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not speaks_zmtp(endpoint):
+                if not self._keyed and kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not self._greets(endpoint):
                     # a CURVE broker hangs up on a client without keys too: only a peer that
                     # does not even greet in ZMTP is certainly no broker
                     detail = "the peer closed the connection without a ZeroMQ greeting: is it an exesdb broker?"
@@ -289,6 +292,12 @@ class HandshakeWatch:
                 else:
                     self._failure = AuthenticationError(endpoint, _describe(kind, value, self._keyed))
                 self._failure_kind = kind
+
+    def _greets(self, endpoint: str) -> bool:
+        greets = self._zmtp.get(endpoint)
+        if greets is None:
+            greets = self._zmtp[endpoint] = speaks_zmtp(endpoint)
+        return greets
 
     def check(self) -> None:
         """Raise :class:`~exesdb_sdk.errors.AuthenticationError` if the latest handshake failed."""
@@ -334,6 +343,7 @@ class HandshakeWatch:
 
     def settle(self) -> None:
         """The wait succeeded: stop the monitor until the next wait. Idempotent."""
+        self._zmtp.clear()  # what is at an endpoint may change before the next wait
         monitor, self._monitor = self._monitor, None
         if monitor is None:
             return
