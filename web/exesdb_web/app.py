@@ -1,0 +1,104 @@
+"""The aiohttp application: its routes, one-line JSON errors, and the shared control client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiohttp import web
+from exesdb_sdk import AsyncControlClient
+from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ExesdbError
+
+from .access import BusAccess
+
+__all__ = ["ACCESS", "BUS", "SETTINGS", "Bus", "WebSettings", "create_app", "json_error"]
+
+
+@dataclass(frozen=True, slots=True)
+class WebSettings:
+    """What the HTTP application needs besides the way to the broker."""
+
+    tokens: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Bearer tokens accepted per role (``publishers``, ``subscribers``, ``admins``, ``metrics``);
+    empty: no authentication (security off)."""
+
+
+class Bus:
+    """The application's one control client, shared by every request (one request at a time:
+    a DEALER socket matches replies to the latest request only)."""
+
+    def __init__(self, access: BusAccess) -> None:
+        self.access = access
+        self._control: AsyncControlClient | None = None
+        self._lock = asyncio.Lock()
+
+    async def request(self, op: str, args: Mapping[str, Any] | None = None, timeout: float = 2.0) -> dict[str, Any]:
+        """A control request's reply; raises as :meth:`AsyncControlClient.request`."""
+        async with self._lock:
+            if self._control is None:
+                self._control = self.access.control_client(timeout=timeout)
+            try:
+                return await self._control.request(op, args, timeout=timeout)
+            except BrokerUnavailableError:
+                # a late reply must not be read as the next request's: start afresh
+                await self._control.aclose()
+                self._control = None
+                raise
+
+    async def aclose(self) -> None:
+        if self._control is not None:
+            await self._control.aclose()
+            self._control = None
+
+
+ACCESS: Final = web.AppKey("access", BusAccess)
+SETTINGS: Final = web.AppKey("settings", WebSettings)
+BUS: Final = web.AppKey("bus", Bus)
+
+
+def json_error(status: int, code: str, message: str) -> web.Response:
+    """The one error shape of every route: ``{"error": {"code": ..., "message": ...}}`` on one line."""
+    body = json.dumps({"error": {"code": code, "message": message}}, ensure_ascii=False)
+    return web.Response(status=status, text=body + "\n", content_type="application/json")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every failure as a one-line JSON error: never a traceback page."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, exc.reason.lower().replace(" ", "_"), exc.text or exc.reason)
+    except BrokerUnavailableError as exc:
+        return json_error(503, "broker_unavailable", str(exc))
+    except ControlError as exc:
+        return json_error(502, exc.code, exc.message)
+    except ExesdbError as exc:
+        return json_error(400, "bad_request", str(exc))
+
+
+def create_app(access: BusAccess, settings: WebSettings | None = None) -> web.Application:
+    """The application for one broker."""
+    from . import api  # the route modules, each one concern
+
+    app = web.Application(middlewares=[_errors])
+    app[ACCESS] = access
+    app[SETTINGS] = settings if settings is not None else WebSettings()
+    app[BUS] = Bus(access)
+    app.cleanup_ctx.append(_lifetime)
+    app.add_routes(api.routes)
+    return app
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[BUS].aclose()
+    app[ACCESS].close()

@@ -1,0 +1,88 @@
+"""Serving the application from a thread of its own, with its own event loop: a supervised
+child of the broker (``run`` until ``stop``), or the foreground of ``exesdb dashboard``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import threading
+from typing import Final
+
+from aiohttp import web
+from exesdb_sdk.errors import BindError
+
+from .access import BusAccess
+from .app import WebSettings, create_app
+
+__all__ = ["WebServer"]
+
+_SHUTDOWN_TIMEOUT: Final = 2.0
+
+
+class WebServer:
+    """Serves :func:`create_app` on ``host:port`` (port 0 picks a free one).
+
+    :meth:`run` blocks, serving, until :meth:`stop`; :attr:`ready` is set once the port is
+    bound (:attr:`url` then names it) or binding failed (:attr:`error`). :meth:`run` may be
+    called again after it raised: it binds the same port afresh.
+    """
+
+    name = "http"
+    restartable = True
+
+    def __init__(self, access: BusAccess, host: str, port: int, settings: WebSettings | None = None) -> None:
+        self.access = access
+        self.host = host
+        self.port = port
+        self.settings = settings if settings is not None else WebSettings()
+        self.ready = threading.Event()
+        self.error: BindError | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._stop_requested = False
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` as bound (IPv6 hosts in brackets)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def run(self) -> None:
+        """Bind and serve until :meth:`stop`."""
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        if self._stop_requested:
+            return
+        runner = web.AppRunner(
+            create_app(self.access, self.settings), handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            try:
+                await site.start()
+            except OSError as exc:
+                reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
+                self.error = BindError("http", f"{self.host}:{self.port}", reason)
+                self.ready.set()
+                return
+            server = site._server
+            assert isinstance(server, asyncio.base_events.Server)
+            bound = server.sockets[0].getsockname() if server.sockets else (self.host, self.port)
+            self.port = int(bound[1])
+            self.ready.set()
+            await self._stopping.wait()
+        finally:
+            await runner.cleanup()
+
+    def stop(self) -> None:
+        """Stop serving (from any thread); open streams are closed. Idempotent."""
+        self._stop_requested = True
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing left to stop
+                loop.call_soon_threadsafe(stopping.set)
