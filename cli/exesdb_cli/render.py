@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import functools
 import json
 import math
@@ -12,6 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
 from exesdb_sdk import Message
+from exesdb_sdk.jsonview import json_ready, message_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -123,7 +123,7 @@ _MAX_TEXT: Final = 60
 
 
 def _value(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(_plain(value), separators=(",", ":"))
+    text = value if isinstance(value, str) else json.dumps(json_ready(value), separators=(",", ":"))
     return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 3] + "..."
 
 
@@ -380,44 +380,14 @@ _LAYOUTS: Final[Mapping[str, Layout]] = {
 }
 
 
-def _plain(value: Any) -> Any:
-    """JSON-ready: bytes as base64, datetimes as ISO-8601, containers recursively."""
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _iso(ts_ns: int) -> str:
-    return datetime.fromtimestamp(ts_ns / 1e9, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
 def to_json(message: Message) -> str:
-    """One JSON object: topic, instance, type, ts (ISO-8601), src, seq, corr and data; plus
-    ``"replayed": true`` for a message from the broker's journal or last values."""
-    entry = {
-        "topic": message.topic,
-        "instance": message.instance.value,
-        "type": message.type,
-        "ts": _iso(message.ts),
-        "src": message.src,
-        "seq": message.seq,
-        "corr": message.corr,
-        "data": _plain(message.data),
-    }
-    if message.replayed:
-        entry["replayed"] = True
-    return json.dumps(entry, ensure_ascii=False)
+    """One JSON object (see :func:`exesdb_sdk.jsonview.message_json`)."""
+    return json.dumps(message_json(message), ensure_ascii=False)
 
 
 def to_raw(message: Message) -> str:
     """The data only, as JSON."""
-    return json.dumps(_plain(message.data), ensure_ascii=False)
+    return json.dumps(json_ready(message.data), ensure_ascii=False)
 
 
 def pretty(message: Message, *, received: float | None = None, delta: float | None = None) -> tuple[str, str | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -14,7 +15,7 @@ from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ExesdbError
 
 from .access import BusAccess
 
-__all__ = ["ACCESS", "BUS", "SETTINGS", "Bus", "WebSettings", "create_app", "json_error"]
+__all__ = ["ACCESS", "BUS", "COUNTERS", "SETTINGS", "Bus", "WebSettings", "create_app", "json_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,9 @@ class Bus:
 ACCESS: Final = web.AppKey("access", BusAccess)
 SETTINGS: Final = web.AppKey("settings", WebSettings)
 BUS: Final = web.AppKey("bus", Bus)
+COUNTERS: Final = web.AppKey("counters", Counter[str])
+"""The application's own counters (``sse_events``, ``sse_gaps``...): in ``/v1/stats`` under
+``http`` and in ``/metrics`` as ``exesdb_http_<name>``."""
 
 
 def json_error(status: int, code: str, message: str) -> web.Response:
@@ -87,14 +91,16 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def create_app(access: BusAccess, settings: WebSettings | None = None) -> web.Application:
     """The application for one broker."""
-    from . import api  # the route modules, each one concern
+    from . import api, stream  # the route modules, each one concern
 
     app = web.Application(middlewares=[_errors])
     app[ACCESS] = access
     app[SETTINGS] = settings if settings is not None else WebSettings()
     app[BUS] = Bus(access)
+    app[COUNTERS] = Counter()
     app.cleanup_ctx.append(_lifetime)
     app.add_routes(api.routes)
+    app.add_routes(stream.routes)
     return app
 
 
