@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 import zmq
 
 from .durable import ReplayFrom, durability_error, durable_request, durable_seq
-from .errors import BrokerUnavailableError, ControlError
+from .errors import BrokerUnavailableError, ControlError, ReceiveTimeoutError
 from .instances import Instance
+from .protocol import Message
 
 if TYPE_CHECKING:
     from .control import ReplyMatcher
@@ -40,8 +41,10 @@ __all__ = [
     "arun",
     "catch_up",
     "control_request",
+    "done",
     "durable_publish",
     "probe",
+    "receive",
     "run",
     "subscribe_durable",
 ]
@@ -85,9 +88,12 @@ class Send:
 class Receive:
     """Receive one message within ``timeout`` seconds; the result is its frames, or ``None``
     (nothing yet: a driver may return sooner than ``timeout``, the flow then asks again). A
-    failed handshake raises :class:`~exesdb_sdk.errors.AuthenticationError` meanwhile."""
+    failed handshake raises :class:`~exesdb_sdk.errors.AuthenticationError` meanwhile; with
+    ``watch`` false, only while the handshakes are still watched (an idle subscriber's waits
+    do not start a new watch each time)."""
 
     timeout: float
+    watch: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +203,35 @@ def _page(core: SubscriberCore, timeout: float | None = None) -> Flow[None]:
     yield ReadHeld()  # what arrived live meanwhile is held, not left to pile up in the socket
     catchup = core.catchups[0]
     core.take_page(catchup, (yield Request("replay", catchup.request(), timeout)))
+
+
+def done() -> Flow[None]:
+    """A flow with nothing to do (driven by the asyncio driver, it is still awaited)."""
+    return
+    yield  # a generator all the same
+
+
+def receive(core: SubscriberCore, timeout: float | None) -> Flow[Message]:
+    """The next message, once nothing is pending or readable now (the subscriber's fast path
+    takes those itself): fetch replay pages first, then wait for the socket, up to ``timeout``
+    seconds (``None``: forever)."""
+    if core.catchups and not core.pending:
+        yield from catch_up(core)
+    pending = core.pending
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for _ in range(_STEPS):
+        if pending:
+            return pending.popleft()
+        remaining = 1.0 if deadline is None else deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        frames = yield Receive(remaining, watch=False)
+        if frames is not None:
+            messages = core.take(frames)
+            if messages:
+                pending.extend(messages[1:])
+                return messages[0]
+    raise ReceiveTimeoutError(timeout or 0.0)
 
 
 def control_request(

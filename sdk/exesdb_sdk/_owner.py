@@ -1,61 +1,77 @@
-"""Socket ownership shared by every client class: one socket and, unless given one, its context."""
+"""Socket ownership shared by every client class: one socket and, unless given one, its context;
+and the control client a publisher or subscriber makes when it first needs one."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, ClassVar, Generic, Self, TypeVar
 
 import zmq
 import zmq.asyncio
 
-from .curve import ClientKeys, HandshakeWatch
+from .curve import ClientKeys, HandshakeWatch, KeyPath
 from .errors import ClosedError
 
-__all__ = ["AsyncSocketOwner", "SocketOwner"]
+__all__ = ["AsyncSocketOwner", "ControlLink", "Owner", "SocketOwner"]
+
+S = TypeVar("S", bound="zmq.Socket[Any]")
+K = TypeVar("K")
 
 
-class SocketOwner:
-    """A synchronous client's socket; closing it terminates the context it created."""
+class Owner(Generic[S]):
+    """One socket of type ``S`` (sync or asyncio) on a context it made, unless given one."""
 
     _what = "socket"
+    _context_type: ClassVar[type[zmq.Context[Any]]] = zmq.Context
 
-    def __init__(self, socket_type: int, context: zmq.Context[Any] | None, keys: ClientKeys | None = None) -> None:
+    def __init__(self, socket_type: int, context: zmq.Context[S] | None, keys: ClientKeys | None = None) -> None:
         self._own_context = context is None
-        self._context: zmq.Context[Any] = zmq.Context() if context is None else context
-        self._socket: zmq.Socket[Any] | None = self._context.socket(socket_type)
+        made: zmq.Context[Any] = self._context_type() if context is None else context
+        self._context: zmq.Context[S] = made
+        self._socket: S | None = self._context.socket(socket_type)
         # CURVE keys (if any) and the handshake monitor go on before connect (see .curve).
         self._watch = HandshakeWatch(self._socket, keys)
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
+        """Whether the client has been closed."""
         return self._socket is None
 
-    def _live(self) -> zmq.Socket[Any]:
+    def _live(self) -> S:
         if self._socket is None:
             raise ClosedError(f"{self._what} is closed")
         return self._socket
 
-    def _close(self, linger: float | None) -> None:
+    def _release(self, linger: float | None) -> bool:
+        """Close the socket (waiting up to ``linger`` seconds to flush, ``None``: forever);
+        return whether the context is ours to terminate now."""
         socket, self._socket = self._socket, None
         if socket is None:
-            return
+            return False
         self._watch.close()
         socket.close(linger=None if linger is None else int(linger * 1000))
-        if self._own_context:
-            self._context.term()  # returns once flushed or the linger has run out
-
-    def close(self) -> None:
-        """Disconnect; messages not yet read are discarded. Idempotent."""
-        self._close(0)
+        return self._own_context
 
     def __del__(self) -> None:
         # Without this a client dropped unclosed hangs the program: pyzmq's Context.__del__
         # terminates the context, which waits for the handshake monitor (on a shadow context
         # it cannot see). Garbage is closed at once: what it had not sent is discarded.
-        if getattr(self, "_socket", None) is not None:
-            self._close(0)
+        if getattr(self, "_socket", None) is not None and self._release(0):
+            self._context.term()
+
+
+class SocketOwner(Owner[zmq.Socket[Any]]):
+    """A synchronous client's socket; closing it terminates the context it created."""
+
+    def _close(self, linger: float | None) -> None:
+        if self._release(linger):
+            self._context.term()  # returns once flushed or the linger has run out
+
+    def close(self) -> None:
+        """Disconnect; messages not yet read are discarded. Idempotent."""
+        self._close(0)
 
     def __enter__(self) -> Self:
         return self
@@ -69,47 +85,15 @@ class SocketOwner:
         self.close()
 
 
-class AsyncSocketOwner:
+class AsyncSocketOwner(Owner[zmq.asyncio.Socket]):
     """An asyncio client's socket; closing it terminates the context it created."""
 
-    _what = "socket"
-
-    def __init__(self, socket_type: int, context: zmq.asyncio.Context | None, keys: ClientKeys | None = None) -> None:
-        self._own_context = context is None
-        self._context = zmq.asyncio.Context() if context is None else context
-        self._socket: zmq.asyncio.Socket | None = self._context.socket(socket_type)
-        self._watch = HandshakeWatch(self._socket, keys)
-
-    @property
-    def closed(self) -> bool:
-        """Whether :meth:`aclose` has been called."""
-        return self._socket is None
-
-    def _live(self) -> zmq.asyncio.Socket:
-        if self._socket is None:
-            raise ClosedError(f"{self._what} is closed")
-        return self._socket
+    _context_type = zmq.asyncio.Context
 
     async def aclose(self, linger: float | None = 0) -> None:
         """Close; with a linger, wait for unsent messages up to that many seconds. Idempotent."""
-        socket, self._socket = self._socket, None
-        if socket is None:
-            return
-        self._watch.close()
-        socket.close(linger=None if linger is None else int(linger * 1000))
-        if self._own_context:
+        if self._release(linger):
             await asyncio.to_thread(self._context.term)
-
-    def __del__(self) -> None:
-        # As SocketOwner.__del__: close at once (there is no loop to await in here).
-        socket = getattr(self, "_socket", None)
-        if socket is None:
-            return
-        self._socket = None
-        self._watch.close()
-        socket.close(linger=0)
-        if self._own_context:
-            self._context.term()
 
     async def __aenter__(self) -> Self:
         return self
@@ -121,3 +105,39 @@ class AsyncSocketOwner:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class ControlLink(Generic[K]):
+    """The control client (``K``, sync or asyncio) of a publisher or subscriber, made on first
+    use with the owner's context and keys."""
+
+    __slots__ = ("_client", "_context", "_endpoint", "_factory", "_keys", "_timeout")
+
+    def __init__(
+        self,
+        factory: Callable[..., K],
+        endpoint: str | None,
+        timeout: float | None,
+        context: zmq.Context[Any],
+        keys: tuple[KeyPath | None, KeyPath | None],
+    ) -> None:
+        self._factory = factory
+        self._endpoint = endpoint
+        self._timeout = timeout
+        self._context = context
+        self._keys = keys
+        self._client: K | None = None
+
+    def get(self) -> K:
+        """The control client, made now if it does not exist yet."""
+        if self._client is None:
+            options: dict[str, Any] = {} if self._timeout is None else {"timeout": self._timeout}
+            self._client = self._factory(
+                self._endpoint, context=self._context, client_key=self._keys[0], server_key=self._keys[1], **options
+            )
+        return self._client
+
+    def take(self) -> K | None:
+        """The control client if one was made (to close it), forgotten from now on."""
+        client, self._client = self._client, None
+        return client

@@ -1,24 +1,30 @@
-"""The synchronous client of the broker's control endpoint."""
+"""The client of the broker's control endpoint: the requests, written once for both drivers,
+and the synchronous client."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Generic, TypeVar
 
 import zmq
 
-from ._flows import Receive, Send, Step, control_request, run
-from ._owner import SocketOwner
+from ._flows import Flow, Receive, Send, Step, control_request, run
+from ._owner import Owner, S, SocketOwner
 from .curve import KeyPath, resolve_client_keys
 from .endpoints import DEFAULT_CONTROL, ENV_CONTROL, resolve_endpoint
 from .errors import ProtocolError
 from .protocol import decode_reply, encode_request
 
-__all__ = ["DEFAULT_CONTROL_TIMEOUT", "ControlClient"]
+__all__ = ["DEFAULT_CONTROL_TIMEOUT", "ControlBase", "ControlClient"]
 
 DEFAULT_CONTROL_TIMEOUT: Final = 5.0
 """Seconds to wait for a control reply."""
+
+D = TypeVar("D")
+"""What a request returns: its reply map, or (asyncio) a coroutine of it."""
+L = TypeVar("L")
+"""What :meth:`ControlBase.instances` returns: a list, or (asyncio) a coroutine of it."""
 
 
 class ReplyMatcher:
@@ -51,7 +57,7 @@ class ReplyMatcher:
         return reply if reply.get("id") == request_id else None
 
 
-class ControlClient(SocketOwner):
+class ControlBase(Owner[S], Generic[S, D, L]):
     """Sends control requests (``ping``, ``stats``, ``instances``...) and returns the replies.
 
     ``endpoint`` defaults to ``$EXESDB_CONTROL``, else ``tcp://127.0.0.1:7102``. A request
@@ -60,12 +66,8 @@ class ControlClient(SocketOwner):
     :class:`~exesdb_sdk.errors.ControlError` (code ``forbidden`` when this client's key lacks
     the role for the op). ``client_key`` and ``server_key`` (or ``$EXESDB_CLIENT_KEY`` /
     ``$EXESDB_SERVER_KEY``) turn on CURVE; a refused key raises
-    :class:`~exesdb_sdk.errors.AuthenticationError`.
-
-    Example::
-
-        with ControlClient() as control:
-            print(control.stats()["instances"]["ex_esdb_health"]["messages"])
+    :class:`~exesdb_sdk.errors.AuthenticationError`. Every method is the same in
+    :class:`ControlClient` and :class:`~exesdb_sdk.AsyncControlClient`, whose methods are awaited.
     """
 
     _what = "control client"
@@ -75,7 +77,7 @@ class ControlClient(SocketOwner):
         endpoint: str | None = None,
         *,
         timeout: float = DEFAULT_CONTROL_TIMEOUT,
-        context: zmq.Context[Any] | None = None,
+        context: zmq.Context[S] | None = None,
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
     ) -> None:
@@ -87,12 +89,49 @@ class ControlClient(SocketOwner):
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(self.endpoint)
 
-    def request(
-        self, op: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None
-    ) -> dict[str, Any]:
-        """Send ``{"op": op, **args}`` and return the reply map (``ok`` is true)."""
+    def _drive(self, flow: Flow[Any]) -> Any:
+        """Run ``flow`` with this client's I/O (the result, or a coroutine of it)."""
+        raise NotImplementedError
+
+    def _request(self, op: str, args: Mapping[str, Any] | None, timeout: float | None) -> Flow[dict[str, Any]]:
         timeout = self.timeout if timeout is None else timeout
-        return run(control_request(self._matcher, op, args, timeout, self.endpoint), self._perform)
+        return control_request(self._matcher, op, args, timeout, self.endpoint)
+
+    def request(self, op: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> D:
+        """Send ``{"op": op, **args}`` and return the reply map (``ok`` is true)."""
+        result: D = self._drive(self._request(op, args, timeout))
+        return result
+
+    def ping(self) -> D:
+        """Check the broker answers: version, protocol and node."""
+        return self.request("ping")
+
+    def stats(self) -> D:
+        """The broker's counters (see ``docs/protocol.md`` for every field)."""
+        return self.request("stats")
+
+    def instances(self) -> L:
+        """The instances the broker carries, with their aliases."""
+        result: L = self._drive(_field(self._request("instances", None, None), "instances"))
+        return result
+
+
+def _field(flow: Flow[dict[str, Any]], key: str) -> Flow[Any]:
+    reply = yield from flow
+    return reply[key]
+
+
+class ControlClient(ControlBase[zmq.Socket[Any], dict[str, Any], list[dict[str, Any]]], SocketOwner):
+    """The synchronous control client (see :class:`ControlBase` for everything it does).
+
+    Example::
+
+        with ControlClient() as control:
+            print(control.stats()["instances"]["ex_esdb_health"]["messages"])
+    """
+
+    def _drive(self, flow: Flow[Any]) -> Any:
+        return run(flow, self._perform)
 
     def _perform(self, step: Step) -> Any:
         socket = self._live()
@@ -101,16 +140,3 @@ class ControlClient(SocketOwner):
         if isinstance(step, Receive):
             return socket.recv_multipart() if self._watch.wait(max(1, int(step.timeout * 1000))) else None
         return self._watch.settle()
-
-    def ping(self) -> dict[str, Any]:
-        """Check the broker answers: version, protocol and node."""
-        return self.request("ping")
-
-    def stats(self) -> dict[str, Any]:
-        """The broker's counters (see ``docs/protocol.md`` for every field)."""
-        return self.request("stats")
-
-    def instances(self) -> list[dict[str, Any]]:
-        """The instances the broker carries, with their aliases."""
-        instances: list[dict[str, Any]] = self.request("instances")["instances"]
-        return instances

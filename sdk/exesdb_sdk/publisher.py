@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import msgspec
 import zmq
 
 from ._flows import Request, Step, durable_publish, run
-from ._frames import send_frames
-from ._owner import SocketOwner
+from ._frames import recv_frames, send_frames
+from ._owner import ControlLink, Owner, S, SocketOwner
 from .control import DEFAULT_CONTROL_TIMEOUT, ControlClient
 from .curve import KeyPath, resolve_client_keys
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
@@ -26,6 +26,7 @@ __all__ = [
     "DEFAULT_HWM",
     "DEFAULT_LINGER",
     "Publisher",
+    "PublisherBase",
     "PublisherStats",
 ]
 
@@ -39,6 +40,12 @@ DEFAULT_HWM: Final = 10_000
 """Messages queued per connection before a publish waits (or a subscriber's backlog drops)."""
 
 _DRAIN_EVERY: Final = 4096
+_NOBLOCK: Final = int(zmq.NOBLOCK)
+
+C = TypeVar("C")
+"""The control client type: :class:`~exesdb_sdk.ControlClient`, or the asyncio one."""
+R = TypeVar("R")
+"""What a publish returns: an ``int``, or (asyncio) a coroutine of one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,12 +193,12 @@ class PublisherCore:
         return self._messages % _DRAIN_EVERY == 0
 
 
-class Publisher(SocketOwner, PublisherCore):
+class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
     """Publishes envelopes to the broker's frontend.
 
-    The constructor connects and returns once the broker's subscription has reached this
-    publisher, so a publish right after it is never lost to the slow-joiner effect. If no
-    broker answers within ``connect_timeout`` seconds it raises
+    Connecting (the constructor, or the asyncio publisher's ``await connect()``) returns once
+    the broker's subscription has reached this publisher, so a publish right after it is never
+    lost to the slow-joiner effect. If no broker answers within ``connect_timeout`` seconds it raises
     :class:`~exesdb_sdk.errors.BrokerUnavailableError` naming the endpoint.
 
     ``frontend`` defaults to ``$EXESDB_FRONTEND``, else ``tcp://127.0.0.1:7100``. ``node`` is
@@ -207,12 +214,11 @@ class Publisher(SocketOwner, PublisherCore):
     with the same keys, and waits up to ``control_timeout`` seconds for the broker's commit. Use
     from one thread only.
 
-    Example::
-
-        with Publisher() as pub:
-            pub.publish("health", "store_health:main", "NodeHealth",
-                        {"node": "n1", "status": "healthy"})
+    Every method is the same in :class:`Publisher` and :class:`~exesdb_sdk.AsyncPublisher`,
+    whose publishes are awaited (``R`` is their result: a sequence number, or a coroutine of one).
     """
+
+    _control_type: ClassVar[type[Any]]
 
     def __init__(
         self,
@@ -227,28 +233,31 @@ class Publisher(SocketOwner, PublisherCore):
         secret: str | bytes | None = None,
         control: str | None = None,
         control_timeout: float = DEFAULT_CONTROL_TIMEOUT,
-        context: zmq.Context[Any] | None = None,
+        context: zmq.Context[S] | None = None,
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
     ) -> None:
         PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret)
-        SocketOwner.__init__(self, zmq.XPUB, context, resolve_client_keys(client_key, server_key))
+        Owner.__init__(self, zmq.XPUB, context, resolve_client_keys(client_key, server_key))
+        self.connect_timeout = connect_timeout
         self._linger = linger
-        self._control_endpoint = control
-        self._control_timeout = control_timeout
-        self._control: ControlClient | None = None
-        self._key_paths = (client_key, server_key)
-        socket = self._live()
+        keys = (client_key, server_key)
+        self._control: ControlLink[C] = ControlLink(self._control_type, control, control_timeout, self._context, keys)
         try:
-            prepare_socket(socket, hwm=hwm, send_timeout=send_timeout, linger=linger)
-            socket.connect(self.frontend)
-            if not self._watch.wait(int(connect_timeout * 1000)):
-                raise BrokerUnavailableError(self.frontend, connect_timeout)
-            self._watch.settle()
-            self._drain()
+            prepare_socket(self._live(), hwm=hwm, send_timeout=send_timeout, linger=linger)
+            self._start()
         except BaseException:
-            self._close(0)
+            if self._release(0):
+                self._context.term()
             raise
+
+    def _start(self) -> None:
+        """Connect now, or leave it to an awaited ``connect()``."""
+        raise NotImplementedError
+
+    def _deliver(self, topic: bytes, body: bytes, envelopes: int, durable: bool, batch: bool) -> R:
+        """Send one encoded message (or commit it, with ``durable``); the result of a publish."""
+        raise NotImplementedError
 
     def publish(
         self,
@@ -261,7 +270,7 @@ class Publisher(SocketOwner, PublisherCore):
         cause: str | None = None,
         trace: str | None = None,
         durable: bool = False,
-    ) -> int:
+    ) -> R:
         """Publish one envelope on ``<instance>/<subtopic>``; return its sequence number.
 
         ``corr``, ``cause`` and ``trace`` set the correlation id, causation id and W3C
@@ -276,10 +285,7 @@ class Publisher(SocketOwner, PublisherCore):
         :class:`~exesdb_sdk.errors.BrokerUnavailableError` (the outcome is then unknown).
         """
         topic, body, count = self._encode_one(instance, subtopic, type, data, corr, cause, trace)
-        if durable:
-            return self._send_durable(topic, body, count)
-        self._send(topic, body, count)
-        return self._encoder.seq(topic)
+        return self._deliver(topic, body, count, durable, False)
 
     def publish_message(
         self,
@@ -290,15 +296,12 @@ class Publisher(SocketOwner, PublisherCore):
         cause: str | None = None,
         trace: str | None = None,
         durable: bool = False,
-    ) -> int:
+    ) -> R:
         """Publish a typed message (see :mod:`exesdb_sdk.messages`) on its instance, under
         ``subtopic`` or its documented default sub-topic; return its sequence number (with
         ``durable``, the broker's, as for :meth:`publish`)."""
         topic, body, count = self._encode_payload(payload, subtopic, corr, cause, trace)
-        if durable:
-            return self._send_durable(topic, body, count)
-        self._send(topic, body, count)
-        return self._encoder.seq(topic)
+        return self._deliver(topic, body, count, durable, False)
 
     def publish_batch(
         self,
@@ -311,7 +314,7 @@ class Publisher(SocketOwner, PublisherCore):
         cause: str | None = None,
         trace: str | None = None,
         durable: bool = False,
-    ) -> int:
+    ) -> R:
         """Publish one message carrying an envelope per item of ``batch``; return the count.
 
         The envelopes take consecutive sequence numbers; subscribers receive them one by one.
@@ -319,56 +322,63 @@ class Publisher(SocketOwner, PublisherCore):
         record), as for :meth:`publish`.
         """
         topic, body, count = self._encode_batch(instance, subtopic, type, batch, corr, cause, trace)
-        if durable:  # one journal record for the whole batch
-            self._send_durable(topic, body, count)
-            return count
-        self._send(topic, body, count)
-        return count
-
-    def _send(self, topic: bytes, body: bytes, envelopes: int) -> None:
-        socket = self._live()
-        try:
-            send_frames(socket, topic, body)
-        except zmq.Again:
-            raise self._timed_out(topic) from None
-        if self._count(topic, body, envelopes):
-            self._drain()
-
-    def _send_durable(self, topic: bytes, body: bytes, envelopes: int) -> int:
-        if self._control is None:
-            self._live()
-            self._control = ControlClient(
-                self._control_endpoint,
-                timeout=self._control_timeout,
-                context=self._context,
-                client_key=self._key_paths[0],
-                server_key=self._key_paths[1],
-            )
-        control = self._control
-
-        def perform(step: Step) -> Any:
-            assert isinstance(step, Request)
-            return control.request(step.op, step.args, timeout=step.timeout)
-
-        return run(durable_publish(self, topic, body, envelopes), perform)
+        return self._deliver(topic, body, count, durable, True)  # durable: one journal record for all
 
     def _drain(self) -> None:
         """Read the subscription messages the broker sends, so they never pile up."""
         socket = self._live()
         for _ in range(10_000):
             try:
-                socket.recv(zmq.NOBLOCK)
+                recv_frames(socket, _NOBLOCK)
             except zmq.Again:
                 return
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "connected"
+        return f"<{type(self).__name__} {self.frontend} pub={self.pub_id} {state}>"
+
+
+class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner):
+    """The synchronous publisher (see :class:`PublisherBase` for its arguments and methods): the
+    constructor connects.
+
+    Example::
+
+        with Publisher() as pub:
+            pub.publish("health", "store_health:main", "NodeHealth",
+                        {"node": "n1", "status": "healthy"})
+    """
+
+    _control_type = ControlClient
+
+    def _start(self) -> None:
+        self._live().connect(self.frontend)
+        if not self._watch.wait(int(self.connect_timeout * 1000)):
+            raise BrokerUnavailableError(self.frontend, self.connect_timeout)
+        self._watch.settle()
+        self._drain()
+
+    def _deliver(self, topic: bytes, body: bytes, envelopes: int, durable: bool, batch: bool) -> int:
+        if durable:
+            seq = run(durable_publish(self, topic, body, envelopes), self._perform)
+        else:
+            try:
+                send_frames(self._live(), topic, body)
+            except zmq.Again:
+                raise self._timed_out(topic) from None
+            if self._count(topic, body, envelopes):
+                self._drain()
+            seq = self._encoder.seq(topic)
+        return envelopes if batch else seq
+
+    def _perform(self, step: Step) -> Any:
+        assert isinstance(step, Request)
+        return self._control.get().request(step.op, step.args, timeout=step.timeout)
 
     def close(self, linger: float | None = None) -> None:
         """Close the connection, flushing unsent messages for at most ``linger`` seconds
         (default: the constructor's). Idempotent."""
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        control = self._control.take()
+        if control is not None:
+            control.close()
         self._close(self._linger if linger is None else linger)
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "connected"
-        return f"<Publisher {self.frontend} pub={self.pub_id} {state}>"

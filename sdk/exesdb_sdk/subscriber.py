@@ -5,15 +5,16 @@ from __future__ import annotations
 import fnmatch
 import re
 import secrets
-import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Generic, TypeVar
 
 import zmq
 
 from ._flows import (
+    Flow,
+    ReadHeld,
     Receive,
     Request,
     Settle,
@@ -21,13 +22,14 @@ from ._flows import (
     Subscribe,
     Unsubscribe,
     WaitReady,
-    catch_up,
+    done,
     probe,
+    receive,
     run,
     subscribe_durable,
 )
 from ._frames import recv_frames
-from ._owner import SocketOwner
+from ._owner import ControlLink, Owner, S, SocketOwner
 from .control import ControlClient
 from .curve import KeyPath, resolve_client_keys
 from .durable import (
@@ -50,6 +52,7 @@ __all__ = [
     "ErrorCallback",
     "GapCallback",
     "Subscriber",
+    "SubscriberBase",
     "SubscriberStats",
 ]
 
@@ -71,6 +74,16 @@ _RESERVED: Final = RESERVED_PREFIX.encode()
 _NOBLOCK: Final = int(zmq.NOBLOCK)
 _HORIZON_LIMIT: Final = 100_000
 _HOLD_READ: Final = 100_000
+_FAST_READS: Final = 1000
+"""Messages ``recv`` reads without waiting before it falls back to its flow (probe echoes
+and filtered messages give nothing to return)."""
+
+C = TypeVar("C")
+"""The control client type: :class:`ControlClient`, or the asyncio one."""
+N = TypeVar("N")
+"""What :meth:`SubscriberBase.subscribe` returns: ``None``, or (asyncio) a coroutine of it."""
+M = TypeVar("M")
+"""What :meth:`SubscriberBase.recv` returns: a message, or (asyncio) a coroutine of one."""
 _GLOB_CHARS: Final = "*?["
 
 
@@ -417,7 +430,7 @@ class SubscriberCore:
         )
 
 
-class Subscriber(SocketOwner):
+class SubscriberBase(Owner[S], Generic[S, C, N, M]):
     """Receives envelopes from the broker's backend.
 
     ``backend`` defaults to ``$EXESDB_BACKEND``, else ``tcp://127.0.0.1:7101``. Subscribe to
@@ -429,16 +442,13 @@ class Subscriber(SocketOwner):
     values. ``client_key`` and ``server_key`` (or ``$EXESDB_CLIENT_KEY`` / ``$EXESDB_SERVER_KEY``)
     turn on CURVE for both, as for :class:`~exesdb_sdk.Publisher`. Use from one thread only.
 
-    Example::
-
-        with Subscriber() as sub:
-            sub.subscribe("health")                      # all of ex_esdb_health
-            sub.subscribe("metrics", "store_metrics:")   # a prefix within ex_esdb_metrics
-            for message in sub.iter(timeout=10):
-                print(message.topic, message.type, message.data)
+    Every method is the same in :class:`Subscriber` and :class:`~exesdb_sdk.AsyncSubscriber`,
+    whose methods are awaited (``N`` and ``M`` are their results: ``None`` and a message, or
+    coroutines of them).
     """
 
     _what = "subscriber"
+    _control_type: ClassVar[type[Any]]
 
     def __init__(
         self,
@@ -451,21 +461,29 @@ class Subscriber(SocketOwner):
         secret: str | bytes | None = None,
         typed: bool = True,
         control: str | None = None,
-        context: zmq.Context[Any] | None = None,
+        context: zmq.Context[S] | None = None,
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
     ) -> None:
         self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
         self.subscribe_timeout = subscribe_timeout
         self._core = SubscriberCore(on_gap, on_error, secret=secret, typed=typed)
-        self._control_endpoint = control
-        self._control: ControlClient | None = None
-        self._key_paths = (client_key, server_key)
         super().__init__(zmq.SUB, context, resolve_client_keys(client_key, server_key))
+        self._control: ControlLink[C] = ControlLink(
+            self._control_type, control, None, self._context, (client_key, server_key)
+        )
         socket = self._live()
         socket.setsockopt(zmq.RCVHWM, hwm)
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(self.backend)
+
+    def _drive(self, flow: Flow[Any]) -> Any:
+        """Run ``flow`` with this subscriber's I/O (the result, or a coroutine of it)."""
+        raise NotImplementedError
+
+    def _now(self, message: Message) -> M:
+        """``message`` as :meth:`recv` returns it."""
+        raise NotImplementedError
 
     @property
     def stats(self) -> SubscriberStats:
@@ -481,7 +499,7 @@ class Subscriber(SocketOwner):
         timeout: float | None = None,
         replay_from: ReplayFrom | None = None,
         with_last: bool = False,
-    ) -> None:
+    ) -> N:
         """Subscribe to ``instance`` (``None``: all ten), narrowed to sub-topics starting with ``prefix``.
 
         With ``wait`` (the default) it returns once the broker has confirmed the
@@ -509,49 +527,21 @@ class Subscriber(SocketOwner):
         self._core.topics.add(instance, prefix)
         if durable:
             flow = subscribe_durable(self._core, instance, literal_prefix(prefix), replay_from, with_last, timeout)
-            run(flow, self._perform)
-        elif wait:
-            self.wait_ready(timeout)
+        else:
+            flow = self._probe(timeout) if wait else done()
+        result: N = self._drive(flow)
+        return result
 
-    def _control_client(self) -> ControlClient:
-        if self._control is None:
-            self._control = ControlClient(
-                self._control_endpoint,
-                context=self._context,
-                client_key=self._key_paths[0],
-                server_key=self._key_paths[1],
-            )
-        return self._control
-
-    def _perform(self, step: Step) -> Any:
-        """Carry out one step of a flow (see :mod:`._flows`)."""
-        if isinstance(step, WaitReady):
-            return self.wait_ready(step.timeout)
-        if isinstance(step, Request):
-            return self._control_client().request(step.op, step.args, timeout=step.timeout)
-        if isinstance(step, Receive):
-            socket = self._live()
-            return recv_frames(socket) if self._watch.wait(max(1, int(step.timeout * 1000))) else None
-        if isinstance(step, Subscribe | Unsubscribe):
-            return set_subscription(self._socket, step)
-        if isinstance(step, Settle):
-            return self._watch.settle()
-        core, socket = self._core, self._live()
-        for _ in range(_HOLD_READ):
-            try:
-                core.feed(recv_frames(socket, _NOBLOCK))
-            except zmq.Again:
-                break
-        return None
-
-    def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
+    def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> N:
         """Undo a :meth:`subscribe` with the same arguments."""
         socket = self._live()
         for topic in subscription_prefixes(instance, prefix):
             socket.setsockopt(zmq.UNSUBSCRIBE, topic)
         self._core.topics.remove(instance, prefix)
+        result: N = self._drive(done())
+        return result
 
-    def wait_ready(self, timeout: float | None = None) -> None:
+    def wait_ready(self, timeout: float | None = None) -> N:
         """Return once the broker has applied every subscription made so far.
 
         It subscribes to a one-off probe topic, which the broker echoes; subscriptions
@@ -559,39 +549,89 @@ class Subscriber(SocketOwner):
         meanwhile are kept for :meth:`recv`.
         """
         self._live()
-        timeout = self.subscribe_timeout if timeout is None else timeout
-        run(probe(self._core, timeout, self.backend), self._perform)
+        result: N = self._drive(self._probe(timeout))
+        return result
 
-    def recv(self, timeout: float | None = None) -> Message:
+    def _probe(self, timeout: float | None) -> Flow[None]:
+        return probe(self._core, self.subscribe_timeout if timeout is None else timeout, self.backend)
+
+    def recv(self, timeout: float | None = None) -> M:
         """The next message; waits up to ``timeout`` seconds (``None``: forever).
 
         Raises :class:`~exesdb_sdk.errors.ReceiveTimeoutError` when none arrives in time.
         """
-        pending = self._core.pending
-        if not pending and self._core.catchups:
-            run(catch_up(self._core), self._perform)
+        core = self._core
+        pending = core.pending
         if pending:
-            return pending.popleft()
-        socket = self._live()
-        take = self._core.take
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
+            return self._now(pending.popleft())
+        if not core.catchups:  # the fast path: what is queued already, without a flow
+            socket, take = self._live(), core.take
+            for _ in range(_FAST_READS):
+                try:
+                    messages = take(recv_frames(socket, _NOBLOCK))
+                except zmq.Again:
+                    break
+                if messages:
+                    if len(messages) > 1:
+                        pending.extend(messages[1:])
+                    return self._now(messages[0])
+        result: M = self._drive(receive(core, timeout))
+        return result
+
+    def _read_held(self) -> None:
+        """Carry out :class:`~._flows.ReadHeld`: what the socket holds now, into the core."""
+        core, socket = self._core, self._live()
+        for _ in range(_HOLD_READ):
             try:
-                messages = take(recv_frames(socket, _NOBLOCK))
+                core.feed(recv_frames(socket, _NOBLOCK))
             except zmq.Again:
-                # Until a wait has settled the handshake watch, idle waits read its events too.
-                wait = self._watch.wait if self._watch.armed else socket.poll
-                if deadline is None:
-                    wait(1000)
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not wait(int(remaining * 1000) + 1):
-                    raise ReceiveTimeoutError(timeout or 0.0) from None
-                continue
-            if messages:
-                if len(messages) > 1:
-                    pending.extend(messages[1:])
-                return messages[0]
+                break
+
+    def _step_now(self, step: Step) -> Any:
+        """Carry out a step that never waits (the same for both drivers)."""
+        if isinstance(step, Subscribe | Unsubscribe):
+            return set_subscription(self._socket, step)
+        if isinstance(step, Settle):
+            return self._watch.settle()
+        assert isinstance(step, ReadHeld)
+        return self._read_held()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "connected"
+        return f"<{type(self).__name__} {self.backend} {state}>"
+
+
+class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], SocketOwner):
+    """The synchronous subscriber (see :class:`SubscriberBase` for its arguments and methods).
+
+    Example::
+
+        with Subscriber() as sub:
+            sub.subscribe("health")                      # all of ex_esdb_health
+            sub.subscribe("metrics", "store_metrics:")   # a prefix within ex_esdb_metrics
+            for message in sub.iter(timeout=10):
+                print(message.topic, message.type, message.data)
+    """
+
+    _control_type = ControlClient
+
+    def _drive(self, flow: Flow[Any]) -> Any:
+        return run(flow, self._perform)
+
+    def _now(self, message: Message) -> Message:
+        return message
+
+    def _perform(self, step: Step) -> Any:
+        """Carry out one step of a flow (see :mod:`._flows`)."""
+        if isinstance(step, WaitReady):
+            return self.wait_ready(step.timeout)
+        if isinstance(step, Request):
+            return self._control.get().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, Receive):
+            socket, watch, wait_ms = self._live(), self._watch, max(1, int(step.timeout * 1000))
+            ready = watch.wait(wait_ms) if step.watch or watch.armed else socket.poll(wait_ms)
+            return recv_frames(socket) if ready else None
+        return self._step_now(step)
 
     def iter(self, timeout: float | None = None) -> Iterator[Message]:
         """Yield messages until none arrives for ``timeout`` seconds (``None``: forever)."""
@@ -605,11 +645,7 @@ class Subscriber(SocketOwner):
         return self.iter()
 
     def _close(self, linger: float | None) -> None:
-        if self._control is not None:
-            self._control.close()
-            self._control = None
+        control = self._control.take()
+        if control is not None:
+            control.close()
         super()._close(linger)
-
-    def __repr__(self) -> str:
-        state = "closed" if self.closed else "connected"
-        return f"<Subscriber {self.backend} {state}>"
