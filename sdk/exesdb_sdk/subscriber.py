@@ -30,7 +30,7 @@ from ._flows import (
 )
 from ._frames import recv_frames
 from ._owner import ControlLink, Owner, S, SocketOwner
-from .control import ControlClient
+from .control import DEFAULT_CONTROL_TIMEOUT, ControlClient
 from .curve import KeyPath, resolve_client_keys
 from .durable import (
     JOURNAL_GAP_TOPIC,
@@ -439,8 +439,9 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
     ``on_error`` are optional callbacks for sequence gaps and undecodable messages.
     ``subscribe(..., replay_from=..., with_last=...)`` asks the broker's control endpoint
     ``control`` (``$EXESDB_CONTROL``, else ``tcp://127.0.0.1:7102``) for its journal and last
-    values. ``client_key`` and ``server_key`` (or ``$EXESDB_CLIENT_KEY`` / ``$EXESDB_SERVER_KEY``)
-    turn on CURVE for both, as for :class:`~exesdb_sdk.Publisher`. Use from one thread only.
+    values, waiting up to ``control_timeout`` seconds for each reply. ``client_key`` and
+    ``server_key`` (or ``$EXESDB_CLIENT_KEY`` / ``$EXESDB_SERVER_KEY``) turn on CURVE for both,
+    as for :class:`~exesdb_sdk.Publisher`. Use from one thread only.
 
     Every method is the same in :class:`Subscriber` and :class:`~exesdb_sdk.AsyncSubscriber`,
     whose methods are awaited (``N`` and ``M`` are their results: ``None`` and a message, or
@@ -461,6 +462,7 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         secret: str | bytes | None = None,
         typed: bool = True,
         control: str | None = None,
+        control_timeout: float = DEFAULT_CONTROL_TIMEOUT,
         context: zmq.Context[S] | None = None,
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
@@ -469,9 +471,8 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         self.subscribe_timeout = subscribe_timeout
         self._core = SubscriberCore(on_gap, on_error, secret=secret, typed=typed)
         super().__init__(zmq.SUB, context, resolve_client_keys(client_key, server_key))
-        self._control: ControlLink[C] = ControlLink(
-            self._control_type, control, None, self._context, (client_key, server_key)
-        )
+        keys = (client_key, server_key)
+        self._control: ControlLink[C] = ControlLink(self._control_type, control, control_timeout, self._context, keys)
         socket = self._live()
         socket.setsockopt(zmq.RCVHWM, hwm)
         socket.setsockopt(zmq.LINGER, 0)
