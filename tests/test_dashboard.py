@@ -22,6 +22,7 @@ import httpx
 import pytest
 from aiohttp import web
 from exesdb_sdk import ControlClient, Publisher
+from exesdb_sdk import broadcast as bus
 from exesdb_sdk.messages import AlertAck, NodeHealth, SubscriptionHealth, SystemAlert
 from exesdb_web import dashboard
 from exesdb_web.access import BusAccess
@@ -163,6 +164,7 @@ def _console_errors(driver: Any) -> list[str]:
 def test_the_dashboard_shows_the_bus_live_in_a_real_browser(
     browser: Any, broker: BrokerProcess, web_server: WebServer
 ) -> None:
+    _console_errors(browser)  # what earlier pages logged is theirs
     browser.get(web_server.url + "/")
     _wait(browser, "a live stream", lambda d: d.find_element("tag name", "body").get_attribute("data-stream") == "live")
     _wait(
@@ -188,6 +190,9 @@ def test_the_dashboard_shows_the_bus_live_in_a_real_browser(
             )
         )
         pub.publish_message(alert)
+        bus.broadcast_store_events(
+            "orders", "$all", [{"event_type": "OrderPlaced", "stream_id": "o-7", "version": 7}], publisher=pub
+        )
 
         node = _wait(browser, "node-7 unhealthy", lambda d: d.find_element("css selector", '[data-node="node-7"]'))
         _wait(browser, "node-7's figures", lambda d: "mem 91%" in node.text)
@@ -235,6 +240,7 @@ def test_the_dashboard_shows_the_bus_live_in_a_real_browser(
     tail = browser.find_element("id", "tail")
     _wait(browser, "the tail lines", lambda d: len(tail.find_elements("css selector", ".line")) >= 5)
     assert "SystemAlert" in tail.text and "AlertAck" in tail.text
+    assert "Events store=orders 1 event (OrderPlaced o-7 v7)" in tail.text
     from selenium.webdriver.support.ui import Select
 
     Select(browser.find_element("id", "tail-instance")).select_by_visible_text("alerts")
@@ -321,6 +327,7 @@ def test_the_page_shows_gaps_skips_what_it_does_not_know_and_names_a_failing_sta
     scripted.thread.start()
     assert scripted.ready.wait(10)
     try:
+        _console_errors(browser)  # what earlier pages logged is theirs
         browser.get(scripted.url + "/")
         _wait(browser, "the gap line", lambda d: "7 message(s) missed" in _text(d, "#tail"))
         _wait(browser, "the message after the bad ones", lambda d: d.find_elements("css selector", '[data-node="n1"]'))

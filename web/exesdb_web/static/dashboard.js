@@ -158,7 +158,14 @@
     return "none";
   }
 
-  function keyFields(d) {
+  function keyFields(d, type) {
+    if (type === "Events" && Array.isArray(d.events)) { // as the CLI: 1 event (OrderPlaced order-7 v7)
+      const first = isObject(d.events[0]) ? d.events[0] : {};
+      const what = ["event_type", "stream_id"].filter((k) => first[k] !== undefined && first[k] !== null).map((k) => text(first[k]));
+      if (first.version !== undefined && first.version !== null) what.push(`v${text(first.version)}`);
+      const count = `${d.events.length} event${d.events.length === 1 ? "" : "s"}`;
+      return `store=${text(d.store)} ${count}${what.length ? ` (${d.events.length > 1 ? "first " : ""}${what.join(" ")})` : ""}`;
+    }
     let chosen = KEYS.filter((k) => d[k] !== null && d[k] !== undefined);
     if (!chosen.length) chosen = Object.keys(d).filter((k) => d[k] !== null && d[k] !== undefined);
     return chosen.slice(0, LIMITS.fields).map((k) => `${text(k)}=${text(d[k])}`).join(" ");
@@ -386,7 +393,7 @@
     const topic = text(m.topic);
     const line = el("div", `line ${category(messageCategory(m, d))}`,
       el("span", "t", clock(m.ts)), " ", el("span", "i", alias(m.instance).padEnd(11)), " ",
-      topic.slice(topic.indexOf("/") + 1), " ", el("span", "ty", text(m.type)), " ", keyFields(d));
+      topic.slice(topic.indexOf("/") + 1), " ", el("span", "ty", text(m.type)), " ", keyFields(d, m.type));
     line.dataset.instance = alias(m.instance);
     line.dataset.topic = topic.toLowerCase();
     applyFilter(line);
@@ -433,8 +440,14 @@
     const body = $("instances");
     const stats = state.stats;
     if (!stats || !isObject(stats.instances)) { body.replaceChildren(el("tr", "", el("td", "muted", "no figures yet"))); return; }
+    // Per-instance subscriber counts where the broker gives them; else the column goes and the
+    // connection totals are named above the table.
+    const entries = Object.entries(stats.instances).slice(0, 32);
+    const perInstance = entries.some(([, f]) => isObject(f) && isNumber(f.subscribers));
+    $("panel-instances").classList.toggle("no-subscribers", !perInstance);
+    $("connections").textContent = `${num(stats.subscribers)} subscriber(s) and ${num(stats.publishers)} publisher(s) connected`;
     const rows = [];
-    for (const [name, f] of Object.entries(stats.instances).slice(0, 32)) {
+    for (const [name, f] of entries) {
       if (!isObject(f)) continue;
       const history = state.rates.get(name) || [];
       const row = el("tr", "",
@@ -443,7 +456,7 @@
         el("td", "num", num(history.length ? Math.round(history[history.length - 1] * 10) / 10 : null)),
         el("td", "num", num(f.messages)),
         el("td", "num", size(f.bytes)),
-        el("td", "num", num(isNumber(f.subscribers) ? f.subscribers : null)));
+        el("td", "num subscribers", num(isNumber(f.subscribers) ? f.subscribers : null)));
       row.dataset.instance = alias(name);
       rows.push(row);
     }
@@ -517,7 +530,8 @@
           el("td", "", badge(sub.paused ? "paused" : "flowing", sub.paused ? "failure" : "success")),
           el("td", "num", num(sub.errors)), el("td", "num", num(sub.missed)), el("td", "num", num(sub.dropped)),
           el("td", "num", num(sub.buffered)),
-          el("td", "last-error", [sub.event, sub.lastError].filter(Boolean).join(": ")));
+          el("td", "", el("span", "muted", sub.event || ""),
+            sub.lastError && (sub.status === "failed" || sub.status === "degraded") ? el("span", "last-error", `: ${sub.lastError}`) : null));
         row.dataset.subscription = sub.name;
         return row;
       });
@@ -575,7 +589,7 @@
       const j = isObject(s.journal) ? s.journal : null;
       if (j) {
         const jstate = text(j.state || "unknown");
-        groups.push(kv("journal", [["state", jstate + (j.reason ? ` (${text(j.reason)})` : ""), jstate === "ok" ? "good" : "bad"],
+        groups.push(kv("journal", [["state", jstate + (j.reason ? ` (${text(j.reason)})` : ""), jstate === "ok" ? "good" : jstate === "disabled" ? "" : "bad"],
           ["backlog", num(j.backlog), j.backlog ? "bad" : ""], ["committed", num(j.committed)],
           ["dropped", num(j.dropped), j.dropped ? "bad" : ""], ["gaps", num(j.gaps), j.gaps ? "bad" : ""],
           ["failed", num(j.failed), j.failed ? "bad" : ""], ["buffer", `${size(j.buffer_bytes)} of ${size(j.buffer_limit)}`],
@@ -600,7 +614,7 @@
     const c = state.counts;
     groups.push(kv("this page", [["stream events", num(c.events)], ["stream gaps", num(c.gaps), c.gaps ? "bad" : ""],
       ["missed in gaps", num(c.missed), c.missed ? "bad" : ""], ["unreadable", num(c.unreadable), c.unreadable ? "bad" : ""],
-      ["not drawn", num(c.shed)], ["nodes / stores forgotten", `${state.nodes.evicted} / ${state.stores.evicted}`]]));
+      ["not drawn", num(c.shed)], ["nodes forgotten", num(state.nodes.evicted)], ["stores forgotten", num(state.stores.evicted)]]));
     $("internals").replaceChildren(...groups);
   }
 
@@ -613,7 +627,10 @@
     const s = state.stats;
     if (s && !state.statsError) {
       const j = isObject(s.journal) ? s.journal : null;
-      if (j && j.state && j.state !== "ok") (j.state === "failed" ? fail : warn).push(`journal ${text(j.state)}`);
+      // "disabled" is on purpose (--journal none); "unavailable": durable publishes and replays fail
+      if (j && j.state && j.state !== "ok" && j.state !== "disabled") {
+        (j.state === "unavailable" || j.state === "failed" ? fail : warn).push(`journal ${text(j.state)}${j.reason ? `: ${text(j.reason)}` : ""}`);
+      }
       if (j && j.dropped) warn.push(`journal dropped ${num(j.dropped)}`);
     }
     const c = state.cluster;
