@@ -22,11 +22,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from exesdb_broker import Broker, BrokerConfig
-from exesdb_sdk import Message, Publisher, ReceiveTimeoutError, Subscriber
+from exesdb_sdk import ControlClient, ExesdbError, Message, Publisher, ReceiveTimeoutError, Subscriber
 from exesdb_sdk import broadcast as bus
 from exesdb_sdk.health import EmitterPool, EmitterWorker, HealthConfig, SubscriptionHealthTracker
 from exesdb_sdk.messages import ClusterHealth, NodeHealth
@@ -319,6 +319,9 @@ def _run(screen: _Screen, duration: float | None, pace: float) -> int:
             f"exesdb demo: broker frontend={broker.frontend} backend={broker.backend} control={broker.control}",
             "bold",
         )
+        where = _where_to_look(broker.control)
+        if where is not None:
+            screen.say(where, "bold")
         started = time.monotonic()
         with (
             Subscriber(broker.backend) as sub,
@@ -350,6 +353,22 @@ def _run(screen: _Screen, duration: float | None, pace: float) -> int:
         elapsed = time.monotonic() - started
     _summary(screen, elapsed, traffic, received, heartbeats, projection, workers)
     return 0
+
+
+def watch_line(ping: Mapping[str, Any]) -> str | None:
+    """The line that says where the dashboard is, from the broker's ``ping`` reply; ``None``
+    when the broker serves no HTTP (``"http"`` absent or null)."""
+    url = ping.get("http")
+    return f"watch it live: {url.rstrip('/')}/" if isinstance(url, str) and url else None
+
+
+def _where_to_look(control: str) -> str | None:
+    """:func:`watch_line` for the broker at ``control``; ``None`` if it does not say."""
+    try:
+        with ControlClient(control, timeout=2.0) as client:
+            return watch_line(client.ping())
+    except ExesdbError:  # the demo goes on without the line
+        return None
 
 
 def _follow_until(deadline: float | None, projection: _Projection, screen: _Screen, follow: Callable[[], None]) -> None:

@@ -91,7 +91,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def create_app(access: BusAccess, settings: WebSettings | None = None) -> web.Application:
     """The application for one broker."""
-    from . import api, stream  # the route modules, each one concern
+    from . import api, dashboard, stream  # the route modules, each one concern
 
     app = web.Application(middlewares=[_errors])
     app[ACCESS] = access
@@ -101,6 +101,7 @@ def create_app(access: BusAccess, settings: WebSettings | None = None) -> web.Ap
     app.cleanup_ctx.append(_lifetime)
     app.add_routes(api.routes)
     app.add_routes(stream.routes)
+    app.add_routes(dashboard.routes)
     return app
 
 
