@@ -15,9 +15,38 @@ from exesdb_sdk.errors import BindError
 from .access import BusAccess
 from .app import WebSettings, create_app
 
-__all__ = ["WebServer"]
+__all__ = ["WebServer", "http_url", "parse_listen"]
 
 _SHUTDOWN_TIMEOUT: Final = 2.0
+_OFF: Final = frozenset({"", "none"})
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://host:port``, an IPv6 host in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def parse_listen(value: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` as (host, port), IPv6 in brackets (``[::1]:7180``), port 0 for a free
+    one; ``None`` for ``none`` (no HTTP surface). Raises :class:`ValueError` with a one-line
+    reason."""
+    text = value.strip()
+    if text.lower() in _OFF:
+        return None
+    if "://" in text:
+        raise ValueError(f"{value!r}: give HOST:PORT without a scheme (e.g. 127.0.0.1:7180), or none")
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:7180, [::1]:7180), or none")
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError(f"{value!r}: an IPv6 host goes in brackets, e.g. [::1]:7180")
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{value!r}: an IPv6 host goes in brackets, e.g. [::1]:7180")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 0 to 65535")
+    return host, int(port)
 
 
 class WebServer:
@@ -45,8 +74,7 @@ class WebServer:
     @property
     def url(self) -> str:
         """``http://host:port`` as bound (IPv6 hosts in brackets)."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     def run(self) -> None:
         """Bind and serve until :meth:`stop`."""
