@@ -185,6 +185,7 @@ class Broker:
         self.control = self._bind(control, "control", config.control)
         if self._http.address is not None:
             control.bind(base + "-control")  # the HTTP surface's way in (trusted: see security.py)
+            self._http.bind()
         frontend.bind(base + "-frontend")
         backend.bind(base + "-backend")
         proxy_control.bind(base + "-proxy")
@@ -342,6 +343,7 @@ class Broker:
             if getattr(self, child, None) is not None:
                 getattr(self, child).stop()
         self._supervisor.join("http", _HTTP_STOP_TIMEOUT)
+        self._http.close()
         if hasattr(self, "_service"):
             self._inbox.put(STOP)
         for socket in getattr(self, "_sockets", []):

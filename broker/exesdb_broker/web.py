@@ -10,6 +10,7 @@ HTTP surface on and no token file refuses to start (one line naming ``http_token
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ import zmq
 from exesdb_sdk.errors import ConfigError
 from exesdb_web import BusAccess, WebServer, WebSettings
 from exesdb_web.auth import ROLES, Tokens, load_token_file
+from exesdb_web.server import bind_socket
 
 from .config import BrokerConfig, http_address
 
@@ -48,6 +50,12 @@ class HttpSurface:
             )
         self.tokens = Tokens(load_tokens(config), required=secure or any(files.values()))
         self.server: WebServer | None = None
+        self._sock: socket.socket | None = None
+
+    def bind(self) -> None:
+        """Bind the HTTP port now, before any thread starts (raises :class:`BindError`)."""
+        if self.address is not None:
+            self._sock = bind_socket(*self.address)
 
     def child(
         self, context: zmq.Context[Any], base: str, control: str, health: Callable[[], str | None]
@@ -59,11 +67,18 @@ class HttpSurface:
             frontend=base + "-frontend", backend=base + "-backend", control=control, context=context, health=health
         )
         host, port = self.address
-        self.server = WebServer(access, host, port, WebSettings(tokens=self.tokens))
+        sock, self._sock = self._sock, None
+        self.server = WebServer(access, host, port, WebSettings(tokens=self.tokens), sock=sock)
         if self.tokens.required:
             counts = " ".join(f"{role}={n}" for role, n in self.tokens.counts().items())
             log.info("http: bearer tokens required; tokens %s", counts)
         return self.server
+
+    def close(self) -> None:
+        """Release a port bound but never served (a start that failed part way)."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
     @property
     def url(self) -> str | None:
