@@ -40,7 +40,7 @@ from harness import (
     write_report,
 )
 
-SUITES = ("core", "sdk", "topology", "peers", "security", "journal", "incident")
+SUITES = ("core", "sdk", "topology", "peers", "security", "journal", "incident", "http")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,19 @@ READY = re.compile(r"exesdb-broker ready frontend=(\S+) backend=(\S+) control=(\
 def start_broker() -> tuple[subprocess.Popen[str], str]:
     free = "tcp://127.0.0.1:*"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "exesdb_broker", "--frontend", free, "--backend", free, "--control", free],
+        [
+            sys.executable,
+            "-m",
+            "exesdb_broker",
+            "--frontend",
+            free,
+            "--backend",
+            free,
+            "--control",
+            free,
+            "--http",
+            "none",
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )

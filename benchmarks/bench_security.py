@@ -162,7 +162,7 @@ def broker(extra: list[str]) -> Iterator[tuple[str, str]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EXESDB_")}
     command = [
         sys.executable, "-m", "exesdb_broker", "--frontend", "tcp://127.0.0.1:*", "--backend", "tcp://127.0.0.1:*",
-        "--control", "tcp://127.0.0.1:*", "--log-level", "warning", *extra,
+        "--control", "tcp://127.0.0.1:*", "--log-level", "warning", "--http", "none", *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env

@@ -167,7 +167,7 @@ def broker_command(kind: str, transport: str = "tcp", directory: str = "", extra
     return [
         sys.executable, "-m", "exesdb_broker",
         "--frontend", frontend, "--backend", backend, "--control", control, "--log-level", "warning",
-        *BROKER_FLAGS[kind], *extra,
+        "--http", "none", *BROKER_FLAGS[kind], *extra,
     ]  # fmt: skip
 
 

@@ -43,7 +43,10 @@ def main() -> int:
         delivered.append(event["version"])
 
     # No journal: this example is about health gating, and leaves nothing on disk.
-    with Broker(BrokerConfig(frontend=FREE, backend=FREE, control=FREE, journal="none", last_values="none")) as broker:
+    broker_config = BrokerConfig(
+        frontend=FREE, backend=FREE, control=FREE, journal="none", last_values="none", http="none"
+    )
+    with Broker(broker_config) as broker:
         endpoints = {"frontend": broker.frontend, "backend": broker.backend}
         with (
             SubscriptionHealthTracker("orders", config=config, **endpoints) as tracker,

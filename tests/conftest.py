@@ -2,7 +2,9 @@
 
 The broker binds ``tcp://127.0.0.1:*``; the fixture reads the real ports from its readiness
 line on stderr (waiting with a deadline, never a fixed sleep) and stops it in teardown:
-SIGTERM, wait, then kill.
+SIGTERM, wait, then kill. Its HTTP surface is off (``EXESDB_HTTP=none``, so that brokers never
+fight over port 7180) unless a test asks for it: ``start_broker(http=True)`` serves it on a
+free port, named by :attr:`BrokerProcess.http`.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import zmq
 from exesdb_sdk import ControlClient
 
 READY = re.compile(
-    r"exesdb-broker ready frontend=(\S+) backend=(\S+) control=(\S+)"  # --log-format text
-    r'|"event": "ready", "frontend": "(\S+)", "backend": "(\S+)", "control": "(\S+)"'  # json
+    r"exesdb-broker ready frontend=(?P<f1>\S+) backend=(?P<b1>\S+) control=(?P<c1>\S+)(?: http=(?P<h1>\S+))?"  # text
+    r'|"event": "ready", "frontend": "(?P<f2>[^"]+)", "backend": "(?P<b2>[^"]+)", "control": "(?P<c2>[^"]+)"'  # json
+    r'(?:, "http": (?:"(?P<h2>[^"]+)"|null))?'
 )
 FREE = "tcp://127.0.0.1:*"
+HTTP_FREE = "127.0.0.1:0"
 START_TIMEOUT = 15.0
 
 
@@ -81,19 +85,23 @@ class BrokerProcess:
     def __init__(
         self, args: list[str], env: dict[str, str] | None = None, preexec: Callable[[], None] | None = None
     ) -> None:
+        base = dict(os.environ if env is None else env)
+        base.setdefault("EXESDB_HTTP", "none")  # a test's own --http (or EXESDB_HTTP) wins
         self.proc = subprocess.Popen(
             [*broker_command(), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=env,
+            env=base,
             preexec_fn=preexec,
         )
         assert self.proc.stderr is not None
         self._err = Lines(self.proc.stderr)
         self.lines = self._err.lines
         self.frontend = self.backend = self.control = ""
+        self.http: str | None = None
+        """The HTTP surface's URL from the readiness line (``None``: off)."""
 
     def wait_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str] | None:
         """The first new stderr line matching ``pattern`` within ``timeout``; ``None`` at EOF or timeout."""
@@ -105,7 +113,12 @@ class BrokerProcess:
         if match is None:
             self.stop()
             raise RuntimeError("broker did not become ready:\n" + "\n".join(self.lines))
-        self.frontend, self.backend, self.control = [g for g in match.groups() if g]
+        fields = {name: value for name, value in match.groupdict().items() if value}
+        self.frontend = fields.get("f1") or fields["f2"]
+        self.backend = fields.get("b1") or fields["b2"]
+        self.control = fields.get("c1") or fields["c2"]
+        http = fields.get("h1") or fields.get("h2")
+        self.http = None if http in (None, "none") else http
         return self
 
     def wait_exit(self, timeout: float) -> int:
@@ -174,11 +187,21 @@ def _state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
 
 @pytest.fixture
 def start_broker() -> Iterator[StartBroker]:
-    """Start brokers with extra flags: ``start_broker("--metrics-interval", "0.2")``."""
+    """Start brokers with extra flags: ``start_broker("--metrics-interval", "0.2")``; with
+    ``http=True`` the broker serves its HTTP surface on a free port (``broker.http``)."""
     started: list[BrokerProcess] = []
 
-    def start(*extra: str, env: dict[str, str] | None = None, ready: bool = True) -> BrokerProcess:
-        args = ["--frontend", FREE, "--backend", FREE, "--control", FREE, *extra]
+    def start(*extra: str, env: dict[str, str] | None = None, ready: bool = True, http: bool = False) -> BrokerProcess:
+        args = [
+            "--frontend",
+            FREE,
+            "--backend",
+            FREE,
+            "--control",
+            FREE,
+            *(["--http", HTTP_FREE] if http else []),
+            *extra,
+        ]
         broker = BrokerProcess(args, env=env)
         started.append(broker)
         return broker.wait_ready() if ready else broker

@@ -435,7 +435,9 @@ def test_ctrl_c_at_any_moment_of_start_up_gives_no_traceback() -> None:
     free = "tcp://127.0.0.1:*"
     for delay in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
         proc = subprocess.Popen(
-            [broker, "--frontend", free, "--backend", free, "--control", free], stderr=subprocess.PIPE, text=True
+            [broker, "--frontend", free, "--backend", free, "--control", free, "--http", "none"],
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert wait_until(lambda: proc.poll() is not None or _holds_sigint(proc.pid), timeout=10)  # noqa: B023
         time.sleep(delay)  # the moment of the Ctrl-C is what is tested, not a wait for a socket

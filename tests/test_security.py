@@ -734,6 +734,7 @@ def test_a_dead_zap_handler_is_restarted_and_handshakes_go_on(keys: Keys, tmp_pa
         allow_subscribers=str(keys.dirs[SUBSCRIBERS]),
         allow_admins=str(keys.dirs[ADMINS]),
         data_dir=str(tmp_path / "data"),
+        http="none",
     )
     with Broker(config) as broker:
         broker._security._authenticator.stop()  # type: ignore[union-attr]  # the ZAP thread dies

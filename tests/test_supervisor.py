@@ -26,7 +26,13 @@ from .conftest import FREE, wait_until
 @pytest.fixture
 def config(tmp_path: Path) -> BrokerConfig:
     return BrokerConfig(
-        frontend=FREE, backend=FREE, control=FREE, data_dir=str(tmp_path), metrics_interval=0.2, start_grace=0
+        frontend=FREE,
+        backend=FREE,
+        control=FREE,
+        data_dir=str(tmp_path),
+        metrics_interval=0.2,
+        start_grace=0,
+        http="none",
     )
 
 
@@ -135,7 +141,13 @@ def test_past_the_restart_intensity_the_broker_gives_up(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(Tap, "_drain", broken)
     config = BrokerConfig(
-        frontend=FREE, backend=FREE, control=FREE, data_dir=str(tmp_path), max_restarts=2, restart_period=60
+        frontend=FREE,
+        backend=FREE,
+        control=FREE,
+        data_dir=str(tmp_path),
+        max_restarts=2,
+        restart_period=60,
+        http="none",
     )
     with Broker(config) as broker:
         assert wait_until(lambda: not broker.running, 5)
@@ -153,7 +165,7 @@ def test_the_daemon_exits_1_when_the_supervisor_gives_up() -> None:
         "sys.argv = ['exesdb-broker', *sys.argv[1:]]\n"
         "main()\n"
     )
-    args = ["--frontend", FREE, "--backend", FREE, "--control", FREE, "--max-restarts", "2"]
+    args = ["--frontend", FREE, "--backend", FREE, "--control", FREE, "--max-restarts", "2", "--http", "none"]
     done = subprocess.run(
         [sys.executable, "-c", script, *args], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30
     )

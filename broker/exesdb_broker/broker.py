@@ -37,6 +37,7 @@ from typing import Any, Final, Self
 import zmq
 from exesdb_sdk.errors import BindError, BrokerUnavailableError, ConfigError, ExesdbError
 from exesdb_sdk.settings import check_settings
+from exesdb_web import WebServer
 
 from .config import BrokerConfig, journal_instances, last_value_prefixes
 from .feed import Feed
@@ -49,6 +50,7 @@ from .service import STOP, InboxItem, Service, ServiceWiring
 from .stats import StatsBook
 from .supervisor import Supervisor
 from .tap import Tap
+from .web import HttpSurface
 
 __all__ = ["Broker"]
 
@@ -68,6 +70,8 @@ _MONITOR_EVENTS: Final = (
 )
 _STOP_SERVICE_TIMEOUT: Final = 2.0
 _OPEN_TIMEOUT: Final = 600.0
+_HTTP_STOP_TIMEOUT: Final = 5.0
+"""Upper bound on the HTTP surface's stop (its own shutdown timeout closes open streams sooner)."""
 _DRAIN_TIMEOUT: Final = 120.0
 """Upper bound on the journal's drain at stop (the buffer bound keeps it far shorter)."""
 
@@ -100,6 +104,7 @@ class Broker:
         self._stopped = False
         self._supervisor = Supervisor(max_restarts=self.config.max_restarts, period=self.config.restart_period)
         self._inbox: Mailbox[InboxItem] = Mailbox()
+        self._web: WebServer | None = None
 
     @property
     def running(self) -> bool:
@@ -123,6 +128,7 @@ class Broker:
                 raise ExesdbError("broker already started")
             check_settings(self.config)
             self._security = Security(self.config)  # keys, allowlists, the loopback rule: before any bind
+            self._http = HttpSurface(self.config, self._security.enabled)  # its tokens, before any bind
             self._context = zmq.Context()
             try:
                 self._start(self._context)
@@ -177,6 +183,9 @@ class Broker:
         self.backend = self._bind(backend, "backend", config.backend)
         expected = expected_subscribers(config.data_dir, self.backend) if config.start_grace > 0 else 0
         self.control = self._bind(control, "control", config.control)
+        if self._http.address is not None:
+            control.bind(base + "-control")  # the HTTP surface's way in (trusted: see security.py)
+            self._http.bind()
         frontend.bind(base + "-frontend")
         backend.bind(base + "-backend")
         proxy_control.bind(base + "-proxy")
@@ -233,6 +242,7 @@ class Broker:
             adjust_tap=self._tap.adjust,
             watch_zap=self._watch_zap,
             extra_stats=self._extra_stats,
+            ping_extra=lambda: {"http": self.http},
             journal_ops=JOURNAL_OPS,
             to_journal=self._journal.submit,
         )
@@ -259,6 +269,13 @@ class Broker:
         # broker is ready, and accepts publishers, once it knows whether its journal works.
         if not self._journal.opened.wait(_OPEN_TIMEOUT):
             raise BrokerUnavailableError(config.data_dir, _OPEN_TIMEOUT, "journal store")
+        self._web = self._http.child(context, base, base + "-control", self._health)
+        if self._web is not None:
+            supervisor.start(self._web)
+            if not self._web.ready.wait(_START_TIMEOUT):
+                raise BrokerUnavailableError(self._http.config.http, _START_TIMEOUT, "http")
+            if self._web.error is not None:
+                raise self._web.error
         if expected:
             self._grace(expected)
         self.frontend = self._service.bind_frontend(config.frontend)
@@ -282,6 +299,28 @@ class Broker:
             time.monotonic() - started,
         )
 
+    @property
+    def http(self) -> str | None:
+        """The HTTP surface's URL (``http://127.0.0.1:7180``) once started, or ``None`` when off."""
+        return self._http.url if hasattr(self, "_http") else None
+
+    def _health(self) -> str | None:
+        """``None`` while the broker serves (the proxy forwards, every thread is alive, the
+        journal works or is disabled on purpose), else why not: the HTTP surface's ``/healthz``."""
+        if self._stopped:
+            return "the broker is stopping"
+        supervisor = self._supervisor
+        if supervisor.failure is not None:
+            return supervisor.failure
+        dead = supervisor.dead()
+        if dead:
+            return f"the {', '.join(dead)} thread(s) stopped"
+        if not self._proxy.started.is_set() or self._proxy.stopped.is_set():
+            return "the proxy is not forwarding"
+        if self._journal.state not in ("ok", "disabled"):
+            return f"journal {self._journal.state}: {self._journal.reason or 'no reason given'}"
+        return None
+
     def _watch_zap(self) -> None:
         """Once a second (from the service thread): restart a dead ZAP handler, as the
         supervisor restarts its own children."""
@@ -300,9 +339,11 @@ class Broker:
 
     def _abort(self, context: zmq.Context[Any]) -> None:
         """Undo a start that failed part way: stop what runs, then drop every socket."""
-        for child in ("_tap", "_journal"):
-            if hasattr(self, child):
+        for child in ("_web", "_tap", "_journal"):
+            if getattr(self, child, None) is not None:
                 getattr(self, child).stop()
+        self._supervisor.join("http", _HTTP_STOP_TIMEOUT)
+        self._http.close()
         if hasattr(self, "_service"):
             self._inbox.put(STOP)
         for socket in getattr(self, "_sockets", []):
@@ -326,6 +367,10 @@ class Broker:
                 backlog.get("in_feeds", 0),
             )
             supervisor = self._supervisor
+            if self._web is not None:  # first: its clients' sockets must close before the context goes
+                self._web.stop()
+                if not supervisor.join("http", _HTTP_STOP_TIMEOUT):
+                    log.error("the http thread did not stop within %.0f s", _HTTP_STOP_TIMEOUT)
             if supervisor.alive("service"):
                 self._inbox.put(STOP)
                 supervisor.join("service", max(timeout, _STOP_SERVICE_TIMEOUT))
@@ -338,8 +383,8 @@ class Broker:
             for feed in self._feeds:
                 supervisor.join(feed.name, timeout * 0.25)
             self._security.stop()
-            if supervisor.alive("service"):  # stuck: close what is left from here, it is over
-                log.error("the service thread did not stop; closing its sockets from the outside")
+            if supervisor.alive("service") or supervisor.alive("http"):  # stuck: close what is left, it is over
+                log.error("a thread did not stop; closing its sockets from the outside")
                 context.destroy(linger=0)
             else:
                 # The service's control socket and monitors outlive its runs; every other thread
@@ -354,12 +399,15 @@ class Broker:
             log.info("broker stopped")
 
     def reload(self) -> bool:
-        """Re-read the key allowlists (SIGHUP in the daemon); connections already up stay up.
-        Returns whether new lists are in force; a bad file keeps the old ones (logged)."""
+        """Re-read the key allowlists and the HTTP token files (SIGHUP in the daemon);
+        connections already up stay up. Returns whether new lists or tokens are in force; a
+        bad file keeps the old ones (logged)."""
         with self._lock:
             if not self._started or self._stopped:
                 return False
-        return self._security.reload()
+        keys = self._security.reload()
+        tokens = self._http.reload()
+        return keys or tokens
 
     def __enter__(self) -> Self:
         return self.start()

@@ -35,14 +35,16 @@ HELP = (
     "which wins over the file. Endpoints bind 127.0.0.1 by default; use tcp://127.0.0.1:* for a "
     "free port.\n\n"
     'Once bound it prints one line on stderr: "exesdb-broker ready frontend=... backend=... '
-    'control=...". SIGTERM or SIGINT stops it cleanly with status 0, after the journal has '
-    "committed what it received (SIGINT before that line: status 130); SIGHUP re-reads the key "
-    "allowlists. Every thread runs under a "
-    "supervisor: a failed one is restarted, and past --max-restarts in --restart-period the broker "
-    "exits 1.\n\n"
+    'control=... http=http://127.0.0.1:7180" (http=none with --http none). SIGTERM or SIGINT '
+    "stops it cleanly with status 0, after the journal has committed what it received (SIGINT "
+    "before that line: status 130); SIGHUP re-reads the key allowlists and the HTTP token files. "
+    "Every thread runs under a supervisor: a failed one is restarted, and past --max-restarts in "
+    "--restart-period the broker exits 1.\n\n"
     "Security: --broker-key (a secret key file from exesdb keygen) turns on CURVE on every "
     "endpoint; --allow-publishers, --allow-subscribers and --allow-admins name directories of "
-    "allowed public key files. Without it only loopback addresses may be bound, unless "
+    "allowed public key files; with it, every HTTP route but /healthz needs a bearer token from the "
+    "--http-token-* files (at least one: the broker refuses to start without, unless --http none). "
+    "Without it only loopback addresses may be bound, the HTTP surface's included, unless "
     "--allow-insecure.\n\n"
     "Exit status: 0 clean stop, 1 runtime failure (e.g. an endpoint in use), 2 bad configuration "
     "or usage (one line on stderr), 130 Ctrl-C during start-up.\n\n"
@@ -135,6 +137,23 @@ def serve(
     restart_period: Annotated[
         float | None, typer.Option(help="Seconds over which --max-restarts counts [default: 30]")
     ] = None,
+    http: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of the HTTP surface (dashboard, /healthz, /metrics, /v1/...); [::1]:PORT for IPv6, "
+            "port 0 for a free one, none to turn it off [default: 127.0.0.1:7180]"
+        ),
+    ] = None,
+    http_token_publishers: Annotated[
+        str | None, typer.Option(help="File of HTTP bearer tokens (one a line) allowed POST /v1/publish")
+    ] = None,
+    http_token_subscribers: Annotated[
+        str | None, typer.Option(help="File of HTTP bearer tokens allowed the dashboard, /v1/stream and /v1/stats")
+    ] = None,
+    http_token_admins: Annotated[
+        str | None, typer.Option(help="File of HTTP bearer tokens allowed every route")
+    ] = None,
+    http_token_metrics: Annotated[str | None, typer.Option(help="File of HTTP bearer tokens allowed /metrics")] = None,
     start_grace: Annotated[
         float | None,
         typer.Option(
@@ -168,6 +187,11 @@ def serve(
         "max_restarts": max_restarts,
         "restart_period": restart_period,
         "start_grace": start_grace,
+        "http": http,
+        "http_token_publishers": http_token_publishers,
+        "http_token_subscribers": http_token_subscribers,
+        "http_token_admins": http_token_admins,
+        "http_token_metrics": http_token_metrics,
     }
     try:
         settings = load_config(flags, config_file=config)
@@ -190,7 +214,7 @@ def serve(
         raise
     log.info("file descriptors: limit %d%s", after, f" (raised from {before})" if after != before else "")
     print(
-        readiness_line(settings.log_format, broker.frontend, broker.backend, broker.control),
+        readiness_line(settings.log_format, broker.frontend, broker.backend, broker.control, broker.http),
         file=sys.stderr,
         flush=True,
     )

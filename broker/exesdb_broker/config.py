@@ -18,18 +18,21 @@ from exesdb_sdk.errors import ExesdbError
 from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import DEFAULT_MAX_MESSAGE_SIZE, default_node
 from exesdb_sdk.settings import load_settings, one_of, positive
+from exesdb_web.server import parse_listen
 
 from .journal import DEFAULT_JOURNAL_BUFFER
 from .store import FSYNC_POLICIES
 from .supervisor import DEFAULT_MAX_RESTARTS, DEFAULT_RESTART_PERIOD
 
 __all__ = [
+    "DEFAULT_HTTP",
     "DEFAULT_JOURNAL",
     "DEFAULT_LAST_VALUES",
     "LOG_FORMATS",
     "LOG_LEVELS",
     "BrokerConfig",
     "default_data_dir",
+    "http_address",
     "journal_instances",
     "last_value_prefixes",
     "load_config",
@@ -56,6 +59,10 @@ def _directory(value: Any) -> None:
         raise ValueError(f"{value}: no such directory")
 
 
+def _http(value: Any) -> None:
+    parse_listen(str(value))
+
+
 def _level(value: Any) -> None:
     one_of(*LOG_LEVELS)(str(value).lower())
 
@@ -63,6 +70,7 @@ def _level(value: Any) -> None:
 DEFAULT_JOURNAL = "ex_esdb_alerts,ex_esdb_audit"
 DEFAULT_LAST_VALUES = "ex_esdb_health/health_summary:,ex_esdb_health/node_health:,ex_esdb_health/cluster_health"
 _NONE = ("", "none")
+DEFAULT_HTTP = "127.0.0.1:7180"
 
 
 def default_data_dir() -> str:
@@ -73,6 +81,11 @@ def default_data_dir() -> str:
 
 def _items(value: str) -> list[str]:
     return [] if value.strip().lower() in _NONE else [item.strip() for item in value.split(",") if item.strip()]
+
+
+def http_address(config: BrokerConfig) -> tuple[str, int] | None:
+    """The (host, port) the HTTP surface binds, or ``None`` when it is off."""
+    return parse_listen(config.http)
 
 
 def journal_instances(value: str) -> tuple[Instance, ...]:
@@ -162,6 +175,17 @@ class BrokerConfig:
     """Thread restarts allowed within ``restart_period`` before the broker gives up and exits 1."""
     restart_period: float = field(default=DEFAULT_RESTART_PERIOD, metadata={"check": positive})
     """Seconds over which ``max_restarts`` counts."""
+    http: str = field(default=DEFAULT_HTTP, metadata={"check": _http})
+    """``HOST:PORT`` of the HTTP surface (health, metrics, stats, stream, publish, dashboard);
+    IPv6 as ``[::1]:7180``, port 0 picks a free one, ``none`` turns it off."""
+    http_token_publishers: str = field(default="", metadata={"check": _file})
+    """File of bearer tokens (one a line) allowed to ``POST /v1/publish``."""
+    http_token_subscribers: str = field(default="", metadata={"check": _file})
+    """File of bearer tokens allowed the dashboard, ``/v1/stream`` and ``/v1/stats``."""
+    http_token_admins: str = field(default="", metadata={"check": _file})
+    """File of bearer tokens allowed every HTTP route."""
+    http_token_metrics: str = field(default="", metadata={"check": _file})
+    """File of bearer tokens allowed ``/metrics`` (a scraper's)."""
     start_grace: float = field(default=1.0, metadata={"check": _not_negative})
     """Seconds at most between binding and forwarding, so that subscribers are back after a restart
     before publishers flush what they queued (ends early once connections are quiet; 0: off)."""

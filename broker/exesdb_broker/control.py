@@ -42,8 +42,11 @@ class ControlHandler:
         stats: Callable[[], dict[str, Any]],
         *,
         authorize: Callable[[str, str | None], str | None] | None = None,
+        ping_extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._node = node
+        self._ping_extra = ping_extra
+        """More fields of the ``ping`` reply (the HTTP surface's URL)."""
         self._stats = stats
         self._authorize = authorize
         """``authorize(op, user_id)``: ``None`` to allow, else why not (a ``forbidden`` reply)."""
@@ -112,6 +115,7 @@ class ControlHandler:
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "node": self._node,
+            **(self._ping_extra() if self._ping_extra is not None else {}),
         }
 
     def _stats_op(self, request: dict[str, Any]) -> dict[str, Any]:

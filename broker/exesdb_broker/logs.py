@@ -49,8 +49,9 @@ def setup_logging(level: str, log_format: str) -> None:
     root.propagate = False
 
 
-def readiness_line(log_format: str, frontend: str, backend: str, control: str) -> str:
-    """The one line printed on stderr once every endpoint is bound, whatever the log level."""
+def readiness_line(log_format: str, frontend: str, backend: str, control: str, http: str | None = None) -> str:
+    """The one line printed on stderr once every endpoint is bound, whatever the log level
+    (``http``: the HTTP surface's URL, ``None`` when it is off)."""
     if log_format == "json":
         return json.dumps(
             {
@@ -59,6 +60,7 @@ def readiness_line(log_format: str, frontend: str, backend: str, control: str) -
                 "frontend": frontend,
                 "backend": backend,
                 "control": control,
+                "http": http,
             }
         )
-    return f"exesdb-broker ready frontend={frontend} backend={backend} control={control}"
+    return f"exesdb-broker ready frontend={frontend} backend={backend} control={control} http={http or 'none'}"

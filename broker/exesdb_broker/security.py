@@ -12,7 +12,10 @@ thread) checks the client's public key against the allowlist of that endpoint's 
 | control | ``admins`` | all three lists; each op then checks the role (:data:`OP_ROLES`) |
 
 The ZAP reply's User-Id is the key's roles (``"publishers,subscribers"``), which the control
-endpoint reads from every request. A key in no list connects to nothing. The broker's own
+endpoint reads from every request. A key in no list connects to nothing. The HTTP surface,
+in the broker's process, reaches the control endpoint over an inproc bind of the same
+socket: no handshake, no User-Id, and it is trusted as ``admins`` (only code in this process
+can reach an inproc endpoint; HTTP clients are checked by their bearer tokens instead). The broker's own
 sockets (tap, service publisher) reach the frontend and backend over ``inproc``, where libzmq
 runs no handshake, so they need no key (checked by experiment with libzmq 4.3.5).
 
@@ -35,10 +38,11 @@ from exesdb_sdk.curve import KeyPair, apply_server_keys, load_key_file
 from exesdb_sdk.endpoints import is_loopback
 from exesdb_sdk.errors import ConfigError
 from exesdb_sdk.messages import AccessViolation, Payload, SecurityAlert
+from exesdb_web.server import http_url
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from .config import BrokerConfig
+from .config import BrokerConfig, http_address
 
 __all__ = [
     "ADMINS",
@@ -98,8 +102,9 @@ _SUMMARY_INTERVAL: Final = 10.0
 
 
 def check_binds(config: BrokerConfig, secure: bool) -> list[str]:
-    """Refuse a non-loopback endpoint without CURVE unless ``allow_insecure``; return the
-    warnings to log for those allowed anyway. Raises :class:`ConfigError` (one line)."""
+    """Refuse a non-loopback endpoint (the HTTP surface's included) without CURVE unless
+    ``allow_insecure``; return the warnings to log for those allowed anyway. Raises
+    :class:`ConfigError` (one line)."""
     warnings = []
     for role in ("frontend", "backend", "control"):
         url = getattr(config, role)
@@ -111,6 +116,15 @@ def check_binds(config: BrokerConfig, secure: bool) -> list[str]:
                 "connect; set broker_key and the allow_* key directories (README: Security), or pass --allow-insecure"
             )
         warnings.append(f"insecure: {role} {url} is reachable from the network without CURVE (--allow-insecure)")
+    address = http_address(config)
+    if address is not None and not secure and not is_loopback(http_url(*address).replace("http://", "tcp://")):
+        if not config.allow_insecure:
+            raise ConfigError(
+                f"http {config.http} is not a loopback address and security is off: anyone who reaches it could "
+                "read the bus; set broker_key and the http_token_* files (README: Security), pass --http none, "
+                "or --allow-insecure"
+            )
+        warnings.append(f"insecure: http {config.http} is reachable from the network without tokens (--allow-insecure)")
     return warnings
 
 
@@ -287,7 +301,9 @@ class SecurityMonitor:
         if not self._security.enabled:
             return None
         allowed = OP_ROLES.get(op, frozenset({ADMINS}))
-        if allowed == ANY_ROLE:
+        if allowed == ANY_ROLE or user_id is None:
+            # No User-Id under CURVE: an inproc peer (ZAP grants every TCP or IPC client one). Only
+            # this process can reach the inproc endpoints (the HTTP surface's control client): trusted.
             return None
         roles = frozenset(user_id.split(",")) if user_id else frozenset()
         if roles & allowed:

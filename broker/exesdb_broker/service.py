@@ -94,6 +94,7 @@ class Service:
         extra_stats: Callable[[], dict[str, Any]],
         journal_ops: tuple[str, ...] = (),
         to_journal: Callable[[list[bytes]], None] | None = None,
+        ping_extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self._wiring = wiring
         self._book = book
@@ -110,7 +111,7 @@ class Service:
         self._remembered = 0
         self._to_journal = to_journal
         self._encoder = Encoder(src=node)
-        self._handler = ControlHandler(node, self._stats, authorize=self._authorize)
+        self._handler = ControlHandler(node, self._stats, authorize=self._authorize, ping_extra=ping_extra)
         if to_journal is not None:
             self._handler.forward(journal_ops, self._hand_to_journal)
         self.security: SecurityMonitor | None = None

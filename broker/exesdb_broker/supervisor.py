@@ -81,6 +81,10 @@ class Supervisor:
         thread = self._threads.get(name)
         return thread is not None and thread.is_alive()
 
+    def dead(self) -> list[str]:
+        """The children whose thread has ended (for good: a restart runs in the same thread)."""
+        return sorted(name for name, thread in self._threads.items() if not thread.is_alive())
+
     def healthy(self) -> bool:
         """No failure given up on, and every child's thread alive."""
         return self.failure is None and all(thread.is_alive() for thread in self._threads.values())

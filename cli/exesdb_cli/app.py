@@ -404,6 +404,61 @@ def demo(
     _run(action, on_interrupt=0)
 
 
+DASHBOARD_HELP = """Serve the broker's HTTP surface from here, for a broker elsewhere: the live dashboard
+at /, /healthz, /metrics (Prometheus), /v1/stats, /v1/stream and POST /v1/publish, the same
+application the broker serves itself (see docs/http.md). Runs in the foreground until Ctrl-C
+(status 0). Once listening it prints one line on stderr: "exesdb dashboard: serving URL/ for
+the broker at ...".
+
+A non-loopback --http needs token files (one bearer token a line): then every route but
+/healthz wants "Authorization: Bearer <token>" of a role allowed for it.
+
+Examples:
+
+  exesdb dashboard --control tcp://10.0.0.5:7102 --backend tcp://10.0.0.5:7101 --frontend tcp://10.0.0.5:7100
+
+  exesdb dashboard --http 127.0.0.1:8080 --client-key me.key_secret --server-key broker.key
+"""
+
+TokenFile = Annotated[str | None, typer.Option(help="File of bearer tokens (one a line) for this role")]
+
+
+@app.command(help=DASHBOARD_HELP)
+def dashboard(
+    frontend: Frontend = None,
+    backend: Backend = None,
+    control: Control = None,
+    http: Annotated[
+        str, typer.Option("--http", help="HOST:PORT to serve on ([::1]:PORT for IPv6, port 0 for a free one)")
+    ] = "127.0.0.1:7180",
+    client_key: ClientKey = None,
+    server_key: ServerKey = None,
+    token_file_admins: TokenFile = None,
+    token_file_subscribers: TokenFile = None,
+    token_file_publishers: TokenFile = None,
+    token_file_metrics: TokenFile = None,
+) -> None:
+    def action() -> int:
+        from .dashboard import run_dashboard
+
+        return run_dashboard(
+            frontend=frontend,
+            backend=backend,
+            control=control,
+            http=http,
+            client_key=client_key,
+            server_key=server_key,
+            token_files={
+                "admins": token_file_admins,
+                "subscribers": token_file_subscribers,
+                "publishers": token_file_publishers,
+                "metrics": token_file_metrics,
+            },
+        )
+
+    _run(action, on_interrupt=0)
+
+
 KEYGEN_HELP = """Create a CURVE key pair for the broker or a client: NAME.key (the public key, to hand
 out: an allowlist directory or the clients' --server-key) and NAME.key_secret (both keys, mode
 0600, to keep private). An existing key is never overwritten.

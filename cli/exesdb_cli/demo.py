@@ -312,7 +312,10 @@ def _run(screen: _Screen, duration: float | None, pace: float) -> int:
     with (
         tempfile.TemporaryDirectory(prefix="exesdb-demo-") as data_dir,
         Broker(
-            BrokerConfig(frontend=FREE, backend=FREE, control=FREE, metrics_interval=2.0, data_dir=data_dir)
+            # a free port for the HTTP surface as for the others: the demo runs beside any broker
+            BrokerConfig(
+                frontend=FREE, backend=FREE, control=FREE, metrics_interval=2.0, data_dir=data_dir, http="127.0.0.1:0"
+            )
         ) as broker,
     ):
         screen.say(

@@ -13,6 +13,7 @@ from aiohttp import web
 from exesdb_sdk import AsyncControlClient
 from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ExesdbError
 
+from . import auth
 from .access import BusAccess
 
 __all__ = ["ACCESS", "BUS", "COUNTERS", "SETTINGS", "Bus", "WebSettings", "create_app", "json_error"]
@@ -22,9 +23,9 @@ __all__ = ["ACCESS", "BUS", "COUNTERS", "SETTINGS", "Bus", "WebSettings", "creat
 class WebSettings:
     """What the HTTP application needs besides the way to the broker."""
 
-    tokens: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    tokens: auth.Tokens = field(default_factory=auth.Tokens)
     """Bearer tokens accepted per role (``publishers``, ``subscribers``, ``admins``, ``metrics``);
-    empty: no authentication (security off)."""
+    none: no authentication (security off). Replaced in place on reload (see :mod:`.auth`)."""
 
 
 class Bus:
@@ -91,14 +92,18 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def create_app(access: BusAccess, settings: WebSettings | None = None) -> web.Application:
     """The application for one broker."""
-    from . import api, dashboard, stream  # the route modules, each one concern
+    from . import api, dashboard, health, metrics, stream  # the route modules, each one concern
 
-    app = web.Application(middlewares=[_errors])
+    settings = settings if settings is not None else WebSettings()
+    counters: Counter[str] = Counter()
+    app = web.Application(middlewares=[_errors, auth.middleware(settings.tokens, json_error, counters)])
     app[ACCESS] = access
-    app[SETTINGS] = settings if settings is not None else WebSettings()
+    app[SETTINGS] = settings
     app[BUS] = Bus(access)
-    app[COUNTERS] = Counter()
+    app[COUNTERS] = counters
     app.cleanup_ctx.append(_lifetime)
+    app.add_routes(health.routes)
+    app.add_routes(metrics.routes)
     app.add_routes(api.routes)
     app.add_routes(stream.routes)
     app.add_routes(dashboard.routes)
