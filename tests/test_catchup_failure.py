@@ -50,6 +50,8 @@ def test_a_failed_catch_up_does_not_poison_the_asyncio_subscriber(journaled: Bro
 
 @pytest.mark.timeout(30)
 def test_the_subscribers_control_timeout_bounds_its_catch_up_requests(journaled: BrokerProcess) -> None:
-    with Subscriber(journaled.backend, control=NOWHERE, control_timeout=0.3) as sub:
-        with pytest.raises(BrokerUnavailableError, match=r"within 0\.3 s"):
-            sub.subscribe("audit", replay_from="earliest")
+    with (
+        Subscriber(journaled.backend, control=NOWHERE, control_timeout=0.3) as sub,
+        pytest.raises(BrokerUnavailableError, match=r"within 0\.3 s"),
+    ):
+        sub.subscribe("audit", replay_from="earliest")
