@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from exesdb_cli.render import STYLES, pretty
-from exesdb_sdk import Publisher
+from exesdb_sdk import ControlClient, Publisher
 from exesdb_sdk.messages import (
     AuthEvent,
     BrokerMetrics,
@@ -39,7 +39,7 @@ from exesdb_sdk.messages import (
 )
 from exesdb_sdk.protocol import Decoder, Encoder, Message
 
-from .conftest import BrokerProcess
+from .conftest import BrokerProcess, StartBroker
 
 EXESDB = str(Path(sys.executable).with_name("exesdb"))
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -280,3 +280,44 @@ def test_tail_pretty_is_coloured_when_piped(broker: BrokerProcess, clean_env: di
             tail.wait(10)
     assert "NodeHealth status=degraded" in out
     assert ANSI.search(out), repr(out)
+
+
+@pytest.mark.timeout(60)
+def test_demo_attached_runs_on_the_running_broker_and_says_where_its_dashboard_is(
+    start_broker: StartBroker, clean_env: dict[str, str]
+) -> None:
+    broker = start_broker(http=True)
+    before = _instance_counts(broker)
+    endpoints = ["--frontend", broker.frontend, "--backend", broker.backend, "--control", broker.control]
+    done = subprocess.run(
+        [EXESDB, "demo", "--duration", "2", *endpoints],
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"exesdb demo: broker frontend={broker.frontend} backend={broker.backend}" in done.stdout
+    assert f"watch it live: {broker.http}/" in done.stdout
+    after = _instance_counts(broker)
+    for instance in ("ex_esdb_health", "ex_esdb_events", "ex_esdb_alerts"):  # the demo's traffic went through it
+        assert after[instance] > before[instance], (instance, before, after)
+
+
+def test_demo_attached_to_no_broker_is_one_line(clean_env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [EXESDB, "demo", "--control", "tcp://127.0.0.1:1", "--duration", "1"],
+        env=clean_env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "exesdb: error: no broker control endpoint answered at tcp://127.0.0.1:1 within 5 s"
+    ]
+
+
+def _instance_counts(broker: BrokerProcess) -> dict[str, int]:
+    with ControlClient(broker.control) as control:
+        return {name: int(entry["messages"]) for name, entry in control.stats()["instances"].items()}

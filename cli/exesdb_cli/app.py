@@ -385,9 +385,15 @@ DEMO_HELP = """A first look: an embedded broker, realistic traffic on every inst
 metrics, alerts, lifecycle, audit, security, logs, and store events through a health-gated
 emitter pool with a flaky subscriber), tailed live in colour until Ctrl-C or --duration.
 
-Example:
+With --attach the traffic goes through the broker already running at the usual endpoints
+(EXESDB_FRONTEND/BACKEND/CONTROL, else 127.0.0.1:7100-7102, or --frontend/--backend/--control),
+so that its dashboard shows it live.
+
+Examples:
 
   exesdb demo --duration 20
+
+  exesdb demo --attach        # beside `exesdb-broker`; watch http://127.0.0.1:7180/
 """
 
 
@@ -395,11 +401,21 @@ Example:
 def demo(
     duration: Annotated[float | None, typer.Option("--duration", min=0.1, help="Stop after this many seconds")] = None,
     pace: Annotated[float, typer.Option("--pace", min=0.001, help="Seconds between synthetic events")] = 0.15,
+    attach: Annotated[
+        bool, typer.Option("--attach", help="Run on the running broker (its dashboard shows it), not an embedded one")
+    ] = False,
+    frontend: Annotated[str | None, typer.Option(help="The running broker's frontend (implies --attach)")] = None,
+    backend: Annotated[str | None, typer.Option(help="The running broker's backend (implies --attach)")] = None,
+    control: Annotated[str | None, typer.Option(help="The running broker's control (implies --attach)")] = None,
 ) -> None:
+    # Only an explicit choice runs the demo's synthetic traffic through a real broker: the
+    # EXESDB_* endpoint variables apply with --attach, they never imply it.
+    attach = attach or any(endpoint is not None for endpoint in (frontend, backend, control))
+
     def action() -> int:
         from .demo import run_demo
 
-        return run_demo(duration=duration, pace=pace)
+        return run_demo(duration=duration, pace=pace, attach=(frontend, backend, control) if attach else None)
 
     _run(action, on_interrupt=0)
 

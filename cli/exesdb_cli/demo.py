@@ -22,12 +22,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from exesdb_broker import Broker, BrokerConfig
 from exesdb_sdk import ControlClient, ExesdbError, Message, Publisher, ReceiveTimeoutError, Subscriber
 from exesdb_sdk import broadcast as bus
+from exesdb_sdk.endpoints import (
+    DEFAULT_BACKEND,
+    DEFAULT_CONTROL,
+    DEFAULT_FRONTEND,
+    ENV_BACKEND,
+    ENV_CONTROL,
+    ENV_FRONTEND,
+    resolve_endpoint,
+)
 from exesdb_sdk.health import EmitterPool, EmitterWorker, HealthConfig, SubscriptionHealthTracker
 from exesdb_sdk.messages import ClusterHealth, NodeHealth
 from exesdb_sdk.observe import ObservabilityHandler, emit
@@ -37,6 +46,9 @@ from .render import make_console, pretty
 __all__ = ["run_demo"]
 
 FREE: Final = "tcp://127.0.0.1:*"
+ATTACH_TIMEOUT: Final = 5.0
+"""Seconds ``--attach`` waits for the broker to answer."""
+Endpoints = tuple[str | None, str | None, str | None]
 NODES: Final = ("node1", "node2", "node3")
 STORE: Final = "orders"
 FLAKY: Final = f"{STORE}:projection"
@@ -266,8 +278,12 @@ def _not_heard(record: logging.LogRecord) -> bool:
     return not (heard and getattr(record, "category", None) in ("health", "action"))
 
 
-def run_demo(*, duration: float | None, pace: float) -> int:
-    """Run until ``duration`` seconds pass (or Ctrl-C), then print what happened; return 0."""
+def run_demo(*, duration: float | None, pace: float, attach: Endpoints | None = None) -> int:
+    """Run until ``duration`` seconds pass (or Ctrl-C), then print what happened; return 0.
+
+    With ``attach`` (frontend, backend, control; ``None`` each for the usual default), the
+    traffic goes through that running broker (and shows on its dashboard) instead of an
+    embedded one."""
     screen = _Screen()
     # On the root logger, for the SDK's lines and any other: none ends up with Python's
     # last-resort handler (plain text on stderr, INFO lines lost).
@@ -277,7 +293,7 @@ def run_demo(*, duration: float | None, pace: float) -> int:
     root.setLevel(logging.INFO)
     broker_log.setLevel(logging.WARNING)  # its start and stop lines are not the story; its warnings are
     try:
-        return _run(screen, duration, pace)
+        return _run(screen, duration, pace, attach)
     finally:
         root.removeHandler(screen.handler)
         screen.handler.close()
@@ -285,7 +301,7 @@ def run_demo(*, duration: float | None, pace: float) -> int:
         broker_log.setLevel(levels[1])
 
 
-def _run(screen: _Screen, duration: float | None, pace: float) -> int:
+def _run(screen: _Screen, duration: float | None, pace: float, attach: Endpoints | None) -> int:
     projection = _Projection()
     received = heartbeats = 0
 
@@ -308,29 +324,17 @@ def _run(screen: _Screen, duration: float | None, pace: float) -> int:
             show(sub.recv(seconds))
         projection.poll()
 
-    # Its own journal directory: the demo's traffic never lands in a real broker's journal.
-    with (
-        tempfile.TemporaryDirectory(prefix="exesdb-demo-") as data_dir,
-        Broker(
-            # a free port for the HTTP surface as for the others: the demo runs beside any broker
-            BrokerConfig(
-                frontend=FREE, backend=FREE, control=FREE, metrics_interval=2.0, data_dir=data_dir, http="127.0.0.1:0"
-            )
-        ) as broker,
-    ):
-        screen.say(
-            f"exesdb demo: broker frontend={broker.frontend} backend={broker.backend} control={broker.control}",
-            "bold",
-        )
-        where = _where_to_look(broker.control)
+    with _bus(attach) as (frontend, backend, control):
+        screen.say(f"exesdb demo: broker frontend={frontend} backend={backend} control={control}", "bold")
+        where = _where_to_look(control)
         if where is not None:
             screen.say(where, "bold")
         started = time.monotonic()
         with (
-            Subscriber(broker.backend) as sub,
-            SubscriptionHealthTracker(STORE, config=CONFIG, frontend=broker.frontend, backend=broker.backend),
-            EmitterPool(config=CONFIG, frontend=broker.frontend, backend=broker.backend) as pool,
-            Publisher(broker.frontend) as pub,
+            Subscriber(backend) as sub,
+            SubscriptionHealthTracker(STORE, config=CONFIG, frontend=frontend, backend=backend),
+            EmitterPool(config=CONFIG, frontend=frontend, backend=backend) as pool,
+            Publisher(frontend) as pub,
         ):
             sub.subscribe()
             projection.worker = pool.add(STORE, "$all", projection.project, subscription=FLAKY)
@@ -356,6 +360,30 @@ def _run(screen: _Screen, duration: float | None, pace: float) -> int:
         elapsed = time.monotonic() - started
     _summary(screen, elapsed, traffic, received, heartbeats, projection, workers)
     return 0
+
+
+@contextlib.contextmanager
+def _bus(attach: Endpoints | None) -> Iterator[tuple[str, str, str]]:
+    """The endpoints of the broker the demo runs on: ``attach``'s, checked to answer, or an
+    embedded broker's with a journal of its own (the demo's traffic never lands in a real
+    broker's journal) and its HTTP surface on a free port (it runs beside any broker)."""
+    if attach is not None:
+        frontend = resolve_endpoint(attach[0], ENV_FRONTEND, DEFAULT_FRONTEND, "frontend")
+        backend = resolve_endpoint(attach[1], ENV_BACKEND, DEFAULT_BACKEND, "backend")
+        control = resolve_endpoint(attach[2], ENV_CONTROL, DEFAULT_CONTROL, "control")
+        with ControlClient(control, timeout=ATTACH_TIMEOUT) as client:
+            client.ping()  # no broker there: one line, before any traffic starts
+        yield frontend, backend, control
+        return
+    with (
+        tempfile.TemporaryDirectory(prefix="exesdb-demo-") as data_dir,
+        Broker(
+            BrokerConfig(
+                frontend=FREE, backend=FREE, control=FREE, metrics_interval=2.0, data_dir=data_dir, http="127.0.0.1:0"
+            )
+        ) as broker,
+    ):
+        yield broker.frontend, broker.backend, broker.control
 
 
 def watch_line(ping: Mapping[str, Any]) -> str | None:
