@@ -12,6 +12,7 @@ from typing import Any, Final
 from aiohttp import web
 from exesdb_sdk import AsyncControlClient
 from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ExesdbError
+from exesdb_sdk.protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 from .access import BusAccess
 
@@ -25,6 +26,12 @@ class WebSettings:
     tokens: Mapping[str, frozenset[str]] = field(default_factory=dict)
     """Bearer tokens accepted per role (``publishers``, ``subscribers``, ``admins``, ``metrics``);
     empty: no authentication (security off)."""
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    """The broker's limit: a ``POST /v1/publish`` body or message over it is refused (413)."""
+    sse_queue: int = 1000
+    """Messages a ``/v1/stream`` subscriber queues (its RCVHWM); beyond, the broker drops for it."""
+    sse_write_timeout: float = 10.0
+    """Seconds a stream's write may stay blocked (the client stopped reading) before it is cut off."""
 
 
 class Bus:
@@ -91,7 +98,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def create_app(access: BusAccess, settings: WebSettings | None = None) -> web.Application:
     """The application for one broker."""
-    from . import api, stream  # the route modules, each one concern
+    from . import api, publish, stream  # the route modules, each one concern
 
     app = web.Application(middlewares=[_errors])
     app[ACCESS] = access
@@ -100,7 +107,8 @@ def create_app(access: BusAccess, settings: WebSettings | None = None) -> web.Ap
     app[COUNTERS] = Counter()
     app.cleanup_ctx.append(_lifetime)
     app.add_routes(api.routes)
-    app.add_routes(stream.routes)
+    stream.install(app)
+    publish.install(app)
     return app
 
 
