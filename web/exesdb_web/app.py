@@ -32,6 +32,8 @@ class WebSettings:
     """Messages a ``/v1/stream`` subscriber queues (its RCVHWM); beyond, the broker drops for it."""
     sse_write_timeout: float = 10.0
     """Seconds a stream's write may stay blocked (the client stopped reading) before it is cut off."""
+    sse_keepalive: float = 15.0
+    """Seconds of silence after which a stream sends a comment (and looks for journal gap markers)."""
 
 
 class Bus:

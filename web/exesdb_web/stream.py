@@ -48,8 +48,6 @@ log = logging.getLogger("exesdb.web.stream")
 
 routes = web.RouteTableDef()
 
-KEEPALIVE: Final = 15.0
-"""Seconds of silence after which a comment line keeps proxies and browsers from timing out."""
 MAX_SUBSCRIPTIONS: Final = 64
 """``instance`` and ``topic`` parameters one stream may have."""
 _POLL: Final = 1.0
@@ -174,6 +172,7 @@ class _Stream:
     response: web.StreamResponse
     counters: Counter[str]
     write_timeout: float
+    keepalive: float
     follows: dict[Instance, _Follow] = field(default_factory=dict)
     missed: Counter[Instance] = field(default_factory=Counter)
     """Live messages lost before the next live event, per instance (from sequence gaps)."""
@@ -345,7 +344,7 @@ class _Stream:
         while True:
             try:
                 # doorbells come in bursts: read what is there before asking the journal
-                message = await subscriber.recv(0 if (rung or self.out) else _POLL)
+                message = await subscriber.recv(0 if (rung or self.out) else min(_POLL, self.keepalive))
             except ReceiveTimeoutError:
                 if rung:
                     await self.follow_rung(rung)
@@ -354,7 +353,9 @@ class _Stream:
                 else:
                     if self.gone():
                         raise _CutOff from None
-                    if time.monotonic() - self.last_write >= KEEPALIVE:
+                    if time.monotonic() - self.last_write >= self.keepalive:
+                        # a gap marker rings no doorbell (nor a record a narrow topic leaves out)
+                        rung.update(follows)
                         self.out.append(b": keepalive\n\n")
                         await self.flush()
                 read = 0
@@ -410,7 +411,9 @@ async def stream(request: web.Request) -> web.StreamResponse:
     app = request.app
     settings, counters = app[SETTINGS], app[COUNTERS]
     response = web.StreamResponse(headers=_HEADERS)
-    stream = _Stream(request, response, counters, settings.sse_write_timeout, task=asyncio.current_task())
+    stream = _Stream(
+        request, response, counters, settings.sse_write_timeout, settings.sse_keepalive, task=asyncio.current_task()
+    )
     subscriber = stream.subscriber = app[ACCESS].subscriber(hwm=settings.sse_queue, typed=False, on_gap=stream.on_gap)
     streams = app[_STREAMS]
     try:
