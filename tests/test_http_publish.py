@@ -9,6 +9,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,16 @@ from exesdb_sdk import ControlClient, Subscriber
 from exesdb_web import WebSettings
 
 from .conftest import BrokerProcess, Lines, wait_until
-from .test_http_stream import serve as _serve  # noqa: F401 - the fixture, as `serve`
+from .test_http_stream import serving
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 NODE = {"node": "n1", "status": "healthy"}
+
+
+@pytest.fixture
+def serve(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """``serve(broker, settings)``: the broker's HTTP application, served from a thread."""
+    yield from serving(monkeypatch)
 
 
 def _messages(broker: BrokerProcess) -> dict[str, int]:
@@ -172,7 +179,7 @@ def test_readme_curl_examples_stream_and_publish(broker: BrokerProcess, serve: A
         [*real(stream_cmd), "--silent", "--max-time", "30"],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
@@ -185,7 +192,8 @@ def test_readme_curl_examples_stream_and_publish(broker: BrokerProcess, serve: A
         assert out.wait(r"^data: ", 15), "\n".join(out.lines)
     finally:
         stream.terminate()
-        stream.communicate(timeout=10)
+        stream.wait(timeout=10)
+    out.join()
     assert out.lines[: len(printed) - 1] == printed[:-1]  # the comment and the ids, exactly
     shown, got = json.loads(printed[-1][len("data: ") :]), json.loads(out.lines[len(printed) - 1][len("data: ") :])
     for key in ("topic", "instance", "type", "seq", "corr", "data"):
