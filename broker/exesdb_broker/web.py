@@ -68,7 +68,13 @@ class HttpSurface:
         )
         host, port = self.address
         sock, self._sock = self._sock, None
-        self.server = WebServer(access, host, port, WebSettings(tokens=self.tokens), sock=sock)
+        self.server = WebServer(
+            access,
+            host,
+            port,
+            WebSettings(tokens=self.tokens, max_message_size=self.config.max_message_size),
+            sock=sock,
+        )
         if self.tokens.required:
             counts = " ".join(f"{role}={n}" for role, n in self.tokens.counts().items())
             log.info("http: bearer tokens required; tokens %s", counts)

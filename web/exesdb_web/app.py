@@ -12,6 +12,7 @@ from typing import Any, Final
 from aiohttp import web
 from exesdb_sdk import AsyncControlClient
 from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ExesdbError
+from exesdb_sdk.protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 from . import auth
 from .access import BusAccess
@@ -26,6 +27,14 @@ class WebSettings:
     tokens: auth.Tokens = field(default_factory=auth.Tokens)
     """Bearer tokens accepted per role (``publishers``, ``subscribers``, ``admins``, ``metrics``);
     none: no authentication (security off). Replaced in place on reload (see :mod:`.auth`)."""
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    """The broker's limit: a ``POST /v1/publish`` body or message over it is refused (413)."""
+    sse_queue: int = 1000
+    """Messages a ``/v1/stream`` subscriber queues (its RCVHWM); beyond, the broker drops for it."""
+    sse_write_timeout: float = 10.0
+    """Seconds a stream's write may stay blocked (the client stopped reading) before it is cut off."""
+    sse_keepalive: float = 15.0
+    """Seconds of silence after which a stream sends a comment (and looks for journal gap markers)."""
 
 
 class Bus:
@@ -92,7 +101,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def create_app(access: BusAccess, settings: WebSettings | None = None) -> web.Application:
     """The application for one broker."""
-    from . import api, dashboard, health, metrics, stream  # the route modules, each one concern
+    from . import api, dashboard, health, metrics, publish, stream  # the route modules, each one concern
 
     settings = settings if settings is not None else WebSettings()
     counters: Counter[str] = Counter()
@@ -105,7 +114,8 @@ def create_app(access: BusAccess, settings: WebSettings | None = None) -> web.Ap
     app.add_routes(health.routes)
     app.add_routes(metrics.routes)
     app.add_routes(api.routes)
-    app.add_routes(stream.routes)
+    stream.install(app)
+    publish.install(app)
     app.add_routes(dashboard.routes)
     return app
 

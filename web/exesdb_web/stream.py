@@ -3,64 +3,455 @@
 
 Query: ``instance`` (repeatable; a name or alias: the whole instance) and ``topic`` (repeatable;
 ``<instance>/<sub-topic prefix or glob>``); neither: every instance.
+
+A journaled instance is followed through the broker's journal, so that every event carries
+its broker sequence number in the SSE ``id`` and a client that reconnects with
+``Last-Event-ID`` resumes with no gap and no duplicate. A live subscription to it serves as
+the doorbell: each wake-up fetches the next ``replay`` page from the stream's cursor (the
+broker first records everything it has forwarded), so latency stays that of one control
+round trip. Live-only instances are delivered as they arrive, at most once, with no ``id``.
+
+Bounds: the stream's subscriber queues at most ``WebSettings.sse_queue`` messages (beyond
+that the broker drops for it: the client gets an ``event: gap``), a journal is read one page
+at a time and only when the client has taken the previous one, the transport buffers at most
+about 128 KiB, and a client whose writes stay blocked for ``WebSettings.sse_write_timeout``
+seconds is cut off. See docs/http.md for the format.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fnmatch
 import json
+import logging
+import re
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from aiohttp import web
-from exesdb_sdk import Instance
-from exesdb_sdk.errors import ExesdbError, ReceiveTimeoutError
+from exesdb_sdk import AsyncControlClient, AsyncSubscriber, Instance, Message
+from exesdb_sdk.durable import DEFAULT_PAGE, JOURNAL_GAP_TOPIC, journal_gap
+from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ExesdbError, ReceiveTimeoutError
 from exesdb_sdk.jsonview import message_json
+from exesdb_sdk.protocol import MAX_INT, MAX_SUBTOPIC_BYTES
+from exesdb_sdk.subscriber import SubscriberCore, literal_prefix
 
-from .app import ACCESS
+from .app import ACCESS, COUNTERS, SETTINGS
 
-__all__ = ["routes", "stream_subscriptions"]
+__all__ = ["MAX_SUBSCRIPTIONS", "format_cursor", "install", "parse_cursor", "routes", "stream_subscriptions"]
+
+log = logging.getLogger("exesdb.web.stream")
 
 routes = web.RouteTableDef()
 
-_KEEPALIVE = 15.0
-"""Seconds of silence after which a comment line keeps proxies and browsers from timing out."""
+MAX_SUBSCRIPTIONS: Final = 64
+"""``instance`` and ``topic`` parameters one stream may have."""
+_POLL: Final = 1.0
+"""How often an idle stream looks whether its client is still there (aiohttp does not cancel
+a handler whose client went away; its next write would fail, but an idle stream writes none)."""
+_BURST: Final = 256
+"""Messages read from the subscriber before the journals and the client get their turn."""
+_PAGES: Final = 8
+"""Journal pages per instance and round before live messages get their turn again."""
+_FLUSH_BYTES: Final = 16_384
+"""Events are written in chunks of about this many bytes (one write per event costs more)."""
+_CONTROL_TIMEOUT: Final = 5.0
+"""A ``replay`` waits for the broker's journal to record what it forwarded (up to 3 s)."""
+_LAST_EVENT_ID_CHARS: Final = 2048
+_CURSOR_PART: Final = re.compile(r"([a-z_]{1,32}):([0-9]{1,19})(?:\.([0-9]{1,9}))?")
+_PARAMS: Final = frozenset({"instance", "topic"})
+_HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
-def stream_subscriptions(query: web.Request) -> list[tuple[Instance | None, str]]:
-    """The (instance, sub-topic pattern) pairs a stream request asks for; raises
-    :class:`~aiohttp.web.HTTPBadRequest` naming a bad one."""
-    wanted: list[tuple[Instance | None, str]] = []
+def stream_subscriptions(request: web.Request) -> list[tuple[Instance, str]]:
+    """The (instance, sub-topic pattern) pairs a stream request asks for, every instance when
+    it names none; raises :class:`~aiohttp.web.HTTPBadRequest` naming a bad one."""
+    query = request.query
+    unknown = sorted(set(query) - _PARAMS)
+    if unknown:
+        raise web.HTTPBadRequest(text=f"unknown query parameter {unknown[0]!r} (expected instance, topic)")
+    names, topics = query.getall("instance", []), query.getall("topic", [])
+    if len(names) + len(topics) > MAX_SUBSCRIPTIONS:
+        raise web.HTTPBadRequest(text=f"at most {MAX_SUBSCRIPTIONS} instance and topic parameters per stream")
+    wanted: list[tuple[Instance, str]] = []
     try:
-        for name in query.query.getall("instance", []):
+        for name in names:
             wanted.append((Instance.resolve(name), ""))
-        for topic in query.query.getall("topic", []):
+        for topic in topics:
             head, sep, rest = topic.partition("/")
             if not sep:
                 raise ExesdbError(f"topic {topic!r} needs '<instance>/' before the sub-topic")
+            if len(rest.encode()) > MAX_SUBTOPIC_BYTES:
+                raise ExesdbError(f"topic {topic[:40]!r}...: sub-topic over {MAX_SUBTOPIC_BYTES} bytes")
             wanted.append((Instance.resolve(head), rest))
     except ExesdbError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
-    return wanted or [(None, "")]
+    return wanted or [(instance, "") for instance in Instance]
+
+
+Cursor = dict[Instance, tuple[int, int]]
+"""Per journaled instance: a broker sequence number and how many envelopes of that record
+were delivered (0: all of it; more only inside a batch)."""
+
+
+def parse_cursor(text: str) -> Cursor:
+    """A ``Last-Event-ID`` as this stream writes it: ``<instance>:<seq>[.<envelopes>]`` joined
+    by commas; raises :class:`ValueError` with the reason."""
+    if len(text) > _LAST_EVENT_ID_CHARS:
+        raise ValueError(f"Last-Event-ID is over {_LAST_EVENT_ID_CHARS} characters")
+    cursor: Cursor = {}
+    for part in text.split(","):
+        match = _CURSOR_PART.fullmatch(part.strip())
+        if match is None:
+            raise ValueError(f"Last-Event-ID part {part[:40]!r} is not <instance>:<broker seq>")
+        try:
+            instance = Instance.resolve(match[1])
+        except ExesdbError as exc:
+            raise ValueError(f"Last-Event-ID: {exc}") from None
+        seq, within = int(match[2]), int(match[3] or 0)
+        if seq > MAX_INT:
+            raise ValueError(f"Last-Event-ID: {instance.value} sequence {seq} is over {MAX_INT}")
+        if instance in cursor:
+            raise ValueError(f"Last-Event-ID names {instance.value} twice")
+        cursor[instance] = (seq, within)
+    return cursor
+
+
+def format_cursor(cursor: Mapping[Instance, tuple[int, int]]) -> str:
+    """The SSE ``id`` for ``cursor`` (the inverse of :func:`parse_cursor`)."""
+    return ",".join(
+        f"{instance.value}:{seq}.{within}" if within else f"{instance.value}:{seq}"
+        for instance, (seq, within) in cursor.items()
+    )
+
+
+def _matcher(instance: Instance, patterns: list[str]) -> re.Pattern[str]:
+    """Topics of ``instance`` that one of ``patterns`` wants: a plain prefix, or a glob
+    (``*``, ``?``, ``[..]``) matching the whole sub-topic, as the SDK's subscribe does."""
+    parts = [
+        re.escape(instance.prefix) + (fnmatch.translate(p) if literal_prefix(p) != p else re.escape(p))
+        for p in patterns
+    ]
+    return re.compile("|".join(f"(?:{part})" for part in parts), re.DOTALL)
+
+
+def _common_prefix(patterns: list[str]) -> str:
+    literal = [literal_prefix(p) for p in patterns]
+    shortest = min(literal, key=len)
+    for index, char in enumerate(shortest):
+        if any(other[index] != char for other in literal):
+            return shortest[:index]
+    return shortest
+
+
+@dataclass(slots=True)
+class _Follow:
+    """One journaled instance a stream follows: its cursor and what it wants of the journal."""
+
+    instance: Instance
+    prefix: str
+    wants: re.Pattern[str]
+    seq: int = 0
+    within: int = 0
+    head: int = 0
+    """The journal's head when the stream opened: records up to it are ``replayed``."""
+
+
+class _CutOff(Exception):
+    """The stream ends: the client went away, was cut off, or the stream was stopped."""
+
+
+@dataclass(slots=True, eq=False)
+class _Stream:
+    request: web.Request
+    response: web.StreamResponse
+    counters: Counter[str]
+    write_timeout: float
+    keepalive: float
+    follows: dict[Instance, _Follow] = field(default_factory=dict)
+    missed: Counter[Instance] = field(default_factory=Counter)
+    """Live messages lost before the next live event, per instance (from sequence gaps)."""
+    subscriber: AsyncSubscriber | None = None
+    control: AsyncControlClient | None = None
+    out: list[bytes] = field(default_factory=list)
+    out_bytes: int = 0
+    last_write: float = field(default_factory=time.monotonic)
+    journal: SubscriberCore = field(default_factory=lambda: SubscriberCore(None, None, typed=False))
+    stopping: bool = False
+    task: asyncio.Task[Any] | None = None
+
+    def on_gap(self, message: Message, missed: int) -> None:
+        """Messages the broker dropped for this stream's subscriber (or its publisher lost)."""
+        if message.instance not in self.follows:  # a journaled instance's doorbell: the journal has them
+            self.missed[message.instance] += missed
+
+    def cursor_id(self) -> str:
+        return format_cursor({f.instance: (f.seq, f.within) for f in self.follows.values()})
+
+    def emit(self, data: str, *, event: str | None = None, event_id: str | None = None) -> None:
+        head = (f"event: {event}\n" if event else "") + (f"id: {event_id}\n" if event_id is not None else "")
+        chunk = f"{head}data: {data}\n\n".encode()
+        self.out.append(chunk)
+        self.out_bytes += len(chunk)
+
+    def emit_gap(self, gap: Mapping[str, Any], event_id: str | None = None) -> None:
+        self.counters["sse_gaps"] += 1
+        self.counters["sse_missed"] += int(gap.get("missed", 0))
+        self.emit(_JSON.encode(gap), event="gap", event_id=event_id)
+
+    def emit_live(self, message: Message) -> None:
+        if self.missed:
+            for instance, missed in self.missed.items():
+                self.emit_gap({"instance": instance.value, "missed": missed, "reason": "sequence"})
+            self.missed.clear()
+        self.counters["sse_events"] += 1
+        self.emit(_JSON.encode(message_json(message)))
+
+    async def flush(self) -> None:
+        """Write what is queued; cut the client off when the write stays blocked too long."""
+        if not self.out:
+            return
+        chunk = b"".join(self.out)
+        self.out.clear()
+        self.out_bytes = 0
+        try:
+            await asyncio.wait_for(self.response.write(chunk), self.write_timeout)
+        except TimeoutError:
+            self.counters["sse_cut_off"] += 1
+            peer = self.request.remote
+            log.warning("cut off stream client %s: its writes were blocked for %.1f s", peer, self.write_timeout)
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()  # close() would wait to flush to a client that does not read
+            raise _CutOff from None
+        except ConnectionError:
+            raise _CutOff from None
+        self.last_write = time.monotonic()
+
+    def gone(self) -> bool:
+        transport = self.request.transport
+        return transport is None or transport.is_closing()
+
+    async def open_journals(self, wanted: list[tuple[Instance, str]], resume: Cursor | None) -> None:
+        """Find which wanted instances the broker journals and where their journals stand; a
+        resumed cursor must name exactly those and lie within them (else ``HTTPBadRequest``)."""
+        assert self.control is not None
+        stats = await self.control.request("stats", timeout=_CONTROL_TIMEOUT)
+        journal = stats.get("journal")
+        journaled: set[str] = set()
+        if isinstance(journal, dict) and journal.get("state") == "ok" and isinstance(journal.get("instances"), list):
+            journaled = {name for name in journal["instances"] if isinstance(name, str)}
+        patterns: dict[Instance, list[str]] = {}
+        for instance, pattern in wanted:
+            if instance.value in journaled:
+                patterns.setdefault(instance, []).append(pattern)
+        for instance in sorted(patterns, key=list(Instance).index):
+            try:
+                # from_seq past any record: an empty page whose "last" is the head, once the
+                # journal has recorded everything forwarded before it (this stream's live
+                # subscription was confirmed before: from here on the doorbell rings)
+                reply = await self.control.request(
+                    "replay", {"instance": instance.value, "from_seq": MAX_INT, "limit": 1}, timeout=_CONTROL_TIMEOUT
+                )
+            except ControlError as exc:
+                log.info("stream: %s live only: %s", instance.value, exc.message)
+                continue
+            head = reply.get("last")
+            if type(head) is not int:
+                continue
+            mine = patterns[instance]
+            self.follows[instance] = _Follow(instance, _common_prefix(mine), _matcher(instance, mine), head, 0, head)
+        if resume is None:
+            return
+        for instance, (seq, within) in resume.items():
+            follow = self.follows.get(instance)
+            if follow is None:
+                followed = ", ".join(self.follows) or "none"
+                raise web.HTTPBadRequest(
+                    text=f"Last-Event-ID names {instance.value}, which this stream does not follow "
+                    f"from the journal (journaled here: {followed})"
+                )
+            if seq > follow.head:
+                raise web.HTTPBadRequest(
+                    text=f"Last-Event-ID {instance.value}:{seq} is past the journal's head {follow.head}"
+                )
+            follow.seq, follow.within = seq, within
+
+    async def follow(self, follow: _Follow) -> bool:
+        """Deliver what the journal holds past the cursor, at most :data:`_PAGES` pages;
+        return whether more is left."""
+        assert self.control is not None
+        sync = True
+        for _ in range(_PAGES):
+            start = follow.seq if follow.within else follow.seq + 1
+            args = {"instance": follow.instance.value, "prefix": follow.prefix, "from_seq": start}
+            args.update(limit=DEFAULT_PAGE, sync=sync)
+            reply = await self.control.request("replay", args, timeout=_CONTROL_TIMEOUT)
+            sync = False  # the first page waited for the journal to record what was forwarded
+            self.take_page(follow, start, reply)
+            await self.flush()
+            if not reply.get("more"):
+                return False
+        return True
+
+    def take_page(self, follow: _Follow, start: int, reply: Mapping[str, Any]) -> None:
+        records, following, first = reply.get("records"), reply.get("next"), reply.get("first")
+        if not isinstance(records, list) or type(following) is not int:
+            raise ControlError("bad_reply", "replay reply without 'records' and 'next'")
+        if type(first) is int and first > start:
+            # the journal's retention removed records the client has not had
+            self.emit_gap({"instance": follow.instance.value, "missed": first - start, "reason": "retention"})
+            follow.seq, follow.within = first - 1, 0
+        for record in records:
+            if not isinstance(record, list) or len(record) < 4 or type(record[0]) is not int:
+                continue
+            seq, topic, body = record[0], record[2], record[3]
+            if not isinstance(topic, str) or not isinstance(body, bytes):
+                continue
+            if seq < follow.seq or (seq == follow.seq and not follow.within):
+                continue  # delivered already
+            if topic == JOURNAL_GAP_TOPIC:
+                gap = journal_gap(body)
+                follow.seq, follow.within = seq, 0
+                if gap is not None:
+                    self.emit_gap(gap, event_id=self.cursor_id())
+                continue
+            skip = follow.within if seq == follow.seq else 0
+            wanted = follow.wants.match(topic) is not None
+            messages = self.journal.take([topic.encode(), body], replayed=seq <= follow.head) if wanted else []
+            follow.seq, follow.within = seq, 0
+            for index in range(skip, len(messages)):
+                if index < len(messages) - 1:
+                    follow.within = index + 1  # inside a batch: a reconnect resumes after this envelope
+                else:
+                    follow.within = 0
+                self.counters["sse_events"] += 1
+                self.emit(_JSON.encode(message_json(messages[index])), event_id=self.cursor_id())
+        if not follow.within and following - 1 > follow.seq:
+            follow.seq = following - 1  # records the prefix left out: nothing to resend
+
+    async def run(self) -> None:
+        """Deliver until the client goes away or is cut off."""
+        subscriber, follows = self.subscriber, self.follows
+        assert subscriber is not None
+        rung: set[Instance] = set(follows)  # at once: a resumed stream has catching up to do
+        read = 0
+        while True:
+            try:
+                # doorbells come in bursts: read what is there before asking the journal
+                message = await subscriber.recv(0 if (rung or self.out) else min(_POLL, self.keepalive))
+            except ReceiveTimeoutError:
+                if rung:
+                    await self.follow_rung(rung)
+                elif self.out:
+                    await self.flush()
+                else:
+                    if self.gone():
+                        raise _CutOff from None
+                    if time.monotonic() - self.last_write >= self.keepalive:
+                        # a gap marker rings no doorbell (nor a record a narrow topic leaves out)
+                        rung.update(follows)
+                        self.out.append(b": keepalive\n\n")
+                        await self.flush()
+                read = 0
+                continue
+            read += 1
+            if message.instance in follows:
+                rung.add(message.instance)
+            else:
+                self.emit_live(message)
+            if read >= _BURST:
+                await self.follow_rung(rung)
+                await self.flush()
+                read = 0
+            elif self.out_bytes >= _FLUSH_BYTES:
+                await self.flush()
+
+    async def follow_rung(self, rung: set[Instance]) -> None:
+        for instance in sorted(rung, key=list(Instance).index):
+            if not await self.follow(self.follows[instance]):
+                rung.discard(instance)
+
+
+_STREAMS: Final = web.AppKey("streams", set[_Stream])
+
+
+def install(app: web.Application) -> None:
+    """Add the stream route to ``app``, and end open streams when it shuts down."""
+    app[_STREAMS] = set()
+    app.add_routes(routes)
+    app.on_shutdown.append(_end_streams)
+
+
+async def _end_streams(app: web.Application) -> None:
+    streams: set[_Stream] = app[_STREAMS]
+    for stream in list(streams):
+        stream.stopping = True
+        if stream.task is not None:
+            stream.task.cancel()
 
 
 @routes.get("/v1/stream")
 async def stream(request: web.Request) -> web.StreamResponse:
-    """Live messages as they arrive, until the client goes away."""
+    """Messages as they arrive (journaled instances from the journal, with ids), until the
+    client goes away."""
     wanted = stream_subscriptions(request)
-    subscriber = request.app[ACCESS].subscriber()
+    resume: Cursor | None = None
+    last_id = request.headers.get("Last-Event-ID")
+    if last_id is not None and last_id.strip():
+        try:
+            resume = parse_cursor(last_id)
+        except ValueError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+    app = request.app
+    settings, counters = app[SETTINGS], app[COUNTERS]
+    response = web.StreamResponse(headers=_HEADERS)
+    stream = _Stream(
+        request, response, counters, settings.sse_write_timeout, settings.sse_keepalive, task=asyncio.current_task()
+    )
+    subscriber = stream.subscriber = app[ACCESS].subscriber(hwm=settings.sse_queue, typed=False, on_gap=stream.on_gap)
+    streams = app[_STREAMS]
     try:
-        for instance, prefix in wanted:
-            await subscriber.subscribe(instance, prefix)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
+        for instance, pattern in wanted:
+            await subscriber.subscribe(instance, pattern, wait=False)
+        await subscriber.wait_ready()
+        stream.control = app[ACCESS].control_client(timeout=_CONTROL_TIMEOUT)
+        await stream.open_journals(wanted, resume)
         await response.prepare(request)
-        await response.write(b": exesdb stream\n\n")
-        while True:
-            try:
-                message = await subscriber.recv(_KEEPALIVE)
-            except ReceiveTimeoutError:
-                await response.write(b": keepalive\n\n")
-                continue
-            data = json.dumps(message_json(message), ensure_ascii=False, separators=(",", ":"))
-            await response.write(f"data: {data}\n\n".encode())
+        counters["sse_streams_opened"] += 1
+        if resume is not None:
+            counters["sse_resumed"] += 1
+        streams.add(stream)
+        stream.out.append(b": exesdb stream\n\n")
+        if stream.follows:
+            # an id-only block: the client's Last-Event-ID from the start, without an event
+            stream.out.append(f"id: {stream.cursor_id()}\n\n".encode())
+        try:
+            await stream.flush()
+            await stream.run()
+        except _CutOff:
+            pass
+        except asyncio.CancelledError:
+            if not stream.stopping or stream.task is None:
+                raise
+            stream.task.uncancel()  # the server is shutting down (_end_streams): end the stream cleanly
+        except (ControlError, BrokerUnavailableError) as exc:
+            # the journal or the broker stopped answering: say so; the client's reconnect resumes
+            code = exc.code if isinstance(exc, ControlError) else "broker_unavailable"
+            stream.out.clear()
+            stream.emit(_JSON.encode({"code": code, "message": str(exc)}), event="error")
+            with contextlib.suppress(_CutOff):
+                await stream.flush()
+        finally:
+            counters["sse_streams_closed"] += 1
+        return response
     finally:
+        streams.discard(stream)
         await subscriber.aclose()
+        if stream.control is not None:
+            await stream.control.aclose()
