@@ -387,3 +387,63 @@ def test_journal_gap_markers_become_gap_events(start_broker: StartBroker, serve:
     assert 1 <= gap.data["missed"] <= journal["dropped_by_instance"]["ex_esdb_alerts"]
     assert int(gap.id.split(":")[1]) <= journal["heads"]["ex_esdb_alerts"]  # the marker's broker sequence
     assert served.counters["sse_gaps"] >= 1 and served.counters["sse_missed"] >= gap.data["missed"]
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_over_its_rate_sheds_in_the_broker_and_counts_every_loss(start_broker: StartBroker) -> None:
+    # the broker's own HTTP surface (inproc, no TCP buffers between it and the stream), which
+    # delivers at most 500 events a second per stream and queues 100 + 1,000 for it
+    broker = start_broker("--hwm", "100", "--http-stream-rate", "500", http=True)
+    assert broker.http is not None
+    seen: list[Event] = []
+    last_seq = threading.Event()
+    flood, sentinel = 8000, {"n": 0}
+
+    def read(response: httpx.Response) -> None:
+        events = Events(response)
+        end = time.monotonic() + 45
+        while not last_seq.is_set():
+            event = events.next(end)
+            if event is None:
+                return
+            seen.append(event)
+            if event.event == "message" and event.data["data"].get("sentinel"):
+                last_seq.set()
+
+    with (
+        httpx.Client(base_url=broker.http, timeout=httpx.Timeout(10.0, read=15.0)) as http,
+        http.stream("GET", "/v1/stream", params={"topic": "diagnostics/flood"}) as response,
+        Publisher(broker.frontend) as pub,
+    ):
+        assert response.status_code == 200
+        reader = threading.Thread(target=read, args=(response,), daemon=True)
+        reader.start()
+        # 4,000 a second for 2 s: an unlimited stream keeps up with it (it delivers tens of
+        # thousands a second), one limited to 500 a second sheds most of it
+        for n in range(flood):
+            pub.publish("diagnostics", "flood", "Custom", {"n": n})
+            if n % 200 == 199:
+                time.sleep(0.05)  # the publisher's pace, not a wait for a socket
+
+        def one_more() -> bool:  # the loss shows at the next message that gets through
+            sentinel["n"] += 1
+            pub.publish("diagnostics", "flood", "Custom", {"sentinel": sentinel["n"]})
+            return last_seq.wait(0.5)
+
+        assert wait_until(one_more, 30, 0), f"no sentinel arrived; {len(seen)} events"
+        reader.join(10)
+    messages = [e.data for e in seen if e.event == "message"]
+    missed = sum(e.data["missed"] for e in seen if e.event == "gap")
+    assert missed >= 2000, (missed, len(messages))  # shed: far beyond the 1,100 queued for it
+    # nothing lost silently: every sequence number either arrived or is counted in a gap
+    assert len(messages) + missed == messages[-1]["seq"], (len(messages), missed, messages[-1]["seq"])
+    assert [m["seq"] for m in messages] == sorted({m["seq"] for m in messages})  # in order, no duplicate
+
+
+def test_max_rate_must_be_a_positive_whole_number(broker: BrokerProcess, serve: Any) -> None:
+    served = serve(broker)
+    with client(served) as http:
+        for bad in ("0", "-1", "fast", "1.5", "١٢"):
+            reply = http.get("/v1/stream", params={"instance": "health", "max_rate": bad})
+            assert reply.status_code == 400, (bad, reply.text)
+            assert reply.text.count("\n") == 1 and "max_rate" in reply.json()["error"]["message"], reply.text

@@ -154,6 +154,10 @@ def serve(
         str | None, typer.Option(help="File of HTTP bearer tokens allowed every route")
     ] = None,
     http_token_metrics: Annotated[str | None, typer.Option(help="File of HTTP bearer tokens allowed /metrics")] = None,
+    http_stream_rate: Annotated[
+        int | None,
+        typer.Option(help="Events a second one /v1/stream delivers at most; past it, shed and counted [default: 2000]"),
+    ] = None,
     start_grace: Annotated[
         float | None,
         typer.Option(
@@ -192,6 +196,7 @@ def serve(
         "http_token_subscribers": http_token_subscribers,
         "http_token_admins": http_token_admins,
         "http_token_metrics": http_token_metrics,
+        "http_stream_rate": http_stream_rate,
     }
     try:
         settings = load_config(flags, config_file=config)

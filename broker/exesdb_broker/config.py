@@ -186,6 +186,9 @@ class BrokerConfig:
     """File of bearer tokens allowed every HTTP route."""
     http_token_metrics: str = field(default="", metadata={"check": _file})
     """File of bearer tokens allowed ``/metrics`` (a scraper's)."""
+    http_stream_rate: int = field(default=2000, metadata={"check": _not_negative})
+    """Events a second one ``/v1/stream`` delivers at most (past it the broker sheds for that
+    stream, counted as its gaps; 0: no limit)."""
     start_grace: float = field(default=1.0, metadata={"check": _not_negative})
     """Seconds at most between binding and forwarding, so that subscribers are back after a restart
     before publishers flush what they queued (ends early once connections are quiet; 0: off)."""

@@ -72,7 +72,11 @@ class HttpSurface:
             access,
             host,
             port,
-            WebSettings(tokens=self.tokens, max_message_size=self.config.max_message_size),
+            WebSettings(
+                tokens=self.tokens,
+                max_message_size=self.config.max_message_size,
+                sse_max_rate=self.config.http_stream_rate,
+            ),
             sock=sock,
         )
         if self.tokens.required:

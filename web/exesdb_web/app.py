@@ -31,6 +31,10 @@ class WebSettings:
     """The broker's limit: a ``POST /v1/publish`` body or message over it is refused (413)."""
     sse_queue: int = 1000
     """Messages a ``/v1/stream`` subscriber queues (its RCVHWM); beyond, the broker drops for it."""
+    sse_max_rate: int = 2000
+    """Events a second one stream delivers at most, on average (``?max_rate=`` may ask for fewer;
+    0: no limit). Past it the stream stops reading and the broker sheds for it in C (the client
+    gets ``event: gap``): a fast bus costs the HTTP thread, and the broker's cores, no more."""
     sse_write_timeout: float = 10.0
     """Seconds a stream's write may stay blocked (the client stopped reading) before it is cut off."""
     sse_keepalive: float = 15.0

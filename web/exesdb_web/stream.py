@@ -11,8 +11,9 @@ the doorbell: each wake-up fetches the next ``replay`` page from the stream's cu
 broker first records everything it has forwarded), so latency stays that of one control
 round trip. Live-only instances are delivered as they arrive, at most once, with no ``id``.
 
-Bounds: the stream's subscriber queues at most ``WebSettings.sse_queue`` messages (beyond
-that the broker drops for it: the client gets an ``event: gap``), a journal is read one page
+Bounds: a stream delivers at most ``WebSettings.sse_max_rate`` events a second (or the fewer
+its ``max_rate`` asks for); the stream's subscriber queues at most ``WebSettings.sse_queue``
+messages (beyond that the broker drops for it: the client gets an ``event: gap``), a journal is read one page
 at a time and only when the client has taken the previous one, the transport buffers at most
 about 128 KiB, and a client whose writes stay blocked for ``WebSettings.sse_write_timeout``
 seconds is cut off. See docs/http.md for the format.
@@ -42,7 +43,16 @@ from exesdb_sdk.subscriber import SubscriberCore, literal_prefix
 
 from .app import ACCESS, COUNTERS, SETTINGS
 
-__all__ = ["MAX_SUBSCRIPTIONS", "format_cursor", "install", "parse_cursor", "routes", "stream_subscriptions"]
+__all__ = [
+    "MAX_SUBSCRIPTIONS",
+    "Pace",
+    "format_cursor",
+    "install",
+    "parse_cursor",
+    "routes",
+    "stream_rate",
+    "stream_subscriptions",
+]
 
 log = logging.getLogger("exesdb.web.stream")
 
@@ -63,7 +73,7 @@ _CONTROL_TIMEOUT: Final = 5.0
 """A ``replay`` waits for the broker's journal to record what it forwarded (up to 3 s)."""
 _LAST_EVENT_ID_CHARS: Final = 2048
 _CURSOR_PART: Final = re.compile(r"([a-z_]{1,32}):([0-9]{1,19})(?:\.([0-9]{1,9}))?")
-_PARAMS: Final = frozenset({"instance", "topic"})
+_PARAMS: Final = frozenset({"instance", "topic", "max_rate"})
 _HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _JSON: Final = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
@@ -74,7 +84,7 @@ def stream_subscriptions(request: web.Request) -> list[tuple[Instance, str]]:
     query = request.query
     unknown = sorted(set(query) - _PARAMS)
     if unknown:
-        raise web.HTTPBadRequest(text=f"unknown query parameter {unknown[0]!r} (expected instance, topic)")
+        raise web.HTTPBadRequest(text=f"unknown query parameter {unknown[0]!r} (expected instance, topic, max_rate)")
     names, topics = query.getall("instance", []), query.getall("topic", [])
     if len(names) + len(topics) > MAX_SUBSCRIPTIONS:
         raise web.HTTPBadRequest(text=f"at most {MAX_SUBSCRIPTIONS} instance and topic parameters per stream")
@@ -92,6 +102,43 @@ def stream_subscriptions(request: web.Request) -> list[tuple[Instance, str]]:
     except ExesdbError as exc:
         raise web.HTTPBadRequest(text=str(exc)) from None
     return wanted or [(instance, "") for instance in Instance]
+
+
+def stream_rate(request: web.Request, ceiling: int) -> int:
+    """The events a second the stream may deliver: ``max_rate`` if it asks for at most
+    ``ceiling`` (0: none), else ``ceiling``; raises :class:`~aiohttp.web.HTTPBadRequest`."""
+    asked = request.query.get("max_rate")
+    if asked is None:
+        return ceiling
+    if not asked.isascii() or not asked.isdigit() or not 1 <= int(asked) <= 10**9:
+        raise web.HTTPBadRequest(text=f"max_rate must be a whole number of events a second from 1, not {asked[:40]!r}")
+    return int(asked) if ceiling == 0 else min(int(asked), ceiling)
+
+
+class Pace:
+    """At most ``rate`` events a second on average, in bursts of up to a second's worth
+    (``rate`` 0: no limit)."""
+
+    __slots__ = ("_at", "_tokens", "rate")
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._tokens = float(rate)
+        self._at = time.monotonic()
+
+    def delay(self) -> float:
+        """Seconds until the next event may go (0: now)."""
+        if not self.rate:
+            return 0.0
+        now = time.monotonic()
+        self._tokens = min(float(self.rate), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        return 0.0 if self._tokens >= 1 else (1 - self._tokens) / self.rate
+
+    def spend(self, events: int = 1) -> None:
+        """Count ``events`` delivered (a journal page may take the balance below zero)."""
+        if self.rate:
+            self._tokens -= events
 
 
 Cursor = dict[Instance, tuple[int, int]]
@@ -184,6 +231,7 @@ class _Stream:
     journal: SubscriberCore = field(default_factory=lambda: SubscriberCore(None, None, typed=False))
     stopping: bool = False
     task: asyncio.Task[Any] | None = None
+    pace: Pace = field(default_factory=lambda: Pace(0))
 
     def on_gap(self, message: Message, missed: int) -> None:
         """Messages the broker dropped for this stream's subscriber (or its publisher lost)."""
@@ -210,6 +258,7 @@ class _Stream:
                 self.emit_gap({"instance": instance.value, "missed": missed, "reason": "sequence"})
             self.missed.clear()
         self.counters["sse_events"] += 1
+        self.pace.spend()
         self.emit(_JSON.encode(message_json(message)))
 
     async def flush(self) -> None:
@@ -331,6 +380,7 @@ class _Stream:
                 else:
                     follow.within = 0
                 self.counters["sse_events"] += 1
+                self.pace.spend()
                 self.emit(_JSON.encode(message_json(messages[index])), event_id=self.cursor_id())
         if not follow.within and following - 1 > follow.seq:
             follow.seq = following - 1  # records the prefix left out: nothing to resend
@@ -342,6 +392,15 @@ class _Stream:
         rung: set[Instance] = set(follows)  # at once: a resumed stream has catching up to do
         read = 0
         while True:
+            paused = self.pace.delay()
+            if paused:
+                # over the stream's rate: read nothing meanwhile, so the broker sheds for this
+                # subscriber in C (counted: the client gets its gap) instead of this thread decoding
+                await self.flush()
+                await asyncio.sleep(min(paused, _POLL))
+                if self.gone():
+                    raise _CutOff from None
+                continue
             try:
                 # doorbells come in bursts: read what is there before asking the journal
                 message = await subscriber.recv(0 if (rung or self.out) else min(_POLL, self.keepalive))
@@ -401,6 +460,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """Messages as they arrive (journaled instances from the journal, with ids), until the
     client goes away."""
     wanted = stream_subscriptions(request)
+    rate = stream_rate(request, request.app[SETTINGS].sse_max_rate)
     resume: Cursor | None = None
     last_id = request.headers.get("Last-Event-ID")
     if last_id is not None and last_id.strip():
@@ -412,7 +472,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
     settings, counters = app[SETTINGS], app[COUNTERS]
     response = web.StreamResponse(headers=_HEADERS)
     stream = _Stream(
-        request, response, counters, settings.sse_write_timeout, settings.sse_keepalive, task=asyncio.current_task()
+        request,
+        response,
+        counters,
+        settings.sse_write_timeout,
+        settings.sse_keepalive,
+        task=asyncio.current_task(),
+        pace=Pace(rate),
     )
     subscriber = stream.subscriber = app[ACCESS].subscriber(hwm=settings.sse_queue, typed=False, on_gap=stream.on_gap)
     streams = app[_STREAMS]
