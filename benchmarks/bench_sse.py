@@ -7,12 +7,14 @@ Run it (about a minute with the default 3 repetitions; ``--quick`` is a smoke ru
 Method: a fresh ``exesdb-broker`` per run, its HTTP application served standalone in a process
 of its own (``WebServer`` over the broker's tcp endpoints), and a publisher process sending
 ``count`` typed ``NodeHealth`` messages (~100 B bodies) on ``ex_esdb_health`` as fast as it can.
-The receiver, in this process, is either a plain SDK ``Subscriber`` (left) or an httpx client
-reading ``/v1/stream?instance=health`` and decoding each event's JSON (right); it counts
-messages from its first to its last (it stops once none came for a second). Both sides run in
-the same invocation, interleaved, and the table shows medians and the ratio right / left with
-the delivered fraction (received / sent: the broker and the stream shed for a receiver that
-falls behind, counted as gaps). Only the ratio means much on a small shared machine.
+The stream runs without its default rate cap (``--http-stream-rate``, 2000 events/s), to measure
+what it can deliver. The receiver, in this process, is either a plain SDK ``Subscriber`` (left)
+or an httpx client reading ``/v1/stream?instance=health`` and decoding each event's JSON
+(right); it counts messages from its first to its last (it stops once none came for a second).
+Both sides run in the same invocation, interleaved, and the table shows medians and the ratio
+right / left with the delivered fraction (received / sent: the broker and the stream shed for a
+receiver that falls behind, counted as gaps). Only the ratio means much on a small shared
+machine.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from harness import environment, handle_exits, started_broker, write_report
 IDLE: Final = 1.0
 SERVE: Final = """
 import sys
-from exesdb_web import BusAccess, WebServer
-server = WebServer(BusAccess(sys.argv[1], sys.argv[2], sys.argv[3]), "127.0.0.1", 0)
+from exesdb_web import BusAccess, WebServer, WebSettings
+# no rate limit: what the stream can deliver, not its default cap (WebSettings.sse_max_rate)
+server = WebServer(BusAccess(sys.argv[1], sys.argv[2], sys.argv[3]), "127.0.0.1", 0, WebSettings(sse_max_rate=0))
 import threading
 threading.Thread(target=lambda: (sys.stdin.read(), server.stop()), daemon=True).start()
 def announce():
