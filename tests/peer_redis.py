@@ -163,16 +163,17 @@ class RedisPeer:
         }
 
     def received(self) -> list[Received]:
-        """Every entry of every ``exesdb:*`` stream, ordered by entry id (arrival order)."""
+        """Every entry of every ``exesdb:*`` stream, ordered by entry id: arrival order per topic
+        (entries of several streams in one millisecond have no order between them)."""
         client = self.client()
-        entries: list[tuple[tuple[int, int], Received]] = []
+        entries: list[tuple[tuple[int, int, bytes], Received]] = []
         for key in client.scan_iter(match="exesdb:*", count=1000, _type="stream"):
             for entry_id, fields in client.xrange(key):
                 millis, _, seq = entry_id.decode().partition("-")
                 received = Received(
                     id=fields[b"id"].decode(), topic=fields[b"topic"].decode(), data=json.loads(fields[b"data"])
                 )
-                entries.append(((int(millis), int(seq)), received))
+                entries.append(((int(millis), int(seq), key), received))
         entries.sort(key=lambda pair: pair[0])
         return [received for _, received in entries]
 
