@@ -162,20 +162,26 @@ class RedisPeer:
             "connect_timeout": 2.0,
         }
 
+    def entries(self, key: str) -> list[tuple[str, dict[str, str]]]:
+        """The entries of the stream ``key``: (entry id, fields), oldest first."""
+        raw: Any = self.client().xrange(key)
+        return [
+            (entry_id.decode(), {field.decode(): value.decode() for field, value in fields.items()})
+            for entry_id, fields in raw
+        ]
+
     def received(self) -> list[Received]:
         """Every entry of every ``exesdb:*`` stream, ordered by entry id: arrival order per topic
         (entries of several streams in one millisecond have no order between them)."""
-        client = self.client()
-        entries: list[tuple[tuple[int, int, bytes], Received]] = []
-        for key in client.scan_iter(match="exesdb:*", count=1000, _type="stream"):
-            for entry_id, fields in client.xrange(key):
-                millis, _, seq = entry_id.decode().partition("-")
-                received = Received(
-                    id=fields[b"id"].decode(), topic=fields[b"topic"].decode(), data=json.loads(fields[b"data"])
-                )
-                entries.append(((int(millis), int(seq), key), received))
-        entries.sort(key=lambda pair: pair[0])
-        return [received for _, received in entries]
+        found: list[tuple[tuple[int, int, str], Received]] = []
+        keys: Any = self.client().scan_iter(match="exesdb:*", count=1000, _type="stream")
+        for key in [key.decode() for key in keys]:
+            for entry_id, fields in self.entries(key):
+                millis, _, seq = entry_id.partition("-")
+                received = Received(id=fields["id"], topic=fields["topic"], data=json.loads(fields["data"]))
+                found.append(((int(millis), int(seq), key), received))
+        found.sort(key=lambda pair: pair[0])
+        return [received for _, received in found]
 
     def poison(self) -> tuple[str, str, dict[str, Any]]:
         """An instance, sub-topic and data whose stream key is a plain string: ``WRONGTYPE``."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from exesdb_connect.sink import Delivery, SinkRejected, SinkUnavailable
+from exesdb_connect.sink import Delivery, SinkFactory, SinkRejected, SinkUnavailable
 from exesdb_connect.sinks import redis as redis_sink
 from exesdb_sdk.errors import ConfigError
 from exesdb_sdk.jsonview import json_ready, message_json
@@ -94,9 +94,7 @@ def run_send(options: dict[str, Any], *batches: Sequence[Delivery]) -> list[Sequ
 
 
 def entries(peer: RedisPeer, key: str) -> list[dict[str, str]]:
-    return [
-        {field.decode(): value.decode() for field, value in fields.items()} for _, fields in peer.client().xrange(key)
-    ]
+    return [fields for _, fields in peer.entries(key)]
 
 
 def test_mixed_batch_lands_one_stream_per_instance_with_the_envelope_fields(peer: RedisPeer, bus: Bus) -> None:
@@ -289,6 +287,7 @@ def test_refused_credentials_permissions_and_missing_streams_reject_the_connecto
         ({"url": "http://127.0.0.1:6379"}, "url:"),
         ({"url": "redis://"}, "url:"),
         ({"url": "redis://127.0.0.1:99999"}, "url:"),
+        ({"url": "redis://u:s3cret@127.0.0.1:99999"}, "'redis://u:***@127.0.0.1:99999' has a bad port"),
         ({"url": "redis://127.0.0.1:6379/zero"}, "url:"),
         ({"url": "redis://127.0.0.1:6379/0?db=1"}, "url:"),
         ({"url": "redis://:pw@127.0.0.1", "password_file": "/etc/hostname"}, "password_file:"),
@@ -323,6 +322,8 @@ def test_empty_password_file_is_a_configuration_error(tmp_path: Path) -> None:
 
 
 def test_a_good_configuration_builds_the_sink_it_says() -> None:
+    factory: SinkFactory = redis_sink.create  # mypy: the module is a sink factory, its sink a Sink
+    assert isinstance(factory("c0", {"url": "redis://127.0.0.1"}).kind, str)
     sink = redis_sink.create(
         "c1", {"url": "redis://u:p%40ss@[::1]:7000/3", "stream": "s:{subtopic}", "maxlen": 5, "timeout": 1}
     )

@@ -88,23 +88,29 @@ class RedisTarget:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+def _redacted(url: str) -> str:
+    """``url`` with its password, if any, as ``***`` (error messages end up in logs)."""
+    return re.sub(r"^([^:/]*://[^:@/]*):[^@/]*@", r"\1:***@", url)
+
+
 def parse_url(url: str) -> RedisTarget:
     """``redis://[[user]:password@]host[:port][/db]`` (``rediss://`` for TLS) as a target; raises
     :class:`ValueError` saying what is wrong."""
     parts = urlsplit(url)
+    shown = _redacted(url)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError(f"{url!r} is not a redis:// or rediss:// URL")
+        raise ValueError(f"{shown!r} is not a redis:// or rediss:// URL")
     if parts.query or parts.fragment:
-        raise ValueError(f"{url!r}: no query or fragment (set options as keys of the connector)")
+        raise ValueError(f"{shown!r}: no query or fragment (set options as keys of the connector)")
     try:
         port = parts.port or 6379
     except ValueError:
-        raise ValueError(f"{url!r} has a bad port") from None
+        raise ValueError(f"{shown!r} has a bad port") from None
     if not parts.hostname:
-        raise ValueError(f"{url!r} names no host")
+        raise ValueError(f"{shown!r} names no host")
     path = parts.path.strip("/")
     if path and not (path.isascii() and path.isdigit()):
-        raise ValueError(f"{url!r}: the path must be a database number, not {path!r}")
+        raise ValueError(f"{shown!r}: the path must be a database number, not {path!r}")
     return RedisTarget(
         host=parts.hostname,
         port=port,
