@@ -31,6 +31,8 @@ SKIP_REASON = "nats-server is not installed (apt-get install nats-server)"
 STREAM = "EXESDB"
 PREFIX = "exesdb"
 USER = "exesdb"
+READONLY_USER = "reader"
+"""Same password; may use the JetStream API and inboxes but publish nothing else."""
 MAX_MSG_SIZE = 16384
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
@@ -71,7 +73,11 @@ class NatsPeer:
         self.config.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
             f"jetstream {{ store_dir: {store}, max_memory_store: 64MB, max_file_store: 1GB }}\n"
-            f"authorization {{ users: [ {{ user: {USER}, password: {json.dumps(self.password)} }} ] }}\n"
+            "authorization { users: [\n"
+            f"  {{ user: {USER}, password: {json.dumps(self.password)} }}\n"
+            f"  {{ user: {READONLY_USER}, password: {json.dumps(self.password)},"
+            ' permissions: { publish: { allow: ["$JS.API.>"] }, subscribe: { allow: ["_INBOX.>"] } } }\n'
+            "] }\n"
         )
         self._process: subprocess.Popen[bytes] | None = None
 

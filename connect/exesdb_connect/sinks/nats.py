@@ -136,6 +136,7 @@ class NatsSinkStats:
     refused: int = 0
     """Refused for good (the items returned with a reason)."""
     connects: int = 0
+    """Connection attempts (the first, and one per send after a lost connection)."""
     unavailable: int = 0
     """Sends that raised :class:`SinkUnavailable`."""
 
@@ -357,9 +358,10 @@ class NatsSink:
             credentials = {"user": config.user, "password": config.password}
         elif config.token is not None:
             credentials = {"token": config.token}
+        client = Client()
         try:
-            client = await asyncio.wait_for(
-                nats.connect(
+            await asyncio.wait_for(
+                client.connect(
                     servers=[config.url],
                     name=f"exesdb-connector-{self.name}",
                     allow_reconnect=False,
@@ -376,9 +378,11 @@ class NatsSink:
                 timeout=config.connect_timeout * 2,
             )
         except (OSError, TimeoutError, nats.errors.NoServersError) as exc:
+            await self._close_client(client)  # a failed connect leaves its socket open
             reason = fault.reason or _one_line(exc)  # the cause error_cb heard, not "no servers"
             raise SinkUnavailable(f"{self._where()}: cannot connect: {reason}") from None
         except nats.errors.Error as exc:
+            await self._close_client(client)
             text = _one_line(exc)
             if isinstance(exc, nats.errors.AuthorizationError) or "authoriz" in text.lower():
                 raise SinkRejected(
