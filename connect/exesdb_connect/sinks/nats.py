@@ -353,11 +353,6 @@ class NatsSink:
         async def on_disconnected() -> None:
             fault.set("connection lost")
 
-        credentials: dict[str, str] = {}
-        if config.user is not None and config.password is not None:
-            credentials = {"user": config.user, "password": config.password}
-        elif config.token is not None:
-            credentials = {"token": config.token}
         client = Client()
         try:
             await asyncio.wait_for(
@@ -368,11 +363,13 @@ class NatsSink:
                     # nats-py retries a refused first connect until the attempts run out: keep them few and quick.
                     max_reconnect_attempts=1,
                     reconnect_time_wait=0,
-                    connect_timeout=config.connect_timeout,
+                    connect_timeout=config.connect_timeout,  # type: ignore[arg-type]  # annotated int, used as a float
                     error_cb=on_error,
                     disconnected_cb=on_disconnected,
                     closed_cb=on_disconnected,
-                    **credentials,
+                    user=config.user,
+                    password=config.password,
+                    token=config.token,
                 ),
                 # nats.connect may try the server twice; the whole attempt keeps to its timeout.
                 timeout=config.connect_timeout * 2,
