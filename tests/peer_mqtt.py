@@ -95,7 +95,7 @@ class MqttPeer:
         acl = self.dir / "acl"
         # Run as whoever runs the tests (as root, mosquitto would become "mosquitto", locked out of tmp_path).
         lines = [f"user {pwd.getpwuid(os.getuid()).pw_name}", f"listener {self.port} 127.0.0.1"]
-        lines.append(f"max_packet_size {MAX_PACKET_SIZE}")
+        lines += [f"max_packet_size {MAX_PACKET_SIZE}", "set_tcp_nodelay true"]
         lines += ["persistence true", f"persistence_location {self.dir}/", f"acl_file {acl}"]
         grant = "topic readwrite #\ntopic deny exesdb/+/poison\ntopic deny exesdb/+/poison/#\n"
         if self.users:
