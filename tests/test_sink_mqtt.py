@@ -184,6 +184,29 @@ def test_server_stopped_is_unavailable_and_a_restart_needs_no_reopen(peer: MqttP
 
 
 @pytest.mark.timeout(30)
+def test_a_connection_lost_mid_batch_is_unavailable(peer: MqttPeer) -> None:
+    batch = mixed() * 200  # many inflight windows: it cannot complete without the server
+
+    async def scenario() -> None:
+        sink = sink_for(peer)
+        try:
+            await sink.open()
+            sending = asyncio.create_task(sink.send(batch))
+            await asyncio.sleep(0)  # the first window goes out
+            assert peer.process is not None
+            peer.process.kill()
+            with pytest.raises(SinkUnavailable, match=r"connection lost.*the batch is not delivered"):
+                await sending
+            peer.stop()
+            peer.start()
+            assert await sink.send(batch[:4]) == [None] * 4
+        finally:
+            await sink.close()
+
+    run(scenario())
+
+
+@pytest.mark.timeout(30)
 def test_no_acknowledgement_in_time_is_unavailable_then_recovers(peer: MqttPeer) -> None:
     stalled, later = mixed()[:2], mixed()[2:]
 
