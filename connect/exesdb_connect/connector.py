@@ -93,6 +93,7 @@ class Connector:
         self.parked_dropped = self._store.count(config.name, "parked_dropped")
         self.journal_missed = 0
         self._room = asyncio.Event()
+        self._in_flight = 0
         self.started = asyncio.Event()
         """Set once it is subscribed and knows its journals (or has failed): it misses nothing published after."""
         self._core = SubscriberCore(None, None, typed=False)
@@ -127,17 +128,18 @@ class Connector:
     async def _send(self, batch: list[Item]) -> Sequence[str | None]:
         sink = self._sink
         assert sink is not None
-        if not self._open:
-            await sink.open()
-            self._open = True
+        self._in_flight = len(batch)  # a failed batch goes back into the buffer: keep its room
         try:
+            if not self._open:
+                await sink.open()
+                self._open = True
             return await sink.send([item.delivery for item in batch])
-        except SinkUnavailable:
-            raise
-        except SinkRejected:
+        except (SinkUnavailable, SinkRejected):
             raise
         except ExesdbError as exc:
             raise SinkUnavailable(str(exc)) from None
+        finally:
+            self._in_flight = 0
 
     def _acked(self, batch: list[Item], answers: Sequence[str | None]) -> None:
         cursors: dict[str, tuple[int, int]] = {}
@@ -169,6 +171,19 @@ class Connector:
         self._room.set()
 
     # -- the bus side --------------------------------------------------------------------------
+
+    def room(self) -> int:
+        """Items the buffer takes now, keeping room for the batch on its way (a failed batch
+        goes back in: a journaled item must never be pushed out)."""
+        return self.worker.room - self._in_flight
+
+    def _take_live(self, items: list[Item]) -> None:
+        room = max(0, self.room())
+        if len(items) > room:
+            self.worker._count_drops(len(items) - room)  # at most once: counted in dropped
+            items = items[:room]
+        if items:
+            self.worker.take(items)
 
     def _on_gap(self, message: Message, missed: int) -> None:
         if message.instance not in self.follows:  # a doorbell's gap: the journal has them
@@ -272,7 +287,7 @@ class Connector:
 
     async def _follow(self, control: AsyncControlClient, follow: Follow, sync: bool) -> bool:
         """Read one page into the buffer if it has room; return whether more is left."""
-        room = self.worker.room
+        room = self.room()
         if room <= 0:
             return True
         start, args = follow.page_request(sync, min(_PAGE, room))
@@ -309,7 +324,7 @@ class Connector:
             if time.monotonic() >= next_replay:
                 next_replay = time.monotonic() + _REPLAY_EVERY
                 self._take_replays()
-            blocked = bool(rung) and self.worker.room <= 0
+            blocked = bool(rung) and self.room() <= 0
             if blocked:
                 self._room.clear()
                 with contextlib.suppress(TimeoutError):
@@ -326,10 +341,10 @@ class Connector:
                 else:
                     live.append(item_of(message))
             if live:
-                self.worker.take(live)
+                self._take_live(live)
 
     def _take_replays(self) -> None:
-        room = self.worker.room
+        room = self.room()
         if room <= 0:
             return
         replays = self._store.take_replays(self.name, min(room, _PAGE))
