@@ -435,18 +435,18 @@ class ConnectorRunner:
                 starting = [asyncio.create_task(c.started.wait()) for c in self.connectors.values()]
                 if starting:
                     await asyncio.wait(starting, timeout=_START_TIMEOUT)
-                for task in starting:
-                    task.cancel()
+                for waiting in starting:
+                    waiting.cancel()
                 ready.set()
-            stopping = asyncio.create_task(stop.wait())
-            pending = {*tasks.values()}
+            stopping: asyncio.Task[Any] = asyncio.create_task(stop.wait())
+            pending: set[asyncio.Task[Any]] = {*tasks.values()}
             for _ in range(10**12):
                 done, _ = await asyncio.wait({stopping, *pending}, return_when=asyncio.FIRST_COMPLETED)
-                for task in done - {stopping}:
-                    pending.discard(task)
-                    if not task.cancelled() and task.exception() is not None:
-                        exc = task.exception()
-                        name = task.get_name().removeprefix("connector-")
+                for ended in done - {stopping}:
+                    pending.discard(ended)
+                    exc = None if ended.cancelled() else ended.exception()
+                    if exc is not None:
+                        name = ended.get_name().removeprefix("connector-")
                         self.connectors[name]._fail(f"{type(exc).__name__}: {exc}")
                 if stopping in done:
                     break
