@@ -206,3 +206,35 @@ def test_broker_restart_resumes_from_the_cursor(peer: Any, tmp_path: Path) -> No
         assert _stats(broker)["cursor"]["ex_esdb_alerts"] >= 30
     finally:
         broker.stop()
+
+
+@pytest.mark.timeout(60)
+def test_the_readme_webhook_example_delivers(tmp_path: Path) -> None:
+    """The README's worked example, pointed at a real receiver: a signed critical alert arrives."""
+    from . import peer_webhook
+
+    readme = (HERE.parent / "README.md").read_text()
+    section = readme[readme.index("## Connectors") :]
+    block = section[section.index("```toml\n") + 8 : section.index("```", section.index("```toml\n") + 8)]
+    receiver = peer_webhook.make_peer(tmp_path)
+    receiver.start()
+    try:
+        config = tmp_path / "broker.toml"
+        config.write_text(
+            block.replace("http://127.0.0.1:8080/exesdb", receiver.url()).replace(
+                "/etc/exesdb/pager.secret", str(receiver.secret_file)
+            )
+        )
+        broker = _broker(config, tmp_path / "data")
+        try:
+            with Publisher(broker.frontend, control=broker.control) as pub:
+                pub.publish("alerts", "critical", "E2e", {"n": 1})
+                pub.publish("alerts", "warning", "E2e", {"n": 2})
+            assert wait_until(lambda: len(receiver.received()) >= 1, 10)
+            assert [r.topic for r in receiver.received()] == ["ex_esdb_alerts/critical"]
+            with ControlClient(broker.control) as control:
+                assert control.stats()["connectors"]["pager"]["state"] == "running"
+        finally:
+            broker.stop()
+    finally:
+        receiver.close()
