@@ -1,3 +1,5 @@
+"""What every far side (a peer) holds, as the connector tests compare it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

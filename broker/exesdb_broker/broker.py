@@ -31,15 +31,18 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, Final, Self
 
 import zmq
+from exesdb_connect.config import ConnectorConfig
 from exesdb_sdk.errors import BindError, BrokerUnavailableError, ConfigError, ExesdbError
 from exesdb_sdk.settings import check_settings
 from exesdb_web import WebServer
 
 from .config import BrokerConfig, journal_instances, last_value_prefixes
+from .connectors import CONNECTOR_OPS, ConnectorsChild
 from .feed import Feed
 from .grace import expected_subscribers, remember_subscribers
 from .journal import JOURNAL_OPS, Journal, JournalSettings, journal_feeds
@@ -93,8 +96,11 @@ class Broker:
             print(broker.frontend, broker.backend)
     """
 
-    def __init__(self, config: BrokerConfig | None = None) -> None:
+    def __init__(self, config: BrokerConfig | None = None, connectors: Sequence[ConnectorConfig] = ()) -> None:
         self.config = config if config is not None else BrokerConfig()
+        self.connector_configs = list(connectors)
+        """The ``[[connectors]]`` of its TOML file, run by the ``connectors`` child."""
+        self._connectors: ConnectorsChild | None = None
         self.frontend = self.config.frontend
         self.backend = self.config.backend
         self.control = self.config.control
@@ -183,8 +189,10 @@ class Broker:
         self.backend = self._bind(backend, "backend", config.backend)
         expected = expected_subscribers(config.data_dir, self.backend) if config.start_grace > 0 else 0
         self.control = self._bind(control, "control", config.control)
+        if self._http.address is not None or self.connector_configs:
+            # the HTTP surface's and the connectors' way in (trusted: see security.py)
+            control.bind(base + "-control")
         if self._http.address is not None:
-            control.bind(base + "-control")  # the HTTP surface's way in (trusted: see security.py)
             self._http.bind()
         frontend.bind(base + "-frontend")
         backend.bind(base + "-backend")
@@ -247,6 +255,14 @@ class Broker:
             to_journal=self._journal.submit,
         )
         self._service.security = SecurityMonitor(self._security, config.node, self._service.publish, endpoints)
+        if self.connector_configs:
+            self._connectors = ConnectorsChild(self.connector_configs, context, base, config.data_dir, config.node)
+            for op, operation in zip(
+                CONNECTOR_OPS,
+                (self._connectors.op_connectors, self._connectors.op_parked, self._connectors.op_replay),
+                strict=True,
+            ):
+                self._service.register_op(op, operation)
 
         supervisor = self._supervisor
         first: list[tuple[Tap | Feed, threading.Event]] = [(self._tap, self._tap.ready)]
@@ -276,6 +292,10 @@ class Broker:
                 raise BrokerUnavailableError(self._http.config.http, _START_TIMEOUT, "http")
             if self._web.error is not None:
                 raise self._web.error
+        if self._connectors is not None:
+            supervisor.start(self._connectors)
+            if not self._connectors.ready.wait(_START_TIMEOUT):
+                raise BrokerUnavailableError(base + "-control", _START_TIMEOUT, "connectors")
         if expected:
             self._grace(expected)
         self.frontend = self._service.bind_frontend(config.frontend)
@@ -330,7 +350,10 @@ class Broker:
             self._security.restart_zap()
 
     def _extra_stats(self) -> dict[str, Any]:
-        return {"journal": self._journal.snapshot(), "restarts": self._supervisor.snapshot()}
+        extra = {"journal": self._journal.snapshot(), "restarts": self._supervisor.snapshot()}
+        if self._connectors is not None:
+            extra["connectors"] = self._connectors.snapshot()
+        return extra
 
     def _stop_after_proxy(self) -> None:
         """Run by the service once the proxy has stopped: the tap ends, the journal drains."""
@@ -339,9 +362,10 @@ class Broker:
 
     def _abort(self, context: zmq.Context[Any]) -> None:
         """Undo a start that failed part way: stop what runs, then drop every socket."""
-        for child in ("_web", "_tap", "_journal"):
+        for child in ("_connectors", "_web", "_tap", "_journal"):
             if getattr(self, child, None) is not None:
                 getattr(self, child).stop()
+        self._supervisor.join("connectors", _HTTP_STOP_TIMEOUT)
         self._supervisor.join("http", _HTTP_STOP_TIMEOUT)
         self._http.close()
         if hasattr(self, "_service"):
@@ -367,6 +391,11 @@ class Broker:
                 backlog.get("in_feeds", 0),
             )
             supervisor = self._supervisor
+            if self._connectors is not None:  # first: they read through the proxy and the control endpoint
+                self._connectors.stop()
+                if not supervisor.join("connectors", _HTTP_STOP_TIMEOUT):
+                    log.error("the connectors thread did not stop within %.0f s", _HTTP_STOP_TIMEOUT)
+                self._connectors.close()
             if self._web is not None:  # first: its clients' sockets must close before the context goes
                 self._web.stop()
                 if not supervisor.join("http", _HTTP_STOP_TIMEOUT):
@@ -383,7 +412,9 @@ class Broker:
             for feed in self._feeds:
                 supervisor.join(feed.name, timeout * 0.25)
             self._security.stop()
-            if supervisor.alive("service") or supervisor.alive("http"):  # stuck: close what is left, it is over
+            if (
+                supervisor.alive("service") or supervisor.alive("http") or supervisor.alive("connectors")
+            ):  # stuck: close what is left, it is over
                 log.error("a thread did not stop; closing its sockets from the outside")
                 context.destroy(linger=0)
             else:

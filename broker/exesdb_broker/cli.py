@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Final, NoReturn
 
 import typer
+from exesdb_connect.config import load_connectors
 from exesdb_sdk import __version__
 from exesdb_sdk.errors import ExesdbError
+from exesdb_sdk.settings import ENV_CONFIG
 
 from .broker import Broker
 from .config import LOG_FORMATS, LOG_LEVELS, load_config
@@ -74,7 +77,10 @@ def serve(
         str | None,
         typer.Option(help="ROUTER endpoint for control requests [default: tcp://127.0.0.1:7102]"),
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="TOML file with a [broker] table (or EXESDB_CONFIG)")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML file with a [broker] table and [[connectors]] tables (or EXESDB_CONFIG)"),
+    ] = None,
     log_level: Annotated[str | None, typer.Option(help=f"One of {', '.join(LOG_LEVELS)} [default: info]")] = None,
     log_format: Annotated[str | None, typer.Option(help=f"One of {', '.join(LOG_FORMATS)} [default: text]")] = None,
     max_message_size: Annotated[
@@ -200,6 +206,7 @@ def serve(
     }
     try:
         settings = load_config(flags, config_file=config)
+        connectors = load_connectors(config if config is not None else os.environ.get(ENV_CONFIG) or None)
     except ExesdbError as exc:
         _fail(str(exc), EXIT_USAGE)
     setup_logging(settings.log_level, settings.log_format)
@@ -207,7 +214,7 @@ def serve(
     # Signals go to sigwait below, never to a handler running in the middle of broker code.
     signal.pthread_sigmask(signal.SIG_BLOCK, {*_SIGNALS, _RELOAD})
     _stop_if_signalled()
-    broker = Broker(settings)
+    broker = Broker(settings, connectors)
     try:
         broker.start()
     except ExesdbError as exc:

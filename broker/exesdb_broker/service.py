@@ -128,6 +128,10 @@ class Service:
         self._last_metrics = (time.monotonic(), 0)
         self.accept_failures: dict[str, int] = {}
 
+    def register_op(self, op: str, operation: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        """Answer control op ``op`` in this thread (before the first run)."""
+        self._handler.register(op, operation)
+
     # -- publishing the broker's own messages --------------------------------------------
 
     def publish(self, payload: Payload) -> None:

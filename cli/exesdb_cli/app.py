@@ -503,6 +503,79 @@ def keygen(
     _run(action)
 
 
+CONNECT_HELP = """Run the connectors of a TOML file ([[connectors]] tables, as in the broker's file)
+beside a remote broker, in the foreground, until Ctrl-C (status 0).
+
+Cursors and parked messages are kept in STATE_DIR/connectors.db. Bad configuration is one line
+and status 1.
+
+Example:
+
+  exesdb connect connectors.toml --state-dir ./connect-state
+"""
+
+
+@app.command(help=CONNECT_HELP)
+def connect(
+    config: Annotated[str, typer.Argument(help="TOML file with [[connectors]] tables")],
+    frontend: Frontend = None,
+    backend: Backend = None,
+    control: Control = None,
+    state_dir: Annotated[
+        str, typer.Option("--state-dir", help="Directory of connectors.db (cursors, parked messages)")
+    ] = "./exesdb-connect",
+) -> None:
+    def action() -> int:
+        from .connect import run_connect
+
+        return run_connect(config, frontend=frontend, backend=backend, control=control, state_dir=state_dir)
+
+    _run(action, on_interrupt=0)
+
+
+CONNECTORS_HELP = """List the broker's connectors, one line each: sink, state, delivered, parked,
+missed, dropped, cursor per journaled instance and lag. --parked NAME lists a connector's parked
+messages (refused by its sink), --replay NAME sends them again. With --state-dir, --parked and
+--replay work on a standalone exesdb connect's state instead of the broker's.
+
+Examples:
+
+  exesdb connectors
+
+  exesdb connectors --parked hook --json
+
+  exesdb connectors --replay hook
+"""
+
+
+@app.command(help=CONNECTORS_HELP)
+def connectors(
+    as_json: Annotated[bool, typer.Option("--json", help="The reply as JSON")] = False,
+    parked: Annotated[str | None, typer.Option("--parked", help="List this connector's parked messages")] = None,
+    replay: Annotated[str | None, typer.Option("--replay", help="Send this connector's parked messages again")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Parked messages listed at most")] = 100,
+    state_dir: Annotated[
+        str | None, typer.Option("--state-dir", help="A standalone exesdb connect's state directory")
+    ] = None,
+    control: Control = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.1, help="Seconds to wait for the broker")] = 5.0,
+) -> None:
+    def action() -> int:
+        from .connect import list_connectors
+
+        return list_connectors(
+            control=control,
+            timeout=timeout,
+            as_json=as_json,
+            parked=parked,
+            replay=replay,
+            state_dir=state_dir,
+            limit=limit,
+        )
+
+    _run(action)
+
+
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     add_help_option=False,

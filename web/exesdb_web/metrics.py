@@ -105,6 +105,7 @@ def _broker_families(stats: dict[str, Any]) -> Iterator[Metric]:
         yield _counter("exesdb_proxy_frames", "Frames through the proxy, by direction", labels={"direction": frames})
         yield _counter("exesdb_proxy_bytes", "Bytes through the proxy, by direction", labels={"direction": sizes})
     yield from _journal_families(stats.get("journal", {}))
+    yield from _connector_families(stats.get("connectors"))
     restarts = stats.get("restarts", {})
     yield _counter(
         "exesdb_thread_restarts",
@@ -172,6 +173,44 @@ def _journal_families(journal: dict[str, Any]) -> Iterator[Metric]:
         "The latest broker sequence, by journaled instance",
         labels={"channel": journal.get("heads", {})},
     )
+
+
+_CONNECTOR_COUNTERS: Final = {
+    "delivered": "Messages a connector's sink acknowledged",
+    "parked": "Messages a connector's sink refused for good, kept to be replayed (now)",
+    "missed": "Messages a connector never received (sequence gaps, journal gap markers)",
+    "dropped": "Live messages a connector's full buffer dropped",
+    "failures": "Failed deliveries to a connector's sink (each retried)",
+}
+
+
+def _connector_families(connectors: Any) -> Iterator[Metric]:
+    """``exesdb_connector_*{connector=}`` from ``stats.connectors`` (absent without connectors)."""
+    if not isinstance(connectors, dict) or not connectors:
+        return
+    entries = {str(name): entry for name, entry in connectors.items() if isinstance(entry, dict)}
+    for key, doc in _CONNECTOR_COUNTERS.items():
+        family = (GaugeMetricFamily if key == "parked" else CounterMetricFamily)(
+            f"exesdb_connector_{key}", doc, labels=["connector"]
+        )
+        for name, entry in sorted(entries.items()):
+            family.add_metric([name], float(entry.get(key) or 0))
+        yield family
+    state = GaugeMetricFamily(
+        "exesdb_connector_up", "1 while a connector runs (not failed or paused)", labels=["connector"]
+    )
+    lag = GaugeMetricFamily(
+        "exesdb_connector_lag", "Journal records past a connector's cursor", labels=["connector", "channel"]
+    )
+    buffered = GaugeMetricFamily("exesdb_connector_buffered", "Messages in a connector's buffer", labels=["connector"])
+    for name, entry in sorted(entries.items()):
+        state.add_metric([name], 1.0 if entry.get("state") == "running" else 0.0)
+        buffered.add_metric([name], float(entry.get("buffered") or 0))
+        for channel, value in sorted((entry.get("lag") or {}).items()):
+            lag.add_metric([name, str(channel)], float(value or 0))
+    yield state
+    yield lag
+    yield buffered
 
 
 def _security_families(security: dict[str, Any]) -> Iterator[Metric]:

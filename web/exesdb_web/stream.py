@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import json
 import logging
 import re
@@ -35,11 +34,11 @@ from typing import Any, Final
 
 from aiohttp import web
 from exesdb_sdk import AsyncControlClient, AsyncSubscriber, Instance, Message
-from exesdb_sdk.durable import DEFAULT_PAGE, JOURNAL_GAP_TOPIC, journal_gap
 from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ExesdbError, ReceiveTimeoutError
+from exesdb_sdk.follow import Follow, head_request, journaled_instances, take_page
 from exesdb_sdk.jsonview import message_json
 from exesdb_sdk.protocol import MAX_INT, MAX_SUBTOPIC_BYTES
-from exesdb_sdk.subscriber import SubscriberCore, literal_prefix
+from exesdb_sdk.subscriber import SubscriberCore
 
 from .app import ACCESS, COUNTERS, SETTINGS
 
@@ -177,38 +176,6 @@ def format_cursor(cursor: Mapping[Instance, tuple[int, int]]) -> str:
     )
 
 
-def _matcher(instance: Instance, patterns: list[str]) -> re.Pattern[str]:
-    """Topics of ``instance`` that one of ``patterns`` wants: a plain prefix, or a glob
-    (``*``, ``?``, ``[..]``) matching the whole sub-topic, as the SDK's subscribe does."""
-    parts = [
-        re.escape(instance.prefix) + (fnmatch.translate(p) if literal_prefix(p) != p else re.escape(p))
-        for p in patterns
-    ]
-    return re.compile("|".join(f"(?:{part})" for part in parts), re.DOTALL)
-
-
-def _common_prefix(patterns: list[str]) -> str:
-    literal = [literal_prefix(p) for p in patterns]
-    shortest = min(literal, key=len)
-    for index, char in enumerate(shortest):
-        if any(other[index] != char for other in literal):
-            return shortest[:index]
-    return shortest
-
-
-@dataclass(slots=True)
-class _Follow:
-    """One journaled instance a stream follows: its cursor and what it wants of the journal."""
-
-    instance: Instance
-    prefix: str
-    wants: re.Pattern[str]
-    seq: int = 0
-    within: int = 0
-    head: int = 0
-    """The journal's head when the stream opened: records up to it are ``replayed``."""
-
-
 class _CutOff(Exception):
     """The stream ends: the client went away, was cut off, or the stream was stopped."""
 
@@ -220,7 +187,7 @@ class _Stream:
     counters: Counter[str]
     write_timeout: float
     keepalive: float
-    follows: dict[Instance, _Follow] = field(default_factory=dict)
+    follows: dict[Instance, Follow] = field(default_factory=dict)
     missed: Counter[Instance] = field(default_factory=Counter)
     """Live messages lost before the next live event, per instance (from sequence gaps)."""
     subscriber: AsyncSubscriber | None = None
@@ -291,10 +258,7 @@ class _Stream:
         resumed cursor must name exactly those and lie within them (else ``HTTPBadRequest``)."""
         assert self.control is not None
         stats = await self.control.request("stats", timeout=_CONTROL_TIMEOUT)
-        journal = stats.get("journal")
-        journaled: set[str] = set()
-        if isinstance(journal, dict) and journal.get("state") == "ok" and isinstance(journal.get("instances"), list):
-            journaled = {name for name in journal["instances"] if isinstance(name, str)}
+        journaled = journaled_instances(stats)
         patterns: dict[Instance, list[str]] = {}
         for instance, pattern in wanted:
             if instance.value in journaled:
@@ -304,17 +268,14 @@ class _Stream:
                 # from_seq past any record: an empty page whose "last" is the head, once the
                 # journal has recorded everything forwarded before it (this stream's live
                 # subscription was confirmed before: from here on the doorbell rings)
-                reply = await self.control.request(
-                    "replay", {"instance": instance.value, "from_seq": MAX_INT, "limit": 1}, timeout=_CONTROL_TIMEOUT
-                )
+                reply = await self.control.request("replay", head_request(instance), timeout=_CONTROL_TIMEOUT)
             except ControlError as exc:
                 log.info("stream: %s live only: %s", instance.value, exc.message)
                 continue
             head = reply.get("last")
             if type(head) is not int:
                 continue
-            mine = patterns[instance]
-            self.follows[instance] = _Follow(instance, _common_prefix(mine), _matcher(instance, mine), head, 0, head)
+            self.follows[instance] = Follow.create(instance, patterns[instance], head)
         if resume is None:
             return
         for instance, (seq, within) in resume.items():
@@ -331,15 +292,13 @@ class _Stream:
                 )
             follow.seq, follow.within = seq, within
 
-    async def follow(self, follow: _Follow) -> bool:
+    async def follow(self, follow: Follow) -> bool:
         """Deliver what the journal holds past the cursor, at most :data:`_PAGES` pages;
         return whether more is left."""
         assert self.control is not None
         sync = True
         for _ in range(_PAGES):
-            start = follow.seq if follow.within else follow.seq + 1
-            args = {"instance": follow.instance.value, "prefix": follow.prefix, "from_seq": start}
-            args.update(limit=DEFAULT_PAGE, sync=sync)
+            start, args = follow.page_request(sync)
             reply = await self.control.request("replay", args, timeout=_CONTROL_TIMEOUT)
             sync = False  # the first page waited for the journal to record what was forwarded
             self.take_page(follow, start, reply)
@@ -348,42 +307,23 @@ class _Stream:
                 return False
         return True
 
-    def take_page(self, follow: _Follow, start: int, reply: Mapping[str, Any]) -> None:
-        records, following, first = reply.get("records"), reply.get("next"), reply.get("first")
-        if not isinstance(records, list) or type(following) is not int:
-            raise ControlError("bad_reply", "replay reply without 'records' and 'next'")
-        if type(first) is int and first > start:
-            # the journal's retention removed records the client has not had
-            self.emit_gap({"instance": follow.instance.value, "missed": first - start, "reason": "retention"})
-            follow.seq, follow.within = first - 1, 0
-        for record in records:
-            if not isinstance(record, list) or len(record) < 4 or type(record[0]) is not int:
-                continue
-            seq, topic, body = record[0], record[2], record[3]
-            if not isinstance(topic, str) or not isinstance(body, bytes):
-                continue
-            if seq < follow.seq or (seq == follow.seq and not follow.within):
-                continue  # delivered already
-            if topic == JOURNAL_GAP_TOPIC:
-                gap = journal_gap(body)
-                follow.seq, follow.within = seq, 0
-                if gap is not None:
-                    self.emit_gap(gap, event_id=self.cursor_id())
-                continue
-            skip = follow.within if seq == follow.seq else 0
-            wanted = follow.wants.match(topic) is not None
-            messages = self.journal.take([topic.encode(), body], replayed=seq <= follow.head) if wanted else []
-            follow.seq, follow.within = seq, 0
-            for index in range(skip, len(messages)):
-                if index < len(messages) - 1:
-                    follow.within = index + 1  # inside a batch: a reconnect resumes after this envelope
-                else:
-                    follow.within = 0
+    def take_page(self, follow: Follow, start: int, reply: Mapping[str, Any]) -> None:
+        items = take_page(follow, start, reply, self.journal)
+        end = (follow.seq, follow.within)
+        for item in items:
+            follow.seq, follow.within = item.seq, item.within  # each event's id: the cursor after it
+            if item.kind == "retention":
+                assert item.gap is not None
+                self.emit_gap(item.gap)
+            elif item.kind == "gap":
+                assert item.gap is not None
+                self.emit_gap(item.gap, event_id=self.cursor_id())
+            else:
+                assert item.message is not None
                 self.counters["sse_events"] += 1
                 self.pace.spend()
-                self.emit(_JSON.encode(message_json(messages[index])), event_id=self.cursor_id())
-        if not follow.within and following - 1 > follow.seq:
-            follow.seq = following - 1  # records the prefix left out: nothing to resend
+                self.emit(_JSON.encode(message_json(item.message)), event_id=self.cursor_id())
+        follow.seq, follow.within = end
 
     async def run(self) -> None:
         """Deliver until the client goes away or is cut off."""

@@ -6,7 +6,16 @@ through the SDK's own publisher and subscriber; nothing needs the broker to know
 
 from .breaker import BreakerState, CircuitBreaker
 from .config import OVERFLOW_POLICIES, HealthConfig, load_health_config
-from .emitter import EmitterPool, EmitterWorker, StoreEvent, SubscriberFunction, WorkerStats
+from .emitter import (
+    AckHook,
+    BatchDelivery,
+    EmitterPool,
+    EmitterWorker,
+    StoreEvent,
+    SubscriberFunction,
+    WorkerHost,
+    WorkerStats,
+)
 from .status import REPORTER_KEY, SUBSCRIPTION_EVENTS, SubscriptionEvent, SubscriptionState, apply_event
 from .tracker import SubscriptionHealthTracker
 
@@ -14,6 +23,8 @@ __all__ = [
     "OVERFLOW_POLICIES",
     "REPORTER_KEY",
     "SUBSCRIPTION_EVENTS",
+    "AckHook",
+    "BatchDelivery",
     "BreakerState",
     "CircuitBreaker",
     "EmitterPool",
@@ -24,6 +35,7 @@ __all__ = [
     "SubscriptionEvent",
     "SubscriptionHealthTracker",
     "SubscriptionState",
+    "WorkerHost",
     "WorkerStats",
     "apply_event",
     "load_health_config",

@@ -22,6 +22,12 @@ callable or an async callable):
   subscription ``degraded`` until the next delivery. Missed events are not recovered;
 - it publishes its figures on ``ex_esdb_metrics/store_metrics:<store>`` and the pool a
   ``MetricsSummary`` per store on ``metrics_summary:<store>``, every ``metrics_interval``.
+
+The same worker serves other hosts than the pool (the connectors of ``exesdb_connect``): items
+of any kind, handed over in batches of up to ``batch_size`` to a :data:`BatchDelivery` that
+answers per item (``None``: delivered; a string: refused for good, handed to the ``on_ack``
+hook with the rest), and a tuple of ``fatal`` exception types that end the worker (``failed``)
+instead of being retried. A failed batch is retried whole, in order.
 """
 
 from __future__ import annotations
@@ -35,9 +41,9 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from .. import observe
 from ..aio import AsyncSubscriber
@@ -48,12 +54,36 @@ from .breaker import CircuitBreaker
 from .config import HealthConfig
 from .status import SubscriptionState, apply_event, health_report
 
-__all__ = ["EmitterPool", "EmitterWorker", "StoreEvent", "SubscriberFunction", "WorkerStats"]
+__all__ = [
+    "AckHook",
+    "BatchDelivery",
+    "EmitterPool",
+    "EmitterWorker",
+    "StoreEvent",
+    "SubscriberFunction",
+    "WorkerHost",
+    "WorkerStats",
+]
 
 log = logging.getLogger("exesdb.emitter")
 
 StoreEvent = dict[str, Any]
 SubscriberFunction = Callable[[StoreEvent], None] | Callable[[StoreEvent], Awaitable[None]]
+BatchDelivery = Callable[[list[Any]], Awaitable[Sequence[str | None]]]
+"""Delivers a batch in order; per item ``None`` (acknowledged) or why it is refused for good."""
+AckHook = Callable[[list[Any], Sequence[str | None]], None]
+"""Called with a batch once it has been answered (before the next batch is taken)."""
+
+
+class WorkerHost(Protocol):
+    """What a worker needs of whoever runs it: its settings and a way to publish its health."""
+
+    config: HealthConfig
+
+    def report(self, worker: EmitterWorker, state: SubscriptionState) -> None:
+        """Publish ``worker``'s status (called in the loop)."""
+        ...
+
 
 _START_TIMEOUT: Final = 10.0
 _CANCEL_TRIES: Final = 50
@@ -82,22 +112,36 @@ class EmitterWorker:
 
     def __init__(
         self,
-        pool: EmitterPool,
+        pool: WorkerHost,
         store: str,
         selector: str,
-        subscriber: SubscriberFunction,
+        subscriber: SubscriberFunction | None,
         subscription: str,
+        *,
+        deliver: BatchDelivery | None = None,
+        batch_size: int = 1,
+        on_ack: AckHook | None = None,
+        fatal: tuple[type[BaseException], ...] = (),
+        config: HealthConfig | None = None,
     ) -> None:
-        config = pool.config
+        config = config if config is not None else pool.config
+        if (subscriber is None) == (deliver is None):
+            raise ValueError("give a worker exactly one of subscriber and deliver")
         self.store = store
         self.selector = selector
         self.subscription = subscription
         self.topic = f"ex_esdb_events/{store}:{selector}"
         self._subscriber = subscriber
-        self._is_async = inspect.iscoroutinefunction(subscriber)
+        self._batch_deliver = deliver
+        self._batch_size = max(1, batch_size)
+        self._on_ack = on_ack
+        self._fatal = fatal
+        self.failed: str | None = None
+        """Why a ``fatal`` exception ended the worker, or ``None``."""
+        self._is_async = subscriber is None or inspect.iscoroutinefunction(subscriber)
         self._pool = pool
         self._config = config
-        self._buffer: deque[StoreEvent] = deque()
+        self._buffer: deque[Any] = deque()
         self._state = SubscriptionState(subscription)
         self._breaker = CircuitBreaker(
             config.unhealthy_threshold, config.backoff_initial / 1000, config.backoff_max / 1000
@@ -119,6 +163,11 @@ class EmitterWorker:
         if self._breaker.state == "open":
             return True
         return self._config.enabled and self._remote_failed
+
+    @property
+    def room(self) -> int:
+        """Items the buffer takes before its bound (a source with back-pressure reads no more)."""
+        return max(0, self._config.buffer_size - len(self._buffer))
 
     @property
     def stats(self) -> WorkerStats:
@@ -148,11 +197,15 @@ class EmitterWorker:
                 "Topic": f'"{self.store}:{self.selector}"',
                 "Store": self.store,
                 "Selector": self.selector,
-                "Subscriber": getattr(self._subscriber, "__qualname__", repr(self._subscriber)),
+                "Subscriber": self._subscriber_name(),
                 "PID": os.getpid(),
                 "Thread": threading.get_ident(),
             },
         )
+
+    def _subscriber_name(self) -> str:
+        target = self._subscriber if self._subscriber is not None else self._batch_deliver
+        return getattr(target, "__qualname__", repr(target))
 
     async def stop(self, reason: str) -> None:
         task = self._task
@@ -175,14 +228,14 @@ class EmitterWorker:
                 "Reason": reason,
                 "Store": self.store,
                 "Selector": self.selector,
-                "Subscriber": getattr(self._subscriber, "__qualname__", repr(self._subscriber)),
+                "Subscriber": self._subscriber_name(),
                 "PID": os.getpid(),
                 "Thread": threading.get_ident(),
                 "Undelivered": len(self._buffer),
             },
         )
 
-    def take(self, events: list[StoreEvent]) -> None:
+    def take(self, events: Sequence[Any]) -> None:
         """Queue received events, applying the overflow policy at the bound."""
         bound = self._config.buffer_size
         drop_newest = self._config.overflow_policy == "drop_newest"
@@ -278,34 +331,60 @@ class EmitterWorker:
                     continue
             if self._config.circuit_breaker_enabled and breaker.before_try() == "half_open":
                 self._note("circuit_breaker_half_open")
-            event = self._buffer.popleft()
-            error = await self._deliver(event)
+            batch = [self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))]
+            try:
+                error, answers = await self._deliver(batch)
+            except self._fatal as exc:
+                self._buffer.extendleft(reversed(batch))
+                self.failed = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                self._note("proxy_crashed", str(exc) or self.failed, force=True)
+                observe.emit(
+                    log,
+                    "failure",
+                    f"✖ DELIVERY STOPPED: {self.subscription}: {self.failed}",
+                    level=logging.ERROR,
+                    subscription=self.subscription,
+                    error=self.failed,
+                )
+                return
             if error is None:
-                self._delivered()
+                self._delivered(sum(1 for answer in answers if answer is None))
+                if self._on_ack is not None:
+                    self._on_ack(batch, answers)
             else:
-                self._failed(event, error)
+                self._failed(batch, error)
 
-    async def _deliver(self, event: StoreEvent) -> str | None:
+    async def _deliver(self, batch: list[Any]) -> tuple[str | None, Sequence[str | None]]:
         timeout = self._config.delivery_timeout / 1000
+        answers: Sequence[str | None] = [None] * len(batch)
         try:
-            if self._is_async:
-                result = self._subscriber(event)
+            if self._batch_deliver is not None:
+                answers = await asyncio.wait_for(self._batch_deliver(batch), timeout)
+                if len(answers) != len(batch):
+                    return f"{len(answers)} answer(s) for a batch of {len(batch)}", answers
+            elif self._is_async:
+                assert self._subscriber is not None
+                result = self._subscriber(batch[0])
                 assert inspect.isawaitable(result)
                 await asyncio.wait_for(result, timeout)
             else:
                 loop = asyncio.get_running_loop()
-                await asyncio.wait_for(loop.run_in_executor(self._executor, self._subscriber, event), timeout)
+                subscriber = self._subscriber
+                assert subscriber is not None
+                await asyncio.wait_for(loop.run_in_executor(self._executor, subscriber, batch[0]), timeout)
         except TimeoutError:
-            return f"delivery took longer than {timeout:g} s"
+            return f"delivery took longer than {timeout:g} s", answers
         except asyncio.CancelledError:
-            self._buffer.appendleft(event)  # stopping: the event was not delivered
+            self._buffer.extendleft(reversed(batch))  # stopping: the batch was not delivered
+            raise
+        except self._fatal:
             raise
         except Exception as exc:  # the subscriber's own failure: counted and retried
-            return f"{type(exc).__name__}: {exc}"
-        return None
+            return f"{type(exc).__name__}: {exc}", answers
+        return None, answers
 
-    def _delivered(self) -> None:
-        self.delivered += 1
+    def _delivered(self, count: int = 1) -> None:
+        self.delivered += count
         if len(self._buffer) < self._config.buffer_size:
             self._overflowing = False
         if self._config.circuit_breaker_enabled and self._breaker.record_success() == "closed":
@@ -314,7 +393,7 @@ class EmitterWorker:
         else:
             self._note("event_delivery_success")
 
-    def _failed(self, event: StoreEvent, error: str) -> None:
+    def _failed(self, batch: list[Any], error: str) -> None:
         self.failures += 1
         observe.emit(
             log,
@@ -329,13 +408,15 @@ class EmitterWorker:
             not self._config.circuit_breaker_enabled
             and self._state.consecutive_failures >= self._config.unhealthy_threshold
         ):
-            self._count_drops(1)  # given up on after the threshold: counted, never silent
+            self._count_drops(len(batch))  # given up on after the threshold: counted, never silent
             self._state.consecutive_failures = 0
         else:
-            self._buffer.appendleft(event)  # retried: nothing is lost to a failing subscriber
-            if len(self._buffer) > self._config.buffer_size:
-                self._buffer.pop() if self._config.overflow_policy == "drop_newest" else self._buffer.popleft()
-                self._count_drops(1)
+            self._buffer.extendleft(reversed(batch))  # retried: nothing is lost to a failing subscriber
+            excess = len(self._buffer) - self._config.buffer_size
+            if excess > 0:
+                for _ in range(excess):
+                    self._buffer.pop() if self._config.overflow_policy == "drop_newest" else self._buffer.popleft()
+                self._count_drops(excess)
         if self._config.circuit_breaker_enabled and self._breaker.record_failure() == "open":
             self._note("circuit_breaker_opened", error, force=True)
             self._impact("failed", "circuit_breaker_opened")
