@@ -179,7 +179,10 @@ def test_sink_outage_pauses_then_every_journaled_message_arrives(peer: Any, tmp_
         assert seen[-1]["buffered"] <= 8, seen[-1]
         assert seen[-1]["lag"]["ex_esdb_alerts"] > 0, "the journal waits while the buffer is full"
         peer.start()
-        assert wait_until(lambda: len(set(_unique_in_order(peer.received(), ALERTS))) >= 40, 30), _stats(broker)
+        assert wait_until(lambda: len(set(_unique_in_order(peer.received(), ALERTS))) >= 40, 30), (
+            _stats(broker),
+            _unique_in_order(peer.received(), ALERTS),
+        )
         assert _unique_in_order(peer.received(), ALERTS) == list(range(40))
         assert wait_until(lambda: _stats(broker)["state"] == "running", 10)
         stats = _stats(broker)
