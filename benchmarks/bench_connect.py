@@ -5,9 +5,10 @@
 Scenarios, each a ratio against a reference measured in the same run:
 
 - ``sink_<kind>``: messages/s a connector delivers from the bus (a journaled instance, published
-  as fast as the SDK publishes) to the kind's receiver, against the same receiver fed directly
-  by that kind's own best client (:data:`FEEDERS`: one function per kind; add a kind by adding
-  its feeder and its peer module in tests/). The receiver for ``webhook`` is tests/peer_webhook.py.
+  as fast as the SDK publishes, until the far side holds them all, read with its own client)
+  to the kind's real server (tests/peer_<kind>.py: webhook receiver, redis-server, mosquitto,
+  nats-server -js), against the same server fed directly by that kind's own best client
+  (:data:`FEEDERS`: one function per kind, batches of 500 where the client batches).
 - ``dataplane``: raw 100-byte messages/s through ``exesdb-broker`` with two connectors running
   (on alerts and audit, idle) against the same broker without connectors (target >= 0.95).
 
@@ -20,7 +21,9 @@ import argparse
 import asyncio
 import hashlib
 import hmac
+import importlib
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,9 +41,10 @@ sys.path.insert(0, str(ROOT))
 from exesdb_sdk import Publisher  # noqa: E402
 
 from tests.conftest import FREE, BrokerProcess  # noqa: E402
-from tests.peer_webhook import make_peer  # noqa: E402
 
 RAW_BODY: Final = b"\x00" * 100
+SERVERS: Final = {"webhook": sys.executable, "redis": "redis-server", "mqtt": "mosquitto", "nats": "nats-server"}
+"""The far side's server binary per kind (the webhook receiver is a Python process)."""
 _DEADLINE: Final = 120.0
 
 
@@ -65,6 +69,94 @@ async def _feed_webhook(url: str, secret: bytes, bodies: list[bytes]) -> None:
                 response.raise_for_status()
 
 
+def _wait_received(peer: Any, topic: str, count: int, deadline: float) -> None:
+    """Until the far side holds ``count`` distinct messages of ``topic`` (read with its own client)."""
+    for _ in range(10**9):
+        if len({r.id for r in peer.received() if r.topic == topic}) >= count:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{peer.kind}: fewer than {count} messages of {topic}")
+        time.sleep(0.05)
+
+
+def _bench_json(count: int, run: int) -> list[tuple[str, dict[str, Any]]]:
+    """(id, tail-json object) of ``count`` messages as the direct feeders send them."""
+    return [
+        (
+            f"direct:{run}:{n}",
+            {"topic": "ex_esdb_alerts/bench", "instance": "ex_esdb_alerts", "type": "Bench", "data": {"n": n}},
+        )
+        for n in range(count)
+    ]
+
+
+def direct_redis(peer: Any, count: int) -> float:
+    """Messages/s into Redis from redis-py's asyncio client, one pipeline of XADDs per 500."""
+    import redis.asyncio as aioredis
+
+    items = _bench_json(count, time.monotonic_ns())
+
+    async def feed() -> None:
+        client = aioredis.Redis.from_url(peer.url, password=peer.password_file.read_text().strip())
+        try:
+            for start in range(0, count, 500):
+                pipe = client.pipeline(transaction=False)
+                for key, view in items[start : start + 500]:
+                    fields = {"id": key, "topic": view["topic"], "type": view["type"], "data": json.dumps(view["data"])}
+                    pipe.xadd("exesdb:bench-direct", fields, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
+                await pipe.execute()
+        finally:
+            await client.aclose()
+
+    started = time.monotonic()
+    asyncio.run(feed())
+    return count / (time.monotonic() - started)
+
+
+def direct_mqtt(peer: Any, count: int) -> float:
+    """Messages/s into mosquitto from aiomqtt, QoS 1, each 500's publishes gathered."""
+    import aiomqtt
+
+    items = _bench_json(count, time.monotonic_ns())
+
+    async def feed() -> None:
+        async with aiomqtt.Client("127.0.0.1", peer.port, protocol=aiomqtt.ProtocolVersion.V5) as client:
+            client.pending_calls_threshold = 1 << 30
+            for start in range(0, count, 500):
+                batch = items[start : start + 500]
+                await asyncio.gather(
+                    *(client.publish("exesdb/bench-direct", json.dumps({"id": k, **v}), qos=1) for k, v in batch)
+                )
+
+    started = time.monotonic()
+    asyncio.run(feed())
+    return count / (time.monotonic() - started)
+
+
+def direct_nats(peer: Any, count: int) -> float:
+    """Messages/s into JetStream from nats-py, each 500's ``publish_async`` acks gathered."""
+    import nats
+
+    items = _bench_json(count, time.monotonic_ns())
+
+    async def feed() -> None:
+        client = await nats.connect(peer.url, user="exesdb", password=peer.password_file.read_text().strip())
+        try:
+            js = client.jetstream()
+            for start in range(0, count, 500):
+                futures = [
+                    await js.publish_async("exesdb.bench.direct", json.dumps(v).encode(), headers={"Nats-Msg-Id": k})
+                    for k, v in items[start : start + 500]
+                ]
+                await asyncio.wait_for(asyncio.gather(*futures), 30)
+        finally:
+            await client.close()
+
+    started = time.monotonic()
+    asyncio.run(feed())
+    return count / (time.monotonic() - started)
+
+
 def direct_webhook(peer: Any, count: int) -> float:
     """Messages/s into the webhook receiver from one aiohttp client, one POST at a time (as the sink sends)."""
     bodies = [
@@ -77,7 +169,12 @@ def direct_webhook(peer: Any, count: int) -> float:
     return count / (time.monotonic() - started)
 
 
-FEEDERS: Final[dict[str, Callable[[Any, int], float]]] = {"webhook": direct_webhook}
+FEEDERS: Final[dict[str, Callable[[Any, int], float]]] = {
+    "webhook": direct_webhook,
+    "redis": direct_redis,
+    "mqtt": direct_mqtt,
+    "nats": direct_nats,
+}
 
 
 def _toml(table: dict[str, Any]) -> str:
@@ -91,12 +188,13 @@ def via_connector(peer: Any, count: int, tmp: Path) -> float:
     broker = BrokerProcess([*args, "--data-dir", str(tmp / f"data-{time.monotonic_ns()}"), "--start-grace", "0"])
     broker.wait_ready()
     try:
-        before = peer.log.read_bytes().count(b"\n") if peer.log.exists() else 0
+        # every run's messages are new ones (a fresh publisher: fresh ids)
+        held = len({r.id for r in peer.received() if r.topic == "ex_esdb_alerts/bench"})
         started = time.monotonic()
         with Publisher(broker.frontend, control=broker.control) as pub:
             for n in range(count):
                 pub.publish("alerts", "bench", "Bench", {"n": n})
-        _wait_lines(peer.log, before + count, time.monotonic() + _DEADLINE)
+        _wait_received(peer, "ex_esdb_alerts/bench", held + count, time.monotonic() + _DEADLINE)
         return count / (time.monotonic() - started)
     finally:
         broker.stop()
@@ -151,8 +249,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as directory:
         tmp = Path(directory)
         for kind, feeder in FEEDERS.items():
+            if shutil.which(SERVERS[kind]) is None:
+                print(f"sink_{kind}: skipped ({SERVERS[kind]} is not installed)")
+                continue
             (tmp / kind).mkdir()
-            peer = make_peer(tmp / kind)
+            peer = importlib.import_module(f"tests.peer_{kind}").make_peer(tmp / kind)
             peer.start()
             try:
                 bus, direct = [], []
