@@ -4,13 +4,18 @@ the broker exits 2 and ``exesdb connect`` 1, never a traceback."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+from exesdb_connect.config import connectors_from
 
 from .conftest import FREE, BrokerProcess
+
+ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = 'name = "hook"\nsink = "webhook"\ntopics = ["alerts/critical"]\nurl = "http://127.0.0.1:9/hook"\n'
 
@@ -76,3 +81,26 @@ def test_exesdb_connect_refuses_a_bad_file_in_one_line(tmp_path: Path) -> None:
     assert done.stderr.strip().splitlines() == [
         "exesdb: error: connector hook: url: 'ftp://x/' must be an http:// or https:// URL"
     ]
+
+
+def _toml_blocks(text: str) -> list[str]:
+    return re.findall(r"```toml\n(.*?)```", text, re.DOTALL)
+
+
+@pytest.mark.parametrize("where", ["README.md", "docs/connectors.md"])
+def test_every_connector_example_in_the_docs_is_a_valid_configuration(where: str, tmp_path: Path) -> None:
+    text = (ROOT / where).read_text()
+    if where == "README.md":
+        text = text[text.index("## Connectors") : text.index("\n## ", text.index("## Connectors") + 5)]
+    blocks = [block for block in _toml_blocks(text) if "[[connectors]]" in block]
+    assert blocks, f"no [[connectors]] example in {where}"
+    kinds: set[str] = set()
+    for block in blocks:
+        # the files an example names (secrets, passwords) exist on the reader's machine: here, in tmp
+        for path in set(re.findall(r'"(/etc/exesdb/[^"]+)"', block)):
+            local = tmp_path / Path(path).name
+            local.write_text("example-secret-of-32-characters!\n")
+            block = block.replace(path, str(local))
+        configs = connectors_from(tomllib.loads(block), where)
+        kinds.update(config.sink for config in configs)
+    assert kinds == {"webhook", "redis", "mqtt", "nats"}, f"{where}: examples for {sorted(kinds)} only"
