@@ -36,7 +36,7 @@ import aiomqtt
 import msgspec
 from exesdb_connect.sink import Delivery
 from exesdb_connect.sinks.mqtt import DEFAULT_INFLIGHT, ID_PROPERTY, MqttSink, create, mqtt_topic
-from exesdb_sdk.jsonview import message_json
+from exesdb_connect.source import delivery_of
 from exesdb_sdk.messages import NodeHealth
 from exesdb_sdk.protocol import Decoder, Encoder
 from harness import environment, handle_exits, write_report
@@ -80,17 +80,7 @@ def deliveries(count: int) -> tuple[list[Delivery], int]:
     for _ in range(count):
         body = encoder.encode(topic, "NodeHealth", NodeHealth(node="node1", status="healthy", load_avg=0.42))
         (message,) = decoder.decode([topic, body])
-        made.append(
-            Delivery(
-                id=message.message_id,
-                topic=message.topic,
-                instance=message.instance.value,
-                subtopic=message.subtopic,
-                type=message.type,
-                json=message_json(message),
-                body=body,
-            )
-        )
+        made.append(delivery_of(message, body=body))
     return made, len(made[0].body)
 
 

@@ -38,7 +38,7 @@ from typing import Any
 import nats
 from exesdb_connect.sink import Delivery
 from exesdb_connect.sinks import nats as nats_sink
-from exesdb_sdk.jsonview import message_json
+from exesdb_connect.source import delivery_of
 from exesdb_sdk.protocol import Decoder, Encoder
 from nats.js.api import StorageType, StreamConfig
 
@@ -94,17 +94,7 @@ def deliveries(count: int) -> list[Delivery]:
     for _ in range(count):
         body = encoder.encode(topic, "NodeHealth", data)
         (message,) = decoder.decode([topic, body])
-        out.append(
-            Delivery(
-                id=message.message_id,
-                topic=message.topic,
-                instance=message.instance.value,
-                subtopic=message.subtopic,
-                type=message.type,
-                json=message_json(message),
-                body=body,
-            )
-        )
+        out.append(delivery_of(message, body=body))
     return out
 
 

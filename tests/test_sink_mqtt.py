@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 from collections.abc import Coroutine, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,8 +14,8 @@ import paho.mqtt.client as paho
 import pytest
 from exesdb_connect.sink import Delivery, SinkRejected, SinkUnavailable
 from exesdb_connect.sinks import mqtt
+from exesdb_connect.source import delivery_of
 from exesdb_sdk.errors import ConfigError
-from exesdb_sdk.jsonview import message_json
 from exesdb_sdk.messages import NodeHealth, SystemAlert
 from exesdb_sdk.protocol import Decoder, Encoder
 from paho.mqtt.enums import CallbackAPIVersion
@@ -38,16 +39,7 @@ def delivery(instance: str, subtopic: str, type: str, data: Any, last_value: boo
     topic = ENCODER.topic(instance, subtopic)
     body = ENCODER.encode(topic, type, data)
     [message] = DECODER.decode([topic, body])
-    return Delivery(
-        id=message.message_id,
-        topic=message.topic,
-        instance=message.instance.value,
-        subtopic=message.subtopic,
-        type=message.type,
-        json=message_json(message),
-        body=body,
-        last_value=last_value,
-    )
+    return replace(delivery_of(message, body=body), last_value=last_value)
 
 
 def mixed() -> list[Delivery]:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from exesdb_connect.sink import Delivery, SinkRejected, SinkUnavailable
 from exesdb_connect.sinks import nats as nats_sink
+from exesdb_connect.source import delivery_of
 from exesdb_sdk.errors import ConfigError
-from exesdb_sdk.jsonview import message_json
 from exesdb_sdk.protocol import Decoder, Encoder
 
 from tests import peer_nats
@@ -44,15 +44,7 @@ class Deliveries:
         topic = self.encoder.topic(instance, subtopic)
         body = self.encoder.encode(topic, type, data)
         (message,) = self.decoder.decode([topic, body])
-        return Delivery(
-            id=message.message_id,
-            topic=message.topic,
-            instance=message.instance.value,
-            subtopic=message.subtopic,
-            type=message.type,
-            json=message_json(message),
-            body=body,
-        )
+        return delivery_of(message, body=body)
 
 
 def mixed(make: Deliveries) -> list[Delivery]:

@@ -13,8 +13,9 @@ import msgspec
 import pytest
 from exesdb_connect.sink import Delivery, SinkFactory, SinkRejected, SinkUnavailable
 from exesdb_connect.sinks import redis as redis_sink
+from exesdb_connect.source import delivery_of
 from exesdb_sdk.errors import ConfigError
-from exesdb_sdk.jsonview import json_ready, message_json
+from exesdb_sdk.jsonview import json_ready
 from exesdb_sdk.messages import NodeHealth, SystemAlert
 from exesdb_sdk.protocol import Decoder, Encoder
 
@@ -45,16 +46,7 @@ class Bus:
         topic = self.encoder.topic(instance, subtopic)
         body = self.encoder.encode(topic, type, data, corr=corr)
         (message,) = self.decoder.decode([topic, body])
-        return Delivery(
-            id=message.message_id,
-            topic=message.topic,
-            instance=message.instance.value,
-            subtopic=message.subtopic,
-            type=message.type,
-            json=message_json(message),
-            body=body,
-            broker_seq=broker_seq,
-        )
+        return delivery_of(message, broker_seq, body=body)
 
     def typed(self, payload: NodeHealth | SystemAlert, **kwargs: Any) -> Delivery:
         return self.delivery(

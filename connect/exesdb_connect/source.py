@@ -55,22 +55,29 @@ def _body(message: Message) -> bytes:
     return _ENCODE(envelope)
 
 
-def item_of(message: Message, broker_seq: int | None = None, within: int = 0) -> Item:
-    """The item for a message (live: no broker seq)."""
+def delivery_of(
+    message: Message, broker_seq: int | None = None, within: int = 0, body: bytes | None = None
+) -> Delivery:
+    """What a sink receives for a message (live: no broker seq); ``body``: its bytes as they
+    travelled, when known (else the envelope encoded again)."""
     topic = message.topic
     _, _, subtopic = topic.partition("/")
-    delivery = Delivery(
+    return Delivery(
         id=delivery_id(message, broker_seq, within),
         topic=topic,
         instance=message.instance.value,
         subtopic=subtopic,
         type=message.type,
         json=message_json(message),
-        body=_body(message),
+        body=_body(message) if body is None else body,
         broker_seq=broker_seq,
         last_value=topic.startswith(LAST_VALUE_PREFIXES),
     )
-    return Item(delivery, within)
+
+
+def item_of(message: Message, broker_seq: int | None = None, within: int = 0) -> Item:
+    """The item for a message (live: no broker seq)."""
+    return Item(delivery_of(message, broker_seq, within), within)
 
 
 def parked_item(parked: Parked) -> Item:
