@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Annotated, Final, NoReturn
 
 import typer
-from exesdb_connect.config import load_connectors
+from exesdb_connect.config import connectors_from
 from exesdb_sdk import __version__
 from exesdb_sdk.errors import ExesdbError
-from exesdb_sdk.settings import ENV_CONFIG
+from exesdb_sdk.settings import ENV_CONFIG, read_toml
 
 from .broker import Broker
 from .config import LOG_FORMATS, LOG_LEVELS, load_config
@@ -205,8 +205,11 @@ def serve(
         "http_stream_rate": http_stream_rate,
     }
     try:
-        settings = load_config(flags, config_file=config)
-        connectors = load_connectors(config if config is not None else os.environ.get(ENV_CONFIG) or None)
+        # one read of the file for [broker] and [[connectors]] (it may be a pipe, or change meanwhile)
+        path = config if config is not None else os.environ.get(ENV_CONFIG) or None
+        document = read_toml(path) if path is not None else None
+        settings = load_config(flags, config_file=path, document=document)
+        connectors = connectors_from(document, f"config file {path}") if document is not None else []
     except ExesdbError as exc:
         _fail(str(exc), EXIT_USAGE)
     setup_logging(settings.log_level, settings.log_format)

@@ -199,6 +199,8 @@ def load_config(
     *,
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
+    document: Mapping[str, Any] | None = None,
 ) -> BrokerConfig:
-    """Build the configuration from flags, environment, the TOML file and defaults, in that order."""
-    return load_settings(BrokerConfig, "broker", flags=flags, config_file=config_file, env=env)
+    """Build the configuration from flags, environment, the TOML file and defaults, in that order
+    (``document``: the file already read, see :func:`exesdb_sdk.settings.load_settings`)."""
+    return load_settings(BrokerConfig, "broker", flags=flags, config_file=config_file, env=env, document=document)

@@ -10,16 +10,15 @@ from __future__ import annotations
 import importlib
 import os
 import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Final
 
 from exesdb_sdk.errors import ConfigError, ExesdbError
 from exesdb_sdk.health import OVERFLOW_POLICIES, HealthConfig
 from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import MAX_SUBTOPIC_BYTES
+from exesdb_sdk.settings import read_toml
 
 from .sink import Sink, SinkFactory, option
 
@@ -177,17 +176,7 @@ def load_connectors(path: str | os.PathLike[str] | None) -> list[ConnectorConfig
     """The connectors of the TOML file at ``path`` (none for ``None``)."""
     if path is None:
         return []
-    file = Path(path)
-    try:
-        with file.open("rb") as handle:
-            document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {file}: not found") from None
-    except OSError as exc:
-        raise ConfigError(f"config file {file}: {exc.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {file}: invalid TOML: {' '.join(str(exc).split())}") from None
-    return connectors_from(document, f"config file {file}")
+    return connectors_from(read_toml(path), f"config file {path}")
 
 
 def names(configs: Sequence[ConnectorConfig]) -> list[str]:

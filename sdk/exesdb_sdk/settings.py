@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar
 
 from .errors import ConfigError
 
-__all__ = ["ENV_CONFIG", "check_settings", "load_settings", "one_of", "positive"]
+__all__ = ["ENV_CONFIG", "check_settings", "load_settings", "one_of", "positive", "read_toml"]
 
 ENV_CONFIG: Final = "EXESDB_CONFIG"
 """The environment variable naming the TOML file when no ``--config`` is given."""
@@ -72,10 +72,13 @@ def _field_types(cls: type) -> dict[str, type]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _read_table(path: Path, section: str) -> dict[str, Any]:
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The document of the TOML file at ``path``, read once (it may be a pipe); raises
+    :class:`ConfigError` in one line naming the file."""
+    path = Path(path)
     try:
         with path.open("rb") as handle:
-            document = tomllib.load(handle)
+            return tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path}: not found") from None
     except OSError as exc:
@@ -86,6 +89,9 @@ def _read_table(path: Path, section: str) -> dict[str, Any]:
         raise ConfigError(
             f"config file {path}: invalid TOML: not UTF-8 (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
         ) from None
+
+
+def _table(document: Mapping[str, Any], path: Path, section: str) -> dict[str, Any]:
     table = document.get(section, {})
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [{section}] must be a table")
@@ -109,12 +115,15 @@ def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     env_prefix: str = ENV_PREFIX,
+    document: Mapping[str, Any] | None = None,
 ) -> T:
     """Build ``cls`` from flags > ``<env_prefix><NAME>`` variables > ``[section]`` of the TOML file
     > defaults. ``env_prefix`` is ``EXESDB_`` unless a component needs its own namespace.
 
     ``flags`` maps field names to values; ``None`` values are ignored (not given). The file is
-    ``config_file``, else ``$EXESDB_CONFIG``, else none. Unknown keys in the file are errors.
+    ``config_file``, else ``$EXESDB_CONFIG``, else none; ``document``, when given, is that file
+    already read (:func:`read_toml`), so that a caller reading other tables reads it only once.
+    Unknown keys in the file are errors.
     """
     env = os.environ if env is None else env
     types = _field_types(cls)
@@ -123,7 +132,7 @@ def load_settings(
     path = config_file if config_file is not None else env.get(ENV_CONFIG) or None
     if path is not None:
         path = Path(path)
-        table = _read_table(path, section)
+        table = _table(read_toml(path) if document is None else document, path, section)
         for key, value in table.items():
             where = f"config file {path}: [{section}] {key}"
             if key not in types:
