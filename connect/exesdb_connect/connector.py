@@ -102,23 +102,23 @@ class Connector:
 
     def snapshot(self) -> dict[str, Any]:
         """The connector in ``stats`` (``connectors`` map); safe to call from another thread."""
-        worker = self.worker
+        figures = self.worker.stats
         state = self.state
-        if state == "running" and worker.paused:
+        if state == "running" and figures.paused:
             state = "paused"
         cursor = {instance: seq for instance, (seq, _) in dict(self.committed).items()}
         return {
             "sink": self.config.sink,
             "state": state,
             "reason": self.reason,
-            "delivered": worker.delivered,
+            "delivered": figures.delivered,
             "parked": self.parked,
             "parked_dropped": self.parked_dropped,
-            "missed": worker.missed,
-            "dropped": worker.dropped,
-            "failures": worker.failures,
-            "buffered": len(worker._buffer),
-            "breaker": worker._breaker.state,
+            "missed": figures.missed,
+            "dropped": figures.dropped,
+            "failures": figures.failures,
+            "buffered": figures.buffered,
+            "breaker": figures.breaker,
             "cursor": cursor,
             "lag": {instance: max(0, head - cursor.get(instance, head)) for instance, head in dict(self.heads).items()},
         }
@@ -180,7 +180,7 @@ class Connector:
     def _take_live(self, items: list[Item]) -> None:
         room = max(0, self.room())
         if len(items) > room:
-            self.worker._count_drops(len(items) - room)  # at most once: counted in dropped
+            self.worker.count_drops(len(items) - room)  # at most once: counted in dropped
             items = items[:room]
         if items:
             self.worker.take(items)

@@ -248,10 +248,12 @@ class EmitterWorker:
                 self._buffer.popleft()
             self._buffer.append(event)
         if dropped:
-            self._count_drops(dropped)
+            self.count_drops(dropped)
         self._wake()
 
-    def _count_drops(self, dropped: int) -> None:
+    def count_drops(self, dropped: int) -> None:
+        """Count ``dropped`` items its source could not give it (a full buffer), warning once
+        per overflow episode."""
         self.dropped += dropped
         if not self._overflowing:  # one warning per overflow episode; the count keeps growing
             self._overflowing = True
@@ -408,7 +410,7 @@ class EmitterWorker:
             not self._config.circuit_breaker_enabled
             and self._state.consecutive_failures >= self._config.unhealthy_threshold
         ):
-            self._count_drops(len(batch))  # given up on after the threshold: counted, never silent
+            self.count_drops(len(batch))  # given up on after the threshold: counted, never silent
             self._state.consecutive_failures = 0
         else:
             self._buffer.extendleft(reversed(batch))  # retried: nothing is lost to a failing subscriber
@@ -416,7 +418,7 @@ class EmitterWorker:
             if excess > 0:
                 for _ in range(excess):
                     self._buffer.pop() if self._config.overflow_policy == "drop_newest" else self._buffer.popleft()
-                self._count_drops(excess)
+                self.count_drops(excess)
         if self._config.circuit_breaker_enabled and self._breaker.record_failure() == "open":
             self._note("circuit_breaker_opened", error, force=True)
             self._impact("failed", "circuit_breaker_opened")
