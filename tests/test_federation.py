@@ -1,0 +1,260 @@
+"""Live federation: real ``exesdb-broker`` processes joined through a real three-node NATS
+cluster (``tests/peer_nats_cluster.py``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from exesdb_sdk import ControlClient, Publisher, Subscriber
+from exesdb_sdk.protocol import Message
+
+from tests.conftest import BrokerProcess, StartBroker, wait_until
+from tests.peer_nats import free_port
+from tests.peer_nats_cluster import BINARY, SKIP_REASON, NatsCluster
+
+pytestmark = pytest.mark.skipif(BINARY is None, reason=SKIP_REASON)
+
+TOPIC = "s1:federated"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    nats = NatsCluster(tmp_path)
+    try:
+        nats.start()
+        yield nats
+    finally:
+        nats.close()
+
+
+def _federation(broker: BrokerProcess) -> dict[str, Any]:
+    with ControlClient(broker.control) as control:
+        stats: dict[str, Any] = control.stats()["federation"]
+        return stats
+
+
+def _member(start_broker: StartBroker, name: str, *urls: str) -> BrokerProcess:
+    broker = start_broker("--federation-nats", ",".join(urls), "--federation-name", name, "--node", name)
+    assert wait_until(lambda: _federation(broker)["state"] == "connected", 10), _federation(broker)
+    return broker
+
+
+def _subscriber(broker: BrokerProcess) -> Subscriber:
+    sub = Subscriber(broker.backend)
+    sub.subscribe("events", TOPIC)
+    sub.subscribe("diagnostics", "probe")
+    sub.wait_ready(5)
+    return sub
+
+
+def _until_federated(origin: BrokerProcess, subs: list[Subscriber]) -> None:
+    """Probe from ``origin`` until every subscriber has one: NATS interest has spread over the
+    routes (asynchronously) and each broker's imports arrive."""
+    seen = [False] * len(subs)
+    with Publisher(origin.frontend) as probe:
+        for _ in range(200):
+            probe.publish("diagnostics", "probe", "Probe", {})
+            for index, sub in enumerate(subs):
+                while not seen[index]:
+                    try:
+                        seen[index] = sub.recv(timeout=0.05).topic == "ex_esdb_diagnostics/probe"
+                    except TimeoutError:
+                        break
+            if all(seen):
+                break
+    assert all(seen), seen
+    for sub in subs:  # later probes may still be on their way
+        while True:
+            try:
+                assert sub.recv(timeout=0.2).topic == "ex_esdb_diagnostics/probe"
+            except TimeoutError:
+                break
+
+
+def _events(sub: Subscriber, count: int, timeout: float = 10) -> list[Message]:
+    got: list[Message] = []
+    for _ in range(count + 1000):  # late probes too
+        try:
+            message = sub.recv(timeout=timeout)
+        except TimeoutError:
+            break
+        if message.topic.endswith("/probe"):
+            continue
+        got.append(message)
+        if message.seq == count:
+            break
+    return got
+
+
+@pytest.mark.timeout(40)
+def test_a_publisher_on_a_reaches_b_and_c_exactly_once_in_order(
+    cluster: NatsCluster, start_broker: StartBroker
+) -> None:
+    a = _member(start_broker, "a", cluster.urls[0])
+    b = _member(start_broker, "b", cluster.urls[1])
+    c = _member(start_broker, "c", cluster.urls[2])
+    subs = [_subscriber(broker) for broker in (a, b, c)]
+    try:
+        _until_federated(a, subs[1:])
+        _until_federated(a, subs[:1])
+        count = 500
+        with Publisher(a.frontend) as publisher:
+            for n in range(1, count + 1):
+                publisher.publish("events", TOPIC, "Counted", {"n": n})
+            pub = publisher.pub_id
+        for name, sub in zip("abc", subs, strict=True):
+            got = _events(sub, count)
+            assert [(m.pub, m.seq, m.data["n"]) for m in got] == [(pub, n, n) for n in range(1, count + 1)], name
+            assert sub.stats.gaps == 0, name
+        # a message from B, published after A's, reaches A: nothing of A's came back before it
+        with Publisher(b.frontend, node="publisher-at-b") as other:
+            other.publish("events", TOPIC, "Counted", {"n": 0})
+        last = subs[0].recv(timeout=10)
+        assert (last.data, last.src) == ({"n": 0}, "publisher-at-b")
+        fa, fb, fc = (_federation(broker) for broker in (a, b, c))
+        assert fa["exported"] >= count and fa["imported"] == 1 and fa["dropped"] == {}, fa
+        assert fb["imported"] >= count and fc["imported"] >= count and fb["gaps"] == fc["gaps"] == 0
+        assert fb["server"] == cluster.urls[1]
+    finally:
+        for sub in subs:
+            sub.close()
+
+
+@pytest.mark.timeout(45)
+def test_killing_the_nats_node_of_the_publishers_broker_mid_stream(
+    cluster: NatsCluster, start_broker: StartBroker
+) -> None:
+    a = _member(start_broker, "a", *cluster.urls)
+    b = _member(start_broker, "b", *[url for url in cluster.urls if url != _federation(a)["server"]])
+    victim = cluster.urls.index(_federation(a)["server"])
+    sub = _subscriber(b)
+    try:
+        _until_federated(a, [sub])
+        received: list[Message] = []
+        sent = 0
+        failed: list[BaseException] = []
+        stop = threading.Event()
+
+        def publish() -> None:
+            nonlocal sent
+            try:
+                with Publisher(a.frontend) as publisher:
+                    for n in range(1, 20_001):
+                        if stop.is_set():
+                            break
+                        publisher.publish("events", TOPIC, "Counted", {"n": n})
+                        sent = n
+                        stop.wait(0.001)  # a steady stream, not one burst before the kill
+            except BaseException as exc:
+                failed.append(exc)
+
+        thread = threading.Thread(target=publish, daemon=True)
+        thread.start()
+
+        def take_until(predicate: Any) -> bool:
+            for _ in range(100_000):
+                if predicate():
+                    return True
+                try:
+                    message = sub.recv(timeout=0.1)
+                except TimeoutError:
+                    if not thread.is_alive() and predicate():
+                        return True
+                    continue
+                if not message.topic.endswith("/probe"):
+                    received.append(message)
+            return predicate()
+
+        assert take_until(lambda: len(received) >= 300)
+        cluster.kill(victim)
+        assert take_until(lambda: _federation(a)["reconnects"] >= 1 and _federation(a)["state"] == "connected")
+        resumed = sent
+        assert take_until(lambda: bool(received) and received[-1].seq > resumed + 300)
+        stop.set()
+        thread.join(10)
+        assert not failed, failed
+        assert take_until(lambda: received[-1].seq == sent)
+
+        seqs = [m.seq for m in received]
+        assert seqs == sorted(set(seqs)), "a duplicate or a reordering"
+        lost = sent - len(received)
+        assert sub.stats.gaps == lost, (sub.stats, sent, len(received))
+        fa, fb = _federation(a), _federation(b)
+        assert fb["gaps"] + fb["dropped"].get("frontend_full", 0) == lost, fb
+        assert fa["server"] != cluster.urls[victim] and fa["reconnects"] >= 1, fa
+        print(f"sent {sent}, lost {lost} (counted as gaps), A reconnected to {fa['server']}")
+    finally:
+        sub.close()
+
+
+@pytest.mark.timeout(30)
+def test_unreachable_nats_at_start_serves_locally_and_joins_later(tmp_path: Path, start_broker: StartBroker) -> None:
+    later = NatsCluster(tmp_path, size=1)
+    broker = start_broker("--federation-nats", later.urls[0], http=True)
+    try:
+        state = _federation(broker)
+        assert state["state"] == "reconnecting" and state["server"] is None, state
+        with Subscriber(broker.backend) as sub, Publisher(broker.frontend) as publisher:
+            sub.subscribe("events", TOPIC)
+            sub.wait_ready(5)
+            publisher.publish("events", TOPIC, "Local", {})
+            assert sub.recv(timeout=5).type == "Local"
+        assert broker.http is not None
+        with urllib.request.urlopen(broker.http + "/healthz", timeout=5) as reply:
+            health = json.load(reply)
+        assert reply.status == 200 and health["status"] == "ok", health
+        assert health["federation"] == "reconnecting" and "degraded" in health, health
+        assert wait_until(lambda: _federation(broker)["dropped"].get("not_connected", 0) >= 1, 5)
+        later.start()
+        assert wait_until(lambda: _federation(broker)["state"] == "connected", 10), _federation(broker)
+        with urllib.request.urlopen(broker.http + "/healthz", timeout=5) as reply:
+            health = json.load(reply)
+        assert health["federation"] == "connected" and "degraded" not in health, health
+    finally:
+        later.close()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--federation-nats", "http://127.0.0.1:4222"], "must be nats://host:port"),
+        (["--federation-nats", "nats://u:p@127.0.0.1:4222"], "credentials do not belong in the URL"),
+        (["--federation-nats", "nats://127.0.0.1:4222", "--federation-exports", "nope"], "nope"),
+        (["--federation-nats", "nats://127.0.0.1:4222", "--federation-imports", "alerts"], "is journaled"),
+        (["--federation-nats", "nats://127.0.0.1:4222", "--federation-user", "x"], "user and password_file"),
+    ],
+)
+def test_bad_federation_config_is_one_line_and_exit_2(
+    start_broker: StartBroker, args: list[str], expected: str
+) -> None:
+    broker = start_broker(*args, ready=False)
+    assert broker.wait_exit(15) == 2
+    lines = broker.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("exesdb-broker: error: ") and expected in lines[0], lines
+
+
+@pytest.mark.timeout(30)
+def test_federation_from_the_config_file_and_environment(tmp_path: Path, start_broker: StartBroker) -> None:
+    config = tmp_path / "broker.toml"
+    config.write_text('[federation]\nnats = "nats://127.0.0.1:1"\nexports = "events,metrics"\nname = "from-file"\n')
+    broker = start_broker("--config", str(config), env={**os.environ, "EXESDB_FEDERATION_IMPORTS": "none"})
+    state = _federation(broker)
+    assert (state["name"], state["exports"], state["imports"]) == ("from-file", ["ex_esdb_events", "ex_esdb_metrics"], [])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[federation]\nnats = "nats://127.0.0.1:1"\nexport = "events"\n')
+    failed = start_broker("--config", str(bad), ready=False)
+    assert failed.wait_exit(15) == 2
+    assert "[federation] export: unknown setting" in failed.stderr, failed.stderr
+
+
+@pytest.mark.timeout(20)
+def test_no_federation_says_off(broker: BrokerProcess) -> None:
+    assert _federation(broker) == {"state": "off"}
