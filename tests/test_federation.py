@@ -3,14 +3,23 @@ cluster (``tests/peer_nats_cluster.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
+import shlex
+import socket
+import subprocess
+import sys
 import threading
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import nats
 import pytest
 from exesdb_sdk import ControlClient, Publisher, Subscriber
 from exesdb_sdk.protocol import Message
@@ -38,6 +47,10 @@ def _federation(broker: BrokerProcess) -> dict[str, Any]:
     with ControlClient(broker.control) as control:
         stats: dict[str, Any] = control.stats()["federation"]
         return stats
+
+
+def _connected(broker: BrokerProcess) -> bool:
+    return bool(_federation(broker)["state"] == "connected")
 
 
 def _member(start_broker: StartBroker, name: str, *urls: str) -> BrokerProcess:
@@ -158,7 +171,7 @@ def test_killing_the_nats_node_of_the_publishers_broker_mid_stream(
         thread = threading.Thread(target=publish, daemon=True)
         thread.start()
 
-        def take_until(predicate: Any) -> bool:
+        def take_until(predicate: Callable[[], bool]) -> bool:
             for _ in range(100_000):
                 if predicate():
                     return True
@@ -247,7 +260,11 @@ def test_federation_from_the_config_file_and_environment(tmp_path: Path, start_b
     config.write_text('[federation]\nnats = "nats://127.0.0.1:1"\nexports = "events,metrics"\nname = "from-file"\n')
     broker = start_broker("--config", str(config), env={**os.environ, "EXESDB_FEDERATION_IMPORTS": "none"})
     state = _federation(broker)
-    assert (state["name"], state["exports"], state["imports"]) == ("from-file", ["ex_esdb_events", "ex_esdb_metrics"], [])
+    assert (state["name"], state["exports"], state["imports"]) == (
+        "from-file",
+        ["ex_esdb_events", "ex_esdb_metrics"],
+        [],
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text('[federation]\nnats = "nats://127.0.0.1:1"\nexport = "events"\n')
     failed = start_broker("--config", str(bad), ready=False)
@@ -258,3 +275,98 @@ def test_federation_from_the_config_file_and_environment(tmp_path: Path, start_b
 @pytest.mark.timeout(20)
 def test_no_federation_says_off(broker: BrokerProcess) -> None:
     assert _federation(broker) == {"state": "off"}
+
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def _readme_block(marker: str, nth: int) -> list[str]:
+    blocks = re.findall(r"```sh\n(.*?)```", README[README.index(marker) :], re.DOTALL)
+    return [line for line in blocks[nth].splitlines() if line.strip()]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.timeout(40)
+def test_readme_several_machines_example(tmp_path: Path, clean_env: dict[str, str]) -> None:
+    marker = "several machines: run by tests/test_federation.py"
+    server_cmd, broker_a_cmd, broker_b_cmd = _readme_block(marker, 0)
+    tail_cmd, publish_cmd = _readme_block(marker, 1)
+    ports = {old: str(free_port()) for old in ("4222", "7200", "7201", "7202")}
+
+    def local(command: str) -> str:  # free ports and temporary directories for the README's
+        for old, new in ports.items():
+            command = re.sub(rf"(?<=[: ]){old}\b", new, command)
+        return command.replace("/tmp/", f"{tmp_path}/")
+
+    env = {**clean_env, "PATH": str(Path(sys.executable).parent) + ":" + clean_env.get("PATH", "")}
+    for name in ("FRONTEND", "BACKEND", "CONTROL"):  # broker a's defaults
+        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{free_port()}"
+    program, *args = shlex.split(local(server_cmd))
+    assert program == "nats-server" and BINARY is not None
+    server = subprocess.Popen([BINARY, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    brokers: list[BrokerProcess] = []
+    try:
+        assert wait_until(lambda: _listening(int(ports["4222"])), 10)
+        for command in (broker_a_cmd, broker_b_cmd):
+            program, *args = shlex.split(local(command))
+            assert program == "exesdb-broker"
+            brokers.append(BrokerProcess(args, env=env).wait_ready())
+        for broker in brokers:
+            assert wait_until(partial(_connected, broker), 10), _federation(broker)
+        tail = subprocess.Popen(local(tail_cmd) + " --count 1 --timeout 20", shell=True, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert tail.stderr is not None and tail.stderr.readline().startswith("exesdb tail: following")
+        done = subprocess.run(publish_cmd, shell=True, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        out, _ = tail.communicate(timeout=30)
+        assert tail.returncode == 0, out
+        message = json.loads(out)
+        assert (message["topic"], message["data"]["status"]) == ("ex_esdb_health/node_health:node1", "healthy")
+        assert _federation(brokers[1])["imported"] >= 1
+    finally:
+        for broker in brokers:
+            broker.stop()
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.mark.timeout(30)
+def test_foreign_nats_messages_are_counted_and_the_bridge_carries_on(tmp_path: Path, start_broker: StartBroker) -> None:
+    server = NatsCluster(tmp_path, size=1)
+    server.start()
+    try:
+        broker = _member(start_broker, "b", server.urls[0])
+        envelope = msgspec.msgpack.encode({"v": 1, "type": "T", "ts": 1, "src": "n", "pub": "p1", "seq": 1, "data": {}})
+
+        async def send() -> None:
+            client = await nats.connect(server.urls[0], allow_reconnect=False, connect_timeout=5)
+            try:
+                topic = "ex_esdb_events/s1%3Afederated"  # percent-encoded, as a broker sends it
+                await client.publish("exesdb.ex_esdb_events.x", envelope)  # no topic header
+                await client.publish("exesdb.ex_esdb_events.x", b"\xc1", headers={"Exesdb-Topic": topic})
+                await client.publish("exesdb.ex_esdb_events.x", envelope, headers={"Exesdb-Topic": "nowhere/x"})
+                await client.publish(
+                    "exesdb.ex_esdb_events.x", envelope, headers={"Exesdb-Topic": "ex_esdb_logging/x"}
+                )  # a real topic, but of another subject than its instance's: taken for what its header says
+                await client.publish("exesdb.ex_esdb_events.x", envelope, headers={"Exesdb-Topic": topic})
+                await client.flush()
+            finally:
+                await client.close()
+
+        with Subscriber(broker.backend) as sub:
+            sub.subscribe("events", TOPIC)
+            sub.wait_ready(5)
+            asyncio.run(asyncio.wait_for(send(), 10))
+            message = sub.recv(timeout=10)
+            assert (message.topic, message.pub, message.seq) == ("ex_esdb_events/" + TOPIC, "p1", 1)
+        state = _federation(broker)
+        assert state["dropped"] == {"bad_message": 3}, state
+        assert state["imported"] == 2 and state["state"] == "connected", state
+    finally:
+        server.close()

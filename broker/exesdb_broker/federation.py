@@ -253,6 +253,7 @@ class FederationChild:
         plan = self.plan
         client = Client()
         self._client = client
+        self.state, self.server = "reconnecting", None
 
         async def on_error(exc: Exception) -> None:
             if isinstance(exc, nats.errors.SlowConsumerError):
@@ -302,6 +303,7 @@ class FederationChild:
                     pending_msgs_limit=SUB_PENDING_MSGS,
                     pending_bytes_limit=SUB_PENDING_BYTES,
                 )
+        await client.flush(timeout=_CONNECT_TIMEOUT)  # the server has our subscriptions before we say connected
         self.server = str(client.connected_url.geturl()) if client.connected_url else None
         self.state = "connected"
         self.last_error = None
