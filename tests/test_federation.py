@@ -25,7 +25,7 @@ from exesdb_sdk import ControlClient, Publisher, Subscriber
 from exesdb_sdk.protocol import Message
 
 from tests.conftest import BrokerProcess, StartBroker, wait_until
-from tests.peer_nats import free_port
+from tests.peer_nats import USER, NatsPeer, free_port
 from tests.peer_nats_cluster import BINARY, SKIP_REASON, NatsCluster
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason=SKIP_REASON)
@@ -370,3 +370,20 @@ def test_foreign_nats_messages_are_counted_and_the_bridge_carries_on(tmp_path: P
         assert state["imported"] == 2 and state["state"] == "connected", state
     finally:
         server.close()
+
+
+@pytest.mark.timeout(30)
+def test_credentials_log_in_and_a_refused_login_says_why(tmp_path: Path, start_broker: StartBroker) -> None:
+    peer = NatsPeer(tmp_path)
+    peer.start()
+    try:
+        login = ("--federation-nats", peer.url, "--federation-user", USER)
+        good = start_broker(*login, "--federation-password-file", str(peer.password_file))
+        assert wait_until(partial(_connected, good), 10), _federation(good)
+        wrong = tmp_path / "wrong"
+        wrong.write_text("not-the-password\n")
+        refused = start_broker(*login, "--federation-password-file", str(wrong))
+        assert wait_until(lambda: "authorization" in (_federation(refused)["last_error"] or "").lower(), 10)
+        assert _federation(refused)["state"] == "reconnecting"
+    finally:
+        peer.close()

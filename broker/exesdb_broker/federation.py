@@ -233,7 +233,7 @@ class FederationChild:
         stopping = asyncio.create_task(self._stop.wait())
         try:
             waiting = {exporting, stopping, connecting}
-            while stopping not in waiting or not stopping.done():
+            while waiting:
                 done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if stopping in done:
                     break
@@ -250,6 +250,23 @@ class FederationChild:
             self.state = "stopped"
 
     async def _connect(self, inject: zmq.asyncio.Socket) -> None:
+        """Connect and subscribe; a failure past nats-py's own retries (a subscription the
+        server refuses, a flush that times out) is retried here, never a restart of the child."""
+        for attempt in range(1_000_000):
+            try:
+                await self._connect_once(inject)
+                return
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                self.last_error = _one_line(exc)
+                log.warning("federation: cannot join through NATS (%s); trying again", self.last_error)
+                client, self._client = self._client, None
+                if client is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(client.close(), _CONNECT_TIMEOUT)
+                self.state = "reconnecting"
+                await asyncio.sleep(min(_RECONNECT_WAIT * 2 ** min(attempt, 4), 5.0))
+
+    async def _connect_once(self, inject: zmq.asyncio.Socket) -> None:
         plan = self.plan
         client = Client()
         self._client = client
