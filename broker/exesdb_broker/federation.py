@@ -205,7 +205,9 @@ class FederationChild:
             return
         context = zmq.asyncio.Context.shadow(self._context.underlying)
         source = context.socket(zmq.SUB)
-        inject = context.socket(zmq.XPUB)
+        # A plain socket: an asyncio one queues a send that would block (unbounded, and a
+        # message can sit there until the next event), where this one raises at once.
+        inject: zmq.Socket[bytes] = self._context.socket(zmq.XPUB)
         try:
             source.setsockopt(zmq.RCVHWM, self._hwm)
             source.setsockopt(zmq.LINGER, 0)
@@ -217,16 +219,16 @@ class FederationChild:
             inject.setsockopt(zmq.LINGER, 0)
             inject.connect(self._base + "-frontend")
             # the frontend's subscription to everything: until it is here, a send would be lost
-            if not await inject.poll(int(_READY_TIMEOUT * 1000)):
+            if not inject.poll(int(_READY_TIMEOUT * 1000)):  # nothing else runs in this loop yet
                 raise ExesdbError("federation: no subscription from the broker's frontend")
-            await inject.recv()
+            inject.recv()
             self.ready.set()
             await self._serve(source, inject)
         finally:
             source.close(linger=0)
             inject.close(linger=0)
 
-    async def _serve(self, source: zmq.asyncio.Socket, inject: zmq.asyncio.Socket) -> None:
+    async def _serve(self, source: zmq.asyncio.Socket, inject: zmq.Socket[bytes]) -> None:
         assert self._stop is not None
         connecting = asyncio.create_task(self._connect(inject))
         exporting = asyncio.create_task(self._export(source))
@@ -249,7 +251,7 @@ class FederationChild:
                     await asyncio.wait_for(client.close(), 2.0)
             self.state = "stopped"
 
-    async def _connect(self, inject: zmq.asyncio.Socket) -> None:
+    async def _connect(self, inject: zmq.Socket[bytes]) -> None:
         """Connect and subscribe; a failure past nats-py's own retries (a subscription the
         server refuses, a flush that times out) is retried here, never a restart of the child."""
         for attempt in range(1_000_000):
@@ -266,7 +268,7 @@ class FederationChild:
                 self.state = "reconnecting"
                 await asyncio.sleep(min(_RECONNECT_WAIT * 2 ** min(attempt, 4), 5.0))
 
-    async def _connect_once(self, inject: zmq.asyncio.Socket) -> None:
+    async def _connect_once(self, inject: zmq.Socket[bytes]) -> None:
         plan = self.plan
         client = Client()
         self._client = client
@@ -373,7 +375,7 @@ class FederationChild:
             else:
                 self.exported += 1
 
-    def _import(self, msg: Msg, inject: zmq.asyncio.Socket) -> None:
+    def _import(self, msg: Msg, inject: zmq.Socket[bytes]) -> None:
         headers = msg.headers or {}
         if headers.get(ORIGIN_HEADER) == self.plan.name:
             self.dropped["echo"] += 1
