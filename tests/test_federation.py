@@ -265,6 +265,9 @@ def test_federation_from_the_config_file_and_environment(tmp_path: Path, start_b
         ["ex_esdb_events", "ex_esdb_metrics"],
         [],
     )
+    assert state["state"] == "reconnecting"
+    assert broker.stop() == 0  # a clean stop while it still looks for a NATS server
+    assert "did not stop" not in broker.stderr, broker.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text('[federation]\nnats = "nats://127.0.0.1:1"\nexport = "events"\n')
     failed = start_broker("--config", str(bad), ready=False)
