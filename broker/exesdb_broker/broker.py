@@ -41,8 +41,9 @@ from exesdb_sdk.errors import BindError, BrokerUnavailableError, ConfigError, Ex
 from exesdb_sdk.settings import check_settings
 from exesdb_web import WebServer
 
-from .config import BrokerConfig, journal_instances, last_value_prefixes
+from .config import BrokerConfig, FederationConfig, journal_instances, last_value_prefixes
 from .connectors import CONNECTOR_OPS, ConnectorsChild
+from .federation import FederationChild, federation_plan
 from .feed import Feed
 from .grace import expected_subscribers, remember_subscribers
 from .journal import JOURNAL_OPS, Journal, JournalSettings, journal_feeds
@@ -96,11 +97,19 @@ class Broker:
             print(broker.frontend, broker.backend)
     """
 
-    def __init__(self, config: BrokerConfig | None = None, connectors: Sequence[ConnectorConfig] = ()) -> None:
+    def __init__(
+        self,
+        config: BrokerConfig | None = None,
+        connectors: Sequence[ConnectorConfig] = (),
+        federation: FederationConfig | None = None,
+    ) -> None:
         self.config = config if config is not None else BrokerConfig()
         self.connector_configs = list(connectors)
         """The ``[[connectors]]`` of its TOML file, run by the ``connectors`` child."""
         self._connectors: ConnectorsChild | None = None
+        self.federation_config = federation if federation is not None else FederationConfig()
+        """The ``[federation]`` of its TOML file, run by the ``federation`` child (off without NATS URLs)."""
+        self._federation: FederationChild | None = None
         self.frontend = self.config.frontend
         self.backend = self.config.backend
         self.control = self.config.control
@@ -111,6 +120,7 @@ class Broker:
         self._supervisor = Supervisor(max_restarts=self.config.max_restarts, period=self.config.restart_period)
         self._inbox: Mailbox[InboxItem] = Mailbox()
         self._web: WebServer | None = None
+        self._base = f"inproc://exesdb-broker-{secrets.token_hex(6)}"
 
     @property
     def running(self) -> bool:
@@ -133,9 +143,13 @@ class Broker:
             if self._started:
                 raise ExesdbError("broker already started")
             check_settings(self.config)
+            check_settings(self.federation_config)
+            plan = federation_plan(self.federation_config, self.config)
             self._security = Security(self.config)  # keys, allowlists, the loopback rule: before any bind
             self._http = HttpSurface(self.config, self._security.enabled)  # its tokens, before any bind
             self._context = zmq.Context()
+            if plan is not None:
+                self._federation = FederationChild(plan, self._context, self._base, self.config)
             try:
                 self._start(self._context)
             except BaseException:
@@ -163,7 +177,7 @@ class Broker:
 
     def _start(self, context: zmq.Context[Any]) -> None:
         config = self.config
-        base = f"inproc://exesdb-broker-{secrets.token_hex(6)}"
+        base = self._base
         self._security.start(context)
 
         frontend = context.socket(zmq.XSUB)
@@ -296,6 +310,10 @@ class Broker:
             supervisor.start(self._connectors)
             if not self._connectors.ready.wait(_START_TIMEOUT):
                 raise BrokerUnavailableError(base + "-control", _START_TIMEOUT, "connectors")
+        if self._federation is not None:
+            supervisor.start(self._federation)
+            if not self._federation.ready.wait(_START_TIMEOUT):
+                raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, "federation")
         if expected:
             self._grace(expected)
         self.frontend = self._service.bind_frontend(config.frontend)
@@ -353,6 +371,7 @@ class Broker:
         extra = {"journal": self._journal.snapshot(), "restarts": self._supervisor.snapshot()}
         if self._connectors is not None:
             extra["connectors"] = self._connectors.snapshot()
+        extra["federation"] = self._federation.snapshot() if self._federation is not None else {"state": "off"}
         return extra
 
     def _stop_after_proxy(self) -> None:
@@ -362,9 +381,10 @@ class Broker:
 
     def _abort(self, context: zmq.Context[Any]) -> None:
         """Undo a start that failed part way: stop what runs, then drop every socket."""
-        for child in ("_connectors", "_web", "_tap", "_journal"):
+        for child in ("_federation", "_connectors", "_web", "_tap", "_journal"):
             if getattr(self, child, None) is not None:
                 getattr(self, child).stop()
+        self._supervisor.join("federation", _HTTP_STOP_TIMEOUT)
         self._supervisor.join("connectors", _HTTP_STOP_TIMEOUT)
         self._supervisor.join("http", _HTTP_STOP_TIMEOUT)
         self._http.close()
@@ -391,6 +411,10 @@ class Broker:
                 backlog.get("in_feeds", 0),
             )
             supervisor = self._supervisor
+            if self._federation is not None:  # first: it reads and writes through the proxy
+                self._federation.stop()
+                if not supervisor.join("federation", _HTTP_STOP_TIMEOUT):
+                    log.error("the federation thread did not stop within %.0f s", _HTTP_STOP_TIMEOUT)
             if self._connectors is not None:  # first: they read through the proxy and the control endpoint
                 self._connectors.stop()
                 if not supervisor.join("connectors", _HTTP_STOP_TIMEOUT):
@@ -413,7 +437,10 @@ class Broker:
                 supervisor.join(feed.name, timeout * 0.25)
             self._security.stop()
             if (
-                supervisor.alive("service") or supervisor.alive("http") or supervisor.alive("connectors")
+                supervisor.alive("service")
+                or supervisor.alive("http")
+                or supervisor.alive("connectors")
+                or supervisor.alive("federation")
             ):  # stuck: close what is left, it is over
                 log.error("a thread did not stop; closing its sockets from the outside")
                 context.destroy(linger=0)

@@ -16,8 +16,9 @@ from exesdb_sdk.errors import ExesdbError
 from exesdb_sdk.settings import ENV_CONFIG, read_toml
 
 from .broker import Broker
-from .config import LOG_FORMATS, LOG_LEVELS, load_config
+from .config import LOG_FORMATS, LOG_LEVELS, load_config, load_federation
 from .fds import raise_fd_limit
+from .federation import federation_plan
 from .logs import readiness_line, setup_logging
 
 __all__ = ["main", "serve"]
@@ -43,6 +44,9 @@ HELP = (
     "before that line: status 130); SIGHUP re-reads the key allowlists and the HTTP token files. "
     "Every thread runs under a supervisor: a failed one is restarted, and past --max-restarts in "
     "--restart-period the broker exits 1.\n\n"
+    "Federation: --federation-nats (or [federation] nats) joins brokers through core NATS: live "
+    "instances published here reach subscribers of the other brokers, and theirs reach this one's "
+    "(see docs/protocol.md, section 13; journaled instances are not federated).\n\n"
     "Security: --broker-key (a secret key file from exesdb keygen) turns on CURVE on every "
     "endpoint; --allow-publishers, --allow-subscribers and --allow-admins name directories of "
     "allowed public key files; with it, every HTTP route but /healthz needs a bearer token from the "
@@ -171,6 +175,24 @@ def serve(
             "before publishers flush their queues; 0 turns it off [default: 1]"
         ),
     ] = None,
+    federation_nats: Annotated[
+        str | None,
+        typer.Option(help="NATS servers of the federation, comma-separated nats://host:port [default: none: off]"),
+    ] = None,
+    federation_exports: Annotated[
+        str | None,
+        typer.Option(help="Instances published to the federation, comma-separated, live or none [default: live]"),
+    ] = None,
+    federation_imports: Annotated[
+        str | None,
+        typer.Option(help="Instances taken from the federation, comma-separated, live or none [default: live]"),
+    ] = None,
+    federation_name: Annotated[
+        str | None, typer.Option(help="This broker's name in the federation [default: --node]")
+    ] = None,
+    federation_user: Annotated[str | None, typer.Option(help="NATS user (with --federation-password-file)")] = None,
+    federation_password_file: Annotated[str | None, typer.Option(help="File holding the NATS password")] = None,
+    federation_token_file: Annotated[str | None, typer.Option(help="File holding a NATS token")] = None,
 ) -> None:
     flags = {
         "frontend": frontend,
@@ -210,6 +232,20 @@ def serve(
         document = read_toml(path) if path is not None else None
         settings = load_config(flags, config_file=path, document=document)
         connectors = connectors_from(document, f"config file {path}") if document is not None else []
+        federation = load_federation(
+            {
+                "nats": federation_nats,
+                "exports": federation_exports,
+                "imports": federation_imports,
+                "name": federation_name,
+                "user": federation_user,
+                "password_file": federation_password_file,
+                "token_file": federation_token_file,
+            },
+            config_file=path,
+            document=document,
+        )
+        federation_plan(federation, settings)  # every federation error here, in one line, before start-up
     except ExesdbError as exc:
         _fail(str(exc), EXIT_USAGE)
     setup_logging(settings.log_level, settings.log_format)
@@ -217,7 +253,7 @@ def serve(
     # Signals go to sigwait below, never to a handler running in the middle of broker code.
     signal.pthread_sigmask(signal.SIG_BLOCK, {*_SIGNALS, _RELOAD})
     _stop_if_signalled()
-    broker = Broker(settings, connectors)
+    broker = Broker(settings, connectors, federation)
     try:
         broker.start()
     except ExesdbError as exc:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from exesdb_sdk.endpoints import (
     DEFAULT_BACKEND,
@@ -31,11 +32,14 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "BrokerConfig",
+    "FederationConfig",
     "default_data_dir",
     "http_address",
     "journal_instances",
     "last_value_prefixes",
     "load_config",
+    "load_federation",
+    "nats_urls",
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -204,3 +208,74 @@ def load_config(
     """Build the configuration from flags, environment, the TOML file and defaults, in that order
     (``document``: the file already read, see :func:`exesdb_sdk.settings.load_settings`)."""
     return load_settings(BrokerConfig, "broker", flags=flags, config_file=config_file, env=env, document=document)
+
+
+def nats_urls(value: str) -> tuple[str, ...]:
+    """The ``nats://host:port`` URLs of a ``nats`` setting (comma-separated; empty: none)."""
+    urls: list[str] = []
+    for item in _items(value):
+        try:
+            parts = urlsplit(item)
+            port = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{item!r} is not a URL ({exc})") from None
+        if parts.scheme != "nats" or not parts.hostname:
+            raise ValueError(f"{item!r} must be nats://host:port")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("credentials do not belong in the URL: use user and password_file, or token_file")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(f"{item!r} must be nats://host:port, with no path or query")
+        if port == 0:
+            raise ValueError(f"{item!r}: port 0 is not a port to connect to")
+        urls.append(item)
+    return tuple(urls)
+
+
+def _federation_instances(value: Any) -> None:
+    if str(value).strip().lower() != FEDERATION_LIVE:
+        journal_instances(str(value))
+
+
+FEDERATION_LIVE = "live"
+"""The default of ``exports`` and ``imports``: every instance the broker does not journal."""
+
+
+@dataclass(frozen=True, slots=True)
+class FederationConfig:
+    """``[federation]``: the broker's bridge to other brokers through core NATS (see
+    :mod:`.federation`). Each field is also a flag (``--federation-nats``), an environment
+    variable (``EXESDB_FEDERATION_NATS``) and a key of ``[federation]`` in the file."""
+
+    nats: str = field(default="", metadata={"check": nats_urls})
+    """NATS servers, comma-separated ``nats://host:port``; empty turns the federation off."""
+    exports: str = field(default=FEDERATION_LIVE, metadata={"check": _federation_instances})
+    """Instances published to NATS (comma-separated; ``live``: every instance not journaled; ``none``)."""
+    imports: str = field(default=FEDERATION_LIVE, metadata={"check": _federation_instances})
+    """Instances taken from NATS into this broker (same forms as ``exports``)."""
+    name: str = ""
+    """This broker's name in the federation (the origin of what it exports) [default: its node]."""
+    user: str = ""
+    """NATS user (with ``password_file``)."""
+    password_file: str = field(default="", metadata={"check": _file})
+    """File holding the NATS password (first line)."""
+    token_file: str = field(default="", metadata={"check": _file})
+    """File holding a NATS token (instead of user and password)."""
+
+
+def load_federation(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    document: Mapping[str, Any] | None = None,
+) -> FederationConfig:
+    """``[federation]`` from flags, ``EXESDB_FEDERATION_*`` variables, the TOML file and defaults."""
+    return load_settings(
+        FederationConfig,
+        "federation",
+        flags=flags,
+        config_file=config_file,
+        env=env,
+        env_prefix="EXESDB_FEDERATION_",
+        document=document,
+    )

@@ -1,10 +1,12 @@
 """``/healthz``: whether the broker serves, for liveness and readiness probes (no authentication).
 
 200 ``{"status": "ok", ...}`` when it does; 503 ``{"status": "unavailable", "reason": ...}``
-otherwise. In the broker's process, :attr:`BusAccess.health` says what only the process can
-see (the proxy forwarding, every supervised thread alive, the journal usable or disabled on
-purpose); everywhere, the control endpoint must answer, and its ``stats`` (when this client
-may read them) must show a usable journal.
+otherwise. A broker in a federation (``stats.federation``) that has no NATS server stays 200,
+with ``"federation": "reconnecting"`` and a ``degraded`` reason. In the broker's process,
+:attr:`BusAccess.health` says what only the process can see (the proxy forwarding, every
+supervised thread alive, the journal usable or disabled on purpose); everywhere, the control
+endpoint must answer, and its ``stats`` (when this client may read them) must show a usable
+journal.
 """
 
 from __future__ import annotations
@@ -60,6 +62,14 @@ async def healthz(request: web.Request) -> web.Response:
         body["uptime"] = reply["uptime"]
         body["journal"] = reply.get("journal", {}).get("state")
         body["restarts"] = reply.get("restarts", {}).get("total", 0)
+    federation = reply.get("federation")
+    if isinstance(federation, dict) and federation.get("state") not in (None, "off"):
+        # the broker serves its own clients whatever NATS does: degraded, not unavailable
+        body["federation"] = federation["state"]
+        if federation["state"] != "connected":
+            body["degraded"] = (
+                f"federation {federation['state']}: {federation.get('last_error') or 'no NATS server yet'}"
+            )
     return web.json_response(body)
 
 

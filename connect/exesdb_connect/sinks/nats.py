@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import re
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import nats
 import nats.errors
 import nats.js.errors
 from exesdb_sdk.errors import ConfigError
+from exesdb_sdk.subjects import subject
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -62,8 +62,6 @@ KNOWN: Final = (
     "max_inflight",
 )
 
-_SAFE: Final = frozenset(string.ascii_letters + string.digits + "-_~=+@,")
-_SEPARATORS: Final = "/:"
 _STREAM_NAME: Final = re.compile(r"[^\s.*>/\\]{1,255}")
 _PREFIX_TOKEN: Final = re.compile(r"[!-~]+")  # printable ASCII, no space
 _SUBJECT_CACHE_LIMIT: Final = 4096
@@ -72,36 +70,6 @@ _REFUSED_MESSAGE: Final = frozenset({10054, 10055})  # message size, header size
 _STREAM_MISMATCH: Final = 10060  # the subject belongs to another stream than the one expected
 _NO_RESPONDERS: Final = "503"
 _HEADER_OVERHEAD: Final = len("NATS/1.0\r\n\r\n") + len("Nats-Expected-Stream: \r\n")
-
-
-def _escape(text: str) -> str:
-    out: list[str] = []
-    after_separator = True  # a separator at the start would make an empty token
-    last = len(text) - 1
-    for index, char in enumerate(text):
-        if char in _SEPARATORS and not after_separator and index != last:
-            out.append(".")
-            after_separator = True
-            continue
-        after_separator = False
-        if char in _SAFE:
-            out.append(char)
-        else:
-            out.extend(f"%{byte:02X}" for byte in char.encode("utf-8", "surrogatepass"))
-    return "".join(out)
-
-
-def subject(prefix: str, instance: str, subtopic: str) -> str:
-    """The subject of a message: ``<prefix>.<instance>.<subtopic>``.
-
-    In the subtopic, ``/`` and ``:`` become ``.`` (subject tokens, so ``store_health:s1`` is
-    ``...store_health.s1`` and ``*``/``>`` subscriptions work on its parts), except where that
-    would leave an empty token (at the start or the end, or right after another separator):
-    there they are percent-encoded. ASCII letters, digits and ``- _ ~ = + @ ,`` stay as they
-    are; every other byte of the UTF-8 text (``.``, ``*``, ``>``, ``%``, ``$``, spaces,
-    non-ASCII) is percent-encoded (``%2E``, ``%2A``...), so a subject is never a wildcard.
-    """
-    return f"{prefix}.{_escape(instance)}.{_escape(subtopic)}"
 
 
 @dataclass(frozen=True, slots=True)
