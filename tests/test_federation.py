@@ -53,8 +53,10 @@ def _connected(broker: BrokerProcess) -> bool:
     return bool(_federation(broker)["state"] == "connected")
 
 
-def _member(start_broker: StartBroker, name: str, *urls: str) -> BrokerProcess:
-    broker = start_broker("--federation-nats", ",".join(urls), "--federation-name", name, "--node", name)
+def _member(start_broker: StartBroker, name: str, *urls: str, http: bool = False) -> BrokerProcess:
+    # no BrokerMetrics of their own meanwhile (they would cross the federation too): counts stay exact
+    args = ["--federation-nats", ",".join(urls), "--federation-name", name, "--node", name]
+    broker = start_broker(*args, "--metrics-interval", "3600", http=http)
     assert wait_until(lambda: _federation(broker)["state"] == "connected", 10), _federation(broker)
     return broker
 
@@ -110,7 +112,7 @@ def _events(sub: Subscriber, count: int, timeout: float = 10) -> list[Message]:
 def test_a_publisher_on_a_reaches_b_and_c_exactly_once_in_order(
     cluster: NatsCluster, start_broker: StartBroker
 ) -> None:
-    a = _member(start_broker, "a", cluster.urls[0])
+    a = _member(start_broker, "a", cluster.urls[0], http=True)
     b = _member(start_broker, "b", cluster.urls[1])
     c = _member(start_broker, "c", cluster.urls[2])
     subs = [_subscriber(broker) for broker in (a, b, c)]
@@ -135,6 +137,16 @@ def test_a_publisher_on_a_reaches_b_and_c_exactly_once_in_order(
         assert fa["exported"] >= count and fa["imported"] == 1 and fa["dropped"] == {}, fa
         assert fb["imported"] >= count and fc["imported"] >= count and fb["gaps"] == fc["gaps"] == 0
         assert fb["server"] == cluster.urls[1]
+        # /metrics shows the same counts (the broker's own metrics keep being exported meanwhile)
+        assert a.http is not None
+        with urllib.request.urlopen(a.http + "/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        after = _federation(a)
+        exported = float(re.search(r"^exesdb_federation_exported_total (\S+)$", text, re.M)[1])  # type: ignore[index]
+        assert fa["exported"] <= exported <= after["exported"], (fa, exported, after)
+        assert re.search(r"^exesdb_federation_up 1\.0$", text, re.M), text[-2000:]
+        imported = float(re.search(r"^exesdb_federation_imported_total (\S+)$", text, re.M)[1])  # type: ignore[index]
+        assert fa["imported"] <= imported <= after["imported"], (fa, imported, after)
     finally:
         for sub in subs:
             sub.close()

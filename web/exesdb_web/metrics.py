@@ -106,6 +106,7 @@ def _broker_families(stats: dict[str, Any]) -> Iterator[Metric]:
         yield _counter("exesdb_proxy_bytes", "Bytes through the proxy, by direction", labels={"direction": sizes})
     yield from _journal_families(stats.get("journal", {}))
     yield from _connector_families(stats.get("connectors"))
+    yield from _federation_families(stats.get("federation"))
     restarts = stats.get("restarts", {})
     yield _counter(
         "exesdb_thread_restarts",
@@ -211,6 +212,22 @@ def _connector_families(connectors: Any) -> Iterator[Metric]:
     yield state
     yield lag
     yield buffered
+
+
+def _federation_families(federation: Any) -> Iterator[Metric]:
+    """``exesdb_federation_*`` from ``stats.federation`` (absent when federation is off)."""
+    if not isinstance(federation, dict) or federation.get("state", "off") == "off":
+        return
+    yield _gauge("exesdb_federation_up", "1 while the federation bridge is connected to NATS",
+                 federation.get("state") == "connected")  # fmt: skip
+    yield _counter("exesdb_federation_exported", "Messages exported to NATS", federation.get("exported"))
+    yield _counter("exesdb_federation_imported", "Messages imported from NATS", federation.get("imported"))
+    yield _counter("exesdb_federation_gaps", "Imported messages missing by sequence", federation.get("gaps"))
+    yield _counter("exesdb_federation_reconnects", "Reconnections to NATS", federation.get("reconnects"))
+    yield _counter(
+        "exesdb_federation_dropped", "Messages the bridge could not carry, by reason",
+        labels={"reason": federation.get("dropped") or {}},
+    )  # fmt: skip
 
 
 def _security_families(security: dict[str, Any]) -> Iterator[Metric]:
