@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -23,12 +24,12 @@ import pytest
 from aiohttp import web
 from exesdb_sdk import ControlClient, Publisher
 from exesdb_sdk import broadcast as bus
-from exesdb_sdk.messages import AlertAck, NodeHealth, SubscriptionHealth, SystemAlert
+from exesdb_sdk.messages import AlertAck, BrokerMetrics, NodeHealth, SubscriptionHealth, SystemAlert
 from exesdb_web import dashboard
 from exesdb_web.access import BusAccess
 from exesdb_web.server import WebServer
 
-from .conftest import BrokerProcess
+from .conftest import BrokerProcess, StartBroker
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "web" / "exesdb_web" / "static"
@@ -222,6 +223,13 @@ def test_the_dashboard_shows_the_bus_live_in_a_real_browser(
         )
         assert browser.find_elements("id", "pwned") == [] and browser.title == "exesdb dashboard"
 
+        # every broker heard of, from its BrokerMetrics (which cross a federation as any message does)
+        figures = {"uptime": 60.0, "messages": 9, "envelopes": 9, "bytes": 900, "malformed": 0, "publishers": 2}
+        pub.publish_message(BrokerMetrics(node="broker-b", rate=12.5, subscribers=3, **figures))
+        _wait(browser, "broker-b in the brokers list",
+              lambda d: "12.5 msg/s · 3 sub · 2 pub" in _text(d, "#internals"))  # fmt: skip
+        assert "broker-b" in _text(browser, "#internals")
+
         pub.publish_message(AlertAck(alert_id=alert.alert_id, acknowledged_by="alice", note="on it"))
         _wait(
             browser,
@@ -322,6 +330,24 @@ class _ScriptedStream:
 
 
 @pytest.mark.timeout(30)
+@pytest.mark.timeout(60)
+def test_the_broker_s_own_dashboard_shows_its_federation_state(browser: Any, start_broker: StartBroker) -> None:
+    # the broker's own HTTP surface; its federation's NATS server is not there (a closed port)
+    broker = start_broker("--federation-nats", f"nats://127.0.0.1:{_closed_port()}", http=True)
+    assert broker.http is not None
+    browser.get(broker.http + "/")
+    _wait(browser, "the federation's state", lambda d: "reconnecting" in _text(d, "#internals"))
+    _wait(browser, "a warning banner", lambda d: "federation reconnecting" in _text(d, "#reasons"))
+    assert browser.find_element("id", "banner").get_attribute("data-state") == "warn"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
 def test_the_page_shows_gaps_skips_what_it_does_not_know_and_names_a_failing_stats(browser: Any) -> None:
     scripted = _ScriptedStream()
     scripted.thread.start()

@@ -62,6 +62,7 @@
     previous: null, // { at, messages: {instance: n} } of the last poll, for rates
     rates: new Map(), // instance -> recent msg/s, at most LIMITS.spark each
     nodes: new Bounded(LIMITS.nodes),
+    brokers: new Bounded(LIMITS.nodes), // every broker heard of: its BrokerMetrics cross a federation too
     cluster: null,
     membership: null,
     stores: new Bounded(LIMITS.stores),
@@ -225,6 +226,13 @@
         if (d.store === undefined) break;
         Object.assign(storeOf(d.store), { eps: d.events_per_second, dropped: d.dropped_events, missed: d.missed_events });
         break;
+      case "BrokerMetrics": {
+        if (d.node === undefined) break;
+        const key = text(d.node);
+        Object.assign(state.brokers.touch(key, () => ({ name: key })), { rate: d.rate, messages: d.messages,
+          subscribers: d.subscribers, publishers: d.publishers, uptime: d.uptime, seen: now });
+        break;
+      }
       case "SystemAlert": onAlert(m, d); break;
       case "AlertAck": onAck(d); break;
       case "AlertEscalation": {
@@ -607,6 +615,21 @@
       groups.push(kv("thread restarts", [["total", num(r.total), r.total ? "bad" : "good"],
         ...byThread.map(([name, n]) => [text(name), num(n), "bad"]),
         ["limit", isNumber(r.max_restarts) ? `${r.max_restarts} in ${duration(r.period)}` : "–"]]));
+      const f = isObject(s.federation) ? s.federation : null;
+      if (f && f.state !== "off") {
+        const dropped = isObject(f.dropped) ? Object.values(f.dropped).reduce((a, b) => a + (isNumber(b) ? b : 0), 0) : 0;
+        groups.push(kv("federation", [["state", text(f.state), f.state === "connected" ? "good" : "bad"],
+          ["NATS", text(f.server || "–")], ["exported", num(f.exported)], ["imported", num(f.imported)],
+          ["gaps", num(f.gaps), f.gaps ? "bad" : ""], ["dropped", num(dropped), dropped ? "bad" : ""],
+          ["reconnects", num(f.reconnects)]]));
+      }
+      const brokers = state.brokers.values().sort((a, b) => (a.name < b.name ? -1 : 1));
+      if (brokers.length) {
+        const now = Date.now();
+        groups.push(kv("brokers", brokers.map((b) => [b.name,
+          `${isNumber(b.rate) ? b.rate.toFixed(1) : "–"} msg/s · ${num(b.subscribers)} sub · ${num(b.publishers)} pub`,
+          now - b.seen > STALE_MS ? "bad" : "good"])));
+      }
       if (isObject(s.http)) {
         groups.push(kv("http", Object.entries(s.http).slice(0, 10).map(([k, v]) => [text(k), isNumber(v) ? num(v) : text(v)])));
       }
@@ -632,6 +655,8 @@
         (j.state === "unavailable" || j.state === "failed" ? fail : warn).push(`journal ${text(j.state)}${j.reason ? `: ${text(j.reason)}` : ""}`);
       }
       if (j && j.dropped) warn.push(`journal dropped ${num(j.dropped)}`);
+      const f = isObject(s.federation) ? s.federation : null;
+      if (f && f.state && f.state !== "off" && f.state !== "connected") warn.push(`federation ${text(f.state)}`);
     }
     const c = state.cluster;
     if (c && c.status === "unhealthy") fail.push("cluster unhealthy");
