@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -150,6 +152,38 @@ def test_messages_the_next_broker_sends_again_are_skipped(pair: tuple[BrokerProc
         raw_b.close(0)
     assert got == list(range(40))
     assert stats.duplicates == 10 and stats.gaps == 0
+
+
+def test_a_frozen_broker_is_left_after_the_heartbeat_timeout(pair: tuple[BrokerProcess, BrokerProcess]) -> None:
+    """SIGSTOP, not SIGKILL: no TCP reset tells the clients (as when a machine vanishes); the
+    ZMTP heartbeats they send with several brokers do, within their timeout."""
+    a, b = pair
+    with (
+        Subscriber([a.backend, b.backend], subscribe_timeout=3) as sub,
+        Publisher([a.frontend, b.frontend], connect_timeout=3) as pub,
+    ):
+        sub.subscribe("health")
+        sent = 0
+
+        def publish() -> bool:
+            nonlocal sent
+            pub.publish("health", "frozen", "Custom", {"i": sent})
+            sent += 1
+            return pub.stats.failovers == 1
+
+        publish()
+        got = [sub.recv(5).data["i"]]
+        os.kill(a.proc.pid, signal.SIGSTOP)
+        try:
+            assert wait_until(lambda: bool(_read_all(sub, got, 0.05) or True) and sub.stats.failovers == 1, 15)
+            assert wait_until(publish, 15, interval=0.05)
+        finally:
+            a.proc.kill()
+        assert pub.frontend == b.frontend and sub.backend == b.backend
+        last = sent
+        publish()
+        assert wait_until(lambda: bool(_read_all(sub, got, 0.05)) and got[-1] == last, 10)
+        assert len(got) == len(set(got)) and len(got) + sub.stats.gaps == sent
 
 
 def test_control_client_tries_each_endpoint(pair: tuple[BrokerProcess, BrokerProcess]) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
 import zmq
 import zmq.asyncio
@@ -16,7 +16,12 @@ from .curve import ClientKeys, HandshakeWatch, KeyPath
 from .endpoints import Endpoints, Rotation
 from .errors import ClosedError
 
-__all__ = ["AsyncSocketOwner", "ControlLink", "Owner", "SocketOwner"]
+__all__ = ["HEARTBEAT_MS", "HEARTBEAT_TIMEOUT_MS", "AsyncSocketOwner", "ControlLink", "Owner", "SocketOwner"]
+
+HEARTBEAT_MS: Final = 1000
+"""With several brokers, ZMTP heartbeats every second: a broker that stops answering (its
+machine gone, no TCP reset) is dropped after ``HEARTBEAT_TIMEOUT_MS``, and the client fails over."""
+HEARTBEAT_TIMEOUT_MS: Final = 3000
 
 S = TypeVar("S", bound="zmq.Socket[Any]")
 K = TypeVar("K")
@@ -37,7 +42,11 @@ class Owner(Generic[S]):
         self._socket: S | None = self._context.socket(socket_type)
         # CURVE keys (if any) and the handshake monitor go on before connect (see .curve); with
         # several brokers the monitor goes on watching for a lost connection.
-        self._watch = HandshakeWatch(self._socket, keys, disconnects=self._tracks_disconnects())
+        several = self._tracks_disconnects()
+        if several:
+            self._socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+            self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        self._watch = HandshakeWatch(self._socket, keys, disconnects=several)
         self._watch.follow(self._rotation.current)
 
     def _tracks_disconnects(self) -> bool:
