@@ -247,7 +247,8 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
     publishing, or a send stays blocked for ``send_timeout``) it moves to the next (round robin),
     waits for its subscription as connecting does, logs a warning and counts it in
     ``stats.failovers``; what was sent since the last look is counted in ``stats.possibly_lost``
-    (a publish may then wait up to ``connect_timeout`` per broker tried). ``node`` is
+    (a publish may then wait up to ``connect_timeout`` per broker tried; if none answers it raises
+    :class:`~exesdb_sdk.errors.BrokerUnavailableError`, as connecting does). ``node`` is
     the ``src`` of every envelope (``$EXESDB_NODE``, else the host name). When the broker
     cannot keep up, a publish waits up to ``send_timeout`` seconds (``None``: forever) and then
     raises :class:`~exesdb_sdk.errors.PublishTimeoutError`; nothing is dropped silently.

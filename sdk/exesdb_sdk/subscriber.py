@@ -464,7 +464,9 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
     first: when that broker goes away (the socket monitor reports the lost connection, seen while
     :meth:`recv` waits) it subscribes at the next (round robin; each has ``subscribe_timeout``
     to confirm, so a ``recv`` may wait that long per broker tried), logs a warning and counts
-    it in ``stats.failovers``. From then on live messages at or below the last ``seq`` it
+    it in ``stats.failovers`` (if none confirms, :meth:`recv` raises
+    :class:`~exesdb_sdk.errors.BrokerUnavailableError` and stays with the first broker, which
+    ZeroMQ keeps reconnecting to). From then on live messages at or below the last ``seq`` it
     delivered per (pub, topic) are skipped (``stats.duplicates``); what was lost shows in
     ``stats.gaps``. Subscribe to
     whole instances or to topic prefixes within one, then :meth:`recv` or iterate. Messages
