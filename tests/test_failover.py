@@ -19,7 +19,7 @@ from exesdb_sdk import AsyncPublisher, AsyncSubscriber, ControlClient, Publisher
 from exesdb_sdk.errors import ConfigError, ReceiveTimeoutError
 from exesdb_sdk.protocol import Encoder
 
-from .conftest import BrokerProcess, Lines, StartBroker, raw_publisher, wait_until
+from .conftest import BrokerProcess, Lines, StartBroker, instance_messages, raw_publisher, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -182,7 +182,12 @@ def test_a_frozen_broker_is_left_after_the_heartbeat_timeout(pair: tuple[BrokerP
         assert pub.frontend == b.frontend and sub.backend == b.backend
         last = sent
         publish()
-        assert wait_until(lambda: bool(_read_all(sub, got, 0.05)) and got[-1] == last, 10)
+        assert wait_until(lambda: bool(_read_all(sub, got, 0.05)) and got[-1] == last, 10), (
+            got,
+            sub.stats,
+            pub.stats,
+            instance_messages(b, "ex_esdb_health"),
+        )
         assert len(got) == len(set(got)) and len(got) + sub.stats.gaps == sent
 
 

@@ -335,7 +335,10 @@ def connect_any(rotation: Rotation, order: list[str], timeout: float) -> Flow[No
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                if (yield Receive(remaining)) is not None:
+                frames = yield Receive(remaining)
+                # a subscription (0x01), not the unsubscription XPUB queues when a lost broker's
+                # connection is closed: with that, the new broker would not be listening yet
+                if frames is not None and frames[0][:1] == b"\x01":
                     yield Settle()
                     return
         except BrokerGone:  # it went away while we waited: the next one

@@ -321,6 +321,8 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
     def _step_io(self, step: Step) -> Any:
         """Carry out a step that never waits (the same for both drivers)."""
         if isinstance(step, Reconnect):
+            # what the old broker sent (a late subscription) must not pass for the new one's
+            self._drain()
             return self._switch(step.endpoint)
         assert isinstance(step, Settle)
         return self._watch.settle()
