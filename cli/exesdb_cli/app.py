@@ -97,15 +97,27 @@ def _root(
 
 Backend = Annotated[
     str | None,
-    typer.Option("--backend", envvar="EXESDB_BACKEND", help="Broker backend [default: tcp://127.0.0.1:7101]"),
+    typer.Option(
+        "--backend",
+        envvar="EXESDB_BACKEND",
+        help="Broker backend; several, comma-separated, to fail over [default: tcp://127.0.0.1:7101]",
+    ),
 ]
 Frontend = Annotated[
     str | None,
-    typer.Option("--frontend", envvar="EXESDB_FRONTEND", help="Broker frontend [default: tcp://127.0.0.1:7100]"),
+    typer.Option(
+        "--frontend",
+        envvar="EXESDB_FRONTEND",
+        help="Broker frontend; several, comma-separated, to fail over [default: tcp://127.0.0.1:7100]",
+    ),
 ]
 Control = Annotated[
     str | None,
-    typer.Option("--control", envvar="EXESDB_CONTROL", help="Broker control endpoint [default: tcp://127.0.0.1:7102]"),
+    typer.Option(
+        "--control",
+        envvar="EXESDB_CONTROL",
+        help="Broker control endpoint; several, comma-separated [default: tcp://127.0.0.1:7102]",
+    ),
 ]
 Secret = Annotated[
     str | None, typer.Option("--secret", envvar="EXESDB_SECRET", help="Shared secret for signed messages")

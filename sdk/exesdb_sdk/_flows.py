@@ -10,6 +10,7 @@ driver runs it and whatever a step raised. (The shape of httpx's ``auth_flow``.)
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -17,7 +18,9 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import zmq
 
+from .curve import BrokerGone
 from .durable import ReplayFrom, durability_error, durable_request, durable_seq
+from .endpoints import Rotation
 from .errors import BrokerUnavailableError, ControlError, ReceiveTimeoutError
 from .instances import Instance
 from .protocol import Message
@@ -31,6 +34,7 @@ __all__ = [
     "Flow",
     "ReadHeld",
     "Receive",
+    "Reconnect",
     "Request",
     "Send",
     "Settle",
@@ -40,14 +44,21 @@ __all__ = [
     "WaitReady",
     "arun",
     "catch_up",
+    "connect_any",
+    "control_failover",
     "control_request",
     "done",
     "durable_publish",
     "probe",
+    "probe_any",
+    "publisher_failover",
     "receive",
     "run",
     "subscribe_durable",
+    "subscriber_failover",
 ]
+
+_log: Final = logging.getLogger("exesdb_sdk")
 
 _STEPS: Final = 10_000_000
 """Steps a flow may take: far more than any does (a replay page is three)."""
@@ -115,7 +126,15 @@ class Settle:
     """The peer has answered: stop watching the handshakes (see :class:`~.curve.HandshakeWatch`)."""
 
 
-Step = WaitReady | Request | ReadHeld | Send | Receive | Settle | Subscribe | Unsubscribe
+@dataclass(frozen=True, slots=True)
+class Reconnect:
+    """Leave the broker in use (if connected) and connect to ``endpoint``, one of the client's
+    :class:`~.endpoints.Rotation`, instead."""
+
+    endpoint: str
+
+
+Step = WaitReady | Request | ReadHeld | Send | Receive | Settle | Subscribe | Unsubscribe | Reconnect
 Flow = Generator[Step, Any, T]
 
 
@@ -225,7 +244,13 @@ def receive(core: SubscriberCore, timeout: float | None) -> Flow[Message]:
         remaining = 1.0 if deadline is None else deadline - time.monotonic()
         if remaining <= 0:
             break
-        frames = yield Receive(remaining, watch=False)
+        try:
+            frames = yield Receive(remaining, watch=False)
+        except BrokerGone:
+            if core.rotation is None:
+                raise
+            yield from subscriber_failover(core, core.rotation, core.failover_timeout)
+            continue
         if frames is not None:
             messages = core.take(frames)
             if messages:
@@ -297,3 +322,95 @@ def durable_publish(publisher: PublisherCore, topic: bytes, body: bytes, envelop
         raise durability_error(exc) from None
     publisher._count(topic, body, envelopes)
     return durable_seq(reply)
+
+
+def connect_any(rotation: Rotation, order: list[str], timeout: float) -> Flow[None]:
+    """A publisher's connection: connect to each endpoint of ``order`` in turn until one's
+    subscription arrives within ``timeout`` seconds (what the broker's XSUB sends first)."""
+    for endpoint in order:
+        yield Reconnect(endpoint)
+        deadline = time.monotonic() + timeout
+        try:
+            for _ in range(_STEPS):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                frames = yield Receive(remaining)
+                # a subscription (0x01), not the unsubscription XPUB queues when a lost broker's
+                # connection is closed: with that, the new broker would not be listening yet
+                if frames is not None and frames[0][:1] == b"\x01":
+                    yield Settle()
+                    return
+        except BrokerGone:  # it went away while we waited: the next one
+            continue
+    where = rotation.describe() if len(order) > 1 else order[0]
+    raise BrokerUnavailableError(where, timeout)
+
+
+def publisher_failover(publisher: PublisherCore, timeout: float) -> Flow[None]:
+    """The publisher's broker went away: count what it may have lost, then connect to the
+    next broker that answers (round robin)."""
+    rotation = publisher.rotation
+    gone = rotation.current
+    lost = publisher._lost_at_failover()
+    yield from connect_any(rotation, rotation.following(), timeout)
+    _log.warning(
+        "exesdb publisher %s: broker %s went away (up to %d messages possibly lost); now publishing to %s",
+        publisher.pub_id,
+        gone,
+        lost,
+        rotation.current,
+    )
+
+
+def subscriber_failover(core: SubscriberCore, rotation: Rotation, timeout: float) -> Flow[None]:
+    """The subscriber's broker went away: keep what it had delivered, then subscribe at the next
+    broker that confirms (round robin); from there on live messages at or below the last
+    ``seq`` seen per (pub, topic) are duplicates, skipped and counted."""
+    gone = rotation.current
+    yield ReadHeld()  # what the lost broker delivered before it went is still ours to read
+    core.bridge()
+    for endpoint in rotation.following():
+        yield Reconnect(endpoint)
+        try:
+            yield from probe(core, timeout, endpoint)
+        except BrokerUnavailableError:  # BrokerGone included: the next one
+            continue
+        core.failovers += 1
+        _log.warning("exesdb subscriber: broker %s went away; now subscribed at %s", gone, endpoint)
+        return
+    raise BrokerUnavailableError(rotation.describe(), timeout)
+
+
+def probe_any(core: SubscriberCore, rotation: Rotation, timeout: float) -> Flow[None]:
+    """:func:`probe`, at the next broker that confirms when the one in use does not."""
+    try:
+        yield from probe(core, timeout, rotation.current)
+    except BrokerUnavailableError:  # a wrong key (AuthenticationError) is no reason to move on
+        yield from subscriber_failover(core, rotation, timeout)
+
+
+def control_failover(
+    matcher: ReplyMatcher,
+    rotation: Rotation,
+    op: str,
+    args: Mapping[str, Any] | None,
+    timeout: float,
+    retry: bool,
+) -> Flow[dict[str, Any]]:
+    """A control request to the first of the brokers that answers, starting with the one in
+    use. With ``retry`` false (a durable publish: the broker may have committed it), an
+    unanswered request is not sent again; the next request goes to the next broker."""
+    order = rotation.following()
+    for attempt, endpoint in enumerate([rotation.current, *order[:-1]]):
+        if attempt:
+            yield Reconnect(endpoint)
+        try:
+            reply = yield from control_request(matcher, op, args, timeout, endpoint)
+        except BrokerUnavailableError:
+            if not retry:
+                yield Reconnect(order[0])
+                raise
+            continue
+        return reply
+    raise BrokerUnavailableError(rotation.describe(), timeout, "broker control endpoint")

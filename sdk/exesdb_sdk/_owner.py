@@ -4,17 +4,24 @@ and the control client a publisher or subscriber makes when it first needs one."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Self, TypeVar
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
 import zmq
 import zmq.asyncio
 
 from .curve import ClientKeys, HandshakeWatch, KeyPath
+from .endpoints import Endpoints, Rotation
 from .errors import ClosedError
 
-__all__ = ["AsyncSocketOwner", "ControlLink", "Owner", "SocketOwner"]
+__all__ = ["HEARTBEAT_MS", "HEARTBEAT_TIMEOUT_MS", "AsyncSocketOwner", "ControlLink", "Owner", "SocketOwner"]
+
+HEARTBEAT_MS: Final = 1000
+"""With several brokers, ZMTP heartbeats every second: a broker that stops answering (its
+machine gone, no TCP reset) is dropped after ``HEARTBEAT_TIMEOUT_MS``, and the client fails over."""
+HEARTBEAT_TIMEOUT_MS: Final = 3000
 
 S = TypeVar("S", bound="zmq.Socket[Any]")
 K = TypeVar("K")
@@ -25,14 +32,35 @@ class Owner(Generic[S]):
 
     _what = "socket"
     _context_type: ClassVar[type[zmq.Context[Any]]] = zmq.Context
+    _rotation: Rotation
+    """The brokers this client may use and the one it uses (set before ``Owner.__init__``)."""
 
     def __init__(self, socket_type: int, context: zmq.Context[S] | None, keys: ClientKeys | None = None) -> None:
         self._own_context = context is None
         made: zmq.Context[Any] = self._context_type() if context is None else context
         self._context: zmq.Context[S] = made
         self._socket: S | None = self._context.socket(socket_type)
-        # CURVE keys (if any) and the handshake monitor go on before connect (see .curve).
-        self._watch = HandshakeWatch(self._socket, keys)
+        # CURVE keys (if any) and the handshake monitor go on before connect (see .curve); with
+        # several brokers the monitor goes on watching for a lost connection.
+        several = self._tracks_disconnects()
+        if several:
+            self._socket.setsockopt(zmq.HEARTBEAT_IVL, HEARTBEAT_MS)
+            self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
+        self._watch = HandshakeWatch(self._socket, keys, disconnects=several)
+        self._watch.follow(self._rotation.current)
+
+    def _tracks_disconnects(self) -> bool:
+        """Whether a lost connection is news (a publisher or subscriber with several brokers)."""
+        return False
+
+    def _switch(self, endpoint: str) -> None:
+        """Carry out :class:`~._flows.Reconnect`: one broker at a time, so leave the current one."""
+        socket = self._live()
+        with contextlib.suppress(zmq.ZMQError):  # not connected yet (a first connect)
+            socket.disconnect(self._rotation.current)
+        self._rotation.index = self._rotation.endpoints.index(endpoint)
+        self._watch.follow(endpoint)
+        socket.connect(endpoint)
 
     @property
     def closed(self) -> bool:
@@ -116,7 +144,7 @@ class ControlLink(Generic[K]):
     def __init__(
         self,
         factory: Callable[..., K],
-        endpoint: str | None,
+        endpoint: Endpoints | None,
         timeout: float | None,
         context: zmq.Context[Any],
         keys: tuple[KeyPath | None, KeyPath | None],

@@ -8,17 +8,18 @@ inside one event loop.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, Final, Self, TypeVar
 
 import zmq
 import zmq.asyncio
 
-from ._flows import Flow, Receive, Request, Send, Step, WaitReady, arun, durable_publish
+from ._flows import Flow, Receive, Reconnect, Request, Send, Step, WaitReady, arun, durable_publish, publisher_failover
 from ._frames import recv_frames
 from ._owner import AsyncSocketOwner
 from .control import ControlBase
-from .errors import BrokerUnavailableError, ClosedError, ReceiveTimeoutError
+from .errors import ClosedError, ReceiveTimeoutError
 from .protocol import Message
 from .publisher import PublisherBase
 from .subscriber import SubscriberBase
@@ -29,6 +30,7 @@ T = TypeVar("T")
 Awaited = Coroutine[Any, Any, T]
 
 _PROBE_SLICE: Final = 0.02
+_monotonic: Final = time.monotonic
 
 
 class AsyncControlClient(
@@ -46,6 +48,8 @@ class AsyncControlClient(
         if isinstance(step, Receive):
             ready = await self._watch.await_readable(socket, max(1, int(step.timeout * 1000)))
             return await socket.recv_multipart() if ready else None
+        if isinstance(step, Reconnect):
+            return self._switch(step.endpoint)
         return self._watch.settle()
 
 
@@ -68,19 +72,15 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
         self._connected = False
 
     async def connect(self) -> Self:
-        """Connect and wait for the broker's subscription. Returns ``self``."""
-        socket = self._live()
+        """Connect (to the first of its brokers that answers) and wait for the broker's
+        subscription. Returns ``self``."""
+        self._live()
         if not self._connected:
-            socket.connect(self.frontend)
             try:
-                ready = await self._watch.await_readable(socket, int(self.connect_timeout * 1000))
+                await arun(self._connect_flow(), self._perform)
             except BaseException:
                 await self.aclose(0)
                 raise
-            if not ready:
-                await self.aclose()
-                raise BrokerUnavailableError(self.frontend, self.connect_timeout)
-            self._watch.settle()
             self._connected = True
             self._drain()
         return self
@@ -95,17 +95,34 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
         socket = self._live()
         if not self._connected:
             raise ClosedError("publisher is not connected: await connect() first")
+        if self._several and _monotonic() >= self._check_at and self._broker_lost():
+            await self._failover()
         try:
             await socket.send_multipart((topic, body))
         except zmq.Again:
-            raise self._timed_out(topic) from None
+            if not self._several:
+                raise self._timed_out(topic) from None
+            await self._failover()  # the broker took nothing for send_timeout: the next one
+            try:
+                await socket.send_multipart((topic, body))
+            except zmq.Again:
+                raise self._timed_out(topic) from None
         if self._count(topic, body, envelopes):
             self._drain()
         return envelopes if batch else self._encoder.seq(topic)
 
+    async def _failover(self) -> None:
+        await arun(publisher_failover(self, self.connect_timeout), self._perform)
+        self._drain()
+
     async def _perform(self, step: Step) -> Any:
-        assert isinstance(step, Request)
-        return await self._control.get().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, Request):
+            return await self._control.get().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, Receive):
+            socket = self._live()
+            ready = await self._watch.await_readable(socket, max(1, int(step.timeout * 1000)))
+            return await socket.recv_multipart() if ready else None
+        return self._step_io(step)
 
     async def aclose(self, linger: float | None = None) -> None:
         """Close, flushing unsent messages for at most ``linger`` seconds (default: the

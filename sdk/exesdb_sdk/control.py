@@ -9,10 +9,10 @@ from typing import Any, Final, Generic, TypeVar
 
 import zmq
 
-from ._flows import Flow, Receive, Send, Step, control_request, run
+from ._flows import Flow, Receive, Reconnect, Send, Step, control_failover, control_request, run
 from ._owner import Owner, S, SocketOwner
 from .curve import KeyPath, resolve_client_keys
-from .endpoints import DEFAULT_CONTROL, ENV_CONTROL, resolve_endpoint
+from .endpoints import DEFAULT_CONTROL, ENV_CONTROL, Endpoints, Rotation, resolve_endpoints
 from .errors import ProtocolError
 from .protocol import decode_reply, encode_request
 
@@ -20,6 +20,8 @@ __all__ = ["DEFAULT_CONTROL_TIMEOUT", "ControlBase", "ControlClient"]
 
 DEFAULT_CONTROL_TIMEOUT: Final = 5.0
 """Seconds to wait for a control reply."""
+_NOT_REPEATED: Final = frozenset({"publish"})
+"""Ops not sent again to another broker when unanswered: the first may have done it."""
 
 D = TypeVar("D")
 """What a request returns: its reply map, or (asyncio) a coroutine of it."""
@@ -68,20 +70,26 @@ class ControlBase(Owner[S], Generic[S, D, L]):
     ``$EXESDB_SERVER_KEY``) turn on CURVE; a refused key raises
     :class:`~exesdb_sdk.errors.AuthenticationError`. Every method is the same in
     :class:`ControlClient` and :class:`~exesdb_sdk.AsyncControlClient`, whose methods are awaited.
+
+    Several endpoints (a list, or separated by commas) are tried in turn: a request the broker
+    in use does not answer in time goes to the next (round robin), which stays in use; only when
+    none answers does it raise (so a request may take ``timeout`` per broker). A durable
+    ``publish`` is the exception: unanswered, it may have been committed, so it is not sent
+    again (it raises; the next request goes to the next broker).
     """
 
     _what = "control client"
 
     def __init__(
         self,
-        endpoint: str | None = None,
+        endpoint: Endpoints | None = None,
         *,
         timeout: float = DEFAULT_CONTROL_TIMEOUT,
         context: zmq.Context[S] | None = None,
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
     ) -> None:
-        self.endpoint = resolve_endpoint(endpoint, ENV_CONTROL, DEFAULT_CONTROL, "control")
+        self._rotation = Rotation(resolve_endpoints(endpoint, ENV_CONTROL, DEFAULT_CONTROL, "control"))
         self.timeout = timeout
         self._matcher = ReplyMatcher()
         super().__init__(zmq.DEALER, context, resolve_client_keys(client_key, server_key))
@@ -89,12 +97,24 @@ class ControlBase(Owner[S], Generic[S, D, L]):
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(self.endpoint)
 
+    @property
+    def endpoint(self) -> str:
+        """The control endpoint in use."""
+        return self._rotation.current
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        """Every control endpoint it may use, in order."""
+        return self._rotation.endpoints
+
     def _drive(self, flow: Flow[Any]) -> Any:
         """Run ``flow`` with this client's I/O (the result, or a coroutine of it)."""
         raise NotImplementedError
 
     def _request(self, op: str, args: Mapping[str, Any] | None, timeout: float | None) -> Flow[dict[str, Any]]:
         timeout = self.timeout if timeout is None else timeout
+        if self._rotation.several:
+            return control_failover(self._matcher, self._rotation, op, args, timeout, op not in _NOT_REPEATED)
         return control_request(self._matcher, op, args, timeout, self.endpoint)
 
     def request(self, op: str, args: Mapping[str, Any] | None = None, *, timeout: float | None = None) -> D:
@@ -139,4 +159,6 @@ class ControlClient(ControlBase[zmq.Socket[Any], dict[str, Any], list[dict[str, 
             return socket.send_multipart(step.frames, zmq.NOBLOCK)
         if isinstance(step, Receive):
             return socket.recv_multipart() if self._watch.wait(max(1, int(step.timeout * 1000))) else None
+        if isinstance(step, Reconnect):
+            return self._switch(step.endpoint)
         return self._watch.settle()

@@ -32,11 +32,12 @@ import zmq.asyncio
 from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
-from .errors import AuthenticationError, ConfigError, HandshakeError
+from .errors import AuthenticationError, BrokerUnavailableError, ConfigError, HandshakeError
 
 __all__ = [
     "ENV_CLIENT_KEY",
     "ENV_SERVER_KEY",
+    "BrokerGone",
     "ClientKeys",
     "HandshakeWatch",
     "KeyPair",
@@ -69,6 +70,20 @@ _FAILURES: Final = frozenset(
 _MECHANISM_MISMATCH: Final = 0x11000002
 _CRYPTOGRAPHIC: Final = 0x11000001
 _SLICE_MS: Final = 20
+_GONE: Final = zmq.EVENT_DISCONNECTED
+
+
+class BrokerGone(BrokerUnavailableError):
+    """The connection to the broker at ``endpoint`` was lost (its socket monitor said so): a
+    client given several brokers moves to the next one."""
+
+    def __init__(self, endpoint: str) -> None:
+        super().__init__(endpoint, 0.0)
+        self.args = (f"the broker at {endpoint} went away",)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
 
 _SECRET_BANNER: Final = """#   ZeroMQ CURVE **Secret** Certificate, written by exesdb keygen
 #   DO NOT PROVIDE THIS FILE TO OTHER USERS nor change its permissions.
@@ -239,9 +254,14 @@ class HandshakeWatch:
     (its queue would fill with reconnection events and stall the I/O thread). The next wait
     starts a new one. The monitor is a plain (not asyncio) socket on the same context, read
     without blocking, so one class serves the synchronous and the asyncio clients.
+
+    With ``disconnects`` (a client given several brokers) a settled watch keeps a monitor of
+    disconnections only, which libzmq reports once per lost connection (not per reconnection
+    attempt), so it does not fill: :meth:`check` then raises :class:`BrokerGone` once the
+    connection to the endpoint :meth:`follow` named was lost.
     """
 
-    def __init__(self, socket: zmq.Socket[Any], keys: ClientKeys | None) -> None:
+    def __init__(self, socket: zmq.Socket[Any], keys: ClientKeys | None, *, disconnects: bool = False) -> None:
         if keys is not None:
             assert keys.client.secret is not None
             socket.setsockopt(zmq.CURVE_SERVERKEY, keys.server)
@@ -255,12 +275,27 @@ class HandshakeWatch:
         self._zmtp: dict[str, bool] = {}
         """Per endpoint, whether its peer greets in ZMTP (asked once per wait: every retry hangs
         up alike)."""
+        self._disconnects = disconnects
+        self._quiet = False
+        """Whether the monitor watches disconnections only (a settled watch with ``disconnects``)."""
+        self._endpoint: str | None = None
+        self.gone = False
+        """Whether the connection to the followed endpoint was lost (with ``disconnects`` only)."""
+        self._arm()
+
+    def follow(self, endpoint: str) -> None:
+        """Watch the handshakes (and with ``disconnects``, the connection) to ``endpoint``, to
+        which the socket connects next."""
+        self._stop()
+        self._endpoint = endpoint
+        self.gone = False
+        self._failure = self._failure_kind = None
         self._arm()
 
     def _arm(self) -> zmq.Socket[Any]:
         if self._monitor is None:
             address = f"inproc://exesdb-handshakes-{secrets.token_hex(8)}"
-            self._socket.monitor(address, _EVENTS)
+            self._socket.monitor(address, _EVENTS | (_GONE if self._disconnects else 0))
             context: zmq.Context[Any] = zmq.Context.shadow(self._socket.context.underlying)
             monitor = context.socket(zmq.PAIR)
             monitor.setsockopt(zmq.LINGER, 0)
@@ -277,7 +312,12 @@ class HandshakeWatch:
                 return
             event = parse_monitor_message(frames)
             kind = int(event["event"])
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            if kind == _GONE:
+                raw_endpoint: Any = event["endpoint"]
+                lost = raw_endpoint.decode(errors="replace") if isinstance(raw_endpoint, bytes) else str(raw_endpoint)
+                # an event of a connection left behind at a failover is no news
+                self.gone = self.gone or self._endpoint is None or lost == self._endpoint
+            elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._failure = self._failure_kind = None
             elif kind in _FAILURES and self._failure_kind in (None, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
                 # keep the most specific failure: NO_DETAIL (the peer hung up first) says the least
@@ -300,10 +340,19 @@ class HandshakeWatch:
         return greets
 
     def check(self) -> None:
-        """Raise :class:`~exesdb_sdk.errors.AuthenticationError` if the latest handshake failed."""
+        """Raise :class:`~exesdb_sdk.errors.AuthenticationError` if the latest handshake failed,
+        :class:`BrokerGone` if the followed connection was lost."""
         self._drain()
         if self._failure is not None:
             raise self._failure
+        if self.gone:
+            raise BrokerGone(self._endpoint or "?")
+
+    def lost(self) -> bool:
+        """Whether the followed connection was lost (read without waiting)."""
+        if not self.gone and self._monitor is not None:
+            self._drain()
+        return self.gone
 
     def wait(self, timeout_ms: int) -> bool:
         """Wait until the socket is readable (true) or ``timeout_ms`` passes (false); raise
@@ -338,13 +387,29 @@ class HandshakeWatch:
 
     @property
     def armed(self) -> bool:
-        """Whether the monitor runs (from creation until a wait succeeds, and during waits)."""
+        """Whether the monitor runs (from creation until a wait succeeds, and during waits;
+        always with ``disconnects``)."""
         return self._monitor is not None
 
     def settle(self) -> None:
-        """The wait succeeded: stop the monitor until the next wait. Idempotent."""
+        """The wait succeeded: stop watching the handshakes until the next wait (with
+        ``disconnects``, go on watching the connection). Idempotent."""
         self._zmtp.clear()  # what is at an endpoint may change before the next wait
-        monitor, self._monitor = self._monitor, None
+        if self._quiet:
+            return
+        self._drain()  # a loss reported meanwhile is kept
+        self._stop()
+        if self._disconnects:
+            address = f"inproc://exesdb-disconnects-{secrets.token_hex(8)}"
+            self._socket.monitor(address, _GONE)
+            context: zmq.Context[Any] = zmq.Context.shadow(self._socket.context.underlying)
+            monitor = context.socket(zmq.PAIR)
+            monitor.setsockopt(zmq.LINGER, 0)
+            monitor.connect(address)
+            self._monitor, self._quiet = monitor, True
+
+    def _stop(self) -> None:
+        monitor, self._monitor, self._quiet = self._monitor, None, False
         if monitor is None:
             return
         with contextlib.suppress(zmq.ZMQError):  # a closed socket's monitor went with it
@@ -353,7 +418,7 @@ class HandshakeWatch:
 
     def close(self) -> None:
         """Stop watching for good (before the socket closes). Idempotent."""
-        self.settle()
+        self._stop()
 
 
 def write_key_pair(directory: str | os.PathLike[str], name: str) -> tuple[Path, Path]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+from collections.abc import Sequence
 from typing import Final
 
 from .errors import ConfigError
@@ -20,8 +21,11 @@ __all__ = [
     "ENV_BACKEND",
     "ENV_CONTROL",
     "ENV_FRONTEND",
+    "Endpoints",
+    "Rotation",
     "is_loopback",
     "resolve_endpoint",
+    "resolve_endpoints",
     "validate_endpoint",
 ]
 
@@ -37,6 +41,9 @@ ENV_BACKEND: Final = "EXESDB_BACKEND"
 ENV_CONTROL: Final = "EXESDB_CONTROL"
 
 _TRANSPORTS: Final = ("tcp", "ipc", "inproc")
+
+Endpoints = str | Sequence[str]
+"""One endpoint, several separated by commas, or a sequence of them (a client's brokers)."""
 
 
 def validate_endpoint(url: str, what: str = "endpoint", *, bind: bool = False) -> str:
@@ -92,6 +99,73 @@ def resolve_endpoint(explicit: str | None, env_var: str, default: str, what: str
     if from_env:
         return validate_endpoint(from_env, f"{what} (from {env_var})")
     return default
+
+
+def resolve_endpoints(explicit: Endpoints | None, env_var: str, default: str, what: str) -> tuple[str, ...]:
+    """The brokers a client may use, in order: ``explicit`` (a comma-separated string or a
+    sequence), else the environment variable (comma-separated), else ``default``.
+
+    Each is validated as by :func:`validate_endpoint`; an empty item or one given twice is a
+    :class:`~exesdb_sdk.errors.ConfigError` naming ``what``.
+    """
+    if explicit is not None:
+        source, items = what, _split(explicit, what)
+    else:
+        from_env = os.environ.get(env_var)
+        if not from_env:
+            return (default,)
+        source = f"{what} (from {env_var})"
+        items = _split(from_env, source)
+    seen: set[str] = set()
+    for index, item in enumerate(items, 1):
+        if not item:
+            raise ConfigError(f"{source}: endpoint {index} of {len(items)} is empty (a stray comma?)")
+        validate_endpoint(item, source)
+        if item in seen:
+            raise ConfigError(f"{source}: {item!r} is given twice")
+        seen.add(item)
+    return tuple(items)
+
+
+def _split(value: Endpoints, what: str) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",")]
+    if not isinstance(value, Sequence) or not all(isinstance(item, str) for item in value):
+        raise ConfigError(f"{what}: {value!r} is neither an endpoint URL nor a list of them")
+    items = [item.strip() for item in value]
+    if not items:
+        raise ConfigError(f"{what}: the list of endpoints is empty")
+    return items
+
+
+class Rotation:
+    """A client's brokers, in order, and the one it is connected to now (one at a time)."""
+
+    __slots__ = ("endpoints", "index")
+
+    def __init__(self, endpoints: tuple[str, ...]) -> None:
+        self.endpoints = endpoints
+        self.index = 0
+
+    @property
+    def current(self) -> str:
+        """The endpoint in use."""
+        return self.endpoints[self.index]
+
+    @property
+    def several(self) -> bool:
+        """Whether there is another broker to move to."""
+        return len(self.endpoints) > 1
+
+    def following(self) -> list[str]:
+        """Every endpoint in the order a failover tries them: the next first (round robin),
+        the current one last (it may have come back)."""
+        count = len(self.endpoints)
+        return [self.endpoints[(self.index + step) % count] for step in range(1, count + 1)]
+
+    def describe(self) -> str:
+        """The endpoints for an error message."""
+        return " or ".join(self.endpoints)
 
 
 def is_loopback(url: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Generic, TypeVar
@@ -9,13 +10,13 @@ from typing import Any, ClassVar, Final, Generic, TypeVar
 import msgspec
 import zmq
 
-from ._flows import Request, Step, durable_publish, run
+from ._flows import Receive, Reconnect, Request, Settle, Step, connect_any, durable_publish, publisher_failover, run
 from ._frames import recv_frames, send_frames
 from ._owner import ControlLink, Owner, S, SocketOwner
 from .control import DEFAULT_CONTROL_TIMEOUT, ControlClient
 from .curve import KeyPath, resolve_client_keys
-from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, resolve_endpoint
-from .errors import BrokerUnavailableError, PublishTimeoutError, ValidationError
+from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, Endpoints, Rotation, resolve_endpoints
+from .errors import PublishTimeoutError, ValidationError
 from .instances import Instance
 from .messages.base import Payload, registry
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node
@@ -41,6 +42,10 @@ DEFAULT_HWM: Final = 10_000
 
 _DRAIN_EVERY: Final = 4096
 _NOBLOCK: Final = int(zmq.NOBLOCK)
+_CHECK_EVERY: Final = 0.01
+"""Seconds between two looks at the disconnect monitor (several brokers only): a clock read
+per publish, not a system call."""
+_monotonic: Final = time.monotonic
 
 C = TypeVar("C")
 """The control client type: :class:`~exesdb_sdk.ControlClient`, or the asyncio one."""
@@ -58,6 +63,11 @@ class PublisherStats:
     """Envelopes sent (each item of a batch counts)."""
     bytes: int
     """Bytes of topic and body sent."""
+    failovers: int = 0
+    """Times the broker went away and the publisher moved to the next one (several brokers)."""
+    possibly_lost: int = 0
+    """Messages sent to brokers that then went away after the last look found them connected:
+    they may not have reached the broker (the subscribers' gap counters tell exactly)."""
 
 
 def prepare_socket(socket: zmq.Socket[Any], *, hwm: int, send_timeout: float | None, linger: float) -> None:
@@ -97,13 +107,18 @@ class PublisherCore:
 
     def __init__(
         self,
-        frontend: str | None,
+        frontend: Endpoints | None,
         node: str | None,
         max_message_size: int,
         send_timeout: float | None,
         secret: str | bytes | None,
     ) -> None:
-        self.frontend = resolve_endpoint(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend")
+        self._rotation = Rotation(resolve_endpoints(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend"))
+        self._several = self._rotation.several
+        self._check_at = 0.0
+        self._checked = 0
+        self._failovers = 0
+        self._possibly_lost = 0
         self._encoder = Encoder(
             src=node or default_node(),
             max_message_size=max_message_size,
@@ -113,6 +128,29 @@ class PublisherCore:
         self._messages = 0
         self._envelopes = 0
         self._bytes = 0
+
+    @property
+    def frontend(self) -> str:
+        """The broker frontend this publisher is connected to now."""
+        return self._rotation.current
+
+    @property
+    def frontends(self) -> tuple[str, ...]:
+        """Every broker frontend it may use, in failover order."""
+        return self._rotation.endpoints
+
+    @property
+    def rotation(self) -> Rotation:
+        """The brokers and the one in use (the failover flow moves it on)."""
+        return self._rotation
+
+    def _lost_at_failover(self) -> int:
+        """Count a failover and what was sent since the broker was last seen connected."""
+        lost = self._messages - self._checked
+        self._failovers += 1
+        self._possibly_lost += lost
+        self._checked = self._messages
+        return lost
 
     @property
     def node(self) -> str:
@@ -127,7 +165,7 @@ class PublisherCore:
     @property
     def stats(self) -> PublisherStats:
         """Counters since this publisher connected."""
-        return PublisherStats(self._messages, self._envelopes, self._bytes)
+        return PublisherStats(self._messages, self._envelopes, self._bytes, self._failovers, self._possibly_lost)
 
     def _encode_one(
         self,
@@ -201,7 +239,16 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
     lost to the slow-joiner effect. If no broker answers within ``connect_timeout`` seconds it raises
     :class:`~exesdb_sdk.errors.BrokerUnavailableError` naming the endpoint.
 
-    ``frontend`` defaults to ``$EXESDB_FRONTEND``, else ``tcp://127.0.0.1:7100``. ``node`` is
+    ``frontend`` defaults to ``$EXESDB_FRONTEND``, else ``tcp://127.0.0.1:7100``; several
+    brokers (a list, or endpoints separated by commas, in the argument or the variable) make it
+    carry on without a single point of failure: it connects to the first that answers, to one
+    broker at a time (ZeroMQ would otherwise copy every message to each), and when that broker
+    goes away (its socket monitor reports the lost connection, looked at every 10 ms of
+    publishing, or a send stays blocked for ``send_timeout``) it moves to the next (round robin),
+    waits for its subscription as connecting does, logs a warning and counts it in
+    ``stats.failovers``; what was sent since the last look is counted in ``stats.possibly_lost``
+    (a publish may then wait up to ``connect_timeout`` per broker tried; if none answers it raises
+    :class:`~exesdb_sdk.errors.BrokerUnavailableError`, as connecting does). ``node`` is
     the ``src`` of every envelope (``$EXESDB_NODE``, else the host name). When the broker
     cannot keep up, a publish waits up to ``send_timeout`` seconds (``None``: forever) and then
     raises :class:`~exesdb_sdk.errors.PublishTimeoutError`; nothing is dropped silently.
@@ -222,7 +269,7 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
 
     def __init__(
         self,
-        frontend: str | None = None,
+        frontend: Endpoints | None = None,
         *,
         node: str | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
@@ -251,9 +298,34 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
                 self._context.term()
             raise
 
+    def _tracks_disconnects(self) -> bool:
+        return self._several
+
     def _start(self) -> None:
         """Connect now, or leave it to an awaited ``connect()``."""
         raise NotImplementedError
+
+    def _connect_flow(self) -> Any:
+        """The first connection: the brokers in order, until one answers."""
+        return connect_any(self._rotation, list(self._rotation.endpoints), self.connect_timeout)
+
+    def _broker_lost(self) -> bool:
+        """Whether the disconnect monitor says the broker went away (called every
+        ``_CHECK_EVERY`` seconds of publishing, with several brokers only)."""
+        self._check_at = _monotonic() + _CHECK_EVERY
+        if self._watch.lost():
+            return True
+        self._checked = self._messages
+        return False
+
+    def _step_io(self, step: Step) -> Any:
+        """Carry out a step that never waits (the same for both drivers)."""
+        if isinstance(step, Reconnect):
+            # what the old broker sent (a late subscription) must not pass for the new one's
+            self._drain()
+            return self._switch(step.endpoint)
+        assert isinstance(step, Settle)
+        return self._watch.settle()
 
     def _deliver(self, topic: bytes, body: bytes, envelopes: int, durable: bool, batch: bool) -> R:
         """Send one encoded message (or commit it, with ``durable``); the result of a publish."""
@@ -352,28 +424,41 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
     _control_type = ControlClient
 
     def _start(self) -> None:
-        self._live().connect(self.frontend)
-        if not self._watch.wait(int(self.connect_timeout * 1000)):
-            raise BrokerUnavailableError(self.frontend, self.connect_timeout)
-        self._watch.settle()
+        run(self._connect_flow(), self._perform)
         self._drain()
 
     def _deliver(self, topic: bytes, body: bytes, envelopes: int, durable: bool, batch: bool) -> int:
         if durable:
             seq = run(durable_publish(self, topic, body, envelopes), self._perform)
         else:
+            if self._several and _monotonic() >= self._check_at and self._broker_lost():
+                self._failover()
             try:
                 send_frames(self._live(), topic, body)
             except zmq.Again:
-                raise self._timed_out(topic) from None
+                if not self._several:
+                    raise self._timed_out(topic) from None
+                self._failover()  # the broker took nothing for send_timeout: the next one
+                try:
+                    send_frames(self._live(), topic, body)
+                except zmq.Again:
+                    raise self._timed_out(topic) from None
             if self._count(topic, body, envelopes):
                 self._drain()
             seq = self._encoder.seq(topic)
         return envelopes if batch else seq
 
+    def _failover(self) -> None:
+        run(publisher_failover(self, self.connect_timeout), self._perform)
+        self._drain()
+
     def _perform(self, step: Step) -> Any:
-        assert isinstance(step, Request)
-        return self._control.get().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, Request):
+            return self._control.get().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, Receive):
+            socket = self._live()
+            return recv_frames(socket) if self._watch.wait(max(1, int(step.timeout * 1000))) else None
+        return self._step_io(step)
 
     def close(self, linger: float | None = None) -> None:
         """Close the connection, flushing unsent messages for at most ``linger`` seconds

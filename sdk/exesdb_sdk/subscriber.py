@@ -16,6 +16,7 @@ from ._flows import (
     Flow,
     ReadHeld,
     Receive,
+    Reconnect,
     Request,
     Settle,
     Step,
@@ -24,6 +25,7 @@ from ._flows import (
     WaitReady,
     done,
     probe,
+    probe_any,
     receive,
     run,
     subscribe_durable,
@@ -40,7 +42,7 @@ from .durable import (
     journal_gap,
     last_frames,
 )
-from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, resolve_endpoint
+from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, Endpoints, Rotation, resolve_endpoints
 from .errors import ProtocolError, ReceiveTimeoutError, ValidationError
 from .instances import Instance
 from .messages import registry
@@ -116,6 +118,9 @@ class SubscriberStats:
     filtered: int = 0
     """Messages dropped because only a glob subscription's literal start matched their topic
     (see :class:`TopicFilter`): the cost of a wildcard."""
+    failovers: int = 0
+    """Times the broker went away and the subscriber subscribed at the next one (several
+    brokers). Live messages the new broker sends again are skipped, counted in ``duplicates``."""
 
 
 def subscription_prefixes(instance: Instance | str | None, prefix: str) -> list[bytes]:
@@ -200,6 +205,8 @@ class SubscriberCore:
         "catchups",
         "decode_errors",
         "duplicates",
+        "failover_timeout",
+        "failovers",
         "filtered",
         "held",
         "held_keys",
@@ -213,6 +220,7 @@ class SubscriberCore:
         "received",
         "rejected",
         "replayed",
+        "rotation",
         "topics",
     )
 
@@ -247,6 +255,23 @@ class SubscriberCore:
         self.journal_gaps = 0
         self.topics = TopicFilter()
         self.filtered = 0
+        self.rotation: Rotation | None = None
+        """The brokers to fail over to (``None``: one broker only)."""
+        self.failover_timeout = DEFAULT_SUBSCRIBE_TIMEOUT
+        """Seconds each broker tried at a failover has to confirm the subscriptions."""
+        self.failovers = 0
+
+    def bridge(self) -> None:
+        """Before subscribing at another broker: what it sends at or below the last ``seq`` seen
+        per (pub, topic) was delivered already (the catch-up's horizon, reused), so it is skipped
+        as a duplicate; past it, gaps count as before."""
+        horizon = self.horizon
+        seen = self._gaps._last  # the tracker's baseline per (pub, topic): the last seq delivered
+        for key, seq in list(seen.items())[-_HORIZON_LIMIT:]:
+            if seq > horizon.get(key, 0):
+                if len(horizon) >= _HORIZON_LIMIT and key not in horizon:
+                    del horizon[next(iter(horizon))]
+                horizon[key] = seq
 
     @staticmethod
     def new_probe() -> tuple[str, bytes]:
@@ -427,13 +452,23 @@ class SubscriberCore:
             self.journal_gaps,
             self._gaps.resets,
             self.filtered,
+            self.failovers,
         )
 
 
 class SubscriberBase(Owner[S], Generic[S, C, N, M]):
     """Receives envelopes from the broker's backend.
 
-    ``backend`` defaults to ``$EXESDB_BACKEND``, else ``tcp://127.0.0.1:7101``. Subscribe to
+    ``backend`` defaults to ``$EXESDB_BACKEND``, else ``tcp://127.0.0.1:7101``; several brokers
+    (a list, or endpoints separated by commas) make it subscribe at one at a time, the first
+    first: when that broker goes away (the socket monitor reports the lost connection, seen while
+    :meth:`recv` waits) it subscribes at the next (round robin; each has ``subscribe_timeout``
+    to confirm, so a ``recv`` may wait that long per broker tried), logs a warning and counts
+    it in ``stats.failovers`` (if none confirms, :meth:`recv` raises
+    :class:`~exesdb_sdk.errors.BrokerUnavailableError` and stays with the first broker, which
+    ZeroMQ keeps reconnecting to). From then on live messages at or below the last ``seq`` it
+    delivered per (pub, topic) are skipped (``stats.duplicates``); what was lost shows in
+    ``stats.gaps``. Subscribe to
     whole instances or to topic prefixes within one, then :meth:`recv` or iterate. Messages
     that do not follow the protocol are skipped and counted, never raised. ``on_gap`` and
     ``on_error`` are optional callbacks for sequence gaps and undecodable messages.
@@ -453,7 +488,7 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
 
     def __init__(
         self,
-        backend: str | None = None,
+        backend: Endpoints | None = None,
         *,
         hwm: int = DEFAULT_RCVHWM,
         subscribe_timeout: float = DEFAULT_SUBSCRIBE_TIMEOUT,
@@ -467,9 +502,12 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
     ) -> None:
-        self.backend = resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")
+        self._rotation = Rotation(resolve_endpoints(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend"))
         self.subscribe_timeout = subscribe_timeout
         self._core = SubscriberCore(on_gap, on_error, secret=secret, typed=typed)
+        if self._rotation.several:
+            self._core.rotation = self._rotation
+            self._core.failover_timeout = subscribe_timeout
         super().__init__(zmq.SUB, context, resolve_client_keys(client_key, server_key))
         keys = (client_key, server_key)
         self._control: ControlLink[C] = ControlLink(self._control_type, control, control_timeout, self._context, keys)
@@ -477,6 +515,19 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         socket.setsockopt(zmq.RCVHWM, hwm)
         socket.setsockopt(zmq.LINGER, 0)
         socket.connect(self.backend)
+
+    @property
+    def backend(self) -> str:
+        """The broker backend this subscriber is connected to now."""
+        return self._rotation.current
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """Every broker backend it may use, in failover order."""
+        return self._rotation.endpoints
+
+    def _tracks_disconnects(self) -> bool:
+        return self._rotation.several
 
     def _drive(self, flow: Flow[Any]) -> Any:
         """Run ``flow`` with this subscriber's I/O (the result, or a coroutine of it)."""
@@ -554,7 +605,10 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         return result
 
     def _probe(self, timeout: float | None) -> Flow[None]:
-        return probe(self._core, self.subscribe_timeout if timeout is None else timeout, self.backend)
+        wait = self.subscribe_timeout if timeout is None else timeout
+        if self._core.rotation is not None:
+            return probe_any(self._core, self._core.rotation, wait)
+        return probe(self._core, wait, self.backend)
 
     def recv(self, timeout: float | None = None) -> M:
         """The next message; waits up to ``timeout`` seconds (``None``: forever).
@@ -592,6 +646,8 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         """Carry out a step that never waits (the same for both drivers)."""
         if isinstance(step, Subscribe | Unsubscribe):
             return set_subscription(self._socket, step)
+        if isinstance(step, Reconnect):
+            return self._switch(step.endpoint)
         if isinstance(step, Settle):
             return self._watch.settle()
         assert isinstance(step, ReadHeld)
