@@ -3,7 +3,7 @@ nats-py end to end through the same NATS cluster.
 
     python benchmarks/bench_federation.py [--reps 3] [--quick] [--json-out PATH]
 
-A real three-node ``nats-server`` cluster (tests/peer_nats_cluster.py) and two brokers, A on
+A real three-node ``nats-server`` cluster (tests/nats_cluster.py) and two brokers, A on
 node 1 and B on node 2, federated (live instances). Three paths, interleaved, medians:
 
 - ``local``: SDK publisher at A -> SDK subscriber at A;
@@ -42,7 +42,7 @@ from exesdb_sdk import ControlClient, Publisher, ReceiveTimeoutError, Subscriber
 from harness import environment, handle_exits, write_report  # noqa: E402
 
 from tests.conftest import FREE, BrokerProcess  # noqa: E402
-from tests.peer_nats_cluster import BINARY, NatsCluster  # noqa: E402
+from tests.nats_cluster import BINARY, NatsCluster  # noqa: E402
 
 PAD: Final = "x" * 100
 IDLE: Final = 2.0

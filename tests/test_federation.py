@@ -1,5 +1,5 @@
 """Live federation: real ``exesdb-broker`` processes joined through a real three-node NATS
-cluster (``tests/peer_nats_cluster.py``)."""
+cluster (``tests/nats_cluster.py``)."""
 
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from exesdb_sdk import ControlClient, Publisher, Subscriber
 from exesdb_sdk.protocol import Message
 
 from tests.conftest import BrokerProcess, StartBroker, wait_until
+from tests.nats_cluster import BINARY, SKIP_REASON, NatsCluster
 from tests.peer_nats import USER, NatsPeer, free_port
-from tests.peer_nats_cluster import BINARY, SKIP_REASON, NatsCluster
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason=SKIP_REASON)
 

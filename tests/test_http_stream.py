@@ -19,6 +19,7 @@ import httpx
 import pytest
 from aiohttp import web
 from exesdb_sdk import ControlClient, Publisher
+from exesdb_sdk.protocol import Decoder
 from exesdb_web import BusAccess, WebServer, WebSettings, create_app
 from exesdb_web import server as web_server
 from exesdb_web.app import COUNTERS
@@ -224,8 +225,12 @@ def test_resume_with_last_event_id_has_no_gap_no_duplicate_and_keeps_order(broke
         assert titles(first, "ex_esdb_audit") == ["b1", "b2"]
         assert _cursor(last_id)["ex_esdb_audit"].endswith(".2"), last_id  # inside the batch
 
-        # disconnected: live, durable and a health message (live-only: at most once, not resumed)
+        # disconnected: live, durable and a health message (live-only: at most once, not resumed).
+        # a durable publish is journaled when its request arrives, and a live one when it comes
+        # through the data plane: wait for a4 to be journaled, so that the journal's order (the
+        # stream's) is the publisher's (docs/protocol.md 10.5)
         alert(pub, "a4")
+        assert wait_until(lambda: "a4" in _journaled_titles(broker, "ex_esdb_alerts"), 10)
         alert(pub, "a5", durable=True)
         pub.publish("audit", "x", "Custom", {"title": "u1"})
         pub.publish("health", "node_health:a", "Custom", {"title": "h-missed"})
@@ -248,6 +253,13 @@ def test_resume_with_last_event_id_has_no_gap_no_duplicate_and_keeps_order(broke
     assert seqs == sorted(seqs)  # ids only move forward
     assert served.counters["sse_resumed"] == 1
     assert served.counters["sse_streams_opened"] == 2
+
+
+def _journaled_titles(broker: BrokerProcess, instance: str) -> list[str]:
+    with ControlClient(broker.control) as control:
+        reply = control.request("replay", {"instance": instance, "limit": 1000})
+    decoded = [Decoder().decode([record[2].encode(), record[3]]) for record in reply["records"]]
+    return [m.data.get("title", "") for messages in decoded for m in messages]
 
 
 def test_bad_stream_requests_get_a_one_line_json_400(broker: BrokerProcess, serve: Any) -> None:
