@@ -264,11 +264,11 @@ def serve(
         broker.stop()
         raise
     log.info("file descriptors: limit %d%s", after, f" (raised from {before})" if after != before else "")
-    print(
-        readiness_line(settings.log_format, broker.frontend, broker.backend, broker.control, broker.http),
-        file=sys.stderr,
-        flush=True,
-    )
+    # one write, line and newline together: print() writes them apart, and a broker thread's log
+    # line may land between them (the federation's, reconnecting, did), breaking the line scripts read
+    ready = readiness_line(settings.log_format, broker.frontend, broker.backend, broker.control, broker.http)
+    sys.stderr.write(ready + "\n")
+    sys.stderr.flush()
     try:
         while broker.running:
             received = signal.sigtimedwait({*_SIGNALS, _RELOAD}, 0.5)
