@@ -13,7 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.peer_nats import BINARY, SKIP_REASON, free_port
+from tests.peer_nats import BINARY, SKIP_REASON
+from tests.peers import free_port, stop_process
 
 __all__ = ["BINARY", "SKIP_REASON", "NatsCluster"]
 
@@ -109,11 +110,4 @@ class NatsCluster:
         """Stop every node (SIGTERM, wait, then kill)."""
         for node in self.nodes:
             process, node.process = node.process, None
-            if process is None or process.poll() is not None:
-                continue
-            process.terminate()
-            try:
-                process.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT)
+            stop_process(process, STOP_TIMEOUT)

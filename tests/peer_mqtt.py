@@ -37,7 +37,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .peers import Received
+from .peers import Received, accepts, free_port, stop_process
 
 MOSQUITTO = shutil.which("mosquitto")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
@@ -45,24 +45,6 @@ MAX_PACKET_SIZE = 16384
 START_TIMEOUT = 10.0
 PREFIX = "exesdb"
 POISON = ("ex_esdb_alerts", "poison", {"poison": True})
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        try:
-            sock.connect(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 class _Gate:
@@ -205,7 +187,7 @@ class MqttPeer:
                 ["mosquitto", "-c", str(self.dir / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + START_TIMEOUT
-        while not _accepts(self._inner):
+        while not accepts(self._inner):
             if self.process.poll() is not None:
                 raise RuntimeError(f"mosquitto exited {self.process.returncode}: {self.log()[-500:]}")
             if time.monotonic() > deadline:
@@ -226,12 +208,7 @@ class MqttPeer:
             return
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGCONT)  # a frozen one cannot act on SIGTERM
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        stop_process(process, 10)
 
     def close(self) -> None:
         """Stop the recorder and the server."""

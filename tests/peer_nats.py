@@ -13,7 +13,6 @@ import concurrent.futures
 import json
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Coroutine
@@ -24,7 +23,7 @@ import nats
 import nats.js.errors
 from nats.js.api import StreamConfig
 
-from tests.peers import Received
+from tests.peers import Received, free_port, stop_process
 
 BINARY = shutil.which("nats-server")
 SKIP_REASON = "nats-server is not installed (apt-get install nats-server)"
@@ -37,14 +36,6 @@ MAX_MSG_SIZE = 16384
 START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
 _T = TypeVar("_T")
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def run(coro: Coroutine[Any, Any, _T], timeout: float = 20.0) -> _T:
@@ -124,14 +115,7 @@ class NatsPeer:
     def stop(self) -> None:
         """Stop the server (SIGTERM, wait, then kill): its port closes, its data stays."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(STOP_TIMEOUT)
+        stop_process(process, STOP_TIMEOUT)
 
     def close(self) -> None:
         """Stop the server for good."""

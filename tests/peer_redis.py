@@ -12,7 +12,6 @@ import json
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Final
 import pytest
 import redis
 
-from .peers import Received
+from .peers import Received, free_port, stop_process
 
 BINARY: Final = "redis-server"
 START_TIMEOUT: Final = 10.0
@@ -29,14 +28,6 @@ STREAM: Final = "exesdb:{instance}:{subtopic}"
 POISON: Final = ("ex_esdb_alerts", "poison", {"poison": True})
 POISON_KEY: Final = "exesdb:ex_esdb_alerts:poison"
 LIMITED_USER: Final = "limited"
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RedisPeer:
@@ -127,14 +118,7 @@ class RedisPeer:
             self._client.close()
             self._client = None
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 5)
 
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""

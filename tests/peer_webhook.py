@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,27 +18,12 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from .peers import Received
+    from .peers import Received, accepts, free_port, stop_process
 else:  # run as the receiver's script
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from peers import Received  # type: ignore[no-redef]
+    from peers import Received, accepts, free_port, stop_process  # type: ignore[no-redef]
 
 START_TIMEOUT = 10.0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 class WebhookPeer:
@@ -48,7 +32,7 @@ class WebhookPeer:
     kind = "webhook"
 
     def __init__(self, tmp_path: Path) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.log = tmp_path / "webhook-received.jsonl"
         self.secret_file = tmp_path / "webhook.secret"
         self.secret_file.write_text("s3cret-for-tests\n")
@@ -62,7 +46,7 @@ class WebhookPeer:
             stdout=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + START_TIMEOUT
-        while not _accepts(self.port):
+        while not accepts(self.port, timeout=0.2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"the webhook receiver did not start on port {self.port}")
@@ -70,13 +54,7 @@ class WebhookPeer:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, 5)
 
     def close(self) -> None:
         self.stop()

@@ -1,7 +1,10 @@
-"""What every far side (a peer) holds, as the connector tests compare it."""
+"""What every far side (a peer) holds, as the connector tests compare it, and the few socket and
+process helpers the peers and the tests that start servers share."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,3 +14,33 @@ class Received:
     id: str
     topic: str
     data: dict[str, Any]
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def accepts(port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port`` now."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def stop_process(process: subprocess.Popen[Any] | None, timeout: float) -> None:
+    """SIGTERM ``process``, wait up to ``timeout`` seconds, then SIGKILL and wait again
+    (nothing if it is ``None`` or has ended)."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from exesdb_web.access import BusAccess
 from exesdb_web.server import WebServer
 
 from .conftest import BrokerProcess, StartBroker
+from .peers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "web" / "exesdb_web" / "static"
@@ -332,20 +332,13 @@ class _ScriptedStream:
 @pytest.mark.timeout(30)
 @pytest.mark.timeout(60)
 def test_the_broker_s_own_dashboard_shows_its_federation_state(browser: Any, start_broker: StartBroker) -> None:
-    # the broker's own HTTP surface; its federation's NATS server is not there (a closed port)
-    broker = start_broker("--federation-nats", f"nats://127.0.0.1:{_closed_port()}", http=True)
+    # the broker's own HTTP surface; its federation's NATS server is not there (a free, closed port)
+    broker = start_broker("--federation-nats", f"nats://127.0.0.1:{free_port()}", http=True)
     assert broker.http is not None
     browser.get(broker.http + "/")
     _wait(browser, "the federation's state", lambda d: "reconnecting" in _text(d, "#internals"))
     _wait(browser, "a warning banner", lambda d: "federation reconnecting" in _text(d, "#reasons"))
     assert browser.find_element("id", "banner").get_attribute("data-state") == "warn"
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_the_page_shows_gaps_skips_what_it_does_not_know_and_names_a_failing_stats(browser: Any) -> None:

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,8 @@ from exesdb_sdk.protocol import Message
 
 from tests.conftest import BrokerProcess, StartBroker, wait_until
 from tests.nats_cluster import BINARY, SKIP_REASON, NatsCluster
-from tests.peer_nats import USER, NatsPeer, free_port
+from tests.peer_nats import USER, NatsPeer
+from tests.peers import accepts, free_port
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason=SKIP_REASON)
 
@@ -300,12 +300,6 @@ def _readme_block(marker: str, nth: int) -> list[str]:
     return [line for line in blocks[nth].splitlines() if line.strip()]
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as probe:
-        probe.settimeout(0.5)
-        return probe.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.mark.timeout(40)
 def test_readme_several_machines_example(tmp_path: Path, clean_env: dict[str, str]) -> None:
     marker = "several machines: run by tests/test_federation.py"
@@ -327,7 +321,7 @@ def test_readme_several_machines_example(tmp_path: Path, clean_env: dict[str, st
                               stderr=subprocess.DEVNULL)  # fmt: skip
     brokers: list[BrokerProcess] = []
     try:
-        assert wait_until(lambda: _listening(int(ports["4222"])), 10)
+        assert wait_until(lambda: accepts(int(ports["4222"])), 10)
         for command in (broker_a_cmd, broker_b_cmd):
             program, *args = shlex.split(local(command))
             assert program == "exesdb-broker"

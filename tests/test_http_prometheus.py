@@ -4,7 +4,6 @@ gives back the message count ``stats`` shows."""
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,17 +14,12 @@ from exesdb_sdk import ControlClient, Publisher
 from exesdb_sdk.messages import NodeHealth
 
 from .conftest import BrokerProcess, StartBroker, wait_until
+from .peers import free_port
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = pytest.mark.skipif(PROMETHEUS is None, reason="prometheus is not installed (apt-get install prometheus)")
 COUNT = 25
 QUERY = 'exesdb_messages_total{channel="ex_esdb_health"}'
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture
@@ -42,7 +36,7 @@ def prometheus(http_broker: BrokerProcess, tmp_path: Path) -> Iterator[str]:
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
         f"scrape_configs:\n  - job_name: exesdb\n    static_configs:\n      - targets: ['{target}']\n"
     )
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [
             PROMETHEUS,
