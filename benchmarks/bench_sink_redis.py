@@ -16,15 +16,12 @@ the ratio right / left. Only the ratio means much on a small shared machine.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -34,10 +31,7 @@ import redis
 import redis.asyncio as aioredis
 from exesdb_connect.sink import Delivery
 from exesdb_connect.sinks.redis import DEFAULT_MAXLEN, RedisSink, create
-from exesdb_connect.source import delivery_of
-from exesdb_sdk.messages import NodeHealth
-from exesdb_sdk.protocol import Decoder, Encoder
-from harness import environment, handle_exits, write_report
+from sink_bench import sink_main
 
 STREAM: Final = "exesdb:ex_esdb_health"
 START_TIMEOUT: Final = 10.0
@@ -68,18 +62,6 @@ def start_server(directory: Path) -> tuple[subprocess.Popen[bytes], int]:
             time.sleep(0.02)
     finally:
         client.close()
-
-
-def deliveries(count: int) -> tuple[list[Delivery], int]:
-    """``count`` NodeHealth deliveries, as the connector builds them; and the body size."""
-    encoder, decoder = Encoder(src="node1"), Decoder()
-    topic = encoder.topic("ex_esdb_health", "node_health:node1")
-    made = []
-    for _ in range(count):
-        body = encoder.encode(topic, "NodeHealth", NodeHealth(node="node1", status="healthy", load_avg=0.42))
-        (message,) = decoder.decode([topic, body])
-        made.append(delivery_of(message, body=body))
-    return made, len(made[0].body)
 
 
 async def direct(client: aioredis.Redis, batches: Sequence[Sequence[Delivery]]) -> None:
@@ -148,54 +130,14 @@ def run(port: int, side: str, batches: Sequence[Sequence[Delivery]], count: int)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--reps", type=int, default=5, help="interleaved repetitions per side (default 5)")
-    parser.add_argument("--count", type=int, default=20_000, help="messages per run (default 20000)")
-    parser.add_argument("--batch", type=int, default=500, help="messages per send (default 500)")
-    parser.add_argument("--quick", action="store_true", help="2000 messages, 1 repetition: a smoke run")
-    parser.add_argument("--json-out", type=Path, help="JSON file (default benchmarks/results/sink_redis-<UTC>.json)")
-    args = parser.parse_args(argv)
-    if args.reps < 1 or args.count < 1 or args.batch < 1:
-        parser.error("--reps, --count and --batch must be at least 1")
-    handle_exits()
-    started = time.monotonic()
-    reps, count = (1, 2_000) if args.quick else (args.reps, args.count)
-    made, body_bytes = deliveries(count)
-    batches = [made[i : i + args.batch] for i in range(0, count, args.batch)]
-    rates: dict[str, list[float]] = {"direct": [], "sink": []}
-    with tempfile.TemporaryDirectory(prefix="bench-redis-") as directory:
-        proc, port = start_server(Path(directory))
-        try:
-            run(port, "direct", batches[:2], min(count, 2 * args.batch))  # warm-up
-            for rep in range(reps):
-                for side in ("direct", "sink") if rep % 2 == 0 else ("sink", "direct"):
-                    rates[side].append(run(port, side, batches, count))
-        finally:
-            proc.terminate()
-            proc.wait(10)
-    median = {side: statistics.median(values) for side, values in rates.items()}
-    ratio = median["sink"] / median["direct"] if median["direct"] else 0.0
-    report = {
-        "environment": environment(),
-        "config": {"quick": args.quick, "reps": reps, "count": count, "batch": args.batch, "body_bytes": body_bytes},
-        "scenarios": {
-            "redis_sink": {
-                "description": "NodeHealth to a Redis stream: redis-py pipeline (left) vs RedisSink.send (right)",
-                "sides": ["direct", "sink"],
-                "runs": rates,
-                "median_rate": median,
-                "ratio": ratio,
-            }
-        },
-        "elapsed_seconds": round(time.monotonic() - started, 1),
-    }
-    print(f"redis sink, {count:,} msgs of {body_bytes} B in batches of {args.batch}, medians of {reps}")
-    print("side     msgs/s")
-    for side in ("direct", "sink"):
-        print(f"{side:<7} {median[side]:>8,.0f}")
-    print(f"ratio sink/direct: {ratio:.3f}")
-    write_report(report, args.json_out, "sink_redis")
-    return 0
+    return sink_main(
+        argv,
+        kind="redis",
+        doc=__doc__,
+        description="NodeHealth to a Redis stream: redis-py pipeline (left) vs RedisSink.send (right)",
+        start_server=start_server,
+        run=run,
+    )
 
 
 if __name__ == "__main__":
