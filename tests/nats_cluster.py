@@ -1,6 +1,7 @@
 """A real NATS cluster for federation tests: ``size`` ``nats-server`` processes on free loopback
 ports, routed to each other (``cluster { name, listen, routes }`` in temporary configs), each
-with its monitoring endpoint, whose ``/routez`` says when the cluster has formed."""
+with its monitoring endpoint, whose ``/routez`` says when the cluster has formed, and JetStream
+on (a store directory each), whose ``/jsz`` says when its meta leader is elected."""
 
 from __future__ import annotations
 
@@ -53,7 +54,13 @@ class NatsCluster:
                 f"server_name: {node.name}\n"
                 f"listen: 127.0.0.1:{node.port}\n"
                 f"http: 127.0.0.1:{node.http_port}\n"
-                f"cluster {{ name: exesdb-test, listen: 127.0.0.1:{node.cluster_port}, routes: [{routes}] }}\n"
+                + (
+                    f"cluster {{ name: exesdb-test, listen: 127.0.0.1:{node.cluster_port}, routes: [{routes}] }}\n"
+                    if size > 1
+                    else ""  # JetStream refuses a cluster of one
+                )
+                + f"jetstream {{ store_dir: {json.dumps(str(self.dir / node.name))}, max_memory_store: 64MB,"
+                " max_file_store: 8GB }\n"
             )
 
     @property
@@ -78,6 +85,21 @@ class NatsCluster:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the NATS cluster did not form in {START_TIMEOUT:g} s")
                 time.sleep(0.05)
+        for node in self.nodes:
+            while not self.jetstream_ready(node, clustered=len(self.nodes) > 1):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"JetStream of the NATS cluster had no leader in {START_TIMEOUT:g} s")
+                time.sleep(0.05)
+
+    @staticmethod
+    def jetstream_ready(node: _Node, clustered: bool) -> bool:
+        """Whether ``node``'s JetStream is up and, ``clustered``, knows its meta leader (``/jsz``)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node.http_port}/jsz", timeout=1) as reply:
+                jsz = json.load(reply)
+                return bool((jsz.get("meta_cluster") or {}).get("leader")) if clustered else "config" in jsz
+        except (OSError, urllib.error.URLError, ValueError):
+            return False
 
     @staticmethod
     def routes(node: _Node) -> int:

@@ -238,7 +238,12 @@ def test_unreachable_nats_at_start_serves_locally_and_joins_later(tmp_path: Path
         assert health["federation"] == "reconnecting" and "degraded" in health, health
         assert wait_until(lambda: _federation(broker)["dropped"].get("not_connected", 0) >= 1, 5)
         later.start()
-        assert wait_until(lambda: _federation(broker)["state"] == "connected", 10), _federation(broker)
+
+        def joined() -> bool:  # connected, and the journaled instances' streams set up (until then: degraded)
+            federation = _federation(broker)
+            return bool(federation["state"] == "connected" and federation["jetstream"]["state"] == "ok")
+
+        assert wait_until(joined, 10), _federation(broker)
         with urllib.request.urlopen(broker.http + "/healthz", timeout=5) as reply:
             health = json.load(reply)
         assert health["federation"] == "connected" and "degraded" not in health, health
@@ -253,7 +258,11 @@ def test_unreachable_nats_at_start_serves_locally_and_joins_later(tmp_path: Path
         (["--federation-nats", "http://127.0.0.1:4222"], "must be nats://host:port"),
         (["--federation-nats", "nats://u:p@127.0.0.1:4222"], "credentials do not belong in the URL"),
         (["--federation-nats", "nats://127.0.0.1:4222", "--federation-exports", "nope"], "nope"),
-        (["--federation-nats", "nats://127.0.0.1:4222", "--federation-imports", "alerts"], "is journaled"),
+        (["--federation-nats", "nats://127.0.0.1:4222", "--federation-replicas", "9"], "must be 0"),
+        (
+            ["--federation-nats", "nats://127.0.0.1:4222", "--federation-stream-max-bytes", "0"],
+            "--federation-stream-max-bytes",
+        ),
         (["--federation-nats", "nats://127.0.0.1:4222", "--federation-user", "x"], "user and password_file"),
     ],
 )

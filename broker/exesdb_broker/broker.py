@@ -203,8 +203,8 @@ class Broker:
         self.backend = self._bind(backend, "backend", config.backend)
         expected = expected_subscribers(config.data_dir, self.backend) if config.start_grace > 0 else 0
         self.control = self._bind(control, "control", config.control)
-        if self._http.address is not None or self.connector_configs:
-            # the HTTP surface's and the connectors' way in (trusted: see security.py)
+        if self._http.address is not None or self.connector_configs or self._federation is not None:
+            # the HTTP surface's, the connectors' and the federation's way in (trusted: see security.py)
             control.bind(base + "-control")
         if self._http.address is not None:
             self._http.bind()

@@ -44,9 +44,10 @@ HELP = (
     "before that line: status 130); SIGHUP re-reads the key allowlists and the HTTP token files. "
     "Every thread runs under a supervisor: a failed one is restarted, and past --max-restarts in "
     "--restart-period the broker exits 1.\n\n"
-    "Federation: --federation-nats (or [federation] nats) joins brokers through core NATS: live "
-    "instances published here reach subscribers of the other brokers, and theirs reach this one's "
-    "(see docs/protocol.md, section 13; journaled instances are not federated).\n\n"
+    "Federation: --federation-nats (or [federation] nats) joins brokers through NATS: live "
+    "instances published here reach subscribers of the other brokers over core NATS, and theirs reach "
+    "this one's; journaled ones go through JetStream streams into every broker's journal (see "
+    "docs/protocol.md, section 13).\n\n"
     "Security: --broker-key (a secret key file from exesdb keygen) turns on CURVE on every "
     "endpoint; --allow-publishers, --allow-subscribers and --allow-admins name directories of "
     "allowed public key files; with it, every HTTP route but /healthz needs a bearer token from the "
@@ -181,11 +182,14 @@ def serve(
     ] = None,
     federation_exports: Annotated[
         str | None,
-        typer.Option(help="Instances published to the federation, comma-separated, live or none [default: live]"),
+        typer.Option(
+            help="Instances published to the federation, comma-separated, all, live or none; journaled ones go "
+            "through JetStream [default: all]"
+        ),
     ] = None,
     federation_imports: Annotated[
         str | None,
-        typer.Option(help="Instances taken from the federation, comma-separated, live or none [default: live]"),
+        typer.Option(help="Instances taken from the federation, comma-separated, all, live or none [default: all]"),
     ] = None,
     federation_name: Annotated[
         str | None, typer.Option(help="This broker's name in the federation [default: --node]")
@@ -193,6 +197,15 @@ def serve(
     federation_user: Annotated[str | None, typer.Option(help="NATS user (with --federation-password-file)")] = None,
     federation_password_file: Annotated[str | None, typer.Option(help="File holding the NATS password")] = None,
     federation_token_file: Annotated[str | None, typer.Option(help="File holding a NATS token")] = None,
+    federation_replicas: Annotated[
+        int | None,
+        typer.Option(
+            help="Replicas of each JetStream stream it creates, 1-5 [default: 0: one per NATS URL, at most 3]"
+        ),
+    ] = None,
+    federation_stream_max_bytes: Annotated[
+        int | None, typer.Option(help="Bytes each JetStream stream keeps, the oldest going first [default: 1 GiB]")
+    ] = None,
 ) -> None:
     flags = {
         "frontend": frontend,
@@ -241,6 +254,8 @@ def serve(
                 "user": federation_user,
                 "password_file": federation_password_file,
                 "token_file": federation_token_file,
+                "replicas": federation_replicas,
+                "stream_max_bytes": federation_stream_max_bytes,
             },
             config_file=path,
             document=document,

@@ -231,13 +231,20 @@ def nats_urls(value: str) -> tuple[str, ...]:
     return tuple(urls)
 
 
+def _replicas(value: Any) -> None:
+    if not 0 <= int(value) <= 5:
+        raise ValueError(f"must be 0 (one per NATS URL, at most 3) to 5, not {value!r}")
+
+
 def _federation_instances(value: Any) -> None:
-    if str(value).strip().lower() != FEDERATION_LIVE:
+    if str(value).strip().lower() not in (FEDERATION_ALL, FEDERATION_LIVE):
         journal_instances(str(value))
 
 
+FEDERATION_ALL = "all"
+"""The default of ``exports`` and ``imports``: every instance (journaled ones through JetStream)."""
 FEDERATION_LIVE = "live"
-"""The default of ``exports`` and ``imports``: every instance the broker does not journal."""
+"""Every instance the broker does not journal (core NATS only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,9 +255,10 @@ class FederationConfig:
 
     nats: str = field(default="", metadata={"check": nats_urls})
     """NATS servers, comma-separated ``nats://host:port``; empty turns the federation off."""
-    exports: str = field(default=FEDERATION_LIVE, metadata={"check": _federation_instances})
-    """Instances published to NATS (comma-separated; ``live``: every instance not journaled; ``none``)."""
-    imports: str = field(default=FEDERATION_LIVE, metadata={"check": _federation_instances})
+    exports: str = field(default=FEDERATION_ALL, metadata={"check": _federation_instances})
+    """Instances published to NATS (comma-separated; ``all``; ``live``: every instance not journaled; ``none``).
+    The instances this broker journals go through JetStream, the others through core NATS."""
+    imports: str = field(default=FEDERATION_ALL, metadata={"check": _federation_instances})
     """Instances taken from NATS into this broker (same forms as ``exports``)."""
     name: str = ""
     """This broker's name in the federation (the origin of what it exports) [default: its node]."""
@@ -260,6 +268,10 @@ class FederationConfig:
     """File holding the NATS password (first line)."""
     token_file: str = field(default="", metadata={"check": _file})
     """File holding a NATS token (instead of user and password)."""
+    replicas: int = field(default=0, metadata={"check": _replicas})
+    """Replicas of each JetStream stream it creates (1 to 5; 0: one per NATS URL given, at most 3)."""
+    stream_max_bytes: int = field(default=1 << 30, metadata={"check": positive})
+    """Bytes each JetStream stream keeps at most (the oldest messages go first)."""
 
 
 def load_federation(
@@ -277,5 +289,6 @@ def load_federation(
         config_file=config_file,
         env=env,
         env_prefix="EXESDB_FEDERATION_",
+        flag_prefix="--federation-",
         document=document,
     )

@@ -12,8 +12,8 @@ One supervised child, ``federation``, runs an event loop beside the data plane:
   broker's frontend (inproc) as ``[topic, body, IMPORTED]``, so it reaches local subscribers
   and is never exported again. Messages whose origin is this broker are dropped (``echo``).
 
-Journaled instances (alerts and audit by default) are not federated here: the defaults leave
-them out and naming one is a configuration error. Losses are counted in ``stats.federation``:
+The instances this broker journals (alerts and audit by default) go through JetStream instead,
+with nothing lost (:mod:`.jetstream`). Live losses are counted in ``stats.federation``:
 ``dropped`` by reason, and ``gaps``, the ``seq`` gaps seen on import (messages lost between the
 exporting broker and this one, e.g. when a NATS server dies).
 
@@ -47,7 +47,8 @@ from exesdb_sdk.subjects import escape_token, subject
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from .config import FEDERATION_LIVE, BrokerConfig, FederationConfig, journal_instances, nats_urls
+from .config import FEDERATION_ALL, FEDERATION_LIVE, BrokerConfig, FederationConfig, journal_instances, nats_urls
+from .jetstream import JetStreamBridge, JetStreamPlan
 
 __all__ = ["IMPORTED", "PREFIX", "FederationChild", "FederationPlan", "federation_plan"]
 
@@ -75,8 +76,11 @@ class FederationPlan:
 
     urls: tuple[str, ...]
     exports: tuple[Instance, ...]
+    """Live instances exported through core NATS."""
     imports: tuple[Instance, ...]
     name: str
+    jetstream: JetStreamPlan | None = None
+    """The journaled instances federated through JetStream (``None``: none)."""
     user: str | None = None
     password: str | None = None
     token: str | None = None
@@ -98,19 +102,15 @@ def _secret(key: str, value: str) -> str:
 
 
 def _instances(key: str, value: str, journaled: tuple[Instance, ...]) -> tuple[Instance, ...]:
-    if value.strip().lower() == FEDERATION_LIVE:
+    word = value.strip().lower()
+    if word == FEDERATION_ALL:
+        return tuple(Instance)
+    if word == FEDERATION_LIVE:
         return tuple(instance for instance in Instance if instance not in journaled)
     try:
-        chosen = journal_instances(value)
+        return journal_instances(value)
     except ValueError as exc:
         raise ConfigError(f"federation {key}: {exc}") from None
-    for instance in chosen:
-        if instance in journaled:
-            raise ConfigError(
-                f"federation {key}: {instance.value} is journaled by this broker; journaled instances are not "
-                "federated over core NATS (leave it out, or take it out of journal)"
-            )
-    return chosen
 
 
 def federation_plan(federation: FederationConfig, broker: BrokerConfig) -> FederationPlan | None:
@@ -126,10 +126,21 @@ def federation_plan(federation: FederationConfig, broker: BrokerConfig) -> Feder
         raise ConfigError("federation: user and password_file go together")
     if federation.user and federation.token_file:
         raise ConfigError("federation: use either user and password_file, or token_file")
+    exports = _instances("exports", federation.exports, journaled)
+    imports = _instances("imports", federation.imports, journaled)
+    jetstream = JetStreamPlan(
+        exports=tuple(i for i in exports if i in journaled),
+        imports=tuple(i for i in imports if i in journaled),
+        data_dir=broker.data_dir,
+        replicas=federation.replicas or min(3, len(urls)),
+        max_bytes=federation.stream_max_bytes,
+        max_age=broker.journal_max_age,
+    )
     return FederationPlan(
         urls=urls,
-        exports=_instances("exports", federation.exports, journaled),
-        imports=_instances("imports", federation.imports, journaled),
+        exports=tuple(i for i in exports if i not in journaled),
+        imports=tuple(i for i in imports if i not in journaled),
+        jetstream=jetstream if jetstream.exports or jetstream.imports else None,
         name=federation.name or broker.node,
         user=federation.user or None,
         password=_secret("password_file", federation.password_file) if federation.password_file else None,
@@ -167,6 +178,17 @@ class FederationChild:
         self._last_seq: dict[tuple[str, str], int] = {}
         self._decoder = Decoder()
         self._client: Client | None = None
+        self._bridge: JetStreamBridge | None = None
+        if plan.jetstream is not None:
+            self._bridge = JetStreamBridge(
+                plan.jetstream,
+                name=plan.name,
+                prefix=PREFIX,
+                subject=self._subject,
+                context=context,
+                base=base,
+                max_size=config.max_message_size,
+            )
 
     def snapshot(self) -> dict[str, Any]:
         """``stats.federation``."""
@@ -183,6 +205,7 @@ class FederationChild:
             "dropped": dict(self.dropped),
             "reconnects": self.reconnects,
             "last_error": self.last_error,
+            "jetstream": self._bridge.snapshot() if self._bridge is not None else {"state": "off"},
         }
 
     def run(self) -> None:
@@ -233,18 +256,23 @@ class FederationChild:
         connecting = asyncio.create_task(self._connect(inject))
         exporting = asyncio.create_task(self._export(source))
         stopping = asyncio.create_task(self._stop.wait())
+        tasks = [connecting, exporting, stopping]
         try:
-            waiting = {exporting, stopping, connecting}
+            waiting = set(tasks)
             while waiting:
                 done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if stopping in done:
                     break
                 for task in done:
-                    task.result()  # a failure of either loop: raise, the supervisor restarts
+                    task.result()  # a failure of any loop: raise, the supervisor restarts
+                if connecting in done and self._bridge is not None and self._client is not None:
+                    bridging = asyncio.create_task(self._bridge.run(self._client))  # once connected
+                    tasks.append(bridging)
+                    waiting.add(bridging)
         finally:
-            for task in (connecting, exporting, stopping):
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(connecting, exporting, stopping, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             client, self._client = self._client, None
             if client is not None and not client.is_closed:
                 with contextlib.suppress(Exception):

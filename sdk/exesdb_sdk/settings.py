@@ -115,10 +115,12 @@ def load_settings(
     config_file: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     env_prefix: str = ENV_PREFIX,
+    flag_prefix: str = "--",
     document: Mapping[str, Any] | None = None,
 ) -> T:
     """Build ``cls`` from flags > ``<env_prefix><NAME>`` variables > ``[section]`` of the TOML file
-    > defaults. ``env_prefix`` is ``EXESDB_`` unless a component needs its own namespace.
+    > defaults. ``env_prefix`` is ``EXESDB_`` unless a component needs its own namespace, and
+    ``flag_prefix`` (how errors name a flag) ``--`` unless its flags have a prefix of their own.
 
     ``flags`` maps field names to values; ``None`` values are ignored (not given). The file is
     ``config_file``, else ``$EXESDB_CONFIG``, else none; ``document``, when given, is that file
@@ -149,7 +151,7 @@ def load_settings(
             continue
         if name not in types:
             raise ConfigError(f"unknown setting {name!r}")
-        where = "--" + name.replace("_", "-")
+        where = flag_prefix + name.replace("_", "-")
         values[name] = (_coerce(types[name], value, where), where)
 
     for name, (value, where) in values.items():

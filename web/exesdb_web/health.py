@@ -66,10 +66,13 @@ async def healthz(request: web.Request) -> web.Response:
     if isinstance(federation, dict) and federation.get("state") not in (None, "off"):
         # the broker serves its own clients whatever NATS does: degraded, not unavailable
         body["federation"] = federation["state"]
+        jetstream = federation.get("jetstream")
         if federation["state"] != "connected":
             body["degraded"] = (
                 f"federation {federation['state']}: {federation.get('last_error') or 'no NATS server yet'}"
             )
+        elif isinstance(jetstream, dict) and jetstream.get("state") not in (None, "off", "ok"):
+            body["degraded"] = f"federation jetstream {jetstream['state']}: {jetstream.get('last_error') or 'starting'}"
     return web.json_response(body)
 
 

@@ -1,0 +1,545 @@
+"""Journaled instances across brokers: JetStream, beside the live federation (:mod:`.federation`).
+
+Each journaled instance a broker federates has one stream, ``EXESDB_<instance>`` (subjects
+``exesdb.<instance>.>`` and ``exesdb.<instance>``, file storage, :attr:`JetStreamPlan.replicas`
+replicas, bounded by ``stream_max_bytes`` and ``stream_max_age``, the oldest discarded first),
+created by whichever broker needs it first.
+
+- **export**: the broker follows its own journal from a cursor kept in ``federation.db`` in its
+  data directory, woken by a live subscription (the doorbell) and every second, and publishes
+  each record (body unchanged, headers ``Nats-Msg-Id``, ``Exesdb-Topic``, ``Exesdb-Origin``) to
+  the stream, up to :data:`EXPORT_WINDOW` awaiting their acknowledgement. The cursor moves once
+  a page is acknowledged: a broker killed meanwhile exports the page again when it returns, and
+  the stream drops what it already has by ``Nats-Msg-Id`` (``<pub>:<topic>:<seq>``, the message's
+  own identity) within its duplicate window. A first start begins at the journal's head.
+- **import**: a durable pull consumer per stream and broker (``exesdb-<name>``, explicit acks,
+  at most :data:`MAX_ACK_PENDING` unacknowledged); each message from another broker is committed
+  to this broker's journal as a durable publish (the control op ``publish``, over inproc), and
+  acknowledged to JetStream only once committed. A broker that was down finds its consumer where
+  it left it and catches up. What this broker imported is never exported again (it keeps the
+  bodies it committed until its exporter passes them, :data:`IMPORTED_LIMIT` at most; past that,
+  or across a restart, the stream's duplicate window catches a second copy).
+
+Counted in ``stats.federation.jetstream``: per instance exported, imported, ``lag`` (records of
+its journal not yet exported; messages of the stream not yet imported), and what was lost or
+refused: ``lost`` (discarded by the stream's limits before this broker read them, or trimmed
+from its journal before it exported them), ``refused`` (a message this journal will not take),
+``duplicates``, ``echo``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+from collections import Counter, OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote, unquote
+
+import nats.errors
+import nats.js.errors
+import zmq
+import zmq.asyncio
+from exesdb_sdk.aio import AsyncControlClient
+from exesdb_sdk.durable import JOURNAL_GAP_TOPIC, durable_request
+from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ProtocolError
+from exesdb_sdk.follow import head_request
+from exesdb_sdk.instances import Instance
+from exesdb_sdk.protocol import Decoder
+from exesdb_sdk.subjects import escape_token
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+
+__all__ = ["DB_NAME", "JetStreamBridge", "JetStreamPlan", "stream_name"]
+
+log = logging.getLogger("exesdb.broker.federation")
+
+DB_NAME: Final = "federation.db"
+EXPORT_WINDOW: Final = 256
+"""Publishes awaiting their acknowledgement, per exporting instance."""
+MAX_ACK_PENDING: Final = 1024
+"""Messages a broker's consumer may hold unacknowledged (JetStream stops delivering past it)."""
+FETCH: Final = 256
+"""Messages per pull, at most."""
+IMPORTED_LIMIT: Final = 100_000
+DUPLICATE_WINDOW: Final = 600.0
+"""Seconds the stream remembers a ``Nats-Msg-Id``."""
+ACK_TIMEOUT: Final = 5.0
+"""Seconds an export waits for the stream's acknowledgements before it tries the page again."""
+_PAGE: Final = 500
+_POLL: Final = 1.0
+_RETRY: Final = 1.0
+_LAG_EVERY: Final = 2.0
+_CONTROL_TIMEOUT: Final = 10.0
+_NAK_DELAY: Final = 1.0
+_SEEN_LIMIT: Final = 100_000
+_TOPIC_SAFE: Final = "/:@,=+~-_"
+_REFUSED_CODES: Final = frozenset({"bad_request", "invalid_message", "malformed", "too_large", "not_journaled"})
+"""Refusals of a durable publish that no retry changes: the message is terminated, counted."""
+_NO_ROOM: Final = 10005  # no peers for placement: the servers' storage or count
+TOPIC_HEADER: Final = "Exesdb-Topic"
+ORIGIN_HEADER: Final = "Exesdb-Origin"
+MSG_ID_HEADER: Final = "Nats-Msg-Id"
+
+
+def stream_name(instance: Instance) -> str:
+    """The JetStream stream of a journaled instance."""
+    return f"EXESDB_{instance.value}"
+
+
+def stream_subjects(prefix: str, instance: Instance) -> list[str]:
+    """The subjects of :func:`stream_name` (every sub-topic, and the empty one)."""
+    token = escape_token(instance.value)
+    return [f"{prefix}.{token}.>", f"{prefix}.{token}"]
+
+
+@dataclass(frozen=True, slots=True)
+class JetStreamPlan:
+    """The journaled part of a federation."""
+
+    exports: tuple[Instance, ...]
+    imports: tuple[Instance, ...]
+    data_dir: str
+    replicas: int
+    max_bytes: int
+    max_age: float
+
+
+@dataclass(slots=True)
+class _Counts:
+    exported: int = 0
+    imported: int = 0
+    duplicates: int = 0
+    echo: int = 0
+    skipped_imports: int = 0
+    lost: int = 0
+    refused: int = 0
+    journal_gaps: int = 0
+    export_lag: int = 0
+    import_lag: int = 0
+    cursor: int = 0
+
+
+@dataclass(slots=True)
+class _State:
+    state: str = "starting"
+    last_error: str | None = None
+    counts: dict[str, _Counts] = field(default_factory=dict)
+    refused_by: Counter[str] = field(default_factory=Counter)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, nats.js.errors.APIError) and exc.description:
+        text = f"{exc.description} (err_code {exc.err_code})"
+    return text or type(exc).__name__
+
+
+class Cursors:
+    """``federation.db``: the export cursor per journaled instance (the last broker seq exported)."""
+
+    def __init__(self, data_dir: str) -> None:
+        path = Path(data_dir) / DB_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("CREATE TABLE IF NOT EXISTS export_cursor (instance TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
+
+    def get(self, instance: Instance) -> int | None:
+        """The cursor of ``instance``, or ``None`` before its first export."""
+        row = self._db.execute("SELECT seq FROM export_cursor WHERE instance = ?", (instance.value,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set(self, instance: Instance, seq: int) -> None:
+        """Move the cursor of ``instance`` (one small transaction)."""
+        self._db.execute("INSERT OR REPLACE INTO export_cursor VALUES (?, ?)", (instance.value, seq))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class JetStreamBridge:
+    """The exporters and importers of the journaled instances, tasks of the federation's loop."""
+
+    def __init__(
+        self,
+        plan: JetStreamPlan,
+        *,
+        name: str,
+        prefix: str,
+        subject: Callable[[bytes], str | None],
+        context: zmq.Context[Any],
+        base: str,
+        max_size: int,
+    ) -> None:
+        self.plan = plan
+        self._name, self._prefix, self._subject = name, prefix, subject
+        self._context, self._base, self._max_size = context, base, max_size
+        self._state = _State(counts={i.value: _Counts() for i in {*plan.exports, *plan.imports}})
+        self._imported: OrderedDict[bytes, None] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._decoder = Decoder()
+        self._bells: dict[Instance, asyncio.Event] = {}
+
+    @property
+    def active(self) -> bool:
+        """Whether any journaled instance is federated."""
+        return bool(self.plan.exports or self.plan.imports)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``stats.federation.jetstream``."""
+        state = self._state
+        instances = {
+            name: {
+                "exported": c.exported,
+                "imported": c.imported,
+                "export_lag": c.export_lag,
+                "import_lag": c.import_lag,
+                "cursor": c.cursor,
+                "duplicates": c.duplicates,
+                "echo": c.echo,
+                "lost": c.lost,
+                "refused": c.refused,
+                "journal_gaps": c.journal_gaps,
+            }
+            for name, c in state.counts.items()
+        }
+        return {
+            "state": state.state if self.active else "off",
+            "last_error": state.last_error,
+            "exports": [i.value for i in self.plan.exports],
+            "imports": [i.value for i in self.plan.imports],
+            "replicas": self.plan.replicas,
+            "exported": sum(c.exported for c in state.counts.values()),
+            "imported": sum(c.imported for c in state.counts.values()),
+            "lag": sum(c.import_lag + c.export_lag for c in state.counts.values()),
+            "lost": sum(c.lost for c in state.counts.values()),
+            "refused": dict(state.refused_by),
+            "instances": instances,
+        }
+
+    def _fault(self, text: str) -> None:
+        if text != self._state.last_error:
+            log.warning("federation: jetstream: %s", text)
+        self._state.state, self._state.last_error = "degraded", text
+
+    # -- the tasks -------------------------------------------------------------------------
+
+    async def run(self, client: Client) -> None:
+        """Set up the streams, then export and import until cancelled."""
+        js = client.jetstream(timeout=ACK_TIMEOUT)
+        actx = zmq.asyncio.Context.shadow(self._context.underlying)
+        # one control client per task: a client has one request in flight at a time
+        controls = [
+            AsyncControlClient(self._base + "-control", context=actx, timeout=_CONTROL_TIMEOUT)
+            for _ in range(len(self.plan.exports) + len(self.plan.imports))
+        ]
+        cursors = Cursors(self.plan.data_dir)
+        bell = actx.socket(zmq.SUB)
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            bell.setsockopt(zmq.RCVHWM, 1000)  # a doorbell: a message dropped here is found by the next poll
+            bell.setsockopt(zmq.LINGER, 0)
+            for instance in self.plan.exports:
+                bell.setsockopt(zmq.SUBSCRIBE, instance.prefix.encode())
+                self._bells[instance] = asyncio.Event()
+            bell.connect(self._base + "-backend")
+            await self._streams(js)
+            self._state.state, self._state.last_error = "ok", None
+            tasks.append(asyncio.create_task(self._ring(bell)))
+            exports = zip(self.plan.exports, controls, strict=False)
+            imports = zip(self.plan.imports, controls[len(self.plan.exports) :], strict=True)
+            tasks += [asyncio.create_task(self._export(js, control, cursors, i)) for i, control in exports]
+            tasks += [asyncio.create_task(self._import(js, control, i)) for i, control in imports]
+            tasks.append(asyncio.create_task(self._measure(js)))
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            bell.close(linger=0)
+            for control in controls:
+                await control.aclose()
+            cursors.close()
+
+    async def _streams(self, js: JetStreamContext) -> None:
+        """Find or create every stream (retried until JetStream answers: a cluster electing its
+        leader, or a server without JetStream, is a degraded state, not a failure)."""
+        plan = self.plan
+        pending = list(dict.fromkeys([*plan.exports, *plan.imports]))
+        for attempt in range(1_000_000):
+            try:
+                while pending:
+                    await self._stream(js, pending[0])
+                    pending.pop(0)
+                return
+            except (nats.errors.Error, OSError, TimeoutError) as exc:
+                if isinstance(
+                    exc,
+                    nats.errors.NoRespondersError
+                    | nats.js.errors.NoStreamResponseError
+                    | nats.js.errors.ServiceUnavailableError,
+                ):
+                    self._fault("JetStream is not enabled on the NATS server: journaled instances are not federated")
+                elif isinstance(exc, nats.js.errors.APIError) and exc.err_code == _NO_ROOM:
+                    self._fault(
+                        f"stream {stream_name(pending[0])}: {_one_line(exc)}: lower stream_max_bytes "
+                        f"({self.plan.max_bytes}) or replicas ({self.plan.replicas}), or give the servers more "
+                        "max_file_store"
+                    )
+                else:
+                    self._fault(f"stream {stream_name(pending[0])}: {_one_line(exc)}")
+                await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
+
+    async def _stream(self, js: JetStreamContext, instance: Instance) -> None:
+        name = stream_name(instance)
+        try:
+            await js.stream_info(name)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        config = StreamConfig(
+            name=name,
+            subjects=stream_subjects(self._prefix, instance),
+            storage=StorageType.FILE,
+            num_replicas=self.plan.replicas,
+            max_bytes=self.plan.max_bytes,
+            max_age=self.plan.max_age or None,
+            discard=DiscardPolicy.OLD,
+            duplicate_window=DUPLICATE_WINDOW,
+        )
+        await js.add_stream(config)
+        log.info("federation: created stream %s (%d replica(s))", name, self.plan.replicas)
+
+    async def _ring(self, bell: zmq.asyncio.Socket) -> None:
+        bells = [(instance.prefix.encode(), event) for instance, event in self._bells.items()]
+        for _ in iter(int, 1):  # until cancelled
+            frames = await bell.recv_multipart()
+            for prefix, event in bells:
+                if frames[0].startswith(prefix):
+                    event.set()
+
+    async def _measure(self, js: JetStreamContext) -> None:
+        """Every :data:`_LAG_EVERY` seconds: each consumer's lag (messages not yet acknowledged)."""
+        for _ in iter(int, 1):
+            await asyncio.sleep(_LAG_EVERY)
+            for instance in self.plan.imports:
+                with contextlib.suppress(nats.errors.Error, OSError, TimeoutError):
+                    info = await js.consumer_info(stream_name(instance), self._durable)
+                    self._state.counts[instance.value].import_lag = (info.num_pending or 0) + (
+                        info.num_ack_pending or 0
+                    )
+
+    @property
+    def _durable(self) -> str:
+        return f"exesdb-{escape_token(self._name).replace('.', '_')}"
+
+    # -- export ----------------------------------------------------------------------------
+
+    async def _export(
+        self, js: JetStreamContext, control: AsyncControlClient, cursors: Cursors, instance: Instance
+    ) -> None:
+        counts = self._state.counts[instance.value]
+        bell = self._bells[instance]
+        cursor: int | None = None
+        for attempt in range(1_000_000_000):
+            try:
+                if cursor is None:
+                    cursor = cursors.get(instance)
+                    if cursor is None:  # a first start: what is journaled from now on
+                        cursor = int((await control.request("replay", head_request(instance)))["last"])
+                        cursors.set(instance, cursor)
+                    counts.cursor = cursor
+                cursor = await self._export_pages(js, control, cursors, instance, cursor)
+                attempt = 0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(bell.wait(), _POLL)
+                bell.clear()
+            except (ControlError, BrokerUnavailableError, nats.errors.Error, OSError, TimeoutError) as exc:
+                self._fault(f"exporting {instance.value}: {_one_line(exc)}")
+                await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
+
+    async def _export_pages(
+        self, js: JetStreamContext, control: AsyncControlClient, cursors: Cursors, instance: Instance, cursor: int
+    ) -> int:
+        counts = self._state.counts[instance.value]
+        sync = True
+        for _ in range(1_000_000):
+            args = {"instance": instance.value, "from_seq": cursor + 1, "limit": _PAGE, "sync": sync}
+            reply = await control.request("replay", args)
+            sync = False
+            records, following, first = reply.get("records"), reply.get("next"), reply.get("first")
+            if not isinstance(records, list) or type(following) is not int:
+                raise ControlError("bad_reply", "replay reply without 'records' and 'next'")
+            if type(first) is int and first > cursor + 1:
+                counts.lost += first - cursor - 1  # trimmed by retention before it was exported
+            futures: list[asyncio.Future[Any]] = []
+            for record in records:
+                if not isinstance(record, list) or len(record) < 4 or type(record[0]) is not int:
+                    continue
+                future = await self._publish(js, instance, counts, record[0], record[2], record[3])
+                if future is not None:
+                    futures.append(future)
+            if futures:
+                await self._acknowledged(futures, counts)
+            cursor = max(cursor, following - 1)
+            cursors.set(instance, cursor)
+            counts.cursor = cursor
+            last = reply.get("last")
+            counts.export_lag = max(0, last - cursor) if type(last) is int else 0
+            if self._state.state == "degraded" and self._state.last_error and "export" in self._state.last_error:
+                self._state.state, self._state.last_error = "ok", None
+            if not reply.get("more"):
+                return cursor
+        return cursor
+
+    async def _publish(
+        self, js: JetStreamContext, instance: Instance, counts: _Counts, seq: int, topic: Any, body: Any
+    ) -> asyncio.Future[Any] | None:
+        if not isinstance(topic, str) or not isinstance(body, bytes):
+            return None
+        if topic == JOURNAL_GAP_TOPIC:
+            counts.journal_gaps += 1  # messages this broker's journal never recorded: not there to export
+            return None
+        if body in self._imported:
+            del self._imported[body]
+            counts.skipped_imports += 1  # taken from the federation: exported by the broker it came from
+            return None
+        raw = topic.encode()
+        target = self._subject(raw)
+        if target is None:
+            return None
+        try:
+            _, pub, first, _ = self._decoder.inspect([raw, body])
+        except ProtocolError:
+            pub, first = "", 0
+        msg_id = f"{pub}:{topic}:{first}" if pub and first > 0 else f"{self._name}:{instance.value}:{seq}"
+        headers = {
+            MSG_ID_HEADER: msg_id,
+            TOPIC_HEADER: quote(topic, safe=_TOPIC_SAFE),
+            ORIGIN_HEADER: self._name,
+        }
+        return await js.publish_async(
+            target, body, wait_stall=ACK_TIMEOUT, stream=stream_name(instance), headers=headers
+        )
+
+    async def _acknowledged(self, futures: list[asyncio.Future[Any]], counts: _Counts) -> None:
+        """Wait for every acknowledgement of a page; a refusal or a timeout raises (the page is
+        exported again: the stream drops what it has by ``Nats-Msg-Id``)."""
+        done, pending = await asyncio.wait(futures, timeout=ACK_TIMEOUT)
+        for future in pending:
+            future.cancel()  # gives its slot back to nats-py's window
+        if pending:
+            raise TimeoutError(f"no acknowledgement from JetStream in {ACK_TIMEOUT:g} s ({len(pending)} outstanding)")
+        for future in done:
+            error = future.exception()
+            if error is not None:
+                raise error
+            if future.result().duplicate:
+                counts.duplicates += 1
+            else:
+                counts.exported += 1
+
+    # -- import ----------------------------------------------------------------------------
+
+    async def _import(self, js: JetStreamContext, control: AsyncControlClient, instance: Instance) -> None:
+        counts = self._state.counts[instance.value]
+        stream, durable = stream_name(instance), self._durable
+        for attempt in range(1_000_000_000):
+            try:
+                await js.add_consumer(
+                    stream,
+                    ConsumerConfig(
+                        durable_name=durable,
+                        ack_policy=AckPolicy.EXPLICIT,
+                        deliver_policy=DeliverPolicy.NEW,
+                        max_ack_pending=MAX_ACK_PENDING,
+                        ack_wait=30.0,
+                    ),
+                )  # the existing consumer, unchanged, when it is there
+                subscription = await js.pull_subscribe_bind(durable=durable, stream=stream)
+                info = await subscription.consumer_info()
+                delivered = info.delivered.stream_seq if info.delivered is not None else 0
+                attempt = 0
+                for _ in iter(int, 1):
+                    try:
+                        messages = await subscription.fetch(FETCH, timeout=_POLL)
+                    except nats.errors.TimeoutError:
+                        continue
+                    delivered = await self._take(control, instance, counts, messages, delivered)
+            except (ControlError, BrokerUnavailableError, nats.errors.Error, OSError, TimeoutError) as exc:
+                self._fault(f"importing {instance.value}: {_one_line(exc)}")
+                await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
+
+    async def _take(
+        self, control: AsyncControlClient, instance: Instance, counts: _Counts, messages: list[Msg], delivered: int
+    ) -> int:
+        """Commit ``messages`` to the journal in order, each acknowledged once committed; at the
+        first that cannot be committed now, it and the rest go back to JetStream (``nak``)."""
+        for index, msg in enumerate(messages):
+            meta = msg.metadata
+            if meta.num_delivered == 1 and meta.sequence.stream > delivered + 1:
+                counts.lost += meta.sequence.stream - delivered - 1  # discarded by the stream's limits first
+            delivered = max(delivered, meta.sequence.stream)
+            outcome = await self._commit(control, instance, counts, msg)
+            if outcome == "retry":
+                for later in messages[index:]:
+                    with contextlib.suppress(nats.errors.Error):
+                        await later.nak(delay=_NAK_DELAY)
+                return delivered
+            if outcome == "refused":
+                await msg.term()
+            else:
+                await msg.ack()
+        if self._state.state == "degraded" and self._state.last_error and "import" in self._state.last_error:
+            self._state.state, self._state.last_error = "ok", None
+        return delivered
+
+    async def _commit(self, control: AsyncControlClient, instance: Instance, counts: _Counts, msg: Msg) -> str:
+        headers = msg.headers or {}
+        if headers.get(ORIGIN_HEADER) == self._name:
+            counts.echo += 1
+            return "done"
+        msg_id = headers.get(MSG_ID_HEADER, "")
+        if msg_id and msg_id in self._seen:
+            counts.duplicates += 1
+            return "done"
+        try:
+            topic = unquote(headers.get(TOPIC_HEADER, ""), errors="strict").encode("utf-8")
+            text, _, _, _ = self._decoder.inspect([topic, msg.data])
+            if Instance.resolve(text.partition("/")[0]) is not instance or len(msg.data) > self._max_size:
+                raise ProtocolError("wrong_instance", "not a message of this stream's instance")
+        except (UnicodeError, ProtocolError, ValueError):
+            return self._refused(counts, "bad_message")
+        self._remember(self._imported, msg.data, IMPORTED_LIMIT)
+        try:
+            await control.request("publish", durable_request(topic, msg.data))
+        except ControlError as exc:
+            self._imported.pop(msg.data, None)
+            if exc.code in _REFUSED_CODES:
+                return self._refused(counts, exc.code)
+            self._fault(f"importing {instance.value}: the journal refused: {exc}")
+            return "retry"
+        except BrokerUnavailableError as exc:  # unanswered: it may be committed; the seq check above catches a copy
+            self._fault(f"importing {instance.value}: {exc}")
+            return "retry"
+        counts.imported += 1
+        if msg_id:
+            self._remember(self._seen, msg_id, _SEEN_LIMIT)
+        return "done"
+
+    def _refused(self, counts: _Counts, reason: str) -> str:
+        counts.refused += 1
+        self._state.refused_by[reason] += 1
+        return "refused"
+
+    @staticmethod
+    def _remember(kept: OrderedDict[Any, None], key: Any, limit: int) -> None:
+        kept[key] = None
+        if len(kept) > limit:
+            kept.popitem(last=False)
