@@ -128,6 +128,20 @@ class NatsCluster:
             process.send_signal(signal.SIGKILL)
             process.wait(STOP_TIMEOUT)
 
+    def restart(self, index: int) -> None:
+        """Start node ``index`` again (after :meth:`kill`), on its ports and store; return once it
+        has its routes back and JetStream knows its leader."""
+        node = self.nodes[index]
+        with node.log.open("ab") as log:
+            node.process = subprocess.Popen(
+                [str(BINARY), "-c", str(node.config)], stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + START_TIMEOUT
+        while self.routes(node) < len(self.nodes) - 1 or not self.jetstream_ready(node, len(self.nodes) > 1):
+            if node.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nats-server {node.name} did not come back: {node.log.read_bytes()[-400:]!r}")
+            time.sleep(0.05)
+
     def close(self) -> None:
         """Stop every node (SIGTERM, wait, then kill)."""
         for node in self.nodes:

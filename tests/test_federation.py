@@ -314,6 +314,7 @@ def test_readme_several_machines_example(tmp_path: Path, clean_env: dict[str, st
     marker = "several machines: run by tests/test_federation.py"
     server_cmd, broker_a_cmd, broker_b_cmd = _readme_block(marker, 0)
     tail_cmd, publish_cmd = _readme_block(marker, 1)
+    durable_cmd, replay_cmd = _readme_block(marker, 2)
     ports = {old: str(free_port()) for old in ("4222", "7200", "7201", "7202")}
 
     def local(command: str) -> str:  # free ports and temporary directories for the README's
@@ -347,6 +348,16 @@ def test_readme_several_machines_example(tmp_path: Path, clean_env: dict[str, st
         message = json.loads(out)
         assert (message["topic"], message["data"]["status"]) == ("ex_esdb_health/node_health:node1", "healthy")
         assert _federation(brokers[1])["imported"] >= 1
+        # the journaled part: a durable alert at a, replayed from b's journal
+        assert wait_until(lambda: all(_federation(b)["jetstream"]["state"] == "ok" for b in brokers), 10)
+        done = subprocess.run(durable_cmd, shell=True, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, done.stderr
+        replayed = subprocess.run(
+            local(replay_cmd) + " --timeout 20 --json", shell=True, env=env, capture_output=True, text=True, timeout=30
+        )
+        assert replayed.returncode == 0, replayed.stderr
+        alert = json.loads(replayed.stdout)
+        assert (alert["topic"], alert["data"]["message"]) == ("ex_esdb_alerts/disk", "disk 91% full"), alert
     finally:
         for broker in brokers:
             broker.stop()

@@ -6,19 +6,22 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from exesdb_sdk import ControlClient, Publisher
+from exesdb_sdk import ControlClient, Message, Publisher, Subscriber
 
-from tests.conftest import BrokerProcess, StartBroker, wait_until
+from tests.conftest import BrokerProcess, StartBroker, cli_env, wait_until
 from tests.nats_cluster import BINARY, SKIP_REASON, NatsCluster
 from tests.peers import free_port, stop_process
 
+EXESDB = str(Path(sys.executable).with_name("exesdb"))
 pytestmark = [pytest.mark.skipif(BINARY is None, reason=SKIP_REASON), pytest.mark.timeout(90)]
 
 
@@ -42,11 +45,31 @@ def _jetstream(broker: BrokerProcess) -> dict[str, Any]:
     return js
 
 
-def _member(start_broker: StartBroker, tmp_path: Path, name: str, urls: list[str], *extra: str) -> BrokerProcess:
+def _member(
+    start_broker: StartBroker, tmp_path: Path, name: str, urls: list[str], *extra: str, http: bool = False
+) -> BrokerProcess:
     args = ["--federation-nats", ",".join(urls), "--federation-name", name, "--node", name]
-    broker = start_broker(*args, "--data-dir", str(tmp_path / name), "--metrics-interval", "3600", *extra)
+    broker = start_broker(*args, "--data-dir", str(tmp_path / name), "--metrics-interval", "3600", *extra, http=http)
     assert wait_until(lambda: _jetstream(broker)["state"] == "ok", 20), _jetstream(broker)
     return broker
+
+
+def _subscriber(broker: BrokerProcess) -> Subscriber:
+    sub = Subscriber(broker.backend)
+    sub.subscribe("alerts", "federated")
+    sub.wait_ready(5)
+    return sub
+
+
+def _take(sub: Subscriber, count: int, timeout: float = 10.0) -> list[Message]:
+    taken: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while len(taken) < count and (remaining := deadline - time.monotonic()) > 0:
+        try:
+            taken.append(sub.recv(timeout=remaining))
+        except TimeoutError:
+            break
+    return taken
 
 
 def _replay(broker: BrokerProcess, instance: str, prefix: str = "") -> list[list[Any]]:
@@ -75,21 +98,71 @@ def _durable(broker: BrokerProcess, subtopic: str, count: int, start: int = 1) -
 
 
 def test_a_durable_publish_at_a_is_replayable_at_b_and_c_once(
+    cluster: NatsCluster, start_broker: StartBroker, tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    a = _member(start_broker, tmp_path, "a", cluster.urls)
+    b = _member(start_broker, tmp_path, "b", cluster.urls, http=True)
+    c = _member(start_broker, tmp_path, "c", cluster.urls)
+    at_a, at_b = _subscriber(a), _subscriber(b)
+    try:
+        sent = _durable(a, "federated", 200)
+        assert len(sent) == 200
+        for broker in (b, c):
+            assert wait_until(lambda broker=broker: len(_bodies(broker, "ex_esdb_alerts", "federated")) >= 200, 20)
+            assert _bodies(broker, "ex_esdb_alerts", "federated") == sent  # body unchanged, in order, once
+        # live subscribers: B's see the imports as they are committed there, A's see each message once
+        assert [m.data["n"] for m in _take(at_b, 200)] == list(range(1, 201))
+        assert [m.data["n"] for m in _take(at_a, 200)] == list(range(1, 201))
+        assert not _take(at_a, 1, timeout=1.0), "a message came back to A"
+        # nothing came back into A's journal, and B and C exported nothing of it again
+        assert wait_until(lambda: _jetstream(a)["instances"]["ex_esdb_alerts"]["echo"] >= 200, 10), _jetstream(a)
+        assert _bodies(a, "ex_esdb_alerts", "federated") == sent
+        for broker in (b, c):
+            js = _jetstream(broker)["instances"]["ex_esdb_alerts"]
+            assert js["exported"] == 0 and js["imported"] == 200, js
+        assert _jetstream(a)["instances"]["ex_esdb_alerts"]["exported"] == 200
+        # what B says of it: /metrics and exesdb stats
+        assert b.http is not None
+        with urllib.request.urlopen(f"{b.http}/metrics", timeout=5) as reply:
+            metrics = reply.read().decode()
+        assert 'exesdb_federation_jetstream_imported_total{channel="ex_esdb_alerts"} 200.0' in metrics, metrics[-2000:]
+        assert "exesdb_federation_jetstream_up 1.0" in metrics
+        shown = subprocess.run(
+            [EXESDB, "stats"],
+            env={**cli_env(b, clean_env), "COLUMNS": "200"},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert shown.returncode == 0, shown.stderr
+        assert "jetstream ok" in shown.stdout and "alerts: exported 0 (lag 0)  imported 200" in shown.stdout, (
+            shown.stdout
+        )
+    finally:
+        at_a.close()
+        at_b.close()
+
+
+def test_a_broker_killed_before_it_could_export_exports_from_its_cursor_when_it_returns(
     cluster: NatsCluster, start_broker: StartBroker, tmp_path: Path
 ) -> None:
-    a, b, c = (_member(start_broker, tmp_path, name, cluster.urls) for name in "abc")
-    sent = _durable(a, "federated", 200)
-    assert len(sent) == 200
-    for broker in (b, c):
-        assert wait_until(lambda broker=broker: len(_bodies(broker, "ex_esdb_alerts", "federated")) >= 200, 20)
-        assert _bodies(broker, "ex_esdb_alerts", "federated") == sent  # body unchanged, in order, once
-    # nothing came back to A, and B and C exported nothing of it again
-    assert wait_until(lambda: _jetstream(a)["instances"]["ex_esdb_alerts"]["echo"] >= 200, 10), _jetstream(a)
-    assert _bodies(a, "ex_esdb_alerts", "federated") == sent
-    for broker in (b, c):
-        js = _jetstream(broker)["instances"]["ex_esdb_alerts"]
-        assert js["exported"] == 0 and js["imported"] == 200, js
-    assert _jetstream(a)["instances"]["ex_esdb_alerts"]["exported"] == 200
+    # A reaches NATS through n0 only; B through the others
+    a = _member(start_broker, tmp_path, "a", cluster.urls[:1])
+    b = _member(start_broker, tmp_path, "b", cluster.urls[1:])
+    before = _durable(a, "crash", 20)
+    assert wait_until(lambda: len(_bodies(b, "ex_esdb_alerts", "crash")) >= 20, 20)
+    cluster.kill(0)
+    assert wait_until(lambda: _stats(a)["federation"]["state"] == "reconnecting", 10)
+    sent = _durable(a, "crash", 300, start=21)  # acknowledged by A's journal, not exported: no NATS
+    assert sent[:20] == before
+    a.proc.kill()  # kill -9
+    a.wait_exit(10)
+    assert len(_bodies(b, "ex_esdb_alerts", "crash")) == 20
+    cluster.restart(0)
+    a = _member(start_broker, tmp_path, "a", cluster.urls[:1])
+    assert wait_until(lambda: len(_bodies(b, "ex_esdb_alerts", "crash")) >= 320, 30), _jetstream(b)
+    assert _bodies(b, "ex_esdb_alerts", "crash") == sent  # every one, once, in order
+    assert _jetstream(a)["instances"]["ex_esdb_alerts"]["exported"] == 300, _jetstream(a)
 
 
 def test_a_broker_killed_catches_up_when_it_returns_with_no_gap(

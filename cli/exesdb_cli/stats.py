@@ -61,7 +61,38 @@ def render_stats(stats: dict[str, Any]) -> Group:
     journal = stats.get("journal")
     if journal:
         lines.append(Text(_journal_line(journal)))
+    federation = stats.get("federation")
+    if isinstance(federation, dict) and federation.get("state", "off") != "off":
+        lines += [Text(line, style=style) for line, style in _federation_lines(federation)]
     return Group(*lines)
+
+
+def _federation_lines(federation: dict[str, Any]) -> list[tuple[str, str]]:
+    """The federation: live through core NATS, then each journaled instance through JetStream."""
+    dropped = sum(federation.get("dropped", {}).values())
+    state = federation.get("state")
+    live = (
+        f"federation {federation.get('name', '?')} {state} via {federation.get('server') or 'no server'}  "
+        f"exported {federation.get('exported', 0):,}  imported {federation.get('imported', 0):,}  "
+        f"gaps {federation.get('gaps', 0):,}  dropped {dropped:,}  reconnects {federation.get('reconnects', 0):,}"
+    )
+    lines = [(live, "" if state == "connected" else "bold red")]
+    if state != "connected" and federation.get("last_error"):
+        lines.append((f"  {federation['last_error']}", "bold red"))
+    jetstream = federation.get("jetstream") or {}
+    if jetstream.get("state", "off") != "off":
+        ok = jetstream.get("state") == "ok"
+        lines.append((f"  jetstream {jetstream.get('state')}: {jetstream.get('last_error') or 'journaled instances'}",
+                      "" if ok else "bold red"))  # fmt: skip
+        for name, entry in (jetstream.get("instances") or {}).items():
+            lost = entry.get("lost", 0)
+            lines.append((
+                f"  {name.removeprefix('ex_esdb_')}: exported {entry.get('exported', 0):,} "
+                f"(lag {entry.get('export_lag', 0):,})  imported {entry.get('imported', 0):,} "
+                f"(lag {entry.get('import_lag', 0):,})  lost {lost:,}  refused {entry.get('refused', 0):,}",
+                "bold red" if lost else "",
+            ))  # fmt: skip
+    return lines
 
 
 def _warnings(stats: dict[str, Any]) -> list[str]:

@@ -228,6 +228,29 @@ def _federation_families(federation: Any) -> Iterator[Metric]:
         "exesdb_federation_dropped", "Messages the bridge could not carry, by reason",
         labels={"reason": federation.get("dropped") or {}},
     )  # fmt: skip
+    jetstream = federation.get("jetstream")
+    if isinstance(jetstream, dict) and jetstream.get("state", "off") != "off":
+        yield from _jetstream_families(jetstream)
+
+
+def _jetstream_families(jetstream: dict[str, Any]) -> Iterator[Metric]:
+    """``exesdb_federation_jetstream_*``: the journaled instances through JetStream, per channel."""
+    yield _gauge("exesdb_federation_jetstream_up", "1 while the journaled federation works",
+                 jetstream.get("state") == "ok")  # fmt: skip
+    instances = jetstream.get("instances") if isinstance(jetstream.get("instances"), dict) else {}
+    families = (
+        ("exported", CounterMetricFamily, "Journal records exported to JetStream"),
+        ("imported", CounterMetricFamily, "Messages from JetStream committed to this journal"),
+        ("lost", CounterMetricFamily, "Messages lost to a stream's or journal's limits before crossing"),
+        ("export_lag", GaugeMetricFamily, "Journal records not yet exported"),
+        ("import_lag", GaugeMetricFamily, "Stream messages not yet committed here"),
+    )
+    for key, kind, documentation in families:
+        family = kind(f"exesdb_federation_jetstream_{key}", documentation, labels=["channel"])
+        for channel, entry in sorted(instances.items()):
+            if isinstance(entry, dict):
+                family.add_metric([str(channel)], float(entry.get(key) or 0))
+        yield family
 
 
 def _security_families(security: dict[str, Any]) -> Iterator[Metric]:

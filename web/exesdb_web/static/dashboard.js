@@ -622,6 +622,13 @@
           ["NATS", text(f.server || "–")], ["exported", num(f.exported)], ["imported", num(f.imported)],
           ["gaps", num(f.gaps), f.gaps ? "bad" : ""], ["dropped", num(dropped), dropped ? "bad" : ""],
           ["reconnects", num(f.reconnects)]]));
+        const js = isObject(f.jetstream) ? f.jetstream : null;
+        if (js && js.state !== "off") {
+          groups.push(kv("journaled (JetStream)", [["state", text(js.state), js.state === "ok" ? "good" : "bad"],
+            ["exported", num(js.exported)], ["imported", num(js.imported)],
+            ["lag", num(js.lag), js.lag ? "bad" : ""], ["lost", num(js.lost), js.lost ? "bad" : ""],
+            ["error", text(js.last_error || "–"), js.last_error ? "bad" : ""]]));
+        }
       }
       const brokers = state.brokers.values().sort((a, b) => (a.name < b.name ? -1 : 1));
       if (brokers.length) {
@@ -657,6 +664,8 @@
       if (j && j.dropped) warn.push(`journal dropped ${num(j.dropped)}`);
       const f = isObject(s.federation) ? s.federation : null;
       if (f && f.state && f.state !== "off" && f.state !== "connected") warn.push(`federation ${text(f.state)}`);
+      const fjs = f && isObject(f.jetstream) ? f.jetstream : null;
+      if (fjs && fjs.state && fjs.state !== "off" && fjs.state !== "ok") warn.push(`federation jetstream ${text(fjs.state)}`);
     }
     const c = state.cluster;
     if (c && c.status === "unhealthy") fail.push("cluster unhealthy");
