@@ -1,6 +1,7 @@
 """A real NATS cluster for federation tests: ``size`` ``nats-server`` processes on free loopback
 ports, routed to each other (``cluster { name, listen, routes }`` in temporary configs), each
-with its monitoring endpoint, whose ``/routez`` says when the cluster has formed, and JetStream
+with its monitoring endpoint, whose ``/routez`` says when the cluster has formed (the nodes do not
+advertise each other to clients: a client knows the servers it is given), and JetStream
 on (a store directory each), whose ``/jsz`` says when its meta leader is elected."""
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class NatsCluster:
                 f"listen: 127.0.0.1:{node.port}\n"
                 f"http: 127.0.0.1:{node.http_port}\n"
                 + (
-                    f"cluster {{ name: exesdb-test, listen: 127.0.0.1:{node.cluster_port}, routes: [{routes}] }}\n"
+                    f"cluster {{ name: exesdb-test, listen: 127.0.0.1:{node.cluster_port}, routes: [{routes}], no_advertise: true }}\n"
                     if size > 1
                     else ""  # JetStream refuses a cluster of one
                 )

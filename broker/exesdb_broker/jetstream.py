@@ -72,6 +72,8 @@ DUPLICATE_WINDOW: Final = 600.0
 """Seconds the stream remembers a ``Nats-Msg-Id``."""
 ACK_TIMEOUT: Final = 5.0
 """Seconds an export waits for the stream's acknowledgements before it tries the page again."""
+ACK_WAIT: Final = 30.0
+"""Seconds JetStream waits for this broker's acknowledgement before it delivers a message again."""
 _PAGE: Final = 500
 _POLL: Final = 1.0
 _RETRY: Final = 1.0
@@ -128,10 +130,15 @@ class _Counts:
 
 @dataclass(slots=True)
 class _State:
-    state: str = "starting"
-    last_error: str | None = None
+    started: bool = False
+    faults: dict[str, str] = field(default_factory=dict)
+    """What is wrong now, per task (``streams``, ``export <instance>``, ``import <instance>``)."""
     counts: dict[str, _Counts] = field(default_factory=dict)
     refused_by: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def state(self) -> str:
+        return "degraded" if self.faults else "ok" if self.started else "starting"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -211,7 +218,8 @@ class JetStreamBridge:
         }
         return {
             "state": state.state if self.active else "off",
-            "last_error": state.last_error,
+            "last_error": next(iter(state.faults.values()), None),
+            "faults": dict(state.faults),
             "exports": [i.value for i in self.plan.exports],
             "imports": [i.value for i in self.plan.imports],
             "replicas": self.plan.replicas,
@@ -223,10 +231,15 @@ class JetStreamBridge:
             "instances": instances,
         }
 
-    def _fault(self, text: str) -> None:
-        if text != self._state.last_error:
-            log.warning("federation: jetstream: %s", text)
-        self._state.state, self._state.last_error = "degraded", text
+    def _fault(self, task: str, text: str) -> None:
+        """``task`` is failing (logged when its reason changes); cleared by :meth:`_fine`."""
+        if self._state.faults.get(task) != text:
+            log.warning("federation: jetstream: %s: %s", task, text)
+        self._state.faults[task] = text
+
+    def _fine(self, task: str) -> None:
+        if self._state.faults.pop(task, None) is not None:
+            log.info("federation: jetstream: %s works again", task)
 
     # -- the tasks -------------------------------------------------------------------------
 
@@ -239,7 +252,7 @@ class JetStreamBridge:
             AsyncControlClient(self._base + "-control", context=actx, timeout=_CONTROL_TIMEOUT)
             for _ in range(len(self.plan.exports) + len(self.plan.imports))
         ]
-        cursors = Cursors(self.plan.data_dir)
+        cursors = await self._cursors()
         bell = actx.socket(zmq.SUB)
         tasks: list[asyncio.Task[None]] = []
         try:
@@ -250,7 +263,7 @@ class JetStreamBridge:
                 self._bells[instance] = asyncio.Event()
             bell.connect(self._base + "-backend")
             await self._streams(js)
-            self._state.state, self._state.last_error = "ok", None
+            self._state.started = True
             tasks.append(asyncio.create_task(self._ring(bell)))
             exports = zip(self.plan.exports, controls, strict=False)
             imports = zip(self.plan.imports, controls[len(self.plan.exports) :], strict=True)
@@ -267,6 +280,18 @@ class JetStreamBridge:
                 await control.aclose()
             cursors.close()
 
+    async def _cursors(self) -> Cursors:
+        for attempt in range(1_000_000):
+            try:
+                cursors = Cursors(self.plan.data_dir)
+            except (OSError, sqlite3.Error) as exc:
+                self._fault("cursors", f"cannot open {Path(self.plan.data_dir) / DB_NAME}: {exc}")
+                await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
+            else:
+                self._fine("cursors")
+                return cursors
+        raise AssertionError("unreachable")
+
     async def _streams(self, js: JetStreamContext) -> None:
         """Find or create every stream (retried until JetStream answers: a cluster electing its
         leader, or a server without JetStream, is a degraded state, not a failure)."""
@@ -277,6 +302,7 @@ class JetStreamBridge:
                 while pending:
                     await self._stream(js, pending[0])
                     pending.pop(0)
+                self._fine("streams")
                 return
             except (nats.errors.Error, OSError, TimeoutError) as exc:
                 if isinstance(
@@ -285,15 +311,18 @@ class JetStreamBridge:
                     | nats.js.errors.NoStreamResponseError
                     | nats.js.errors.ServiceUnavailableError,
                 ):
-                    self._fault("JetStream is not enabled on the NATS server: journaled instances are not federated")
+                    self._fault(
+                        "streams", "JetStream is not enabled on the NATS server: journaled instances are not federated"
+                    )
                 elif isinstance(exc, nats.js.errors.APIError) and exc.err_code == _NO_ROOM:
                     self._fault(
+                        "streams",
                         f"stream {stream_name(pending[0])}: {_one_line(exc)}: lower stream_max_bytes "
                         f"({self.plan.max_bytes}) or replicas ({self.plan.replicas}), or give the servers more "
-                        "max_file_store"
+                        "max_file_store",
                     )
                 else:
-                    self._fault(f"stream {stream_name(pending[0])}: {_one_line(exc)}")
+                    self._fault("streams", f"stream {stream_name(pending[0])}: {_one_line(exc)}")
                 await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
 
     async def _stream(self, js: JetStreamContext, instance: Instance) -> None:
@@ -356,12 +385,20 @@ class JetStreamBridge:
                         cursors.set(instance, cursor)
                     counts.cursor = cursor
                 cursor = await self._export_pages(js, control, cursors, instance, cursor)
+                self._fine(f"export {instance.value}")
                 attempt = 0
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(bell.wait(), _POLL)
                 bell.clear()
-            except (ControlError, BrokerUnavailableError, nats.errors.Error, OSError, TimeoutError) as exc:
-                self._fault(f"exporting {instance.value}: {_one_line(exc)}")
+            except (
+                ControlError,
+                BrokerUnavailableError,
+                nats.errors.Error,
+                OSError,
+                sqlite3.Error,
+                TimeoutError,
+            ) as exc:
+                self._fault(f"export {instance.value}", _one_line(exc))
                 await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
 
     async def _export_pages(
@@ -392,8 +429,6 @@ class JetStreamBridge:
             counts.cursor = cursor
             last = reply.get("last")
             counts.export_lag = max(0, last - cursor) if type(last) is int else 0
-            if self._state.state == "degraded" and self._state.last_error and "export" in self._state.last_error:
-                self._state.state, self._state.last_error = "ok", None
             if not reply.get("more"):
                 return cursor
         return cursor
@@ -452,16 +487,7 @@ class JetStreamBridge:
         stream, durable = stream_name(instance), self._durable
         for attempt in range(1_000_000_000):
             try:
-                await js.add_consumer(
-                    stream,
-                    ConsumerConfig(
-                        durable_name=durable,
-                        ack_policy=AckPolicy.EXPLICIT,
-                        deliver_policy=DeliverPolicy.NEW,
-                        max_ack_pending=MAX_ACK_PENDING,
-                        ack_wait=30.0,
-                    ),
-                )  # the existing consumer, unchanged, when it is there
+                await self._consumer(js, stream, durable)
                 subscription = await js.pull_subscribe_bind(durable=durable, stream=stream)
                 info = await subscription.consumer_info()
                 delivered = info.delivered.stream_seq if info.delivered is not None else 0
@@ -473,8 +499,25 @@ class JetStreamBridge:
                         continue
                     delivered = await self._take(control, instance, counts, messages, delivered)
             except (ControlError, BrokerUnavailableError, nats.errors.Error, OSError, TimeoutError) as exc:
-                self._fault(f"importing {instance.value}: {_one_line(exc)}")
+                self._fault(f"import {instance.value}", _one_line(exc))
                 await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
+
+    @staticmethod
+    async def _consumer(js: JetStreamContext, stream: str, durable: str) -> None:
+        """This broker's consumer of ``stream``: the existing one as it is, else a new one."""
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.consumer_info(stream, durable)
+            return
+        await js.add_consumer(
+            stream,
+            ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.NEW,
+                max_ack_pending=MAX_ACK_PENDING,
+                ack_wait=ACK_WAIT,
+            ),
+        )
 
     async def _take(
         self, control: AsyncControlClient, instance: Instance, counts: _Counts, messages: list[Msg], delivered: int
@@ -496,8 +539,7 @@ class JetStreamBridge:
                 await msg.term()
             else:
                 await msg.ack()
-        if self._state.state == "degraded" and self._state.last_error and "import" in self._state.last_error:
-            self._state.state, self._state.last_error = "ok", None
+        self._fine(f"import {instance.value}")
         return delivered
 
     async def _commit(self, control: AsyncControlClient, instance: Instance, counts: _Counts, msg: Msg) -> str:
@@ -523,10 +565,10 @@ class JetStreamBridge:
             self._imported.pop(msg.data, None)
             if exc.code in _REFUSED_CODES:
                 return self._refused(counts, exc.code)
-            self._fault(f"importing {instance.value}: the journal refused: {exc}")
+            self._fault(f"import {instance.value}", f"the journal cannot commit: {exc}")
             return "retry"
-        except BrokerUnavailableError as exc:  # unanswered: it may be committed; the seq check above catches a copy
-            self._fault(f"importing {instance.value}: {exc}")
+        except BrokerUnavailableError as exc:  # unanswered: it may be committed (then: a second copy)
+            self._fault(f"import {instance.value}", str(exc))
             return "retry"
         counts.imported += 1
         if msg_id:
