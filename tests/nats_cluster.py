@@ -56,7 +56,8 @@ class NatsCluster:
                 f"listen: 127.0.0.1:{node.port}\n"
                 f"http: 127.0.0.1:{node.http_port}\n"
                 + (
-                    f"cluster {{ name: exesdb-test, listen: 127.0.0.1:{node.cluster_port}, routes: [{routes}], no_advertise: true }}\n"
+                    f"cluster {{ name: exesdb-test, listen: 127.0.0.1:{node.cluster_port}, routes: [{routes}],"
+                    " no_advertise: true }\n"
                     if size > 1
                     else ""  # JetStream refuses a cluster of one
                 )
