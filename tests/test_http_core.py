@@ -399,6 +399,45 @@ def test_exesdb_dashboard_serves_a_remote_broker_and_ctrl_c_exits_0(
             proc.wait(5)
 
 
+@pytest.mark.timeout(40)
+def test_exesdb_dashboard_given_two_brokers_carries_on_with_the_second_when_the_first_dies(
+    start_broker: StartBroker, clean_env: dict[str, str], tmp_path: Path
+) -> None:
+    a, b = (start_broker("--data-dir", str(tmp_path / name)) for name in "ab")
+    env = dict(clean_env)
+    for name in ("frontend", "backend", "control"):
+        env[f"EXESDB_{name.upper()}"] = f"{getattr(a, name)},{getattr(b, name)}"
+    proc = subprocess.Popen(
+        [EXESDB, "dashboard", "--http", "127.0.0.1:0"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    err = Lines(proc.stderr)
+    try:
+        line = err.wait(r"^exesdb dashboard: serving ", 15)
+        assert line is not None, err.join(1)
+        url = line.split()[3].rstrip("/")
+        assert line.endswith(f"for the broker at {a.control},{b.control}"), line
+        _publish_health(b.frontend, b.control, 2)  # only b has these
+        a.proc.kill()
+        a.wait_exit(10)
+
+        def from_b() -> bool:
+            reply = httpx.get(url + "/v1/stats", timeout=15)
+            return reply.status_code == 200 and reply.json()["instances"]["ex_esdb_health"]["messages"] == 2
+
+        assert wait_until(from_b, 20, interval=0.2)
+        health = httpx.get(url + "/healthz", timeout=15).json()
+        assert health["status"] == "ok", health
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
 def test_exesdb_dashboard_bad_settings_are_one_line_exit_1(clean_env: dict[str, str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -21,7 +21,7 @@ from exesdb_sdk.endpoints import (
     ENV_CONTROL,
     ENV_FRONTEND,
     is_loopback,
-    resolve_endpoint,
+    resolve_endpoints,
 )
 from exesdb_sdk.errors import ConfigError, ExesdbError
 from exesdb_web import BusAccess, WebServer, WebSettings
@@ -53,10 +53,10 @@ def run_dashboard(
         raise ConfigError(f"--http {exc}") from None
     if address is None:
         raise ConfigError("--http none: there would be nothing to serve; give HOST:PORT")
-    access = BusAccess(
-        frontend=resolve_endpoint(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend"),
-        backend=resolve_endpoint(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend"),
-        control=resolve_endpoint(control, ENV_CONTROL, DEFAULT_CONTROL, "control"),
+    access = BusAccess(  # several brokers, comma-separated: each client fails over among them
+        frontend=",".join(resolve_endpoints(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend")),
+        backend=",".join(resolve_endpoints(backend, ENV_BACKEND, DEFAULT_BACKEND, "backend")),
+        control=",".join(resolve_endpoints(control, ENV_CONTROL, DEFAULT_CONTROL, "control")),
         client_key=client_key,
         server_key=server_key,
     )
