@@ -74,7 +74,8 @@ ACK_TIMEOUT: Final = 5.0
 """Seconds an export waits for the stream's acknowledgements before it tries the page again."""
 ACK_WAIT: Final = 30.0
 """Seconds JetStream waits for this broker's acknowledgement before it delivers a message again."""
-_PAGE: Final = 500
+_PAGE: Final = EXPORT_WINDOW
+"""Records per ``replay`` page: a page is published at once, then its acknowledgements awaited."""
 _POLL: Final = 1.0
 _RETRY: Final = 1.0
 _LAG_EVERY: Final = 2.0
@@ -210,6 +211,7 @@ class JetStreamBridge:
                 "cursor": c.cursor,
                 "duplicates": c.duplicates,
                 "echo": c.echo,
+                "skipped_imports": c.skipped_imports,
                 "lost": c.lost,
                 "refused": c.refused,
                 "journal_gaps": c.journal_gaps,
