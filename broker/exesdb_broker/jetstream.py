@@ -45,7 +45,7 @@ import nats.js.errors
 import zmq
 import zmq.asyncio
 from exesdb_sdk.aio import AsyncControlClient
-from exesdb_sdk.durable import JOURNAL_GAP_TOPIC, durable_request
+from exesdb_sdk.durable import JOURNAL_GAP_TOPIC
 from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ProtocolError
 from exesdb_sdk.follow import head_request
 from exesdb_sdk.instances import Instance
@@ -524,58 +524,70 @@ class JetStreamBridge:
     async def _take(
         self, control: AsyncControlClient, instance: Instance, counts: _Counts, messages: list[Msg], delivered: int
     ) -> int:
-        """Commit ``messages`` to the journal in order, each acknowledged once committed; at the
-        first that cannot be committed now, it and the rest go back to JetStream (``nak``)."""
-        for index, msg in enumerate(messages):
+        """Commit a fetched batch to the journal in order, pipelined (one group commit for many),
+        each message acknowledged once committed; one that cannot be committed now goes back to
+        JetStream (``nak``, delivered again a second later)."""
+        screened: list[tuple[Msg, str, bytes | None]] = []  # (message, verdict, topic to commit)
+        for msg in messages:
             meta = msg.metadata
             if meta.num_delivered == 1 and meta.sequence.stream > delivered + 1:
                 counts.lost += meta.sequence.stream - delivered - 1  # discarded by the stream's limits first
             delivered = max(delivered, meta.sequence.stream)
-            outcome = await self._commit(control, instance, counts, msg)
-            if outcome == "retry":
-                for later in messages[index:]:
-                    with contextlib.suppress(nats.errors.Error):
-                        await later.nak(delay=_NAK_DELAY)
-                return delivered
-            if outcome == "refused":
-                await msg.term()
-            else:
-                await msg.ack()
-        self._fine(f"import {instance.value}")
+            screened.append((msg, *self._screen(instance, counts, msg)))
+        wanted = [(topic, msg.data) for msg, verdict, topic in screened if topic is not None]
+        for _, body in wanted:
+            self._remember(self._imported, body, IMPORTED_LIMIT)
+        outcomes = iter(await control.commit_many(wanted, window=FETCH) if wanted else [])
+        retry = False
+        for msg, verdict, topic in screened:
+            if topic is not None:
+                verdict = self._outcome(instance, counts, msg, next(outcomes), retry)
+                retry = retry or verdict == "retry"
+            with contextlib.suppress(nats.errors.Error):  # unacknowledged: delivered again after ACK_WAIT
+                if verdict == "retry":
+                    await msg.nak(delay=_NAK_DELAY)
+                elif verdict == "refused":
+                    await msg.term()
+                else:
+                    await msg.ack()
+        if not retry:
+            self._fine(f"import {instance.value}")
         return delivered
 
-    async def _commit(self, control: AsyncControlClient, instance: Instance, counts: _Counts, msg: Msg) -> str:
+    def _screen(self, instance: Instance, counts: _Counts, msg: Msg) -> tuple[str, bytes | None]:
+        """What to do with a message before any commit: ``("commit", topic)``, or a verdict."""
         headers = msg.headers or {}
         if headers.get(ORIGIN_HEADER) == self._name:
             counts.echo += 1
-            return "done"
+            return "done", None
         msg_id = headers.get(MSG_ID_HEADER, "")
         if msg_id and msg_id in self._seen:
             counts.duplicates += 1
-            return "done"
+            return "done", None
         try:
             topic = unquote(headers.get(TOPIC_HEADER, ""), errors="strict").encode("utf-8")
             text, _, _, _ = self._decoder.inspect([topic, msg.data])
             if Instance.resolve(text.partition("/")[0]) is not instance or len(msg.data) > self._max_size:
                 raise ProtocolError("wrong_instance", "not a message of this stream's instance")
         except (UnicodeError, ProtocolError, ValueError):
-            return self._refused(counts, "bad_message")
-        self._remember(self._imported, msg.data, IMPORTED_LIMIT)
-        try:
-            await control.request("publish", durable_request(topic, msg.data))
-        except ControlError as exc:
-            self._imported.pop(msg.data, None)
-            if exc.code in _REFUSED_CODES:
-                return self._refused(counts, exc.code)
-            self._fault(f"import {instance.value}", f"the journal cannot commit: {exc}")
-            return "retry"
-        except BrokerUnavailableError as exc:  # unanswered: it may be committed (then: a second copy)
-            self._fault(f"import {instance.value}", str(exc))
-            return "retry"
-        counts.imported += 1
-        if msg_id:
-            self._remember(self._seen, msg_id, _SEEN_LIMIT)
-        return "done"
+            return self._refused(counts, "bad_message"), None
+        return "commit", topic
+
+    def _outcome(self, instance: Instance, counts: _Counts, msg: Msg, result: int | ControlError, retry: bool) -> str:
+        """The verdict for a message from its commit's result (``retry`` once one before failed:
+        what was committed after it is kept, what failed goes back with the rest)."""
+        if isinstance(result, int):
+            counts.imported += 1
+            msg_id = (msg.headers or {}).get(MSG_ID_HEADER, "")
+            if msg_id:
+                self._remember(self._seen, msg_id, _SEEN_LIMIT)
+            return "done"
+        self._imported.pop(msg.data, None)
+        if result.code in _REFUSED_CODES:
+            return self._refused(counts, result.code)
+        # journal_unavailable, commit_failed, or unanswered (then it may be committed: a second copy)
+        self._fault(f"import {instance.value}", f"the journal cannot commit: {result}")
+        return "retry"
 
     def _refused(self, counts: _Counts, reason: str) -> str:
         counts.refused += 1
