@@ -86,7 +86,7 @@ class WorkerHost(Protocol):
 
 
 _START_TIMEOUT: Final = 10.0
-_CALL_BATCH: Final = 256
+_CALL_BATCH: Final = 1024
 """Events a worker with a subscriber function takes from its buffer per pass (one thread hop,
 one status update): each is still delivered, counted and gated one by one."""
 _CANCEL_TRIES: Final = 50
@@ -661,6 +661,9 @@ class EmitterPool(BusService):
         while True:  # one loop pass per batch of what the socket holds
             for message in await sub.recv_batch():
                 dispatch(message)
+            # recv_batch does not suspend while messages are queued: let the workers start
+            # their passes (in their threads) before the next batch is read and decoded
+            await asyncio.sleep(0)
 
     def _dispatch(self, message: Message) -> None:
         payload = message.payload
