@@ -4,6 +4,7 @@ in order, with typed payloads, gaps, decode errors and wildcards, bounded, and n
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 import pytest
@@ -134,3 +135,36 @@ def test_async_recv_batch_and_iteration_match_the_sync_ones(broker: BrokerProces
     seqs, rest, calls = asyncio.run(run())
     assert seqs + rest == list(range(1, COUNT + 1))
     assert calls < len(seqs)
+
+
+@pytest.mark.timeout(10)
+def test_big_bodies_are_walked_to_the_same_nesting_answer() -> None:
+    """Bodies of 8 KB and more are walked rather than counted: the decoder refuses the same."""
+    from exesdb_sdk.protocol import MAX_DEPTH, Decoder, ProtocolError
+
+    def nested(depth: int, key: Any = "k") -> Any:
+        value: Any = "leaf"
+        for level in range(depth):
+            value = {key: value} if level % 2 else [value]
+        return value
+
+    pad = "\x90" * 9000  # string bytes that look like array headers: passed over, not counted
+    decoder = Decoder()
+    topic = b"ex_esdb_metrics/x"
+    for depth, key, expected in [
+        (MAX_DEPTH - 2, "k", None),  # the envelope's map and data are two levels more
+        (MAX_DEPTH - 1, "k", "too_deep"),
+        (MAX_DEPTH - 1, 7, "too_deep"),  # a map with another kind of key: counted instead
+        (3, 7, None),
+    ]:
+        body = msgspec.msgpack.encode({"type": "T", "data": {"deep": nested(depth, key), "pad": pad}})
+        assert len(body) > 8192
+        try:
+            decoder.decode([topic, body])
+            reason = None
+        except ProtocolError as exc:
+            reason = exc.reason
+        assert reason == expected, (depth, key, reason)
+    with pytest.raises(ProtocolError) as truncated:
+        decoder.decode([topic, body[:-1]])
+    assert truncated.value.reason == "bad_body"
