@@ -13,14 +13,23 @@ missing is reported as skipped, never as a failure.
 Sides (every side's publisher and subscriber are spawned processes of their own, and its
 server a subprocess started fresh for each run on a free 127.0.0.1 port):
 
-- ``nats``: nats-py's asyncio client on core NATS. The publisher does ``await
-  nc.publish(subject, payload)`` of a 100-byte raw payload in a loop, with ``await
-  nc.flush()`` every 1,000 messages; the subscriber counts in a ``subscribe(cb=...)``
-  callback. Server: ``nats-server -a 127.0.0.1 -p <port>``.
+- ``nats``: nats-py's asyncio client on core NATS, as its documentation has it: the publisher
+  does ``await nc.publish(subject, payload)`` of a 100-byte raw payload in a loop and one
+  ``await nc.flush()`` at the end (the client coalesces the publishes into large writes
+  itself; a flush is a PING/PONG round trip); the subscriber counts in a
+  ``subscribe(cb=...)`` callback. Server: ``nats-server -a 127.0.0.1 -p <port>``.
+- ``nats_msgpack``: the same client and server carrying what the SDK carries: the publisher
+  encodes the SDK's MessagePack envelope of the same ``NodeHealth`` data per publish (the
+  SDK's ``Encoder``, ~160 B), and the subscriber decodes each with the SDK's ``Decoder`` and
+  rebuilds the typed ``NodeHealth`` (``NodeHealth.from_data``), as ``Subscriber.recv`` does.
+  The like-for-like row: same work in the clients, only the transport differs.
 - ``redis_plain`` / ``redis_pipelined``: redis-py against ``redis-server --port <port> --bind
   127.0.0.1 --save "" --appendonly no``. The publisher does ``r.publish(channel, payload)``
   per message (one round trip each), or queues them on ``r.pipeline(transaction=False)`` and
-  ``execute()``-s every 1,000; the subscriber counts ``pubsub.get_message(timeout=...)``.
+  ``execute()``-s every 1,000; the subscriber reads ``pubsub.listen()`` (a blocking read per
+  message, cheaper than polling ``get_message(timeout=...)``), ending at 1 s idle through
+  the connection's socket timeout. redis-py's pure-Python reply parser is used unless
+  ``hiredis`` happens to be installed (not a dependency of this project).
 - ``sdk``: ``Publisher.publish_message(NodeHealth(...))`` (a typed message built per publish,
   validated and encoded) -> ``exesdb-broker`` -> ``Subscriber.recv`` with ``subscribe("health")``,
   each message decoded into a typed ``NodeHealth`` payload (the subscriber checks it is one).
@@ -31,6 +40,8 @@ Scenarios (ratio = right side / left side, so > 1 means the SDK is faster):
 
 - ``nats_vs_sdk``: nats vs sdk, target SDK/NATS delivered msgs/s >= 1.5.
 - ``nats_vs_sdk_batch``: nats vs sdk_batch, informative (no target). Same NATS runs as above.
+- ``nats_msgpack_vs_sdk``: nats_msgpack vs sdk, informative: the SDK against NATS doing the
+  same encoding, decoding and typing. Same SDK runs as ``nats_vs_sdk``.
 - ``redis_vs_sdk``: redis_pipelined vs sdk, target SDK/Redis-pipelined >= 2.0.
 - ``redis_plain_vs_sdk``: redis_plain vs sdk, informative. Same SDK runs as ``redis_vs_sdk``.
 
@@ -83,6 +94,7 @@ from typing import Any, Final
 
 from exesdb_sdk import Publisher, ReceiveTimeoutError, Subscriber
 from exesdb_sdk.messages import NodeHealth
+from exesdb_sdk.protocol import Decoder, Encoder
 from harness import (
     FIRST_MESSAGE_TIMEOUT,
     IDLE_TIMEOUT,
@@ -102,7 +114,8 @@ PAYLOAD_BYTES: Final = 100
 """Size of the peers' raw payload."""
 SUBJECT: Final = "bench.peers"
 """NATS subject and Redis channel."""
-NATS_FLUSH_EVERY: Final = 1_000
+NATS_FLUSH_EVERY: Final = 0
+"""Publishes between ``nc.flush()`` calls of the NATS publisher (0: one flush at the end)."""
 REDIS_PIPELINE_CHUNK: Final = 1_000
 BATCH_SIZE: Final = 100
 CHECKS: Final[dict[str, Any]] = {"db": "pass"}
@@ -229,14 +242,23 @@ def sdk_health_subscriber(*, ready: Callable[[], None], backend: str, count: int
 
 
 def nats_publisher(
-    *, ready: Callable[[], None], go: Event, url: str, count: int, payload_bytes: int, flush_every: int
+    *,
+    ready: Callable[[], None],
+    go: Event,
+    url: str,
+    count: int,
+    payload_bytes: int,
+    flush_every: int,
+    envelope: bool = False,
 ) -> dict[str, Any]:
-    """``await nc.publish`` ``count`` raw payloads, ``await nc.flush()`` every ``flush_every``."""
-    return asyncio.run(_nats_publish(ready, go, url, count, payload_bytes, flush_every))
+    """``await nc.publish`` ``count`` raw payloads (or, with ``envelope``, the SDK's envelope of
+    ``NodeHealth`` data, encoded per publish), ``await nc.flush()`` every ``flush_every`` (0:
+    at the end only)."""
+    return asyncio.run(_nats_publish(ready, go, url, count, payload_bytes, flush_every, envelope))
 
 
 async def _nats_publish(
-    ready: Callable[[], None], go: Event, url: str, count: int, payload_bytes: int, flush_every: int
+    ready: Callable[[], None], go: Event, url: str, count: int, payload_bytes: int, flush_every: int, envelope: bool
 ) -> dict[str, Any]:
     import nats
 
@@ -252,10 +274,16 @@ async def _nats_publish(
             raise TimeoutError("never told to start")
         payload = b"x" * payload_bytes
         publish, flush = nc.publish, nc.flush
+        encoder = Encoder(src="bench")
+        topic = encoder.topic("health", "node_health:node1")
+        encode, size = encoder.encode, 0
         cpu, start = time.process_time(), time.perf_counter()
         for i in range(1, count + 1):
+            if envelope:
+                payload = encode(topic, "NodeHealth", dict(HEALTH_DATA, disk_usage=(i % 100) / 100))
+                size += len(payload)
             await publish(SUBJECT, payload)
-            if i % flush_every == 0:
+            if flush_every and i % flush_every == 0:
                 await flush(NATS_FLUSH_TIMEOUT)
         await flush(NATS_FLUSH_TIMEOUT)
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -265,26 +293,34 @@ async def _nats_publish(
         "sent": count,
         "send_seconds": elapsed,
         "publisher_cpu_s": cpu,
-        "bytes_per_msg": payload_bytes,
+        "bytes_per_msg": size / count if envelope else payload_bytes,
         "publisher_errors": errors[:5],
     }
 
 
-def nats_subscriber(*, ready: Callable[[], None], url: str, count: int) -> dict[str, Any]:
-    """Count messages in a ``subscribe(cb=...)`` callback until ``count`` or 1 s idle."""
-    return asyncio.run(_nats_subscribe(ready, url, count))
+def nats_subscriber(*, ready: Callable[[], None], url: str, count: int, decode: bool = False) -> dict[str, Any]:
+    """Count messages in a ``subscribe(cb=...)`` callback until ``count`` or 1 s idle; with
+    ``decode``, decode each as the SDK's envelope and rebuild its typed ``NodeHealth``."""
+    return asyncio.run(_nats_subscribe(ready, url, count, decode))
 
 
-async def _nats_subscribe(ready: Callable[[], None], url: str, count: int) -> dict[str, Any]:
+async def _nats_subscribe(ready: Callable[[], None], url: str, count: int, decode: bool) -> dict[str, Any]:
     import nats
 
-    received, first, last = 0, 0, 0
+    received, untyped, first, last = 0, 0, 0, 0
     done = asyncio.Event()
     clock = time.monotonic_ns
     errors: list[str] = []
+    decoder = Decoder()
+    topic = Encoder(src="bench").topic("health", "node_health:node1")
+    from_data = NodeHealth.from_data
 
     async def on_message(msg: Any) -> None:
-        nonlocal received, first, last
+        nonlocal received, untyped, first, last
+        if decode:
+            for message in decoder.decode((topic, msg.data)):  # raises on a bad body: a broken benchmark
+                if type(from_data(message.data)) is not NodeHealth:
+                    untyped += 1
         last = clock()
         if not received:
             first = last
@@ -319,6 +355,7 @@ async def _nats_subscribe(ready: Callable[[], None], url: str, count: int) -> di
         "last_ns": last,
         "subscriber_cpu_s": cpu,
         "subscriber_errors": errors[:5],
+        "untyped": untyped,
     }
 
 
@@ -358,7 +395,10 @@ def redis_subscriber(*, ready: Callable[[], None], port: int, count: int) -> dic
     """``pubsub.subscribe`` and count ``get_message`` results until ``count`` or 1 s idle."""
     import redis
 
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60, socket_connect_timeout=CLIENT_TIMEOUT)
+    # the socket timeout ends listen() after IDLE_TIMEOUT without a message
+    client = redis.Redis(
+        host="127.0.0.1", port=port, socket_timeout=IDLE_TIMEOUT, socket_connect_timeout=CLIENT_TIMEOUT
+    )
     pubsub = client.pubsub()  # type: ignore[no-untyped-call]
     received, first, last, disconnected = 0, 0, 0, ""
     try:
@@ -380,11 +420,14 @@ def redis_subscriber(*, ready: Callable[[], None], port: int, count: int) -> dic
             if message is not None:
                 first = last = clock()
                 received = 1
-                while received < count:
-                    if get_message(timeout=IDLE_TIMEOUT) is None:
-                        break
-                    last = clock()
-                    received += 1
+                if received < count:
+                    for _ in pubsub.listen():  # only messages now: the subscribe reply came first
+                        last = clock()
+                        received += 1
+                        if received >= count:
+                            break
+        except redis.TimeoutError:  # IDLE_TIMEOUT without a message: the run is over
+            pass
         except redis.ConnectionError as exc:  # e.g. dropped as a slow consumer (output buffer limit)
             disconnected = repr(exc)
         cpu = time.process_time() - cpu
@@ -680,6 +723,9 @@ def nats_group(counts: Counts, reps: int, warmup: bool) -> dict[str, Any]:
              ("msgs_per_s", ">=", 1.5)),
         Pair("nats_vs_sdk_batch", f"nats_vs_sdk_batch: NATS core vs SDK publish_batch x{BATCH_SIZE}, informative",
              "nats", "sdk_batch", None),
+        Pair("nats_msgpack_vs_sdk",
+             "nats_msgpack_vs_sdk: NATS carrying the SDK envelope, decoded and typed, vs SDK, informative",
+             "nats_msgpack", "sdk", None),
     )  # fmt: skip
     why = missing("nats-server", "nats")
     if why:
@@ -688,7 +734,12 @@ def nats_group(counts: Counts, reps: int, warmup: bool) -> dict[str, Any]:
         "nats", "nats", "bench_peers:nats_publisher", "bench_peers:nats_subscriber", counts.nats,
         {"payload_bytes": PAYLOAD_BYTES, "flush_every": NATS_FLUSH_EVERY},
     )  # fmt: skip
-    scenarios = run_group("NATS group", (nats, *_sdk_sides(counts.sdk, batch=True)), pairs, reps, warmup)
+    nats_msgpack = PeerSide(
+        "nats_msgpack", "nats", "bench_peers:nats_publisher", "bench_peers:nats_subscriber", counts.nats,
+        {"payload_bytes": PAYLOAD_BYTES, "flush_every": NATS_FLUSH_EVERY, "envelope": True}, {"decode": True},
+    )  # fmt: skip
+    sides = (nats, nats_msgpack, *_sdk_sides(counts.sdk, batch=True))
+    scenarios = run_group("NATS group", sides, pairs, reps, warmup)
     return _with_sizes(scenarios)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import is_number, run_quick_bench
 
-SCENARIOS = ("nats_vs_sdk", "nats_vs_sdk_batch", "redis_vs_sdk", "redis_plain_vs_sdk")
+SCENARIOS = ("nats_vs_sdk", "nats_vs_sdk_batch", "nats_msgpack_vs_sdk", "redis_vs_sdk", "redis_plain_vs_sdk")
 TARGETED = ("nats_vs_sdk", "redis_vs_sdk")
 
 

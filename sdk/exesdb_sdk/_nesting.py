@@ -35,6 +35,12 @@ _BIG_ARRAYS: Final = (0xDC, 0xDD)
 _UNCOUNTED: Final = -1
 _OVER: Final = 1 << 62
 _SPLIT: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
+_STR_MAP: Final = msgspec.msgpack.Decoder(dict[str, msgspec.Raw])
+_WALK_BODY: Final = 8192
+"""From this many bytes on, walking the containers of a body (a few microseconds, whatever its
+size) beats counting its header bytes (0.8 ns a byte: 8 us for 10 KB)."""
+_WALK_LIMIT: Final = 256
+"""Values a walk visits at most before counting takes over."""
 
 
 class _Unreadable(Exception):
@@ -115,6 +121,36 @@ def _fits(value: bytes, budget: int, count: int) -> bool:
     return True
 
 
+def _walked(body: bytes, limit: int) -> bool | None:
+    """Whether the well-formed ``body`` nests more than ``limit`` deep, found by walking its
+    arrays and string-keyed maps (a value that is no container is passed over by its first
+    byte, however long it is); ``None`` when that is not possible (malformed bytes, another kind
+    of map key) or would visit more than :data:`_WALK_LIMIT` values: counting then decides."""
+    pending: list[tuple[Any, int]] = [(body, limit)]
+    visited = 0
+    try:
+        while pending:
+            item, budget = pending.pop()
+            if budget == 0:
+                return True  # a container one level below the limit, empty or not
+            first = item[0]
+            if first <= 0x8F or first >= 0xDE:  # a map
+                children: Any = _STR_MAP.decode(item).values()
+            else:
+                children = _SPLIT.decode(item)
+            visited += len(children)
+            if visited > _WALK_LIMIT:
+                return None
+            budget -= 1
+            for child in children:
+                view = memoryview(child)
+                if view[0] in _HEADER_BYTES:
+                    pending.append((view, budget))
+    except (msgspec.DecodeError, RecursionError, IndexError):
+        return None
+    return False
+
+
 def nests_deeper(body: bytes, limit: int) -> bool:
     """Whether the MessagePack value ``body`` nests arrays and maps more than ``limit`` deep.
 
@@ -124,6 +160,10 @@ def nests_deeper(body: bytes, limit: int) -> bool:
     size = len(body)
     if size <= limit:
         return False
+    if size >= _WALK_BODY and body[0] in _HEADER_BYTES:
+        walked = _walked(body, limit)  # a big body is mostly long strings in a few containers
+        if walked is not None:
+            return walked
     count = _OVER
     if body[0] not in _BIG_ARRAYS or int.from_bytes(body[1:3], "big") <= limit:
         # Not a big batch, whose envelopes hold one header byte each at least: counting the

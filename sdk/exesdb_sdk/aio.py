@@ -15,14 +15,26 @@ from typing import Any, Final, Self, TypeVar
 import zmq
 import zmq.asyncio
 
-from ._flows import Flow, Receive, Reconnect, Request, Send, Step, WaitReady, arun, durable_publish, publisher_failover
+from ._flows import (
+    Flow,
+    Receive,
+    Reconnect,
+    Request,
+    Send,
+    Step,
+    WaitReady,
+    arun,
+    durable_publish,
+    publisher_failover,
+    receive,
+)
 from ._frames import recv_frames
 from ._owner import AsyncSocketOwner
 from .control import ControlBase
 from .errors import ClosedError, ReceiveTimeoutError
 from .protocol import Message
 from .publisher import PublisherBase
-from .subscriber import SubscriberBase
+from .subscriber import DEFAULT_BATCH, SubscriberBase
 
 __all__ = ["AsyncControlClient", "AsyncPublisher", "AsyncSubscriber"]
 
@@ -173,13 +185,29 @@ class AsyncSubscriber(
             return None
         return self._step_now(step)
 
+    async def recv_batch(self, max_messages: int = DEFAULT_BATCH, timeout: float | None = None) -> list[Message]:
+        """Every message pending or queued now, up to ``max_messages``; when there is none, it
+        waits up to ``timeout`` seconds for the first (see
+        :meth:`~exesdb_sdk.Subscriber.recv_batch`)."""
+        batch = self._batch(max_messages)
+        if batch:
+            return batch
+        first: Message = await self._drive(receive(self._core, timeout))
+        return [first, *self._batch(max_messages - 1)] if max_messages > 1 else [first]
+
     async def iter(self, timeout: float | None = None) -> AsyncIterator[Message]:
-        """Yield messages until none arrives for ``timeout`` seconds (``None``: forever)."""
+        """Yield messages until none arrives for ``timeout`` seconds (``None``: forever).
+
+        It reads in batches (:meth:`recv_batch`); what it has not yielded yet stays pending,
+        so breaking out of the loop loses nothing."""
+        pending = self._core.pending
         while True:
-            try:
-                yield await self.recv(timeout)
-            except ReceiveTimeoutError:
-                return
+            if not pending:
+                try:
+                    pending.extend(await self.recv_batch(DEFAULT_BATCH, timeout))
+                except ReceiveTimeoutError:
+                    return
+            yield pending.popleft()
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self.iter()

@@ -50,6 +50,7 @@ from .protocol import PROBE_PREFIX, RESERVED_PREFIX, Decoder, GapTracker, Messag
 from .signing import resolve_secret
 
 __all__ = [
+    "DEFAULT_BATCH",
     "DEFAULT_SUBSCRIBE_TIMEOUT",
     "ErrorCallback",
     "GapCallback",
@@ -79,6 +80,11 @@ _HOLD_READ: Final = 100_000
 _FAST_READS: Final = 1000
 """Messages ``recv`` reads without waiting before it falls back to its flow (probe echoes
 and filtered messages give nothing to return)."""
+_RECV_DRAIN: Final = 64
+"""ZeroMQ messages ``recv`` reads and decodes together when nothing is pending: enough to
+amortise the per-call work, few enough that the first one is not held back long."""
+DEFAULT_BATCH: Final = 1000
+"""Messages :meth:`Subscriber.recv_batch` returns at most, by default."""
 
 C = TypeVar("C")
 """The control client type: :class:`ControlClient`, or the asyncio one."""
@@ -286,6 +292,22 @@ class SubscriberCore:
         Probe acks are noted in :attr:`acked`; malformed messages are counted and reported
         to ``on_error``. Both give an empty list.
         """
+        messages = self._decode(frames)
+        return self._finish(messages, replayed) if messages else messages
+
+    def take_many(self, received: Sequence[Sequence[bytes]]) -> list[Message]:
+        """:meth:`take` for several received messages at once: each is decoded (or skipped, as
+        :meth:`take` skips it), then the envelopes of all are converted, admitted and counted
+        for gaps in one pass, in order."""
+        decode = self._decode
+        messages: list[Message] = []
+        for frames in received:
+            messages += decode(frames)
+        return self._finish(messages, False) if messages else messages
+
+    def _decode(self, frames: Sequence[bytes]) -> list[Message]:
+        """The envelopes of one received message, not yet typed nor counted; probe acks,
+        filtered and malformed messages are noted and give an empty list."""
         if frames[0].startswith(_RESERVED):
             if frames[0].startswith(_PROBE_BYTES):
                 self.acked.add(frames[0][len(_PROBE_BYTES) :].decode("ascii", "replace"))
@@ -294,7 +316,7 @@ class SubscriberCore:
             self.filtered += 1
             return []
         try:
-            messages = self._decoder.decode(frames)
+            return self._decoder.decode(frames)
         except ProtocolError as exc:
             if exc.reason == "bad_signature":
                 self.rejected += 1
@@ -303,16 +325,22 @@ class SubscriberCore:
             if self.on_error is not None:
                 self.on_error(exc, frames)
             return []
-        types = self._types
-        for message in messages:
-            if replayed:
+
+    def _finish(self, messages: list[Message], replayed: bool) -> list[Message]:
+        """Type, admit (the catch-up seam) and count decoded envelopes."""
+        if replayed:
+            for message in messages:
                 message.replayed = True
-            cls = types.get(message.type)
-            if cls is not None:
-                try:
-                    message.payload = cls.from_data(message.data)
-                except ValidationError:  # still delivered, as a generic message: never lost
-                    self.invalid_payloads += 1
+        types = self._types
+        if types:
+            get = types.get
+            for message in messages:
+                cls = get(message.type)
+                if cls is not None:
+                    try:
+                        message.payload = cls.from_data(message.data)
+                    except ValidationError:  # still delivered, as a generic message: never lost
+                        self.invalid_payloads += 1
         if self.horizon:
             messages = self._admit(messages)
         self._gaps.observe_all(messages, self.on_gap)
@@ -617,21 +645,44 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         """
         core = self._core
         pending = core.pending
+        if not pending and not core.catchups:  # the fast path: what is queued already, without a flow
+            self._drain(_RECV_DRAIN)
         if pending:
             return self._now(pending.popleft())
-        if not core.catchups:  # the fast path: what is queued already, without a flow
-            socket, take = self._live(), core.take
-            for _ in range(_FAST_READS):
-                try:
-                    messages = take(recv_frames(socket, _NOBLOCK))
-                except zmq.Again:
-                    break
-                if messages:
-                    if len(messages) > 1:
-                        pending.extend(messages[1:])
-                    return self._now(messages[0])
         result: M = self._drive(receive(core, timeout))
         return result
+
+    def _drain(self, limit: int) -> None:
+        """Read what the socket holds now into ``pending``: up to ``limit`` ZeroMQ messages at a
+        time, decoded together, until one of them gives an envelope or the socket is empty (at
+        most :data:`_FAST_READS` messages: probe echoes and filtered messages give nothing)."""
+        core = self._core
+        socket, take_many, pending = self._live(), core.take_many, core.pending
+        for _ in range(max(1, _FAST_READS // max(1, limit))):
+            received = []
+            for _ in range(limit):
+                try:
+                    received.append(recv_frames(socket, _NOBLOCK))
+                except zmq.Again:
+                    break
+            if received:
+                pending.extend(take_many(received))
+            if pending or len(received) < limit:
+                return
+
+    def _batch(self, max_messages: int) -> list[Message]:
+        """Up to ``max_messages`` of what is pending, or readable without waiting."""
+        if max_messages < 1:
+            raise ValueError(f"max_messages must be at least 1, not {max_messages!r}")
+        core = self._core
+        pending = core.pending
+        if len(pending) < max_messages and not core.catchups:
+            self._drain(min(max_messages, _FAST_READS))
+        if len(pending) <= max_messages:
+            batch = list(pending)
+            pending.clear()
+            return batch
+        return [pending.popleft() for _ in range(max_messages)]
 
     def _read_held(self) -> None:
         """Carry out :class:`~._flows.ReadHeld`: what the socket holds now, into the core."""
@@ -690,13 +741,34 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
             return recv_frames(socket) if ready else None
         return self._step_now(step)
 
+    def recv_batch(self, max_messages: int = DEFAULT_BATCH, timeout: float | None = None) -> list[Message]:
+        """Every message pending or queued at the socket now, up to ``max_messages``, in order,
+        received and decoded together; when there is none, it waits up to ``timeout`` seconds
+        (``None``: forever) for the first and returns it with whatever came with it.
+
+        The messages are those :meth:`recv` would return one by one (typed payloads, gaps,
+        the catch-up seam, wildcards and failover alike); what is left over stays pending.
+        Raises :class:`~exesdb_sdk.errors.ReceiveTimeoutError` when none arrives in time.
+        """
+        batch = self._batch(max_messages)
+        if batch:
+            return batch
+        first: Message = self._drive(receive(self._core, timeout))
+        return [first, *self._batch(max_messages - 1)] if max_messages > 1 else [first]
+
     def iter(self, timeout: float | None = None) -> Iterator[Message]:
-        """Yield messages until none arrives for ``timeout`` seconds (``None``: forever)."""
+        """Yield messages until none arrives for ``timeout`` seconds (``None``: forever).
+
+        It reads in batches (:meth:`recv_batch`); what it has not yielded yet stays pending,
+        so breaking out of the loop loses nothing."""
+        pending = self._core.pending
         while True:
-            try:
-                yield self.recv(timeout)
-            except ReceiveTimeoutError:
-                return
+            if not pending:
+                try:
+                    pending.extend(self.recv_batch(DEFAULT_BATCH, timeout))
+                except ReceiveTimeoutError:
+                    return
+            yield pending.popleft()
 
     def __iter__(self) -> Iterator[Message]:
         return self.iter()

@@ -86,8 +86,30 @@ class WorkerHost(Protocol):
 
 
 _START_TIMEOUT: Final = 10.0
+_CALL_BATCH: Final = 1024
+"""Events a worker with a subscriber function takes from its buffer per pass (one thread hop,
+one status update): each is still delivered, counted and gated one by one."""
 _CANCEL_TRIES: Final = 50
 _CANCEL_WAIT: Final = 0.1
+
+
+class _Progress:
+    """How far the delivery of a pass has come, shared with the thread that delivers it."""
+
+    __slots__ = ("done", "started", "stop")
+
+    def __init__(self) -> None:
+        self.done = 0
+        """Events delivered so far."""
+        self.started = time.monotonic()
+        """When the current event's delivery began (or the pass was handed over)."""
+        self.stop = False
+        """Set by the loop: deliver no more (timed out, or the worker stops)."""
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # a delivery given up on: its late outcome is not logged as lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +169,8 @@ class EmitterWorker:
             config.unhealthy_threshold, config.backoff_initial / 1000, config.backoff_max / 1000
         )
         self._remote_failed = False
+        self._gated = False
+        """Whether another process's report holds emission (with health gating on): read per event."""
         self._changed: asyncio.Event | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._task: asyncio.Task[None] | None = None
@@ -162,7 +186,7 @@ class EmitterWorker:
         """Whether emission is held: the breaker is open, or another process reports failure."""
         if self._breaker.state == "open":
             return True
-        return self._config.enabled and self._remote_failed
+        return self._gated
 
     @property
     def room(self) -> int:
@@ -288,6 +312,7 @@ class EmitterWorker:
             self._remote_failed = True
         elif report.status == "healthy":
             self._remote_failed = False
+        self._gated = self._config.enabled and self._remote_failed
         if self.paused != was:
             self._impact(report.status, report.event)
             self._wake()
@@ -323,7 +348,7 @@ class EmitterWorker:
     async def _run(self) -> None:
         breaker = self._breaker
         while True:
-            if not self._buffer or (self._config.enabled and self._remote_failed):
+            if not self._buffer or self._gated:
                 await self._wait(None)
                 continue
             if breaker.state == "open":
@@ -333,21 +358,19 @@ class EmitterWorker:
                     continue
             if self._config.circuit_breaker_enabled and breaker.before_try() == "half_open":
                 self._note("circuit_breaker_half_open")
+            if self._subscriber is not None:
+                try:
+                    await self._call_batch(1 if breaker.state == "half_open" else _CALL_BATCH)
+                except self._fatal as exc:
+                    self._stop_fatal(exc)  # the pass's undelivered events are back in the buffer
+                    return
+                continue
             batch = [self._buffer.popleft() for _ in range(min(self._batch_size, len(self._buffer)))]
             try:
                 error, answers = await self._deliver(batch)
             except self._fatal as exc:
                 self._buffer.extendleft(reversed(batch))
-                self.failed = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                self._note("proxy_crashed", str(exc) or self.failed, force=True)
-                observe.emit(
-                    log,
-                    "failure",
-                    f"✖ DELIVERY STOPPED: {self.subscription}: {self.failed}",
-                    level=logging.ERROR,
-                    subscription=self.subscription,
-                    error=self.failed,
-                )
+                self._stop_fatal(exc)
                 return
             if error is None:
                 self._delivered(sum(1 for answer in answers if answer is None))
@@ -356,24 +379,118 @@ class EmitterWorker:
             else:
                 self._failed(batch, error)
 
+    def _stop_fatal(self, exc: BaseException) -> None:
+        self.failed = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        self._note("proxy_crashed", str(exc) or self.failed, force=True)
+        observe.emit(
+            log,
+            "failure",
+            f"✖ DELIVERY STOPPED: {self.subscription}: {self.failed}",
+            level=logging.ERROR,
+            subscription=self.subscription,
+            error=self.failed,
+        )
+
+    async def _call_batch(self, limit: int) -> None:
+        """One pass of a subscriber function: up to ``limit`` buffered events, delivered in order
+        (in one hop to the delivery thread for a plain function) until one fails, the gate
+        closes or the pass is done; one status update for the delivered ones, the failed one
+        handled as before, the rest back in front of the buffer."""
+        buffer = self._buffer
+        batch = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
+        progress = _Progress()
+        try:
+            if self._is_async:
+                error = await self._call_async(batch, progress)
+            else:
+                error = await self._call_sync(batch, progress)
+        except BaseException:  # stopping, or a fatal error: what was not delivered goes back
+            progress.stop = True
+            buffer.extendleft(reversed(batch[progress.done :]))
+            raise
+        done = progress.done
+        if done:
+            self._delivered(done)
+        if error is None:
+            self._put_back(batch[done:])  # the gate closed during the pass
+            return
+        self._put_back(batch[done + 1 :])
+        self._failed(batch[done : done + 1], error)
+
+    def _put_back(self, items: list[Any]) -> None:
+        """Return undelivered items to the front of the buffer, applying the overflow policy to
+        what no longer fits."""
+        if not items:
+            return
+        self._buffer.extendleft(reversed(items))
+        excess = len(self._buffer) - self._config.buffer_size
+        if excess > 0:
+            for _ in range(excess):
+                self._buffer.pop() if self._config.overflow_policy == "drop_newest" else self._buffer.popleft()
+            self.count_drops(excess)
+
+    def _call_each(self, batch: list[Any], progress: _Progress) -> None:
+        """In the delivery thread: call the subscriber function for each event, in order."""
+        subscriber = self._subscriber
+        assert subscriber is not None
+        clock = time.monotonic
+        for event in batch:
+            if progress.stop or self._gated:
+                return
+            progress.started = clock()
+            subscriber(event)
+            progress.done += 1
+
+    async def _call_sync(self, batch: list[Any], progress: _Progress) -> str | None:
+        timeout = self._config.delivery_timeout / 1000
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._call_each, batch, progress)
+        # Each round waits until the current event's deadline; it ends the pass or sees the
+        # thread move on to a later event, so len(batch) + 1 rounds always suffice.
+        for _ in range(len(batch) + 2):
+            remaining = progress.started + timeout - time.monotonic()
+            if remaining <= 0:
+                break
+            finished, _ = await asyncio.wait({future}, timeout=remaining)
+            if finished:
+                exc = future.exception()
+                if exc is None:
+                    return None
+                if isinstance(exc, self._fatal):
+                    raise exc
+                return f"{type(exc).__name__}: {exc}"
+        progress.stop = True
+        future.add_done_callback(_retrieve)
+        return f"delivery took longer than {timeout:g} s"
+
+    async def _call_async(self, batch: list[Any], progress: _Progress) -> str | None:
+        timeout = self._config.delivery_timeout / 1000
+        subscriber = self._subscriber
+        assert subscriber is not None
+        for event in batch:
+            if self._gated:
+                return None
+            try:
+                async with asyncio.timeout(timeout):
+                    result = subscriber(event)
+                    assert inspect.isawaitable(result)
+                    await result
+            except TimeoutError:
+                return f"delivery took longer than {timeout:g} s"
+            except self._fatal:
+                raise
+            except Exception as exc:  # the subscriber's own failure: counted and retried
+                return f"{type(exc).__name__}: {exc}"
+            progress.done += 1
+        return None
+
     async def _deliver(self, batch: list[Any]) -> tuple[str | None, Sequence[str | None]]:
         timeout = self._config.delivery_timeout / 1000
         answers: Sequence[str | None] = [None] * len(batch)
         try:
-            if self._batch_deliver is not None:
-                answers = await asyncio.wait_for(self._batch_deliver(batch), timeout)
-                if len(answers) != len(batch):
-                    return f"{len(answers)} answer(s) for a batch of {len(batch)}", answers
-            elif self._is_async:
-                assert self._subscriber is not None
-                result = self._subscriber(batch[0])
-                assert inspect.isawaitable(result)
-                await asyncio.wait_for(result, timeout)
-            else:
-                loop = asyncio.get_running_loop()
-                subscriber = self._subscriber
-                assert subscriber is not None
-                await asyncio.wait_for(loop.run_in_executor(self._executor, subscriber, batch[0]), timeout)
+            assert self._batch_deliver is not None  # a subscriber function takes _call_batch
+            answers = await asyncio.wait_for(self._batch_deliver(batch), timeout)
+            if len(answers) != len(batch):
+                return f"{len(answers)} answer(s) for a batch of {len(batch)}", answers
         except TimeoutError:
             return f"delivery took longer than {timeout:g} s", answers
         except asyncio.CancelledError:
@@ -413,12 +530,7 @@ class EmitterWorker:
             self.count_drops(len(batch))  # given up on after the threshold: counted, never silent
             self._state.consecutive_failures = 0
         else:
-            self._buffer.extendleft(reversed(batch))  # retried: nothing is lost to a failing subscriber
-            excess = len(self._buffer) - self._config.buffer_size
-            if excess > 0:
-                for _ in range(excess):
-                    self._buffer.pop() if self._config.overflow_policy == "drop_newest" else self._buffer.popleft()
-                self.count_drops(excess)
+            self._put_back(batch)  # retried: nothing is lost to a failing subscriber
         if self._config.circuit_breaker_enabled and self._breaker.record_failure() == "open":
             self._note("circuit_breaker_opened", error, force=True)
             self._impact("failed", "circuit_breaker_opened")
@@ -545,12 +657,17 @@ class EmitterPool(BusService):
             worker.on_gap(missing)
 
     async def _receive_loop(self, sub: AsyncSubscriber) -> None:
-        async for message in sub:
-            self._dispatch(message)
+        dispatch = self._dispatch
+        while True:  # one loop pass per batch of what the socket holds
+            for message in await sub.recv_batch():
+                dispatch(message)
+            # recv_batch does not suspend while messages are queued: let the workers start
+            # their passes (in their threads) before the next batch is read and decoded
+            await asyncio.sleep(0)
 
     def _dispatch(self, message: Message) -> None:
         payload = message.payload
-        if isinstance(payload, Events):
+        if type(payload) is Events:
             for receiver in self._by_topic.get(message.topic, ()):
                 receiver.take(payload.events)
         elif isinstance(payload, SubscriptionHealth):
