@@ -80,10 +80,13 @@ QUICK: Final = Sizes(2000, 1.0, 300, 4, 400, 1.0, 1.0)
 # -- client processes ------------------------------------------------------------------------------
 
 
-def _publish(frontend: str, subtopic: str, rate: int, seconds: float, start: Event, out: Queue[Any]) -> None:
+def _publish(
+    frontend: str, subtopic: str, rate: int, seconds: float, ready: Event, start: Event, out: Queue[Any]
+) -> None:
     """Publish ``rate * seconds`` messages on events/<subtopic>, ``rate / 100`` every 10 ms."""
     total, per_tick = int(rate * seconds), max(1, rate // 100)
-    with Publisher(frontend) as pub:
+    with Publisher(frontend) as pub:  # connected once constructed
+        ready.set()
         start.wait(60)
         began = time.perf_counter()
         sent = 0
@@ -113,16 +116,20 @@ def _subscribe(backend: str, expected: int, ready: Event, out: Queue[Any]) -> No
         out.put(("sub", got, sub.stats.gaps))
 
 
-def _durable(frontend: str, control: str, count: int, threads: int, start: Event, out: Queue[Any]) -> None:
+def _durable(
+    frontend: str, control: str, count: int, threads: int, ready: Event, start: Event, out: Queue[Any]
+) -> None:
     """Publish ``count`` durable alerts from ``threads`` threads (each waits for its acknowledgement)."""
     done = [0] * threads
+    pubs = [Publisher(frontend, control=control) for _ in range(threads)]
 
     def one(index: int) -> None:
-        with Publisher(frontend, control=control) as pub:
+        with pubs[index] as pub:
             for n in range(index, count, threads):
                 pub.publish("alerts", f"scaling{index}", "Counted", {"n": n}, durable=True)
                 done[index] += 1
 
+    ready.set()
     start.wait(60)
     began = time.perf_counter()
     workers = [threading.Thread(target=one, args=(i,)) for i in range(threads)]
@@ -241,20 +248,20 @@ class Bench:
             readies.append(ready)
             procs.append(self.ctx.Process(target=_subscribe, args=(broker.backend, expected, ready, out)))
         for index, (broker, rate, seconds) in enumerate(pubs):
-            args = (broker.frontend, f"bench{index}", rate, seconds, start, out)
+            readies.append(ready := self.ctx.Event())
+            args = (broker.frontend, f"bench{index}", rate, seconds, ready, start, out)
             procs.append(self.ctx.Process(target=_publish, args=args))
         if durable is not None:
             broker, count, threads = durable
-            procs.append(
-                self.ctx.Process(target=_durable, args=(broker.frontend, broker.control, count, threads, start, out))
-            )
+            readies.append(ready := self.ctx.Event())
+            args = (broker.frontend, broker.control, count, threads, ready, start, out)
+            procs.append(self.ctx.Process(target=_durable, args=args))
         for proc in procs:
             proc.start()
         try:
             for ready in readies:
                 if not ready.wait(READY_TIMEOUT + 10):
-                    raise SystemExit("bench_scaling: a subscriber did not get ready")
-            time.sleep(0.3)  # let the publishers' connections settle before the window opens
+                    raise SystemExit("bench_scaling: a client did not connect")
             before = self.meter.sample()
             began = time.monotonic()
             start.set()
@@ -524,7 +531,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-scaling-") as directory:
-        result = scenarios(sizes, Path(directory))
+        try:
+            result = scenarios(sizes, Path(directory))
+        except RuntimeError as exc:  # a NATS server or a broker that did not start
+            print(f"bench_scaling: {str(exc).splitlines()[0]}", file=sys.stderr)
+            return 1
     print(render(result))
     finite = all(math.isfinite(v) for c in result["costs"].values() for v in c.values())
     report = {
