@@ -9,19 +9,34 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import Any, Final, Self, TypeVar
 
 import zmq
 import zmq.asyncio
 
-from ._flows import Flow, Receive, Reconnect, Request, Send, Step, WaitReady, arun, durable_publish, publisher_failover
+from ._flows import (
+    CommitMany,
+    Flow,
+    Receive,
+    ReceiveMany,
+    Reconnect,
+    Request,
+    Send,
+    SendMany,
+    Step,
+    WaitReady,
+    arun,
+    durable_publish,
+    durable_publish_many,
+    publisher_failover,
+)
 from ._frames import recv_frames
 from ._owner import AsyncSocketOwner
-from .control import ControlBase
-from .errors import ClosedError, ReceiveTimeoutError
+from .control import DEFAULT_COMMIT_WINDOW, ControlBase, receive_held, send_many
+from .errors import ClosedError, ControlError, ReceiveTimeoutError
 from .protocol import Message
-from .publisher import PublisherBase
+from .publisher import DurableItem, PublisherBase
 from .subscriber import SubscriberBase
 
 __all__ = ["AsyncControlClient", "AsyncPublisher", "AsyncSubscriber"]
@@ -41,6 +56,17 @@ class AsyncControlClient(
     def _drive(self, flow: Flow[Any]) -> Any:
         return arun(flow, self._perform)
 
+    async def commit_many(
+        self,
+        messages: Sequence[tuple[bytes, bytes]],
+        window: int = DEFAULT_COMMIT_WINDOW,
+        *,
+        timeout: float | None = None,
+    ) -> list[int | ControlError]:
+        """See :meth:`~exesdb_sdk.control.ControlBase.commit_many`."""
+        results: list[int | ControlError] = await super().commit_many(messages, window, timeout=timeout)
+        return results
+
     async def _perform(self, step: Step) -> Any:
         socket = self._live()
         if isinstance(step, Send):
@@ -48,6 +74,13 @@ class AsyncControlClient(
         if isinstance(step, Receive):
             ready = await self._watch.await_readable(socket, max(1, int(step.timeout * 1000)))
             return await socket.recv_multipart() if ready else None
+        if isinstance(step, SendMany):
+            return send_many(socket, step.messages)  # never waits: the asyncio socket's sync path
+        if isinstance(step, ReceiveMany):
+            received = receive_held(socket, step.limit)
+            if not received and await self._watch.await_readable(socket, max(1, int(step.timeout * 1000))):
+                received = receive_held(socket, step.limit)
+            return received
         if isinstance(step, Reconnect):
             return self._switch(step.endpoint)
         return self._watch.settle()
@@ -111,6 +144,12 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
             self._drain()
         return envelopes if batch else self._encoder.seq(topic)
 
+    async def publish_durable_many(
+        self, items: Iterable[DurableItem], *, window: int = DEFAULT_COMMIT_WINDOW
+    ) -> list[int | ControlError]:
+        """See :meth:`~exesdb_sdk.publisher.PublisherBase.publish_durable_many`."""
+        return await arun(durable_publish_many(self, self._encode_many(items, window), window), self._perform)
+
     async def _failover(self) -> None:
         await arun(publisher_failover(self, self.connect_timeout), self._perform)
         self._drain()
@@ -118,6 +157,8 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
     async def _perform(self, step: Step) -> Any:
         if isinstance(step, Request):
             return await self._control.get().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, CommitMany):
+            return await self._control.get().commit_many(step.messages, step.window)
         if isinstance(step, Receive):
             socket = self._live()
             ready = await self._watch.await_readable(socket, max(1, int(step.timeout * 1000)))

@@ -5,18 +5,30 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
 
 import msgspec
 import zmq
 
-from ._flows import Receive, Reconnect, Request, Settle, Step, connect_any, durable_publish, publisher_failover, run
+from ._flows import (
+    CommitMany,
+    Receive,
+    Reconnect,
+    Request,
+    Settle,
+    Step,
+    connect_any,
+    durable_publish,
+    durable_publish_many,
+    publisher_failover,
+    run,
+)
 from ._frames import recv_frames, send_frames
 from ._owner import ControlLink, Owner, S, SocketOwner
-from .control import DEFAULT_CONTROL_TIMEOUT, ControlClient
+from .control import DEFAULT_COMMIT_WINDOW, DEFAULT_CONTROL_TIMEOUT, ControlClient, check_window
 from .curve import KeyPath, resolve_client_keys
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, Endpoints, Rotation, resolve_endpoints
-from .errors import PublishTimeoutError, ValidationError
+from .errors import ControlError, PublishTimeoutError, ValidationError
 from .instances import Instance
 from .messages.base import Payload, registry
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node
@@ -46,6 +58,10 @@ _CHECK_EVERY: Final = 0.01
 """Seconds between two looks at the disconnect monitor (several brokers only): a clock read
 per publish, not a system call."""
 _monotonic: Final = time.monotonic
+
+DurableItem: TypeAlias = "Payload | tuple[Instance | str, str, str, Mapping[str, Any]]"
+"""One message of :meth:`PublisherBase.publish_durable_many`: a typed payload (on its default
+sub-topic), or ``(instance, subtopic, type, data)`` as for :meth:`PublisherBase.publish`."""
 
 C = TypeVar("C")
 """The control client type: :class:`~exesdb_sdk.ControlClient`, or the asyncio one."""
@@ -213,6 +229,30 @@ class PublisherCore:
         before = encoder.seq(topic)
         body = encoder.encode_batch(topic, type, (checked_data(type, data) for data in batch), corr, cause, trace)
         return topic, body, encoder.seq(topic) - before
+
+    def _encode_many(self, items: Iterable[DurableItem], window: int) -> list[tuple[bytes, bytes, int]]:
+        """Encode every item of a pipelined durable publish; one that cannot be sent raises
+        (naming its index) and no sequence number is taken."""
+        check_window(window)
+        encoder = self._encoder
+        taken = dict(encoder._seqs)
+        encoded: list[tuple[bytes, bytes, int]] = []
+        try:
+            for index, item in enumerate(items):
+                if isinstance(item, Payload):
+                    encoded.append(self._encode_payload(item, None, None, None, None))
+                elif isinstance(item, tuple) and len(item) == 4:
+                    encoded.append(self._encode_one(*item, None, None, None))
+                else:
+                    raise TypeError(
+                        f"publish_durable_many: item {index} must be a typed payload or an "
+                        f"(instance, subtopic, type, data) tuple, not {_type_name(item)}"
+                    )
+        except BaseException:
+            encoder._seqs.clear()
+            encoder._seqs.update(taken)
+            raise
+        return encoded
 
     def _refused(self, topic: bytes, seq: int, envelopes: int) -> None:
         """A durable publish the broker refused was not sent: give its sequence numbers back."""
@@ -396,6 +436,21 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
         topic, body, count = self._encode_batch(instance, subtopic, type, batch, corr, cause, trace)
         return self._deliver(topic, body, count, durable, True)  # durable: one journal record for all
 
+    def publish_durable_many(self, items: Iterable[DurableItem], *, window: int = DEFAULT_COMMIT_WINDOW) -> Any:
+        """Durable publishes of many messages, ``window`` in flight at once, sharing the
+        broker's group commits; return, per item in order, the broker's sequence number (as
+        :meth:`publish` with ``durable`` returns) or the error that refused it.
+
+        Each item is confirmed or refused on its own: an entry is a
+        :class:`~exesdb_sdk.errors.DurabilityError` (nothing recorded or forwarded), another
+        :class:`~exesdb_sdk.errors.ControlError` the broker answered with, or, when the broker
+        stops answering for ``control_timeout``, ``ControlError("unanswered")`` (outcome unknown)
+        or ``ControlError("not_sent")``. An item that cannot be encoded raises before anything is
+        sent (:class:`~exesdb_sdk.errors.ValidationError`, ``TypeError``...). Refused messages at
+        the end of a topic give their envelope sequence numbers back, as :meth:`publish` does.
+        """
+        raise NotImplementedError
+
     def _drain(self) -> None:
         """Read the subscription messages the broker sends, so they never pile up."""
         socket = self._live()
@@ -448,6 +503,12 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
             seq = self._encoder.seq(topic)
         return envelopes if batch else seq
 
+    def publish_durable_many(
+        self, items: Iterable[DurableItem], *, window: int = DEFAULT_COMMIT_WINDOW
+    ) -> list[int | ControlError]:
+        """See :meth:`PublisherBase.publish_durable_many`."""
+        return run(durable_publish_many(self, self._encode_many(items, window), window), self._perform)
+
     def _failover(self) -> None:
         run(publisher_failover(self, self.connect_timeout), self._perform)
         self._drain()
@@ -455,6 +516,8 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
     def _perform(self, step: Step) -> Any:
         if isinstance(step, Request):
             return self._control.get().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, CommitMany):
+            return self._control.get().commit_many(step.messages, step.window)
         if isinstance(step, Receive):
             socket = self._live()
             return recv_frames(socket) if self._watch.wait(max(1, int(step.timeout * 1000))) else None
