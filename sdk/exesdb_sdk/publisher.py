@@ -1,7 +1,10 @@
-"""The synchronous publisher."""
+"""The synchronous publisher, and what it shares with the asyncio one (:mod:`.aio`)."""
 
 from __future__ import annotations
 
+import math
+import os
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -9,6 +12,7 @@ from typing import Any, ClassVar, Final, Generic, TypeAlias, TypeVar
 
 import msgspec
 import zmq
+from zmq.backend import Socket as _Base
 
 from ._flows import (
     CommitMany,
@@ -28,16 +32,20 @@ from ._owner import ControlLink, Owner, S, SocketOwner
 from .control import DEFAULT_COMMIT_WINDOW, DEFAULT_CONTROL_TIMEOUT, ControlClient, check_window
 from .curve import KeyPath, resolve_client_keys
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, Endpoints, Rotation, resolve_endpoints
-from .errors import ControlError, PublishTimeoutError, ValidationError
+from .errors import ConfigError, ControlError, PublishTimeoutError, ValidationError
 from .instances import Instance
 from .messages.base import Payload, registry
-from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node
+from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node, join_bodies
 from .signing import resolve_secret
 
 __all__ = [
+    "COALESCE_MAX_BYTES",
+    "COALESCE_MAX_COUNT",
+    "DEFAULT_COALESCE",
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_HWM",
     "DEFAULT_LINGER",
+    "ENV_COALESCE",
     "Publisher",
     "PublisherBase",
     "PublisherStats",
@@ -51,6 +59,15 @@ DEFAULT_LINGER: Final = 1.0
 """Seconds ``close()`` waits to flush messages not yet sent."""
 DEFAULT_HWM: Final = 10_000
 """Messages queued per connection before a publish waits (or a subscriber's backlog drops)."""
+
+DEFAULT_COALESCE: Final = 0.001
+"""Seconds a publish may be held to travel with the next ones of its topic (see
+:class:`PublisherBase`); 0 sends every publish on its own."""
+ENV_COALESCE: Final = "EXESDB_COALESCE"
+COALESCE_MAX_BYTES: Final = 64 * 1024
+"""Bytes of bodies held at most (also never more than ``max_message_size``): then they go."""
+COALESCE_MAX_COUNT: Final = 1024
+"""Envelopes held at most: then they go."""
 
 _DRAIN_EVERY: Final = 4096
 _NOBLOCK: Final = int(zmq.NOBLOCK)
@@ -79,11 +96,49 @@ class PublisherStats:
     """Envelopes sent (each item of a batch counts)."""
     bytes: int
     """Bytes of topic and body sent."""
+    coalesced: int = 0
+    """Envelopes that left together with others of their topic in one coalesced message."""
+    held: int = 0
+    """Envelopes held for coalescing right now (not yet sent)."""
     failovers: int = 0
     """Times the broker went away and the publisher moved to the next one (several brokers)."""
     possibly_lost: int = 0
     """Messages sent to brokers that then went away after the last look found them connected:
     they may not have reached the broker (the subscribers' gap counters tell exactly)."""
+
+
+_send: Final = _Base.send
+_NOBLOCK_MORE: Final = int(zmq.SNDMORE | zmq.NOBLOCK)
+
+
+def send_frames_nowait(socket: zmq.Socket[Any], topic: bytes, body: bytes) -> bool:
+    """Send ``[topic, body]`` if the queue takes it now; whether it did (on an asyncio socket
+    too: the base class's call never returns a future)."""
+    try:
+        _send(socket, topic, _NOBLOCK_MORE)
+    except zmq.Again:
+        return False
+    _send(socket, body, _NOBLOCK)  # the first frame was taken: the message is queued whole
+    return True
+
+
+def resolve_coalesce(coalesce: float | None) -> float:
+    """The coalescing delay: ``coalesce``, else ``$EXESDB_COALESCE``, else
+    :data:`DEFAULT_COALESCE`; seconds from 0 to 1. Raises :class:`~exesdb_sdk.errors.ConfigError`."""
+    where = "coalesce"
+    value: Any = coalesce
+    if coalesce is None:
+        raw = os.environ.get(ENV_COALESCE, "").strip()
+        if not raw:
+            return DEFAULT_COALESCE
+        where = ENV_COALESCE
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{where}={raw!r}: not a number of seconds") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigError(f"{where}: {value!r} is not a number of seconds from 0 to 1")
+    return float(value)
 
 
 def prepare_socket(socket: zmq.Socket[Any], *, hwm: int, send_timeout: float | None, linger: float) -> None:
@@ -128,7 +183,16 @@ class PublisherCore:
         max_message_size: int,
         send_timeout: float | None,
         secret: str | bytes | None,
+        coalesce: float | None = 0.0,
     ) -> None:
+        self._coalesce = resolve_coalesce(coalesce)
+        self._held_topic = b""
+        self._held: list[bytes] = []
+        self._held_bytes = 0
+        self._held_at = 0.0
+        self._sent_at = -math.inf
+        self._max_held_bytes = min(COALESCE_MAX_BYTES, max_message_size)
+        self._coalesced = 0
         self._rotation = Rotation(resolve_endpoints(frontend, ENV_FRONTEND, DEFAULT_FRONTEND, "frontend"))
         self._several = self._rotation.several
         self._check_at = 0.0
@@ -181,7 +245,69 @@ class PublisherCore:
     @property
     def stats(self) -> PublisherStats:
         """Counters since this publisher connected."""
-        return PublisherStats(self._messages, self._envelopes, self._bytes, self._failovers, self._possibly_lost)
+        return PublisherStats(
+            self._messages,
+            self._envelopes,
+            self._bytes,
+            self._coalesced,
+            len(self._held),
+            self._failovers,
+            self._possibly_lost,
+        )
+
+    @property
+    def coalesce(self) -> float:
+        """Seconds a publish may be held to travel with the next ones of its topic (0: never)."""
+        return self._coalesce
+
+    def _coalesce_step(self, topic: bytes, body: bytes) -> list[tuple[bytes, bytes, int]]:
+        """Take one encoded single-envelope publish: what must be sent now, in order (the
+        publish itself, what was held before it, or nothing: it is held). A publish goes at
+        once when nothing was sent for ``coalesce`` seconds (a quiet publisher waits for
+        nothing); else it is held, and what is held goes when the topic changes, a bound is
+        reached or ``coalesce`` seconds have passed since the first was held."""
+        now = _monotonic()
+        held = self._held
+        out: list[tuple[bytes, bytes, int]] = []
+        if held:
+            if topic != self._held_topic or self._held_bytes + len(body) > self._max_held_bytes:
+                out.append(self._take_held())
+            else:
+                held.append(body)
+                self._held_bytes += len(body)
+                if len(held) >= COALESCE_MAX_COUNT or now - self._held_at >= self._coalesce:
+                    out.append(self._take_held())
+                    self._sent_at = now
+                return out
+        elif now - self._sent_at >= self._coalesce:
+            self._sent_at = now
+            return [(topic, body, 1)]
+        self._held_topic = topic
+        self._held.append(body)  # a new list if the old one was just taken
+        self._held_bytes = len(body)
+        self._held_at = now
+        self._sent_at = now
+        self._arm()
+        return out
+
+    def _take_held(self) -> tuple[bytes, bytes, int]:
+        """What is held, as one message (a batch of two or more), no longer held."""
+        held = self._held
+        count = len(held)
+        if count > 1:
+            self._coalesced += count
+        message = (self._held_topic, join_bodies(held), count)
+        self._held = []
+        self._held_bytes = 0
+        return message
+
+    def _due(self) -> float | None:
+        """When what is held must go (monotonic seconds), or ``None``: nothing is held."""
+        return self._held_at + self._coalesce if self._held else None
+
+    def _arm(self) -> None:
+        """Something is held now: see that it goes within ``coalesce`` seconds (the driver's timer)."""
+        raise NotImplementedError
 
     def _encode_one(
         self,
@@ -301,6 +427,16 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
     with the same keys, and waits up to ``control_timeout`` seconds for the broker's commit. Use
     from one thread only.
 
+    **Coalescing.** Consecutive publishes of one topic that come less than ``coalesce`` seconds
+    (default 1 ms, ``$EXESDB_COALESCE``; 0 turns it off) after the previous send travel together
+    as one batch message (wire protocol batches: subscribers receive the envelopes one by one,
+    each with its own sequence number, signature and gap accounting). A publish after a quiet
+    spell goes at once; one that is held goes within ``coalesce`` seconds (a timer), or sooner:
+    when the topic changes, at 1,024 envelopes or 64 KiB held, on :meth:`flush`, on close,
+    and before a durable publish or a batch (which keep their order). What is held is counted
+    in ``stats.held``; it is never dropped (a full broker queue makes a publish wait, as without
+    coalescing). ``stats.coalesced`` counts envelopes that left with others.
+
     Every method is the same in :class:`Publisher` and :class:`~exesdb_sdk.AsyncPublisher`,
     whose publishes are awaited (``R`` is their result: a sequence number, or a coroutine of one).
     """
@@ -323,8 +459,9 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
         context: zmq.Context[S] | None = None,
         client_key: KeyPath | None = None,
         server_key: KeyPath | None = None,
+        coalesce: float | None = None,
     ) -> None:
-        PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret)
+        PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret, coalesce)
         Owner.__init__(self, zmq.XPUB, context, resolve_client_keys(client_key, server_key))
         self.connect_timeout = connect_timeout
         self._linger = linger
@@ -451,6 +588,10 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
         """
         raise NotImplementedError
 
+    def flush(self) -> Any:
+        """Send what coalescing holds now (waiting up to ``send_timeout``, as a publish does)."""
+        raise NotImplementedError
+
     def _drain(self) -> None:
         """Read the subscription messages the broker sends, so they never pile up."""
         socket = self._live()
@@ -479,35 +620,95 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
     _control_type = ControlClient
 
     def _start(self) -> None:
+        # a zmq socket is not thread-safe: the coalescing timer's thread and the caller's use
+        # it only while holding this lock
+        self._lock = threading.Lock()
+        self._timer: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._stopping = False
         run(self._connect_flow(), self._perform)
         self._drain()
 
     def _deliver(self, topic: bytes, body: bytes, envelopes: int, durable: bool, batch: bool) -> int:
-        if durable:
-            seq = run(durable_publish(self, topic, body, envelopes), self._perform)
-        else:
-            if self._several and _monotonic() >= self._check_at and self._broker_lost():
-                self._failover()
+        with self._lock:
+            if durable:
+                if self._held:
+                    self._send(*self._take_held())
+                seq = run(durable_publish(self, topic, body, envelopes), self._perform)
+            elif batch or not self._coalesce:
+                if self._held:
+                    self._send(*self._take_held())
+                self._send(topic, body, envelopes)
+                seq = self._encoder.seq(topic)
+            else:
+                seq = self._encoder.seq(topic)
+                for message in self._coalesce_step(topic, body):
+                    self._send(*message)
+        return envelopes if batch else seq
+
+    def _send(self, topic: bytes, body: bytes, envelopes: int) -> None:
+        """Send one message now, waiting up to ``send_timeout`` (the lock is held)."""
+        if self._several and _monotonic() >= self._check_at and self._broker_lost():
+            self._failover()
+        try:
+            send_frames(self._live(), topic, body)
+        except zmq.Again:
+            if not self._several:
+                raise self._timed_out(topic) from None
+            self._failover()  # the broker took nothing for send_timeout: the next one
             try:
                 send_frames(self._live(), topic, body)
             except zmq.Again:
-                if not self._several:
-                    raise self._timed_out(topic) from None
-                self._failover()  # the broker took nothing for send_timeout: the next one
-                try:
-                    send_frames(self._live(), topic, body)
-                except zmq.Again:
-                    raise self._timed_out(topic) from None
-            if self._count(topic, body, envelopes):
-                self._drain()
-            seq = self._encoder.seq(topic)
-        return envelopes if batch else seq
+                raise self._timed_out(topic) from None
+        if self._count(topic, body, envelopes):
+            self._drain()
+
+    def flush(self) -> None:
+        """Send what coalescing holds now (waiting up to ``send_timeout``, as a publish does)."""
+        with self._lock:
+            if self._held:
+                self._send(*self._take_held())
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = threading.Thread(target=self._flusher, name=f"exesdb-coalesce-{self.pub_id}", daemon=True)
+            self._timer.start()
+        self._wake.set()
+
+    def _flusher(self) -> None:
+        """The timer thread: sends what is held once it is due, never waiting on the socket
+        (a full queue leaves it held for the next publish, flush or close, which wait)."""
+        wake, lock = self._wake, self._lock
+        while not self._stopping:
+            wake.wait()
+            with lock:
+                due = self._due()
+                socket = self._socket
+                if due is None or socket is None or self._stopping:
+                    wake.clear()
+                    continue
+                now = _monotonic()
+                if now >= due:
+                    bodies, coalesced = self._held, self._coalesced
+                    topic, body, envelopes = self._take_held()
+                    if send_frames_nowait(socket, topic, body):
+                        self._count(topic, body, envelopes)  # a drain waits for the caller's next send
+                        self._sent_at = now
+                    else:  # still held: another try one coalesce period later
+                        self._held, self._held_bytes, self._coalesced = bodies, sum(map(len, bodies)), coalesced
+                        self._held_at = now
+                    continue
+            time.sleep(due - now)  # the delay coalescing promises, not a wait for the socket
 
     def publish_durable_many(
         self, items: Iterable[DurableItem], *, window: int = DEFAULT_COMMIT_WINDOW
     ) -> list[int | ControlError]:
         """See :meth:`PublisherBase.publish_durable_many`."""
-        return run(durable_publish_many(self, self._encode_many(items, window), window), self._perform)
+        encoded = self._encode_many(items, window)
+        with self._lock:
+            if self._held:  # what was published before goes first
+                self._send(*self._take_held())
+            return run(durable_publish_many(self, encoded, window), self._perform)
 
     def _failover(self) -> None:
         run(publisher_failover(self, self.connect_timeout), self._perform)
@@ -524,9 +725,20 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
         return self._step_io(step)
 
     def close(self, linger: float | None = None) -> None:
-        """Close the connection, flushing unsent messages for at most ``linger`` seconds
-        (default: the constructor's). Idempotent."""
-        control = self._control.take()
-        if control is not None:
-            control.close()
-        self._close(self._linger if linger is None else linger)
+        """Send what coalescing holds, then close the connection, flushing unsent messages for
+        at most ``linger`` seconds (default: the constructor's). Idempotent. If what was held
+        cannot be sent within ``send_timeout`` it still closes, then raises
+        :class:`~exesdb_sdk.errors.PublishTimeoutError`."""
+        timer, self._timer = self._timer, None
+        self._stopping = True
+        self._wake.set()
+        if timer is not None:
+            timer.join(timeout=5)  # it never waits on the socket: it ends within one coalesce period
+        try:
+            if not self.closed:
+                self.flush()
+        finally:
+            control = self._control.take()
+            if control is not None:
+                control.close()
+            self._close(self._linger if linger is None else linger)
