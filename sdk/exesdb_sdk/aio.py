@@ -186,7 +186,6 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
             topic, body, envelopes = self._take_held()
             if send_frames_nowait(socket, topic, body):
                 self._count(topic, body, envelopes)
-                self._sent_at = now
                 return
             self._held, self._held_bytes, self._coalesced = bodies, sum(map(len, bodies)), coalesced
             self._held_at = now
