@@ -75,7 +75,7 @@ _MAX_FIELDS: Final = 5
 
 def category(message: Message) -> str | None:
     """The colour category of a message, as the seed colours its log lines."""
-    data = message.data
+    data: Mapping[str, Any] = message.data
     if message.instance.alias == "alerts" and data.get("severity") in STYLES:
         return str(data["severity"])
     words = {str(data.get(key)).lower() for key in ("status", "event", "result", "level")}
@@ -96,7 +96,7 @@ def key_fields(message: Message) -> str:
     """What happened, with its numbers: for catalogue types the fields and figures that matter
     (``3/4 healthy``, ``4500 ops/s``, ``350.2 msg/s 3 subscribers``), ``key=value`` or a short
     phrase each, separated by spaces; for other types the first few fields, ``key=value``."""
-    data = message.data
+    data: Mapping[str, Any] = message.data
     layout = _LAYOUTS.get(message.type)
     if layout is not None:
         data = _whole(message)
