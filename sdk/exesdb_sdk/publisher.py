@@ -670,6 +670,12 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
         if self._count(topic, body, envelopes):
             self._drain()
 
+    @property
+    def stats(self) -> PublisherStats:
+        """Counters since this publisher connected (taken while the timer thread is not sending)."""
+        with self._lock:
+            return PublisherCore.stats.fget(self)  # type: ignore[attr-defined,no-any-return]
+
     def flush(self) -> None:
         """Send what coalescing holds now (waiting up to ``send_timeout``, as a publish does)."""
         with self._lock:
