@@ -20,6 +20,11 @@ Scenarios, each two sides measured in the same run:
   each acknowledgement). Reported: acknowledged publishes per second. No target; the ratio is
   the price of the fsync. The journal lives on the machine's disk (the run's temporary
   directory), not in memory.
+- ``durable_pipelined``: the same durable publishes on the default ``durable`` policy, one
+  ``Publisher`` acknowledged one by one (``publish(..., durable=True)``) vs pipelined
+  (``publish_durable_many``, 256 in flight, each still confirmed on its own, sharing the
+  journal's group commits). Reported: acknowledged publishes per second; target: pipelined
+  >= 20,000/s.
 - ``journal_ingest``: a raw publisher floods ``ex_esdb_audit`` (journaled) with 100-byte and
   with 1,000-byte envelopes; reported: records committed per second, from the first send until
   the broker's ``stats`` accounts for every message (committed, or shed and counted; polled
@@ -81,6 +86,59 @@ def durable_run(kind: str, count: int) -> dict[str, Any]:
                 publish("audit", "bench", "Custom", {"n": n, "pad": "x" * 60}, durable=True)
             elapsed = time.perf_counter() - start
     return {"acked_per_s": count / elapsed, "mean_ack_us": elapsed / count * 1e6, "acked": count}
+
+
+def pipelined_run(kind: str, count: int) -> dict[str, Any]:
+    """``count`` durable publishes sent with ``publish_durable_many`` (256 in flight), each confirmed."""
+    with started_broker(kind) as handle:
+        assert handle.control is not None
+        with Publisher(handle.frontend, control=handle.control, node="bench") as pub:
+            items = [("audit", "bench", "Custom", {"n": n, "pad": "x" * 60}) for n in range(count)]
+            start = time.perf_counter()
+            results = pub.publish_durable_many(items)
+            elapsed = time.perf_counter() - start
+    acked = sum(isinstance(r, int) for r in results)
+    if acked != count:
+        raise RuntimeError(f"only {acked} of {count} pipelined durable publishes were confirmed")
+    return {"acked_per_s": count / elapsed, "mean_ack_us": elapsed / count * 1e6, "acked": count}
+
+
+def durable_pipelined(config: Config, count: int) -> dict[str, Any]:
+    sides = (("one_by_one", durable_run, count), ("pipelined", pipelined_run, count * 10))
+    print("  durable pipelined: ", end="", flush=True)
+    if config.warmup:
+        for _, run, n in sides:
+            run("exesdb", max(100, n // 4))
+            print("w", end="", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
+    for _ in range(config.reps):
+        for name, run, n in sides:
+            runs[name].append(run("exesdb", n))
+            print(".", end="", flush=True)
+    print()
+    medians = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    spread = {
+        name: {"acked_per_s": [min(r["acked_per_s"] for r in rs), max(r["acked_per_s"] for r in rs)]}
+        for name, rs in runs.items()
+    }
+    base, other = medians["one_by_one"], medians["pipelined"]
+    return {
+        "title": "durable publish (fsync durable): acknowledged one by one vs pipelined (publish_durable_many)",
+        "sides": [name for name, _, _ in sides],
+        "count_per_run": count,
+        "pipelined_count_per_run": count * 10,
+        "runs": runs,
+        "medians": medians,
+        "spread": spread,
+        "ratios": {k: other[k] / base[k] if base[k] else float("nan") for k in ("acked_per_s", "mean_ack_us")},
+        "target": {
+            "metric": "acked_per_s",
+            "op": ">=",
+            "value": 20_000,
+            "side": "pipelined",
+            "met": bool(other["acked_per_s"] >= 20_000),
+        },
+    }
 
 
 def durable_publish(config: Config, count: int) -> dict[str, Any]:
@@ -188,7 +246,7 @@ def make_config(*, quick: bool, reps: int) -> tuple[Config, int]:
     return config, 2_000
 
 
-SCENARIOS = ("live_journal_on_off", "durable_publish", "journal_ingest")
+SCENARIOS = ("live_journal_on_off", "durable_publish", "durable_pipelined", "journal_ingest")
 
 
 def scenarios(*, quick: bool, reps: int) -> dict[str, dict[str, Any]]:
@@ -197,6 +255,7 @@ def scenarios(*, quick: bool, reps: int) -> dict[str, dict[str, Any]]:
     return {
         "live_journal_on_off": live_journal_on_off(config),
         "durable_publish": durable_publish(config, durable_count),
+        "durable_pipelined": durable_pipelined(config, durable_count),
         "journal_ingest": journal_ingest(config, 5_000 if quick else 200_000),
     }
 

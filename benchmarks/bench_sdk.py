@@ -24,6 +24,13 @@ Scenarios, each a pair of sides measured in the same run (ratio = right side / l
 - ``sdk_batch``: raw 100 B frames (left, messages/s) against ``Publisher.publish_batch`` of
   100 envelopes of ~100 B each -> ``exesdb-broker`` -> ``Subscriber.recv``, which yields
   the envelopes one by one (right, envelopes/s). Target >= 1.0.
+- ``coalesce_throughput``: ``Publisher.publish`` one message per call (``harness.SDK_DATA``)
+  -> ``exesdb-broker`` -> ``Subscriber.recv``, with coalescing off (``coalesce=0``, left) and
+  on (the default, 1 ms, right). Reported: msgs/s at the subscriber. No target.
+- ``coalesce_latency_<1000|5000>``: the same pair paced at 1,000 and 5,000 msg/s, each message
+  stamped with the publisher's monotonic clock and the latency taken at the subscriber (after
+  decoding): p50/p99/p99.9 with coalescing off (left) and on (right). Target: on/off p99 <= 1.5
+  (coalescing must not cost a paced publisher).
 - ``sdk_asyncio``: the synchronous SDK pair (left) against ``AsyncPublisher`` ->
   ``exesdb-broker`` -> ``AsyncSubscriber`` (right), both publishing the same dict. No target.
 
@@ -64,6 +71,7 @@ from exesdb_sdk.protocol import Encoder
 from harness import (
     FIRST_MESSAGE_TIMEOUT,
     IDLE_TIMEOUT,
+    LATENCY_SKIP,
     SDK_DATA,
     SEND_TIMEOUT_MS,
     SPAWN,
@@ -72,6 +80,7 @@ from harness import (
     Side,
     environment,
     handle_exits,
+    latency_summary,
     make_body,
     process_cpu_seconds,
     process_rss_mb,
@@ -102,13 +111,18 @@ class Plan:
     typed_count: int
     batch_count: int
     asyncio_count: int
+    coalesce_count: int = 5_000
+    latency_seconds: float = 1.0
     profile_dir: Path | None = None
 
     @classmethod
     def make(cls, *, quick: bool, reps: int, profile_dir: Path | None = None) -> Plan:
         if quick:
-            return cls(1, False, {100: 5_000, 1024: 5_000, 10240: 2_000}, 5_000, 5_000, 5_000, profile_dir)
-        return cls(reps, True, {100: 300_000, 1024: 200_000, 10240: 80_000}, 200_000, 300_000, 150_000, profile_dir)
+            return cls(1, False, {100: 5_000, 1024: 5_000, 10240: 2_000}, 5_000, 5_000, 5_000, 5_000, 1.0, profile_dir)
+        return cls(
+            reps, True, {100: 300_000, 1024: 200_000, 10240: 80_000}, 200_000, 300_000, 150_000, 200_000, 4.0,
+            profile_dir,
+        )  # fmt: skip
 
 
 # -- roles (each runs in its own spawned process) ---------------------------------------------------
@@ -133,6 +147,54 @@ def typed_publisher(*, ready: Callable[[], None], go: Event, frontend: str, coun
             publish(build(0.33 + (i & 1) / 100))  # same width: msgpack floats are always 9 bytes
         elapsed = time.perf_counter() - start
     return {"sent": count, "send_seconds": elapsed}
+
+
+def coalesce_publisher(
+    *, ready: Callable[[], None], go: Event, frontend: str, count: int, coalesce: float, rate: float | None
+) -> dict[str, Any]:
+    """``count`` ``Publisher.publish`` calls, one message each, with ``coalesce``: as fast as it
+    goes, or paced at ``rate`` msg/s with the monotonic send time in each message (``t``)."""
+    with Publisher(frontend, node="bench", linger=SEND_TIMEOUT_MS / 1000, coalesce=coalesce) as pub:
+        ready()
+        if not go.wait(FIRST_MESSAGE_TIMEOUT):
+            raise TimeoutError("never told to start")
+        publish, clock = pub.publish, time.monotonic_ns
+        start = time.perf_counter()
+        if rate is None:
+            for _ in range(count):
+                publish("metrics", "bench", "NodeHealth", SDK_DATA)
+        else:
+            period, sleep, t0 = 1e9 / rate, time.sleep, clock()
+            for i in range(count):
+                due = t0 + int(i * period)
+                now = clock()
+                if due > now:
+                    sleep((due - now) / 1e9)
+                publish("metrics", "bench", "Stamped", {"t": clock(), "pad": "x" * 40})
+        elapsed = time.perf_counter() - start
+    return {"sent": count, "send_seconds": elapsed}
+
+
+def latency_subscriber(*, ready: Callable[[], None], backend: str, count: int) -> dict[str, Any]:
+    """Up to ``count`` decoded messages; per message, now minus its publisher's stamp ``t``."""
+    latencies: list[int] = []
+    received = 0
+    with Subscriber(backend) as sub:
+        sub.subscribe("metrics", "bench")
+        ready()
+        clock = time.monotonic_ns
+        try:
+            recv = sub.recv
+            message = recv(timeout=FIRST_MESSAGE_TIMEOUT)
+            latencies.append(clock() - message.data["t"])
+            received = 1
+            while received < count:
+                message = recv(timeout=IDLE_TIMEOUT)
+                latencies.append(clock() - message.data["t"])
+                received += 1
+        except ReceiveTimeoutError:
+            pass
+    return {"received": received, "latencies_ns": latencies}
 
 
 def batch_publisher(
@@ -446,6 +508,35 @@ def sdk_batch(plan: Plan) -> dict[str, Any]:
     }
 
 
+def coalesce_throughput(plan: Plan) -> dict[str, Any]:
+    publisher = "bench_sdk:coalesce_publisher"
+    sides = (
+        Side("coalesce_off", "exesdb", publisher, "sdk_subscriber", {"coalesce": 0.0, "rate": None}, {}),
+        Side("coalesce_on", "exesdb", publisher, "sdk_subscriber", {"coalesce": None, "rate": None}, {}),
+    )
+    result = compare_over(
+        "coalesce_throughput", "SDK one message per call, coalescing off vs on", sides, plan.coalesce_count,
+        throughput_summary, ["msgs_per_s", "publish_msgs_per_s", "broker_cpu_us_per_msg"], None, plan,
+    )  # fmt: skip
+    return {**result, "topic": TOPIC.decode(), "sdk_data": SDK_DATA}
+
+
+def coalesce_latency(plan: Plan, rate: int) -> dict[str, Any]:
+    publisher = "bench_sdk:coalesce_publisher"
+    subscriber = "bench_sdk:latency_subscriber"
+    sides = (
+        Side("coalesce_off", "exesdb", publisher, subscriber, {"coalesce": 0.0, "rate": rate}, {}),
+        Side("coalesce_on", "exesdb", publisher, subscriber, {"coalesce": None, "rate": rate}, {}),
+    )
+    count = max(LATENCY_SKIP * 4, int(rate * plan.latency_seconds))
+
+    result = compare_over(
+        f"coalesce_latency_{rate}", f"SDK latency at {rate} msg/s, coalescing off vs on", sides, count,
+        latency_summary, ["p99_us", "p50_us", "p999_us"], ("p99_us", "<=", 1.5), plan,
+    )  # fmt: skip
+    return {**result, "rate": rate, "topic": TOPIC.decode()}
+
+
 def sdk_asyncio(plan: Plan) -> dict[str, Any]:
     sides = (
         Side("sync_exesdb", "exesdb", "sdk_publisher", "sdk_subscriber", {"data": SDK_DATA}, {}),
@@ -468,6 +559,9 @@ def scenario_table(plan: Plan) -> dict[str, Callable[[], dict[str, Any]]]:
     table["sdk_typed"] = partial(sdk_typed, plan)
     table["sdk_batch"] = partial(sdk_batch, plan)
     table["sdk_asyncio"] = partial(sdk_asyncio, plan)
+    table["coalesce_throughput"] = partial(coalesce_throughput, plan)
+    for rate in (1000, 5000):
+        table[f"coalesce_latency_{rate}"] = partial(coalesce_latency, plan, rate)
     return table
 
 

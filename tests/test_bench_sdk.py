@@ -17,8 +17,11 @@ SCENARIOS = {
     "sdk_typed",
     "sdk_batch",
     "sdk_asyncio",
+    "coalesce_throughput",
+    "coalesce_latency_1000",
+    "coalesce_latency_5000",
 }
-UNTARGETED = {"sdk_asyncio"}
+UNTARGETED = {"sdk_asyncio", "coalesce_throughput"}
 
 
 @pytest.mark.timeout(200)

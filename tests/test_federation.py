@@ -120,7 +120,9 @@ def test_a_publisher_on_a_reaches_b_and_c_exactly_once_in_order(
         _until_federated(a, subs[1:])
         _until_federated(a, subs[:1])
         count = 500
-        with Publisher(a.frontend) as publisher:
+        # one message per envelope: the federation counters below count messages (a coalesced
+        # batch is one export); delivery of coalesced batches is what the subscribers check
+        with Publisher(a.frontend, coalesce=0) as publisher:
             for n in range(1, count + 1):
                 publisher.publish("events", TOPIC, "Counted", {"n": n})
             pub = publisher.pub_id

@@ -317,7 +317,7 @@ from exesdb_sdk import Publisher
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 data = {"node": "node1", "status": "healthy", "load_avg": 0.42, "memory_usage": 0.61}
-with Publisher(sys.argv[1], linger=0) as pub:
+with Publisher(sys.argv[1], linger=0, coalesce=0) as pub:  # a flood of single messages, as measured
     for n in range(10_000_000):
         if n % 1000 == 0 and stop.is_set():
             break
@@ -352,7 +352,7 @@ def test_slow_clients_are_shed_with_a_visible_gap_or_cut_off_and_others_are_serv
     try:
         shed = wait_until(lambda: counters["sse_cut_off"] >= 1 and b"event: gap\n" in received, 30, 0.05)
         # meanwhile the server serves everyone else
-        with client(served) as http, Publisher(broker.frontend, control=broker.control) as pub:
+        with client(served) as http, Publisher(broker.frontend, control=broker.control, coalesce=0) as pub:
             assert http.get("/v1/stats").status_code == 200
             with http.stream("GET", "/v1/stream", params={"instance": "alerts"}) as response:
                 events = Events(response)
@@ -385,7 +385,7 @@ def test_journal_gap_markers_become_gap_events(start_broker: StartBroker, serve:
     with (
         client(served) as http,
         http.stream("GET", "/v1/stream", params={"topic": "alerts/critical"}) as response,
-        Publisher(broker.frontend, control=broker.control) as pub,
+        Publisher(broker.frontend, control=broker.control, coalesce=0) as pub,
     ):
         events = Events(response)
         for n in range(FLOOD):  # on alerts/warning: the stream wants none of them, only the gaps
@@ -425,7 +425,7 @@ def test_a_stream_over_its_rate_sheds_in_the_broker_and_counts_every_loss(start_
     with (
         httpx.Client(base_url=broker.http, timeout=httpx.Timeout(10.0, read=15.0)) as http,
         http.stream("GET", "/v1/stream", params={"topic": "diagnostics/flood"}) as response,
-        Publisher(broker.frontend) as pub,
+        Publisher(broker.frontend, coalesce=0) as pub,
     ):
         assert response.status_code == 200
         reader = threading.Thread(target=read, args=(response,), daemon=True)

@@ -151,7 +151,8 @@ def test_raw_publisher_to_sdk_subscriber(broker: BrokerProcess) -> None:
 
 
 def test_sdk_publisher_to_raw_subscriber(broker: BrokerProcess) -> None:
-    with RawSubscriber(broker.backend) as sub, Publisher(broker.frontend) as pub:
+    # coalescing off: this checks that single publishes are single messages on the wire
+    with RawSubscriber(broker.backend) as sub, Publisher(broker.frontend, coalesce=0) as pub:
         sub.subscribe("audit")
         seqs = [pub.publish("audit", "orders:eu", "AuditEntry", {"n": i}) for i in range(3)]
         seqs.append(pub.publish("audit", "orders:eu", "AuditEntry", {"n": 3}, corr="c-3"))

@@ -72,7 +72,7 @@ def test_replay_pages_through_100k_records(journaled: BrokerProcess) -> None:
 
 
 def test_offline_subscriber_catches_up_then_continues_live_without_gap_or_duplicate(journaled: BrokerProcess) -> None:
-    with Publisher(journaled.frontend) as early:
+    with Publisher(journaled.frontend, coalesce=0) as early:  # one journal record per message
         for n in range(500):  # nobody is listening: only the journal records these
             early.publish("audit", "orders", "Custom", {"n": n})
         early_id = early.pub_id

@@ -20,6 +20,7 @@ import sqlite3
 import time
 from typing import Final
 
+import msgspec
 from exesdb_sdk.errors import ProtocolError
 from exesdb_sdk.protocol import Decoder
 
@@ -33,6 +34,9 @@ LAST_TOPICS: Final = 10_000
 """Last-value topics kept; past this the least recently updated is forgotten."""
 LAST_FLUSH: Final = 1.0
 """Seconds between writes of changed last values to SQLite."""
+
+_ARRAYS: Final = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
+_elements: Final = msgspec.msgpack.Decoder(list[msgspec.Raw])
 
 
 class LastValues:
@@ -107,6 +111,11 @@ class LastValues:
                 self._keep(topic, value)
 
     def _keep(self, topic: bytes, value: tuple[int, bytes]) -> None:
+        body = value[1]
+        if body and body[0] in _ARRAYS:
+            # a batch (publishers coalesce consecutive messages of a topic into one): the last
+            # value is its last envelope, each of which stands (and is signed) on its own
+            value = (value[0], bytes(_elements.decode(body)[-1]))
         kept = self._kept
         kept.pop(topic, None)
         kept[topic] = value

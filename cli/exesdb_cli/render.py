@@ -10,8 +10,9 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Final
 
-from exesdb_sdk import Message
+from exesdb_sdk import Message, ValidationError
 from exesdb_sdk.jsonview import json_ready, message_json
+from exesdb_sdk.messages.base import lookup
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -74,7 +75,7 @@ _MAX_FIELDS: Final = 5
 
 def category(message: Message) -> str | None:
     """The colour category of a message, as the seed colours its log lines."""
-    data = message.data
+    data: Mapping[str, Any] = message.data
     if message.instance.alias == "alerts" and data.get("severity") in STYLES:
         return str(data["severity"])
     words = {str(data.get(key)).lower() for key in ("status", "event", "result", "level")}
@@ -95,9 +96,10 @@ def key_fields(message: Message) -> str:
     """What happened, with its numbers: for catalogue types the fields and figures that matter
     (``3/4 healthy``, ``4500 ops/s``, ``350.2 msg/s 3 subscribers``), ``key=value`` or a short
     phrase each, separated by spaces; for other types the first few fields, ``key=value``."""
-    data = message.data
+    data: Mapping[str, Any] = message.data
     layout = _LAYOUTS.get(message.type)
     if layout is not None:
+        data = _whole(message)
         try:
             return " ".join(part for part in (_part(entry, data) for entry in layout) if part)
         except (TypeError, ValueError, OverflowError):  # data that does not fit its type: shown as it is
@@ -106,6 +108,22 @@ def key_fields(message: Message) -> str:
     if not chosen:
         chosen = [key for key, value in data.items() if value is not None][:_MAX_FIELDS]
     return " ".join(f"{key}={_value(data[key])}" for key in chosen)
+
+
+def _whole(message: Message) -> Mapping[str, Any]:
+    """A catalogue message's data with the defaults its body leaves out filled in (its typed
+    payload's fields); the data as it is when it does not fit its type."""
+    payload = message.payload
+    if payload is None:
+        cls = lookup(message.type)
+        if cls is None:
+            return message.data
+        try:
+            payload = cls.from_data(message.data)
+        except ValidationError:
+            return message.data
+    whole: dict[str, Any] = payload.to_data()
+    return whole
 
 
 # --------------------------------------------------------------------------- per-type layouts

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
@@ -21,9 +21,9 @@ import zmq
 from .curve import BrokerGone
 from .durable import ReplayFrom, durability_error, durable_request, durable_seq
 from .endpoints import Rotation
-from .errors import BrokerUnavailableError, ControlError, ReceiveTimeoutError
+from .errors import BrokerUnavailableError, ControlError, ProtocolError, ReceiveTimeoutError
 from .instances import Instance
-from .protocol import Message
+from .protocol import Message, encode_request
 
 if TYPE_CHECKING:
     from .control import ReplyMatcher
@@ -31,12 +31,15 @@ if TYPE_CHECKING:
     from .subscriber import SubscriberCore
 
 __all__ = [
+    "CommitMany",
     "Flow",
     "ReadHeld",
     "Receive",
+    "ReceiveMany",
     "Reconnect",
     "Request",
     "Send",
+    "SendMany",
     "Settle",
     "Step",
     "Subscribe",
@@ -44,11 +47,13 @@ __all__ = [
     "WaitReady",
     "arun",
     "catch_up",
+    "commit_pipelined",
     "connect_any",
     "control_failover",
     "control_request",
     "done",
     "durable_publish",
+    "durable_publish_many",
     "probe",
     "probe_any",
     "publisher_failover",
@@ -134,7 +139,46 @@ class Reconnect:
     endpoint: str
 
 
-Step = WaitReady | Request | ReadHeld | Send | Receive | Settle | Subscribe | Unsubscribe | Reconnect
+@dataclass(frozen=True, slots=True)
+class SendMany:
+    """Send these messages without waiting, in order, until the queue is full; the result is
+    how many were sent."""
+
+    messages: list[list[bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiveMany:
+    """What the socket holds now, up to ``limit`` messages; if it holds nothing, wait up to
+    ``timeout`` seconds for the first. The result is a list (empty: nothing yet)."""
+
+    timeout: float
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class CommitMany:
+    """Commit these ``(topic, body)`` pairs through the control client, ``window`` in flight;
+    the result is :meth:`~exesdb_sdk.control.ControlBase.commit_many`'s list."""
+
+    messages: list[tuple[bytes, bytes]]
+    window: int
+
+
+Step = (
+    WaitReady
+    | Request
+    | ReadHeld
+    | Send
+    | Receive
+    | Settle
+    | Subscribe
+    | Unsubscribe
+    | Reconnect
+    | CommitMany
+    | SendMany
+    | ReceiveMany
+)
 Flow = Generator[Step, Any, T]
 
 
@@ -322,6 +366,96 @@ def durable_publish(publisher: PublisherCore, topic: bytes, body: bytes, envelop
         raise durability_error(exc) from None
     publisher._count(topic, body, envelopes)
     return durable_seq(reply)
+
+
+def durable_publish_many(
+    publisher: PublisherCore, encoded: list[tuple[bytes, bytes, int]], window: int
+) -> Flow[list[int | ControlError]]:
+    """Durable publishes of encoded messages, pipelined: per message the broker's sequence
+    number or the error. Refused messages at the end of a topic's run give their sequence
+    numbers back (a refusal followed by a commit on the same topic leaves a gap, as a lost
+    message would)."""
+    results: list[int | ControlError] = yield CommitMany([(topic, body) for topic, body, _ in encoded], window)
+    refused_tail: dict[bytes, bool] = {}
+    for (topic, body, envelopes), result in zip(reversed(encoded), reversed(results), strict=True):
+        if isinstance(result, int):
+            refused_tail[topic] = False
+            publisher._count(topic, body, envelopes)
+        elif refused_tail.setdefault(topic, True) and result.code not in ("unanswered",):
+            publisher._refused(topic, publisher._encoder.seq(topic), envelopes)
+        else:
+            refused_tail[topic] = False  # may have been committed: its seqs stay used
+    return [durability_error(r) if isinstance(r, ControlError) else r for r in results]
+
+
+def commit_pipelined(
+    matcher: ReplyMatcher,
+    messages: Sequence[tuple[bytes, bytes]],
+    window: int,
+    timeout: float,
+    endpoint: str,
+    after: str | None = None,
+) -> Flow[list[int | ControlError]]:
+    """Durable ``publish`` requests for raw ``(topic, body)`` pairs, up to ``window`` unanswered
+    at once; per message, the broker's sequence number or the error (see
+    :meth:`~exesdb_sdk.control.ControlBase.commit_many`). Replies are matched by request id, so
+    their order does not matter; a reply to anything else is skipped. When nothing is answered
+    for ``timeout`` seconds the rest is given up (and, with ``after``, the client moves there)."""
+    count = len(messages)
+    results: list[int | ControlError | None] = [None] * count
+    first = matcher.ids(count).start
+    sent = unanswered = 0
+    deadline = time.monotonic() + timeout
+    for _ in range(_STEPS):
+        if sent < count and unanswered < window:
+            batch: list[list[bytes]] = []
+            indexes: list[int] = []
+            while sent < count and unanswered + len(batch) < window:
+                topic, body = messages[sent]
+                try:
+                    request = encode_request("publish", {"topic": topic.decode(), "body": body}, first + sent)
+                except UnicodeDecodeError:
+                    results[sent] = ControlError("bad_request", "topic is not UTF-8")
+                else:
+                    batch.append([b"", request])
+                    indexes.append(sent)
+                sent += 1
+            done = (yield SendMany(batch)) if batch else 0
+            unanswered += done
+            if done < len(batch):  # the queue to the broker is full: the rest waits for replies
+                sent = indexes[done]
+        if not unanswered and sent == count:
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        received = yield ReceiveMany(remaining, window)
+        for frames in received:
+            answered = matcher.answer(frames)
+            if answered is None:
+                continue
+            request_id, reply = answered
+            index = request_id - first if type(request_id) is int else -1
+            if not 0 <= index < sent or results[index] is not None:
+                continue  # a late reply to an earlier request, or a repeat
+            if isinstance(reply, ControlError):
+                results[index] = durability_error(reply)
+            else:
+                try:
+                    results[index] = durable_seq(reply)
+                except ProtocolError as exc:
+                    results[index] = ControlError(exc.reason, exc.detail)
+            unanswered -= 1
+            deadline = time.monotonic() + timeout
+    else:  # pragma: no cover (bounded by design)
+        raise AssertionError("a client flow did not end")
+    if unanswered and after is not None:
+        yield Reconnect(after)
+    elif sent:
+        yield Settle()
+    unknown = ControlError("unanswered", f"no reply from {endpoint} within {timeout:g} s: outcome unknown")
+    never = ControlError("not_sent", f"not sent: {endpoint} stopped answering")
+    return [(unknown if index < sent else never) if result is None else result for index, result in enumerate(results)]
 
 
 def connect_any(rotation: Rotation, order: list[str], timeout: float) -> Flow[None]:

@@ -7,33 +7,38 @@ inside one event loop.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Iterable, Sequence
 from typing import Any, Final, Self, TypeVar
 
 import zmq
 import zmq.asyncio
 
 from ._flows import (
+    CommitMany,
     Flow,
     Receive,
+    ReceiveMany,
     Reconnect,
     Request,
     Send,
+    SendMany,
     Step,
     WaitReady,
     arun,
     durable_publish,
+    durable_publish_many,
     publisher_failover,
     receive,
 )
 from ._frames import recv_frames
 from ._owner import AsyncSocketOwner
-from .control import ControlBase
-from .errors import ClosedError, ReceiveTimeoutError
+from .control import DEFAULT_COMMIT_WINDOW, ControlBase, receive_held, send_many
+from .errors import ClosedError, ControlError, ReceiveTimeoutError
 from .protocol import Message
-from .publisher import PublisherBase
+from .publisher import DurableItem, PublisherBase, send_frames_nowait
 from .subscriber import DEFAULT_BATCH, SubscriberBase
 
 __all__ = ["AsyncControlClient", "AsyncPublisher", "AsyncSubscriber"]
@@ -53,6 +58,17 @@ class AsyncControlClient(
     def _drive(self, flow: Flow[Any]) -> Any:
         return arun(flow, self._perform)
 
+    async def commit_many(
+        self,
+        messages: Sequence[tuple[bytes, bytes]],
+        window: int = DEFAULT_COMMIT_WINDOW,
+        *,
+        timeout: float | None = None,
+    ) -> list[int | ControlError]:
+        """See :meth:`~exesdb_sdk.control.ControlBase.commit_many`."""
+        results: list[int | ControlError] = await super().commit_many(messages, window, timeout=timeout)
+        return results
+
     async def _perform(self, step: Step) -> Any:
         socket = self._live()
         if isinstance(step, Send):
@@ -60,6 +76,13 @@ class AsyncControlClient(
         if isinstance(step, Receive):
             ready = await self._watch.await_readable(socket, max(1, int(step.timeout * 1000)))
             return await socket.recv_multipart() if ready else None
+        if isinstance(step, SendMany):
+            return send_many(socket, step.messages)  # never waits: the asyncio socket's sync path
+        if isinstance(step, ReceiveMany):
+            received = receive_held(socket, step.limit)
+            if not received and await self._watch.await_readable(socket, max(1, int(step.timeout * 1000))):
+                received = receive_held(socket, step.limit)
+            return received
         if isinstance(step, Reconnect):
             return self._switch(step.endpoint)
         return self._watch.settle()
@@ -82,6 +105,8 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
 
     def _start(self) -> None:
         self._connected = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending = 0
 
     async def connect(self) -> Self:
         """Connect (to the first of its brokers that answers) and wait for the broker's
@@ -102,26 +127,79 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
 
     async def _deliver(self, topic: bytes, body: bytes, envelopes: int, durable: bool, batch: bool) -> int:
         if durable:
+            if self._held:
+                await self._send(*self._take_held())
             seq = await arun(durable_publish(self, topic, body, envelopes), self._perform)
             return envelopes if batch else seq
+        seq = self._encoder.seq(topic)
+        if batch or not self._coalesce:
+            if self._held:
+                await self._send(*self._take_held())
+            await self._send(topic, body, envelopes)
+        else:
+            for message in self._coalesce_step(topic, body):
+                await self._send(*message)
+        return envelopes if batch else seq
+
+    async def _send(self, topic: bytes, body: bytes, envelopes: int) -> None:
         socket = self._live()
         if not self._connected:
             raise ClosedError("publisher is not connected: await connect() first")
         if self._several and _monotonic() >= self._check_at and self._broker_lost():
             await self._failover()
+            socket = self._live()
+        self._sending += 1  # the timer must not send past a message that is waiting for the queue
         try:
-            await socket.send_multipart((topic, body))
-        except zmq.Again:
-            if not self._several:
-                raise self._timed_out(topic) from None
-            await self._failover()  # the broker took nothing for send_timeout: the next one
             try:
                 await socket.send_multipart((topic, body))
             except zmq.Again:
-                raise self._timed_out(topic) from None
+                if not self._several:
+                    raise self._timed_out(topic) from None
+                await self._failover()  # the broker took nothing for send_timeout: the next one
+                try:
+                    await self._live().send_multipart((topic, body))
+                except zmq.Again:
+                    raise self._timed_out(topic) from None
+        finally:
+            self._sending -= 1
         if self._count(topic, body, envelopes):
             self._drain()
-        return envelopes if batch else self._encoder.seq(topic)
+
+    async def flush(self) -> None:
+        """Send what coalescing holds now (waiting up to ``send_timeout``, as a publish does)."""
+        if self._held:
+            await self._send(*self._take_held())
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._coalesce, self._on_timer)
+
+    def _on_timer(self) -> None:
+        """Send what is held once it is due, without waiting (a full queue, or a send waiting
+        for it, leaves it held for another coalesce period, or the next publish, flush or close)."""
+        self._timer = None
+        due, socket = self._due(), self._socket
+        if due is None or socket is None:
+            return
+        now = _monotonic()
+        if now >= due and not self._sending:
+            bodies, coalesced = self._held, self._coalesced
+            topic, body, envelopes = self._take_held()
+            if send_frames_nowait(socket, topic, body):
+                self._count(topic, body, envelopes)
+                return
+            self._held, self._held_bytes, self._coalesced = bodies, sum(map(len, bodies)), coalesced
+            self._held_at = now
+        self._timer = asyncio.get_running_loop().call_later(max(0.0, (self._due() or now) - now), self._on_timer)
+
+    async def publish_durable_many(
+        self, items: Iterable[DurableItem], *, window: int = DEFAULT_COMMIT_WINDOW
+    ) -> list[int | ControlError]:
+        """See :meth:`~exesdb_sdk.publisher.PublisherBase.publish_durable_many`."""
+        encoded = self._encode_many(items, window)
+        if self._held:  # what was published before goes first
+            await self._send(*self._take_held())
+        return await arun(durable_publish_many(self, encoded, window), self._perform)
 
     async def _failover(self) -> None:
         await arun(publisher_failover(self, self.connect_timeout), self._perform)
@@ -130,6 +208,8 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
     async def _perform(self, step: Step) -> Any:
         if isinstance(step, Request):
             return await self._control.get().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, CommitMany):
+            return await self._control.get().commit_many(step.messages, step.window)
         if isinstance(step, Receive):
             socket = self._live()
             ready = await self._watch.await_readable(socket, max(1, int(step.timeout * 1000)))
@@ -137,12 +217,21 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
         return self._step_io(step)
 
     async def aclose(self, linger: float | None = None) -> None:
-        """Close, flushing unsent messages for at most ``linger`` seconds (default: the
-        constructor's). Idempotent."""
-        control = self._control.take()
-        if control is not None:
-            await control.aclose()
-        await super().aclose(self._linger if linger is None else linger)
+        """Send what coalescing holds, then close, flushing unsent messages for at most
+        ``linger`` seconds (default: the constructor's). Idempotent. If what was held cannot
+        be sent within ``send_timeout`` it still closes, then raises
+        :class:`~exesdb_sdk.errors.PublishTimeoutError`."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+        try:
+            if not self.closed and self._connected:
+                await self.flush()
+        finally:
+            control = self._control.take()
+            if control is not None:
+                await control.aclose()
+            await super().aclose(self._linger if linger is None else linger)
 
 
 class AsyncSubscriber(

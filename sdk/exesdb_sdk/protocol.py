@@ -47,6 +47,7 @@ __all__ = [
     "encode_reply",
     "encode_request",
     "is_reserved",
+    "join_bodies",
     "new_publisher_id",
     "parse_topic",
 ]
@@ -316,6 +317,15 @@ class Encoder:
         self._checked(topic, body)
         self._seqs[topic] = start + len(envelopes)
         return body
+
+
+def join_bodies(bodies: Sequence[bytes]) -> bytes:
+    """The body of a batch made of single-envelope bodies of one topic (each signed already,
+    if signing is on): the same bytes :meth:`Encoder.encode_batch` builds for those envelopes.
+    One body stays as it is."""
+    if len(bodies) == 1:
+        return bodies[0]
+    return _array_header(len(bodies)) + b"".join(bodies)
 
 
 def _array_header(count: int) -> bytes:

@@ -237,7 +237,8 @@ def _jetstream_families(jetstream: dict[str, Any]) -> Iterator[Metric]:
     """``exesdb_federation_jetstream_*``: the journaled instances through JetStream, per channel."""
     yield _gauge("exesdb_federation_jetstream_up", "1 while the journaled federation works",
                  jetstream.get("state") == "ok")  # fmt: skip
-    instances = jetstream.get("instances") if isinstance(jetstream.get("instances"), dict) else {}
+    found = jetstream.get("instances")
+    instances: dict[str, Any] = found if isinstance(found, dict) else {}
     families = (
         ("exported", CounterMetricFamily, "Journal records exported to JetStream"),
         ("imported", CounterMetricFamily, "Messages from JetStream committed to this journal"),

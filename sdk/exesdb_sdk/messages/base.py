@@ -6,6 +6,11 @@ name its own fields (``"store_health:{store}"``). Constructing one checks every 
 and enumerated values and raises :class:`~exesdb_sdk.errors.ValidationError` naming the
 message type and the field. Rebuilding one from received data ignores unknown keys and gives
 missing optional keys their defaults.
+
+On the wire a payload omits every field that holds its default (msgspec ``omit_defaults``): a
+``NodeHealth`` with only ``node`` and ``status`` set is their two keys, not six. A reader fills
+the missing keys in (:meth:`Payload.from_data`, which a subscriber runs for ``message.payload``);
+a body that spells every default out, as older publishers sent, decodes to the same payload.
 """
 
 from __future__ import annotations
@@ -187,7 +192,7 @@ def _build_subtopic(cls: type[Payload]) -> Callable[[Payload], str]:
     return fill
 
 
-class Payload(msgspec.Struct, kw_only=True, gc=False, repr_omit_defaults=True):
+class Payload(msgspec.Struct, kw_only=True, gc=False, repr_omit_defaults=True, omit_defaults=True):
     """Base class of the typed messages. Subclasses set ``__instance__`` and ``__subtopic__``."""
 
     __instance__: ClassVar[Instance]
@@ -221,8 +226,8 @@ class Payload(msgspec.Struct, kw_only=True, gc=False, repr_omit_defaults=True):
         return fill(self)
 
     def to_data(self) -> dict[str, Any]:
-        """The envelope's ``data``: every field as builtins."""
-        data: dict[str, Any] = msgspec.to_builtins(self)
+        """Every field as builtins, defaults included (the wire form omits them)."""
+        data: dict[str, Any] = msgspec.to_builtins({name: getattr(self, name) for name in self.__struct_fields__})
         return data
 
     @classmethod
