@@ -13,12 +13,16 @@ created by whichever broker needs it first.
   the stream drops what it already has by ``Nats-Msg-Id`` (``<pub>:<topic>:<seq>``, the message's
   own identity) within its duplicate window. A first start begins at the journal's head.
 - **import**: a durable pull consumer per stream and broker (``exesdb-<name>``, explicit acks,
-  at most :data:`MAX_ACK_PENDING` unacknowledged); each message from another broker is committed
-  to this broker's journal as a durable publish (the control op ``publish``, over inproc), and
-  acknowledged to JetStream only once committed. A broker that was down finds its consumer where
-  it left it and catches up. What this broker imported is never exported again (it keeps the
-  bodies it committed until its exporter passes them, :data:`IMPORTED_LIMIT` at most; past that,
-  or across a restart, the stream's duplicate window catches a second copy).
+  at most :data:`MAX_ACK_PENDING` unacknowledged); each fetched batch from other brokers is
+  committed to this broker's journal as durable publishes (the control op ``publish`` over
+  inproc, pipelined: one group commit for many, :meth:`~exesdb_sdk.AsyncControlClient.commit_many`),
+  in stream order; then the import cursor (the last stream seq committed, in ``federation.db``)
+  moves and the batch is acknowledged. The cursor, not the consumer, says what is committed: a
+  delivery lost on the way (a gap in the stream seqs), a commit that failed, a restart or a
+  broker that was down all start the consumer again from the cursor, so the journal takes the
+  stream in its order with nothing skipped. What this broker imported is never exported again
+  (it keeps the bodies it committed until its exporter passes them, :data:`IMPORTED_LIMIT` at
+  most; past that, or across a restart, the stream's duplicate window catches a second copy).
 
 Counted in ``stats.federation.jetstream``: per instance exported, imported, ``lag`` (records of
 its journal not yet exported; messages of the stream not yet imported), and what was lost or
@@ -54,13 +58,23 @@ from exesdb_sdk.subjects import escape_token
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    ConsumerInfo,
+    DeliverPolicy,
+    DiscardPolicy,
+    StorageType,
+    StreamConfig,
+)
 
 __all__ = ["DB_NAME", "JetStreamBridge", "JetStreamPlan", "stream_name"]
 
 log = logging.getLogger("exesdb.broker.federation")
 
 DB_NAME: Final = "federation.db"
+EXPORT: Final = "export"
+IMPORT: Final = "import"
 EXPORT_WINDOW: Final = 256
 """Publishes awaiting their acknowledgement, per exporting instance."""
 MAX_ACK_PENDING: Final = 1024
@@ -80,7 +94,8 @@ _POLL: Final = 1.0
 _RETRY: Final = 1.0
 _LAG_EVERY: Final = 2.0
 _CONTROL_TIMEOUT: Final = 10.0
-_NAK_DELAY: Final = 1.0
+_COMMIT_RETRY: Final = 1.0
+"""Seconds before an import the journal could not commit is tried again."""
 _SEEN_LIMIT: Final = 100_000
 _TOPIC_SAFE: Final = "/:@,=+~-_"
 _REFUSED_CODES: Final = frozenset({"bad_request", "invalid_message", "malformed", "too_large", "not_journaled"})
@@ -150,22 +165,27 @@ def _one_line(exc: BaseException) -> str:
 
 
 class Cursors:
-    """``federation.db``: the export cursor per journaled instance (the last broker seq exported)."""
+    """``federation.db``: per journaled instance, the export cursor (the last broker seq exported)
+    and the import cursor (the last stream seq committed to the journal)."""
 
     def __init__(self, data_dir: str) -> None:
         path = Path(data_dir) / DB_NAME
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, timeout=5.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("CREATE TABLE IF NOT EXISTS export_cursor (instance TEXT PRIMARY KEY, seq INTEGER NOT NULL)")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS cursor (kind TEXT NOT NULL, instance TEXT NOT NULL, seq INTEGER NOT NULL,"
+            " PRIMARY KEY (kind, instance))"
+        )
 
-    def get(self, instance: Instance) -> int | None:
-        """The cursor of ``instance``, or ``None`` before its first export."""
-        row = self._db.execute("SELECT seq FROM export_cursor WHERE instance = ?", (instance.value,)).fetchone()
+    def get(self, instance: Instance, kind: str = EXPORT) -> int | None:
+        """The ``kind`` cursor of ``instance``, or ``None`` before its first use."""
+        query = "SELECT seq FROM cursor WHERE kind = ? AND instance = ?"
+        row = self._db.execute(query, (kind, instance.value)).fetchone()
         return None if row is None else int(row[0])
 
-    def set(self, instance: Instance, seq: int) -> None:
-        """Move the cursor of ``instance`` (one small transaction)."""
-        self._db.execute("INSERT OR REPLACE INTO export_cursor VALUES (?, ?)", (instance.value, seq))
+    def set(self, instance: Instance, seq: int, kind: str = EXPORT) -> None:
+        """Move the ``kind`` cursor of ``instance`` (one small transaction)."""
+        self._db.execute("INSERT OR REPLACE INTO cursor VALUES (?, ?, ?)", (kind, instance.value, seq))
 
     def close(self) -> None:
         self._db.close()
@@ -193,6 +213,8 @@ class JetStreamBridge:
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._decoder = Decoder()
         self._bells: dict[Instance, asyncio.Event] = {}
+        self._gaps: dict[Instance, tuple[int, int]] = {}
+        """Per imported instance, the last gap in the deliveries (expected, delivered)."""
 
     @property
     def active(self) -> bool:
@@ -270,7 +292,7 @@ class JetStreamBridge:
             exports = zip(self.plan.exports, controls, strict=False)
             imports = zip(self.plan.imports, controls[len(self.plan.exports) :], strict=True)
             tasks += [asyncio.create_task(self._export(js, control, cursors, i)) for i, control in exports]
-            tasks += [asyncio.create_task(self._import(js, control, i)) for i, control in imports]
+            tasks += [asyncio.create_task(self._import(js, control, cursors, i)) for i, control in imports]
             tasks.append(asyncio.create_task(self._measure(js)))
             await asyncio.gather(*tasks)
         finally:
@@ -484,75 +506,129 @@ class JetStreamBridge:
 
     # -- import ----------------------------------------------------------------------------
 
-    async def _import(self, js: JetStreamContext, control: AsyncControlClient, instance: Instance) -> None:
+    async def _import(
+        self, js: JetStreamContext, control: AsyncControlClient, cursors: Cursors, instance: Instance
+    ) -> None:
         counts = self._state.counts[instance.value]
         stream, durable = stream_name(instance), self._durable
         for attempt in range(1_000_000_000):
             try:
-                await self._consumer(js, stream, durable)
+                expected = await self._start(js, cursors, instance, counts)
                 subscription = await js.pull_subscribe_bind(durable=durable, stream=stream)
-                info = await subscription.consumer_info()
-                delivered = info.delivered.stream_seq if info.delivered is not None else 0
                 attempt = 0
                 for _ in iter(int, 1):
                     try:
                         messages = await subscription.fetch(FETCH, timeout=_POLL)
                     except nats.errors.TimeoutError:
                         continue
-                    delivered = await self._take(control, instance, counts, messages, delivered)
-            except (ControlError, BrokerUnavailableError, nats.errors.Error, OSError, TimeoutError) as exc:
+                    expected, in_order = await self._take(control, cursors, instance, counts, messages, expected)
+                    if not in_order:
+                        break  # start again from the cursor
+            except (
+                ControlError,
+                BrokerUnavailableError,
+                nats.errors.Error,
+                OSError,
+                sqlite3.Error,
+                TimeoutError,
+            ) as exc:
                 self._fault(f"import {instance.value}", _one_line(exc))
                 await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
 
-    @staticmethod
-    async def _consumer(js: JetStreamContext, stream: str, durable: str) -> None:
-        """This broker's consumer of ``stream``: the existing one as it is, else a new one."""
+    async def _start(self, js: JetStreamContext, cursors: Cursors, instance: Instance, counts: _Counts) -> int:
+        """(Re)create this broker's consumer so that it delivers from the import cursor on, and
+        return the stream sequence number expected next. The cursor (``federation.db``), not the
+        consumer's acknowledgements, says what is committed: a delivery lost on the way (a NATS
+        server dying under it) or a commit that failed starts the consumer again there, so the
+        journal takes the stream in its order, with nothing skipped."""
+        stream, durable = stream_name(instance), self._durable
+        cursor = cursors.get(instance, IMPORT)
+        info: ConsumerInfo | None = None
         with contextlib.suppress(nats.js.errors.NotFoundError):
-            await js.consumer_info(stream, durable)
-            return
-        await js.add_consumer(
-            stream,
-            ConsumerConfig(
-                durable_name=durable,
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.NEW,
-                max_ack_pending=MAX_ACK_PENDING,
-                ack_wait=ACK_WAIT,
-            ),
+            info = await js.consumer_info(stream, durable)
+        if cursor is None and info is None:  # a first start: what is published from now on
+            info = await js.add_consumer(stream, self._consumer_config(DeliverPolicy.NEW))
+            start = (info.delivered.stream_seq if info.delivered is not None else 0) + 1
+            cursors.set(instance, start - 1, IMPORT)
+            return start
+        if cursor is None:  # a consumer from before the cursor was kept: what it acknowledged
+            assert info is not None
+            cursor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        start = cursor + 1
+        first = (await js.stream_info(stream)).state.first_seq
+        if first > start:
+            counts.lost += first - start  # discarded by the stream's limits before this broker read them
+            start = first
+        if info is not None:
+            await js.delete_consumer(stream, durable)
+        await js.add_consumer(stream, self._consumer_config(DeliverPolicy.BY_START_SEQUENCE, start))
+        return start
+
+    def _consumer_config(self, policy: DeliverPolicy, start: int | None = None) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self._durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=policy,
+            opt_start_seq=start,
+            max_ack_pending=MAX_ACK_PENDING,
+            ack_wait=ACK_WAIT,
         )
 
     async def _take(
-        self, control: AsyncControlClient, instance: Instance, counts: _Counts, messages: list[Msg], delivered: int
-    ) -> int:
-        """Commit a fetched batch to the journal in order, pipelined (one group commit for many),
-        each message acknowledged once committed; one that cannot be committed now goes back to
-        JetStream (``nak``, delivered again a second later)."""
+        self,
+        control: AsyncControlClient,
+        cursors: Cursors,
+        instance: Instance,
+        counts: _Counts,
+        messages: list[Msg],
+        expected: int,
+    ) -> tuple[int, bool]:
+        """Commit a fetched batch to the journal in stream order, pipelined (one group commit for
+        many), then move the import cursor and acknowledge. Returns the sequence number expected
+        next and whether the batch was taken in order (false: a gap in the deliveries, or a
+        commit that failed; the caller starts the consumer again from the cursor)."""
         screened: list[tuple[Msg, str, bytes | None]] = []  # (message, verdict, topic to commit)
+        in_order = True
         for msg in messages:
-            meta = msg.metadata
-            if meta.num_delivered == 1 and meta.sequence.stream > delivered + 1:
-                counts.lost += meta.sequence.stream - delivered - 1  # discarded by the stream's limits first
-            delivered = max(delivered, meta.sequence.stream)
+            seq = msg.metadata.sequence.stream
+            if seq < expected:  # delivered again, taken already
+                counts.duplicates += 1
+                screened.append((msg, "done", None))
+                continue
+            if seq > expected:
+                if self._gaps.get(instance) != (expected, seq):  # delivered and lost on the way: again
+                    self._gaps[instance] = (expected, seq)
+                    in_order = False
+                    break
+                counts.lost += seq - expected  # twice from the same place: not in the stream any more
+                expected = seq
+            self._gaps.pop(instance, None)
             screened.append((msg, *self._screen(instance, counts, msg)))
+            expected += 1
         wanted = [(topic, msg.data) for msg, verdict, topic in screened if topic is not None]
         for _, body in wanted:
             self._remember(self._imported, body, IMPORTED_LIMIT)
         outcomes = iter(await control.commit_many(wanted, window=FETCH) if wanted else [])
-        retry = False
+        verdicts: list[tuple[Msg, str]] = []
         for msg, verdict, topic in screened:
             if topic is not None:
-                verdict = self._outcome(instance, counts, msg, next(outcomes), retry)
-                retry = retry or verdict == "retry"
-            with contextlib.suppress(nats.errors.Error):  # unacknowledged: delivered again after ACK_WAIT
-                if verdict == "retry":
-                    await msg.nak(delay=_NAK_DELAY)
-                elif verdict == "refused":
+                verdict = self._outcome(instance, counts, msg, next(outcomes))
+            if verdict == "retry" and in_order:
+                in_order = False
+                expected = msg.metadata.sequence.stream  # from here again, once the journal commits
+            verdicts.append((msg, verdict))
+        cursors.set(instance, expected - 1, IMPORT)
+        for msg, verdict in verdicts:
+            with contextlib.suppress(nats.errors.Error):  # the cursor holds; the consumer starts from it
+                if verdict == "refused":
                     await msg.term()
-                else:
+                elif verdict != "retry":
                     await msg.ack()
-        if not retry:
+        if in_order:
             self._fine(f"import {instance.value}")
-        return delivered
+        elif any(verdict == "retry" for _, verdict in verdicts):
+            await asyncio.sleep(_COMMIT_RETRY)
+        return expected, in_order
 
     def _screen(self, instance: Instance, counts: _Counts, msg: Msg) -> tuple[str, bytes | None]:
         """What to do with a message before any commit: ``("commit", topic)``, or a verdict."""
@@ -573,9 +649,9 @@ class JetStreamBridge:
             return self._refused(counts, "bad_message"), None
         return "commit", topic
 
-    def _outcome(self, instance: Instance, counts: _Counts, msg: Msg, result: int | ControlError, retry: bool) -> str:
-        """The verdict for a message from its commit's result (``retry`` once one before failed:
-        what was committed after it is kept, what failed goes back with the rest)."""
+    def _outcome(self, instance: Instance, counts: _Counts, msg: Msg, result: int | ControlError) -> str:
+        """The verdict for a message from its commit's result (a message committed after one
+        that failed is kept: delivered again, it is known by its id)."""
         if isinstance(result, int):
             counts.imported += 1
             msg_id = (msg.headers or {}).get(MSG_ID_HEADER, "")
