@@ -37,7 +37,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .peers import Received, accepts, free_port, stop_process
+from .peers import Received, accepts, free_port, freeze, stop_process
 
 MOSQUITTO = shutil.which("mosquitto")
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
@@ -256,7 +256,7 @@ class MqttPeer:
     def freeze(self) -> None:
         """SIGSTOP the server: connections stay open, nothing is answered."""
         assert self.process is not None
-        self.process.send_signal(signal.SIGSTOP)
+        freeze(self.process.pid)
 
     def thaw(self) -> None:
         """SIGCONT a frozen server."""

@@ -20,7 +20,7 @@ from typing import Any, Final
 import pytest
 import redis
 
-from .peers import Received, free_port, stop_process
+from .peers import Received, free_port, freeze, stop_process
 
 BINARY: Final = "redis-server"
 START_TIMEOUT: Final = 10.0
@@ -123,7 +123,7 @@ class RedisPeer:
     def pause(self) -> None:
         """Freeze the server (SIGSTOP): connections stay open, nothing is answered."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
+        freeze(self.proc.pid)
 
     def resume(self) -> None:
         """Let a paused server run on (SIGCONT)."""

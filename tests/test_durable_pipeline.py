@@ -24,6 +24,7 @@ from exesdb_sdk.messages import NodeHealth
 from exesdb_sdk.protocol import Encoder
 
 from .conftest import StartBroker
+from .peers import freeze
 from .test_journal import journal, replay_all
 
 pytestmark = pytest.mark.timeout(40)
@@ -108,7 +109,7 @@ def test_a_broker_that_stops_answering_leaves_unanswered_and_unsent_entries(
     messages = [(b"ex_esdb_audit/c", encoder.encode(b"ex_esdb_audit/c", "Custom", {"n": n})) for n in range(30)]
     with ControlClient(broker.control, timeout=0.5) as control:
         assert control.commit_many(messages[:2]) == [1, 2]
-        broker.terminate(signal.SIGSTOP)
+        freeze(broker.proc.pid)
         try:
             results = control.commit_many(messages[2:], window=10)
         finally:

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from exesdb_sdk.errors import ConfigError, ReceiveTimeoutError
 from exesdb_sdk.protocol import Encoder
 
 from .conftest import BrokerProcess, Lines, StartBroker, instance_messages, raw_publisher, wait_until
+from .peers import freeze
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -173,7 +172,7 @@ def test_a_frozen_broker_is_left_after_the_heartbeat_timeout(pair: tuple[BrokerP
 
         publish()
         got = [sub.recv(5).data["i"]]
-        os.kill(a.proc.pid, signal.SIGSTOP)
+        freeze(a.proc.pid)
         try:
             assert wait_until(lambda: bool(_read_all(sub, got, 0.05) or True) and sub.stats.failovers == 1, 15)
             assert wait_until(publish, 15, interval=0.05)

@@ -351,8 +351,9 @@ def test_readme_several_machines_example(tmp_path: Path, clean_env: dict[str, st
         assert (message["topic"], message["data"]["status"]) == ("ex_esdb_health/node_health:node1", "healthy")
         assert _federation(brokers[1])["imported"] >= 1
         # the journaled part: a durable alert at a, replayed from b's journal
-        journaled = [_federation(broker)["jetstream"] for broker in brokers]
-        assert wait_until(lambda: all(_federation(b)["jetstream"]["state"] == "ok" for b in brokers), 20), journaled
+        assert wait_until(lambda: all(_federation(b)["jetstream"]["state"] == "ok" for b in brokers), 20), [
+            _federation(broker)["jetstream"] for broker in brokers
+        ]
         done = subprocess.run(durable_cmd, shell=True, env=env, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
         replayed = subprocess.run(

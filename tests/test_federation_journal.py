@@ -126,7 +126,7 @@ def test_a_durable_publish_at_a_is_replayable_at_b_and_c_once(
         with urllib.request.urlopen(f"{b.http}/metrics", timeout=5) as reply:
             metrics = reply.read().decode()
         assert 'exesdb_federation_jetstream_imported_total{channel="ex_esdb_alerts"} 200.0' in metrics, metrics[-2000:]
-        assert "exesdb_federation_jetstream_up 1.0" in metrics
+        assert "exesdb_federation_jetstream_up 1.0" in metrics, _jetstream(b)
         shown = subprocess.run(
             [EXESDB, "stats"],
             env={**cli_env(b, clean_env), "COLUMNS": "200"},

@@ -19,6 +19,7 @@ from exesdb_sdk.protocol import Decoder, Encoder
 
 from tests import peer_nats
 from tests.peer_nats import NatsPeer
+from tests.peers import freeze
 
 pytestmark = pytest.mark.skipif(peer_nats.BINARY is None, reason=peer_nats.SKIP_REASON)
 
@@ -155,7 +156,7 @@ def test_no_acknowledgement_in_time_is_unavailable(peer: NatsPeer) -> None:
         target = sink(peer.sink_options(), ack_timeout=0.5)
         await target.open()
         try:
-            os.kill(process.pid, signal.SIGSTOP)  # the server holds the connection but answers nothing
+            freeze(process.pid)  # the server holds the connection but answers nothing
             try:
                 with pytest.raises(SinkUnavailable, match=r"no acknowledgement in 0\.5 s"):
                     await target.send(batch)

@@ -347,7 +347,8 @@ class JetStreamBridge:
                     )
                 else:
                     self._fault("streams", f"stream {stream_name(pending[0])}: {_one_line(exc)}")
-                await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
+                # a JetStream just started answers "unavailable" for a moment: ask again soon
+                await asyncio.sleep(min(0.2 * 2 ** min(attempt, 5), 5.0))
 
     async def _stream(self, js: JetStreamContext, instance: Instance) -> None:
         name = stream_name(instance)
