@@ -45,7 +45,7 @@ def test_sdk_examples_run_and_print_what_the_readme_says(
 
 def test_ci_runs_the_readme_test_command() -> None:
     commands = [line for block in _blocks("sh") for line in block.splitlines() if "pytest" in line]
-    assert commands == ["pip install '.[test]' && python -m pytest"]
+    assert commands == ["pip install '.[test]' && python -m pytest -n 2"]
     assert commands[0] in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
