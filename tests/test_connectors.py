@@ -203,6 +203,26 @@ def test_sink_outage_pauses_then_every_journaled_message_arrives(peer: Any, tmp_
         broker.stop()
 
 
+@pytest.mark.timeout(60)
+def test_a_journal_record_larger_than_the_buffer_arrives_whole(tmp_path: Path) -> None:
+    # a batch (explicit, or what a coalescing publisher makes of a burst) is one journal record:
+    # with more envelopes than the buffer holds, the connector takes it a buffer's worth at a time
+    peer = _module("webhook").make_peer(tmp_path)
+    peer.start()
+    broker = _broker(_config(tmp_path, peer, buffer_size=8), tmp_path / "data")
+    try:
+        with Publisher(broker.frontend, control=broker.control) as pub:
+            pub.publish_batch("alerts", "e2e", "E2e", [{"n": n} for n in range(30)])
+            pub.publish_batch("alerts", "e2e", "E2e", [{"n": n} for n in range(30, 45)])
+        assert _journal_head(broker, "ex_esdb_alerts") == 2  # two records
+        assert wait_until(lambda: len(set(_unique_in_order(peer.received(), ALERTS))) >= 45, 20), _stats(broker)
+        assert _unique_in_order(peer.received(), ALERTS) == list(range(45))
+        assert _stats(broker)["dropped"] == 0, _stats(broker)
+    finally:
+        broker.stop()
+        peer.close()
+
+
 @pytest.mark.timeout(90)
 def test_broker_restart_resumes_from_the_cursor(peer: Any, tmp_path: Path) -> None:
     config, data = _config(tmp_path, peer), tmp_path / "data"

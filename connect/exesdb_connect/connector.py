@@ -296,6 +296,7 @@ class Connector:
         if type(last) is int:
             self.heads[follow.instance.value] = max(last, self.heads.get(follow.instance.value, 0))
         items: list[Item] = []
+        before = (follow.seq, follow.within)
         for taken in take_page(follow, start, reply, self._core):
             if taken.kind == "message" and taken.message is not None:
                 items.append(item_of(taken.message, taken.seq, taken.within))
@@ -303,9 +304,21 @@ class Connector:
                 missed = int(taken.gap.get("missed", 0))
                 self.journal_missed += missed
                 self.worker.on_gap(missed)
+        more = bool(reply.get("more"))
+        room = self.room()
+        if len(items) > room:
+            # a record may hold a batch of many envelopes: take what fits, and read again from
+            # just after the last envelope taken (never more than the buffer holds: no drop)
+            items = items[: max(room, 0)]
+            last = items[-1] if items else None
+            if last is not None and last.delivery.broker_seq is not None:
+                follow.seq, follow.within = last.delivery.broker_seq, last.within
+            else:
+                follow.seq, follow.within = before
+            more = True
         if items:
             self.worker.take(items)
-        return bool(reply.get("more"))
+        return more
 
     async def _loop(self, subscriber: AsyncSubscriber, control: AsyncControlClient) -> None:
         rung: set[Instance] = set(self.follows)  # at once: a restart has catching up to do
