@@ -157,6 +157,14 @@ class _State:
         return "degraded" if self.faults else "ok" if self.started else "starting"
 
 
+_PASSING: Final = (ControlError, BrokerUnavailableError, nats.errors.Error, OSError, sqlite3.Error, TimeoutError)
+"""What a task waits out and tries again (a fault of the moment, shown in its state)."""
+
+
+def _backoff(attempt: int) -> float:
+    return min(_RETRY * 2.0 ** min(attempt, 3), 5.0)
+
+
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     if isinstance(exc, nats.js.errors.APIError) and exc.description:
@@ -310,7 +318,7 @@ class JetStreamBridge:
                 cursors = Cursors(self.plan.data_dir)
             except (OSError, sqlite3.Error) as exc:
                 self._fault("cursors", f"cannot open {Path(self.plan.data_dir) / DB_NAME}: {exc}")
-                await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
+                await asyncio.sleep(_backoff(attempt))
             else:
                 self._fine("cursors")
                 return cursors
@@ -415,16 +423,9 @@ class JetStreamBridge:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(bell.wait(), _POLL)
                 bell.clear()
-            except (
-                ControlError,
-                BrokerUnavailableError,
-                nats.errors.Error,
-                OSError,
-                sqlite3.Error,
-                TimeoutError,
-            ) as exc:
+            except _PASSING as exc:
                 self._fault(f"export {instance.value}", _one_line(exc))
-                await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
+                await asyncio.sleep(_backoff(attempt))
 
     async def _export_pages(
         self, js: JetStreamContext, control: AsyncControlClient, cursors: Cursors, instance: Instance, cursor: int
@@ -525,16 +526,9 @@ class JetStreamBridge:
                     expected, in_order = await self._take(control, cursors, instance, counts, messages, expected)
                     if not in_order:
                         break  # start again from the cursor
-            except (
-                ControlError,
-                BrokerUnavailableError,
-                nats.errors.Error,
-                OSError,
-                sqlite3.Error,
-                TimeoutError,
-            ) as exc:
+            except _PASSING as exc:
                 self._fault(f"import {instance.value}", _one_line(exc))
-                await asyncio.sleep(min(_RETRY * 2 ** min(attempt, 3), 5.0))
+                await asyncio.sleep(_backoff(attempt))
 
     async def _start(self, js: JetStreamContext, cursors: Cursors, instance: Instance, counts: _Counts) -> int:
         """(Re)create this broker's consumer so that it delivers from the import cursor on, and
