@@ -35,7 +35,6 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote, unquote
 
 import nats.errors
 import zmq
@@ -43,12 +42,12 @@ import zmq.asyncio
 from exesdb_sdk.errors import ConfigError, ExesdbError, ProtocolError
 from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import MAX_SEQ_JUMP, Decoder
-from exesdb_sdk.subjects import escape_token, subject
+from exesdb_sdk.subjects import ORIGIN_HEADER, TOPIC_HEADER, escape_token, subject, topic_header, topic_of_header
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .config import FEDERATION_ALL, FEDERATION_LIVE, BrokerConfig, FederationConfig, journal_instances, nats_urls
-from .jetstream import JetStreamBridge, JetStreamPlan
+from .jetstream import JetStreamBridge, JetStreamPlan, one_line
 
 __all__ = ["IMPORTED", "PREFIX", "FederationChild", "FederationPlan", "federation_plan"]
 
@@ -57,8 +56,6 @@ log = logging.getLogger("exesdb.broker.federation")
 PREFIX: Final = "exesdb"
 IMPORTED: Final = b"\x00exesdb-imported"
 """The reserved third frame of a message a broker took from the federation: never exported."""
-TOPIC_HEADER: Final = "Exesdb-Topic"
-ORIGIN_HEADER: Final = "Exesdb-Origin"
 PENDING_BYTES: Final = 8 * 1024 * 1024
 SUB_PENDING_MSGS: Final = 65_536
 SUB_PENDING_BYTES: Final = 64 * 1024 * 1024
@@ -67,7 +64,6 @@ _RECONNECT_WAIT: Final = 0.5
 _READY_TIMEOUT: Final = 5.0
 _SUBJECT_CACHE_LIMIT: Final = 4096
 _GAP_KEYS_LIMIT: Final = 100_000
-_TOPIC_SAFE: Final = "/:@,=+~-_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,10 +142,6 @@ def federation_plan(federation: FederationConfig, broker: BrokerConfig) -> Feder
         password=_secret("password_file", federation.password_file) if federation.password_file else None,
         token=_secret("token_file", federation.token_file) if federation.token_file else None,
     )
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 class FederationChild:
@@ -287,7 +279,7 @@ class FederationChild:
                 await self._connect_once(inject)
                 return
             except (nats.errors.Error, OSError, TimeoutError) as exc:
-                self.last_error = _one_line(exc)
+                self.last_error = one_line(exc)
                 log.warning("federation: cannot join through NATS (%s); trying again", self.last_error)
                 client, self._client = self._client, None
                 if client is not None:
@@ -306,7 +298,7 @@ class FederationChild:
             if isinstance(exc, nats.errors.SlowConsumerError):
                 self.dropped["slow_consumer"] += 1
                 return
-            text = _one_line(exc)
+            text = one_line(exc)
             if text != self.last_error:
                 log.warning("federation: nats: %s", text)
             self.last_error = text
@@ -390,7 +382,7 @@ class FederationChild:
             if client is None or self.state == "stopped" or not (client.is_connected or client.is_reconnecting):
                 self.dropped["not_connected"] += 1
                 continue
-            headers = {TOPIC_HEADER: quote(topic, safe=_TOPIC_SAFE), ORIGIN_HEADER: headers_origin}
+            headers = {TOPIC_HEADER: topic_header(topic), ORIGIN_HEADER: headers_origin}
             try:
                 await client.publish(target, body, headers=headers)
             except nats.errors.OutboundBufferLimitError:
@@ -399,7 +391,7 @@ class FederationChild:
                 self.dropped["too_large"] += 1
             except nats.errors.Error as exc:
                 self.dropped["nats_error"] += 1
-                self.last_error = _one_line(exc)
+                self.last_error = one_line(exc)
             else:
                 self.exported += 1
 
@@ -413,7 +405,7 @@ class FederationChild:
             self.dropped["bad_message"] += 1
             return
         try:
-            topic = unquote(encoded, errors="strict").encode("utf-8")
+            topic = topic_of_header(encoded)
         except UnicodeError:
             self.dropped["bad_message"] += 1
             return

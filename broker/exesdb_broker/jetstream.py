@@ -42,7 +42,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import quote, unquote
 
 import nats.errors
 import nats.js.errors
@@ -54,7 +53,7 @@ from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ProtocolErro
 from exesdb_sdk.follow import head_request
 from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import Decoder
-from exesdb_sdk.subjects import escape_token
+from exesdb_sdk.subjects import ORIGIN_HEADER, TOPIC_HEADER, escape_token, topic_header, topic_of_header
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -68,7 +67,7 @@ from nats.js.api import (
     StreamConfig,
 )
 
-__all__ = ["DB_NAME", "JetStreamBridge", "JetStreamPlan", "stream_name"]
+__all__ = ["DB_NAME", "JetStreamBridge", "JetStreamPlan", "one_line", "stream_name"]
 
 log = logging.getLogger("exesdb.broker.federation")
 
@@ -97,12 +96,9 @@ _CONTROL_TIMEOUT: Final = 10.0
 _COMMIT_RETRY: Final = 1.0
 """Seconds before an import the journal could not commit is tried again."""
 _SEEN_LIMIT: Final = 100_000
-_TOPIC_SAFE: Final = "/:@,=+~-_"
 _REFUSED_CODES: Final = frozenset({"bad_request", "invalid_message", "malformed", "too_large", "not_journaled"})
 """Refusals of a durable publish that no retry changes: the message is terminated, counted."""
 _NO_ROOM: Final = 10005  # no peers for placement: the servers' storage or count
-TOPIC_HEADER: Final = "Exesdb-Topic"
-ORIGIN_HEADER: Final = "Exesdb-Origin"
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 
 
@@ -165,7 +161,8 @@ def _backoff(attempt: int) -> float:
     return min(_RETRY * 2.0 ** min(attempt, 3), 5.0)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
+    """``exc`` in one line for a log or a ``last_error`` (a JetStream API error by its description)."""
     text = " ".join(str(exc).split())
     if isinstance(exc, nats.js.errors.APIError) and exc.description:
         text = f"{exc.description} (err_code {exc.err_code})"
@@ -349,12 +346,12 @@ class JetStreamBridge:
                 elif isinstance(exc, nats.js.errors.APIError) and exc.err_code == _NO_ROOM:
                     self._fault(
                         "streams",
-                        f"stream {stream_name(pending[0])}: {_one_line(exc)}: lower stream_max_bytes "
+                        f"stream {stream_name(pending[0])}: {one_line(exc)}: lower stream_max_bytes "
                         f"({self.plan.max_bytes}) or replicas ({self.plan.replicas}), or give the servers more "
                         "max_file_store",
                     )
                 else:
-                    self._fault("streams", f"stream {stream_name(pending[0])}: {_one_line(exc)}")
+                    self._fault("streams", f"stream {stream_name(pending[0])}: {one_line(exc)}")
                 # a JetStream just started answers "unavailable" for a moment: ask again soon
                 await asyncio.sleep(min(0.2 * 2 ** min(attempt, 5), 5.0))
 
@@ -424,7 +421,7 @@ class JetStreamBridge:
                     await asyncio.wait_for(bell.wait(), _POLL)
                 bell.clear()
             except _PASSING as exc:
-                self._fault(f"export {instance.value}", _one_line(exc))
+                self._fault(f"export {instance.value}", one_line(exc))
                 await asyncio.sleep(_backoff(attempt))
 
     async def _export_pages(
@@ -482,7 +479,7 @@ class JetStreamBridge:
         msg_id = f"{pub}:{topic}:{first}" if pub and first > 0 else f"{self._name}:{instance.value}:{seq}"
         headers = {
             MSG_ID_HEADER: msg_id,
-            TOPIC_HEADER: quote(topic, safe=_TOPIC_SAFE),
+            TOPIC_HEADER: topic_header(topic),
             ORIGIN_HEADER: self._name,
         }
         return await js.publish_async(
@@ -527,7 +524,7 @@ class JetStreamBridge:
                     if not in_order:
                         break  # start again from the cursor
             except _PASSING as exc:
-                self._fault(f"import {instance.value}", _one_line(exc))
+                self._fault(f"import {instance.value}", one_line(exc))
                 await asyncio.sleep(_backoff(attempt))
 
     async def _start(self, js: JetStreamContext, cursors: Cursors, instance: Instance, counts: _Counts) -> int:
@@ -636,7 +633,7 @@ class JetStreamBridge:
             counts.duplicates += 1
             return "done", None
         try:
-            topic = unquote(headers.get(TOPIC_HEADER, ""), errors="strict").encode("utf-8")
+            topic = topic_of_header(headers.get(TOPIC_HEADER, ""))
             text, _, _, _ = self._decoder.inspect([topic, msg.data])
             if Instance.resolve(text.partition("/")[0]) is not instance or len(msg.data) > self._max_size:
                 raise ProtocolError("wrong_instance", "not a message of this stream's instance")

@@ -6,8 +6,15 @@ from __future__ import annotations
 
 import string
 from typing import Final
+from urllib.parse import quote, unquote
 
-__all__ = ["escape_token", "subject"]
+__all__ = ["ORIGIN_HEADER", "TOPIC_HEADER", "escape_token", "subject", "topic_header", "topic_of_header"]
+
+TOPIC_HEADER: Final = "Exesdb-Topic"
+"""The header of a federated message that carries its exact topic (the subject cannot)."""
+ORIGIN_HEADER: Final = "Exesdb-Origin"
+"""The header of a federated message that names the broker that exported it."""
+_TOPIC_SAFE: Final = "/:@,=+~-_"
 
 _SAFE: Final = frozenset(string.ascii_letters + string.digits + "-_~=+@,")
 _SEPARATORS: Final = "/:"
@@ -43,3 +50,15 @@ def subject(prefix: str, instance: str, subtopic: str) -> str:
     non-ASCII) is percent-encoded (``%2E``, ``%2A``...), so a subject is never a wildcard.
     """
     return f"{prefix}.{escape_token(instance)}.{escape_token(subtopic)}"
+
+
+def topic_header(topic: str | bytes) -> str:
+    """The :data:`TOPIC_HEADER` value of ``topic``: percent-encoded UTF-8 (RFC 3986), with
+    ``/ : @ , = + ~ - _`` left as they are."""
+    return quote(topic, safe=_TOPIC_SAFE)
+
+
+def topic_of_header(value: str) -> bytes:
+    """The topic a :data:`TOPIC_HEADER` value carries; raises :class:`UnicodeError` when it is
+    not percent-encoded UTF-8."""
+    return unquote(value, errors="strict").encode("utf-8")
