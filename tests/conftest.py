@@ -27,6 +27,8 @@ import pytest
 import zmq
 from exesdb_sdk import ControlClient
 
+from tests.nats_cluster import NatsCluster
+
 READY = re.compile(
     r"exesdb-broker ready frontend=(?P<f1>\S+) backend=(?P<b1>\S+) control=(?P<c1>\S+)(?: http=(?P<h1>\S+))?"  # text
     r'|"event": "ready", "frontend": "(?P<f2>[^"]+)", "backend": "(?P<b2>[^"]+)", "control": "(?P<c2>[^"]+)"'  # json
@@ -209,6 +211,17 @@ def start_broker() -> Iterator[StartBroker]:
     yield start
     for broker in started:
         broker.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """A started three-node ``nats-server`` cluster with JetStream (:class:`NatsCluster`)."""
+    nats = NatsCluster(tmp_path)
+    try:
+        nats.start()
+        yield nats
+    finally:
+        nats.close()
 
 
 @pytest.fixture

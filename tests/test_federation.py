@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,6 @@ from tests.peers import accepts, free_port
 pytestmark = pytest.mark.skipif(BINARY is None, reason=SKIP_REASON)
 
 TOPIC = "s1:federated"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    nats = NatsCluster(tmp_path)
-    try:
-        nats.start()
-        yield nats
-    finally:
-        nats.close()
 
 
 def _federation(broker: BrokerProcess) -> dict[str, Any]:

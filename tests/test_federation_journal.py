@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +22,6 @@ from tests.peers import free_port, stop_process
 
 EXESDB = str(Path(sys.executable).with_name("exesdb"))
 pytestmark = [pytest.mark.skipif(BINARY is None, reason=SKIP_REASON), pytest.mark.timeout(90)]
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    nats = NatsCluster(tmp_path)
-    try:
-        nats.start()
-        yield nats
-    finally:
-        nats.close()
 
 
 def _stats(broker: BrokerProcess) -> dict[str, Any]:

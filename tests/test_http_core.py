@@ -4,6 +4,7 @@ readiness line, ``ping``, a clean stop, a port in use), bearer tokens on a CURVE
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -366,11 +367,9 @@ def test_healthz_is_503_in_the_broker_when_a_thread_died_for_good(
 # -- exesdb dashboard ---------------------------------------------------------------------------------
 
 
-@pytest.mark.timeout(30)
-def test_exesdb_dashboard_serves_a_remote_broker_and_ctrl_c_exits_0(
-    broker: BrokerProcess, clean_env: dict[str, str]
-) -> None:
-    env = cli_env(broker, clean_env)
+@contextlib.contextmanager
+def _dashboard(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], Lines, str, str]]:
+    """``exesdb dashboard`` on a free port: the process, its stderr, its serving line and URL."""
     proc = subprocess.Popen(
         [EXESDB, "dashboard", "--http", "127.0.0.1:0"],
         env=env,
@@ -385,7 +384,18 @@ def test_exesdb_dashboard_serves_a_remote_broker_and_ctrl_c_exits_0(
     try:
         line = err.wait(r"^exesdb dashboard: serving ", 15)
         assert line is not None, err.join(1)
-        url = line.split()[3].rstrip("/")
+        yield proc, err, line, line.split()[3].rstrip("/")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.mark.timeout(30)
+def test_exesdb_dashboard_serves_a_remote_broker_and_ctrl_c_exits_0(
+    broker: BrokerProcess, clean_env: dict[str, str]
+) -> None:
+    with _dashboard(cli_env(broker, clean_env)) as (proc, err, line, url):
         assert line == f"exesdb dashboard: serving {url}/ for the broker at {broker.control}"
         assert httpx.get(url + "/healthz", timeout=5).json()["status"] == "ok"
         _publish_health(broker.frontend, broker.control, 3)
@@ -393,10 +403,6 @@ def test_exesdb_dashboard_serves_a_remote_broker_and_ctrl_c_exits_0(
         proc.send_signal(signal.SIGINT)
         assert proc.wait(15) == 0
         assert err.join(5).strip() == line  # quiet: nothing but the one line
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.mark.timeout(40)
@@ -407,20 +413,7 @@ def test_exesdb_dashboard_given_two_brokers_carries_on_with_the_second_when_the_
     env = dict(clean_env)
     for name in ("frontend", "backend", "control"):
         env[f"EXESDB_{name.upper()}"] = f"{getattr(a, name)},{getattr(b, name)}"
-    proc = subprocess.Popen(
-        [EXESDB, "dashboard", "--http", "127.0.0.1:0"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    err = Lines(proc.stderr)
-    try:
-        line = err.wait(r"^exesdb dashboard: serving ", 15)
-        assert line is not None, err.join(1)
-        url = line.split()[3].rstrip("/")
+    with _dashboard(env) as (_, _, line, url):
         assert line.endswith(f"for the broker at {a.control},{b.control}"), line
         _publish_health(b.frontend, b.control, 2)  # only b has these
         a.proc.kill()
@@ -433,9 +426,6 @@ def test_exesdb_dashboard_given_two_brokers_carries_on_with_the_second_when_the_
         assert wait_until(from_b, 20, interval=0.2)
         health = httpx.get(url + "/healthz", timeout=15).json()
         assert health["status"] == "ok", health
-    finally:
-        proc.kill()
-        proc.wait(5)
 
 
 def test_exesdb_dashboard_bad_settings_are_one_line_exit_1(clean_env: dict[str, str]) -> None:
