@@ -221,11 +221,6 @@ class JetStreamBridge:
         self._gaps: dict[Instance, tuple[int, int]] = {}
         """Per imported instance, the last gap in the deliveries (expected, delivered)."""
 
-    @property
-    def active(self) -> bool:
-        """Whether any journaled instance is federated."""
-        return bool(self.plan.exports or self.plan.imports)
-
     def snapshot(self) -> dict[str, Any]:
         """``stats.federation.jetstream``."""
         state = self._state
@@ -246,7 +241,7 @@ class JetStreamBridge:
             for name, c in state.counts.items()
         }
         return {
-            "state": state.state if self.active else "off",
+            "state": state.state,  # a bridge exists only with a journaled instance to federate
             "last_error": next(iter(state.faults.values()), None),
             "faults": dict(state.faults),
             "exports": [i.value for i in self.plan.exports],
