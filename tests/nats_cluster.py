@@ -85,7 +85,8 @@ class NatsCluster:
                 if node.process is not None and node.process.poll() is not None:
                     raise RuntimeError(f"nats-server {node.name} exited: {node.log.read_bytes()[-400:]!r}")
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"the NATS cluster did not form in {START_TIMEOUT:g} s")
+                    tail = node.log.read_bytes()[-600:].decode(errors="replace")
+                    raise RuntimeError(f"the NATS cluster did not form in {START_TIMEOUT:g} s; {node.name}: {tail}")
                 time.sleep(0.05)
         for node in self.nodes:
             while not self.jetstream_ready(node, clustered=len(self.nodes) > 1):

@@ -5,6 +5,7 @@ killed mid-stream loses nothing (real three-node ``nats-server`` cluster, real b
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -160,7 +161,7 @@ def test_a_broker_killed_catches_up_when_it_returns_with_no_gap(
     a = _member(start_broker, tmp_path, "a", cluster.urls)
     b = _member(start_broker, tmp_path, "b", cluster.urls)
     before = _durable(a, "outage", 50)
-    assert wait_until(lambda: len(_bodies(b, "ex_esdb_alerts", "outage")) >= 50, 20)
+    assert wait_until(lambda: len(_bodies(b, "ex_esdb_alerts", "outage")) >= 50, 20), _jetstream(b)
     b.proc.kill()  # kill -9
     b.wait_exit(10)
     during = _durable(a, "outage", 300, start=51)
@@ -171,6 +172,35 @@ def test_a_broker_killed_catches_up_when_it_returns_with_no_gap(
     records = _replay(b, "ex_esdb_alerts")
     assert not [r for r in records if r[2].startswith("_exesdb/")], "a gap marker in B's journal"
     assert wait_until(lambda: _jetstream(b)["instances"]["ex_esdb_alerts"]["import_lag"] == 0, 10), _jetstream(b)
+
+
+def test_a_batch_committed_before_its_cursor_moved_is_not_committed_again(
+    cluster: NatsCluster, start_broker: StartBroker, tmp_path: Path
+) -> None:
+    """The state a kill -9 leaves between B's commit of a batch and its cursor's write, made on
+    purpose: the cursor put back before the 50, with the mark the bridge writes before a commit."""
+    a = _member(start_broker, tmp_path, "a", cluster.urls)
+    b = _member(start_broker, tmp_path, "b", cluster.urls)
+    before = _durable(a, "crashwindow", 50)
+    assert wait_until(lambda: len(_bodies(b, "ex_esdb_alerts", "crashwindow")) >= 50, 20)
+    assert wait_until(lambda: _jetstream(b)["instances"]["ex_esdb_alerts"]["import_lag"] == 0, 10), _jetstream(b)
+    head_before = _replay(b, "ex_esdb_alerts", "crashwindow")[0][0] - 1
+    assert b.stop() == 0
+    with sqlite3.connect(tmp_path / "b" / "federation.db") as db:
+        (high,) = db.execute("SELECT seq FROM cursor WHERE kind = 'import' AND instance = 'ex_esdb_alerts'").fetchone()
+        db.execute("UPDATE cursor SET seq = ? WHERE kind = 'import' AND instance = 'ex_esdb_alerts'", (high - 50,))
+        db.execute("INSERT INTO cursor VALUES ('import_pending', 'ex_esdb_alerts', ?)", (head_before,))
+        db.execute("INSERT INTO cursor VALUES ('import_high', 'ex_esdb_alerts', ?)", (high,))
+    b = _member(start_broker, tmp_path, "b", cluster.urls)
+    during = _durable(a, "crashwindow", 10, start=51)
+    assert wait_until(lambda: len(_bodies(b, "ex_esdb_alerts", "crashwindow")) >= 60, 20), _jetstream(b)
+    assert wait_until(lambda: _jetstream(b)["instances"]["ex_esdb_alerts"]["import_lag"] == 0, 10), _jetstream(b)
+    assert _bodies(b, "ex_esdb_alerts", "crashwindow") == during  # 60, once each
+    assert during[:50] == before
+    assert _jetstream(b)["instances"]["ex_esdb_alerts"]["duplicates"] >= 50
+    with sqlite3.connect(tmp_path / "b" / "federation.db") as db:
+        kinds = {kind for (kind,) in db.execute("SELECT kind FROM cursor WHERE instance = 'ex_esdb_alerts'")}
+    assert kinds == {"export", "import"}, "the mark outlived the cursor's move past it"
 
 
 def test_a_nats_node_killed_mid_stream_loses_no_journaled_message(

@@ -20,7 +20,10 @@ created by whichever broker needs it first.
   moves and the batch is acknowledged. The cursor, not the consumer, says what is committed: a
   delivery lost on the way (a gap in the stream seqs), a commit that failed, a restart or a
   broker that was down all start the consumer again from the cursor, so the journal takes the
-  stream in its order with nothing skipped. What this broker imported is never exported again
+  stream in its order with nothing skipped. Nothing is committed twice either: before a commit
+  the journal's head is kept as a mark, dropped once the cursor covers the commit; a broker
+  killed in between (or a commit whose outcome is unknown) reads its journal back from the mark
+  and knows those messages when they are delivered again. What this broker imported is never exported again
   (it keeps the bodies it committed until its exporter passes them, :data:`IMPORTED_LIMIT` at
   most; past that, or across a restart, the stream's duplicate window catches a second copy).
 
@@ -35,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import sqlite3
 from collections import Counter, OrderedDict
@@ -74,6 +78,10 @@ log = logging.getLogger("exesdb.broker.federation")
 DB_NAME: Final = "federation.db"
 EXPORT: Final = "export"
 IMPORT: Final = "import"
+PENDING: Final = "import_pending"
+"""The journal's head before the oldest commit the import cursor does not cover yet."""
+HIGH: Final = "import_high"
+"""The highest stream seq committed (or tried) since :data:`PENDING` was set."""
 EXPORT_WINDOW: Final = 256
 """Publishes awaiting their acknowledgement, per exporting instance."""
 MAX_ACK_PENDING: Final = 1024
@@ -96,6 +104,8 @@ _CONTROL_TIMEOUT: Final = 10.0
 _COMMIT_RETRY: Final = 1.0
 """Seconds before an import the journal could not commit is tried again."""
 _SEEN_LIMIT: Final = 100_000
+_RECOVER_LIMIT: Final = 65_536
+"""Records of the journal read back, at most, to find a batch committed before its cursor moved."""
 _REFUSED_CODES: Final = frozenset({"bad_request", "invalid_message", "malformed", "too_large", "not_journaled"})
 """Refusals of a durable publish that no retry changes: the message is terminated, counted."""
 _NO_ROOM: Final = 10005  # no peers for placement: the servers' storage or count
@@ -142,7 +152,8 @@ class _Counts:
 
 @dataclass(slots=True)
 class _State:
-    started: bool = False
+    waiting: set[str] = field(default_factory=set)
+    """Tasks not yet set up once (streams made, export cursors read, import consumers created)."""
     faults: dict[str, str] = field(default_factory=dict)
     """What is wrong now, per task (``streams``, ``export <instance>``, ``import <instance>``)."""
     counts: dict[str, _Counts] = field(default_factory=dict)
@@ -150,11 +161,37 @@ class _State:
 
     @property
     def state(self) -> str:
-        return "degraded" if self.faults else "ok" if self.started else "starting"
+        return "degraded" if self.faults else "starting" if self.waiting else "ok"
 
 
 _PASSING: Final = (ControlError, BrokerUnavailableError, nats.errors.Error, OSError, sqlite3.Error, TimeoutError)
 """What a task waits out and tries again (a fault of the moment, shown in its state)."""
+
+
+async def _page(
+    control: AsyncControlClient, instance: Instance, after: int, *, sync: bool = False
+) -> tuple[list[list[Any]], int, dict[str, Any]]:
+    """One ``replay`` page of ``instance`` after journal seq ``after``: its well-formed records
+    (``[seq, ts, topic, body]``), the seq to ask from next, and the whole reply."""
+    args = {"instance": instance.value, "from_seq": after + 1, "limit": _PAGE, "sync": sync}
+    reply = await control.request("replay", args)
+    records, following = reply.get("records"), reply.get("next")
+    if not isinstance(records, list) or type(following) is not int:
+        raise ControlError("bad_reply", "replay reply without 'records' and 'next'")
+    kept = [r for r in records if isinstance(r, list) and len(r) >= 4 and type(r[0]) is int]
+    return kept, following, reply
+
+
+async def _head(control: AsyncControlClient, instance: Instance) -> int:
+    """The journal's last seq of ``instance``."""
+    last = (await control.request("replay", head_request(instance))).get("last")
+    if type(last) is not int:
+        raise ControlError("bad_reply", "replay reply without 'last'")
+    return last
+
+
+def _digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 def _backoff(attempt: int) -> float:
@@ -192,6 +229,38 @@ class Cursors:
         """Move the ``kind`` cursor of ``instance`` (one small transaction)."""
         self._db.execute("INSERT OR REPLACE INTO cursor VALUES (?, ?, ?)", (kind, instance.value, seq))
 
+    def mark(self, instance: Instance, head: int, high: int) -> None:
+        """Before a commit to the journal: keep the journal's ``head`` if no mark is kept yet
+        (the oldest uncovered commit stays covered), and raise the highest stream seq being
+        committed to ``high``; one transaction."""
+        self._transaction(
+            ("INSERT OR IGNORE INTO cursor VALUES (?, ?, ?)", (PENDING, instance.value, head)),
+            ("INSERT OR IGNORE INTO cursor VALUES (?, ?, ?)", (HIGH, instance.value, high)),
+            ("UPDATE cursor SET seq = max(seq, ?) WHERE kind = ? AND instance = ?", (high, HIGH, instance.value)),
+        )
+
+    def settle(self, instance: Instance, seq: int) -> bool:
+        """Move the import cursor of ``instance`` to ``seq``, and drop its mark once the cursor
+        covers every commit made since it was set (one transaction). True if it was dropped."""
+        high = self.get(instance, HIGH)
+        move = ("INSERT OR REPLACE INTO cursor VALUES (?, ?, ?)", (IMPORT, instance.value, seq))
+        if high is None or seq < high:
+            self._transaction(move)
+            return high is None
+        drop = "DELETE FROM cursor WHERE kind IN (?, ?) AND instance = ?"
+        self._transaction(move, (drop, (PENDING, HIGH, instance.value)))
+        return True
+
+    def _transaction(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        self._db.execute("BEGIN")
+        try:
+            for sql, args in statements:
+                self._db.execute(sql, args)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
     def close(self) -> None:
         self._db.close()
 
@@ -213,13 +282,22 @@ class JetStreamBridge:
         self.plan = plan
         self._name, self._prefix, self._subject = name, prefix, subject
         self._context, self._base, self._max_size = context, base, max_size
-        self._state = _State(counts={i.value: _Counts() for i in {*plan.exports, *plan.imports}})
+        self._state = _State(
+            counts={i.value: _Counts() for i in {*plan.exports, *plan.imports}},
+            waiting={
+                "streams",
+                *(f"export {i.value}" for i in plan.exports),
+                *(f"import {i.value}" for i in plan.imports),
+            },
+        )
         self._imported: OrderedDict[bytes, None] = OrderedDict()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._decoder = Decoder()
         self._bells: dict[Instance, asyncio.Event] = {}
         self._gaps: dict[Instance, tuple[int, int]] = {}
         """Per imported instance, the last gap in the deliveries (expected, delivered)."""
+        self._recovered: dict[Instance, set[bytes]] = {}
+        """Per imported instance, digests of the bodies journaled since its mark (:meth:`_recover`)."""
 
     def snapshot(self) -> dict[str, Any]:
         """``stats.federation.jetstream``."""
@@ -262,6 +340,7 @@ class JetStreamBridge:
         self._state.faults[task] = text
 
     def _fine(self, task: str) -> None:
+        self._state.waiting.discard(task)
         if self._state.faults.pop(task, None) is not None:
             log.info("federation: jetstream: %s works again", task)
 
@@ -287,7 +366,6 @@ class JetStreamBridge:
                 self._bells[instance] = asyncio.Event()
             bell.connect(self._base + "-backend")
             await self._streams(js)
-            self._state.started = True
             tasks.append(asyncio.create_task(self._ring(bell)))
             exports = zip(self.plan.exports, controls, strict=False)
             imports = zip(self.plan.imports, controls[len(self.plan.exports) :], strict=True)
@@ -406,7 +484,7 @@ class JetStreamBridge:
                 if cursor is None:
                     cursor = cursors.get(instance)
                     if cursor is None:  # a first start: what is journaled from now on
-                        cursor = int((await control.request("replay", head_request(instance)))["last"])
+                        cursor = await _head(control, instance)
                         cursors.set(instance, cursor)
                     counts.cursor = cursor
                 cursor = await self._export_pages(js, control, cursors, instance, cursor)
@@ -425,18 +503,13 @@ class JetStreamBridge:
         counts = self._state.counts[instance.value]
         sync = True
         for _ in range(1_000_000):
-            args = {"instance": instance.value, "from_seq": cursor + 1, "limit": _PAGE, "sync": sync}
-            reply = await control.request("replay", args)
+            records, following, reply = await _page(control, instance, cursor, sync=sync)
             sync = False
-            records, following, first = reply.get("records"), reply.get("next"), reply.get("first")
-            if not isinstance(records, list) or type(following) is not int:
-                raise ControlError("bad_reply", "replay reply without 'records' and 'next'")
+            first = reply.get("first")
             if type(first) is int and first > cursor + 1:
                 counts.lost += first - cursor - 1  # trimmed by retention before it was exported
             futures: list[asyncio.Future[Any]] = []
             for record in records:
-                if not isinstance(record, list) or len(record) < 4 or type(record[0]) is not int:
-                    continue
                 future = await self._publish(js, instance, counts, record[0], record[2], record[3])
                 if future is not None:
                     futures.append(future)
@@ -508,12 +581,14 @@ class JetStreamBridge:
         for attempt in range(1_000_000_000):
             try:
                 expected = await self._start(js, cursors, instance, counts)
+                await self._recover(control, cursors, instance)
                 subscription = await js.pull_subscribe_bind(durable=durable, stream=stream)
+                self._fine(f"import {instance.value}")
                 attempt = 0
                 for _ in iter(int, 1):
                     try:
                         messages = await subscription.fetch(FETCH, timeout=_POLL)
-                    except nats.errors.TimeoutError:
+                    except TimeoutError:  # nats-py's own, or asyncio's when the deadline runs out first
                         continue
                     expected, in_order = await self._take(control, cursors, instance, counts, messages, expected)
                     if not in_order:
@@ -550,6 +625,27 @@ class JetStreamBridge:
             await js.delete_consumer(stream, durable)
         await js.add_consumer(stream, self._consumer_config(DeliverPolicy.BY_START_SEQUENCE, start))
         return start
+
+    async def _recover(self, control: AsyncControlClient, cursors: Cursors, instance: Instance) -> None:
+        """With a mark kept (a broker killed between a commit and its cursor, or a commit whose
+        outcome is unknown), read back what the journal took since the mark: a message among
+        those, delivered again, is known and not committed twice."""
+        after = cursors.get(instance, PENDING)
+        if after is None:
+            self._recovered.pop(instance, None)
+            return
+        found: set[bytes] = set()
+        for _ in range(_RECOVER_LIMIT // _PAGE):
+            records, following, reply = await _page(control, instance, after)
+            found.update(_digest(record[3]) for record in records if isinstance(record[3], bytes))
+            after = max(after, following - 1)
+            if not reply.get("more"):
+                break
+        else:
+            log.warning(
+                "federation: jetstream: import %s: more than %d records to read back", instance.value, _RECOVER_LIMIT
+            )
+        self._recovered[instance] = found
 
     def _consumer_config(self, policy: DeliverPolicy, start: int | None = None) -> ConsumerConfig:
         return ConsumerConfig(
@@ -595,6 +691,9 @@ class JetStreamBridge:
         wanted = [(topic, msg.data) for msg, verdict, topic in screened if topic is not None]
         for _, body in wanted:
             self._remember(self._imported, body, IMPORTED_LIMIT)
+        if wanted:  # a kill -9 from here until the cursor moves leaves the mark: see _recover
+            high = max(msg.metadata.sequence.stream for msg, _, topic in screened if topic is not None)
+            cursors.mark(instance, await _head(control, instance), high)
         outcomes = iter(await control.commit_many(wanted, window=FETCH) if wanted else [])
         verdicts: list[tuple[Msg, str]] = []
         for msg, verdict, topic in screened:
@@ -604,7 +703,8 @@ class JetStreamBridge:
                 in_order = False
                 expected = msg.metadata.sequence.stream  # from here again, once the journal commits
             verdicts.append((msg, verdict))
-        cursors.set(instance, expected - 1, IMPORT)
+        if cursors.settle(instance, expected - 1):
+            self._recovered.pop(instance, None)
         for msg, verdict in verdicts:
             with contextlib.suppress(nats.errors.Error):  # the cursor holds; the consumer starts from it
                 if verdict == "refused":
@@ -624,7 +724,8 @@ class JetStreamBridge:
             counts.echo += 1
             return "done", None
         msg_id = headers.get(MSG_ID_HEADER, "")
-        if msg_id and msg_id in self._seen:
+        recovered = self._recovered.get(instance)
+        if (msg_id and msg_id in self._seen) or (recovered and _digest(msg.data) in recovered):
             counts.duplicates += 1
             return "done", None
         try:
