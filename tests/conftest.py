@@ -31,8 +31,10 @@ from tests.nats_cluster import NatsCluster
 
 READY = re.compile(
     r"exesdb-broker ready frontend=(?P<f1>\S+) backend=(?P<b1>\S+) control=(?P<c1>\S+)(?: http=(?P<h1>\S+))?"  # text
+    r"(?: restricted_frontend=(?P<rf1>\S+) restricted_backend=(?P<rb1>\S+))?"
     r'|"event": "ready", "frontend": "(?P<f2>[^"]+)", "backend": "(?P<b2>[^"]+)", "control": "(?P<c2>[^"]+)"'  # json
     r'(?:, "http": (?:"(?P<h2>[^"]+)"|null))?'
+    r'(?:, "restricted_frontend": "(?P<rf2>[^"]+)", "restricted_backend": "(?P<rb2>[^"]+)")?'
 )
 FREE = "tcp://127.0.0.1:*"
 HTTP_FREE = "127.0.0.1:0"
@@ -104,6 +106,9 @@ class BrokerProcess:
         self.frontend = self.backend = self.control = ""
         self.http: str | None = None
         """The HTTP surface's URL from the readiness line (``None``: off)."""
+        self.restricted_frontend: str | None = None
+        self.restricted_backend: str | None = None
+        """The restricted class's endpoints from the readiness line (``None``: no class)."""
 
     def wait_line(self, pattern: re.Pattern[str], timeout: float) -> re.Match[str] | None:
         """The first new stderr line matching ``pattern`` within ``timeout``; ``None`` at EOF or timeout."""
@@ -119,6 +124,8 @@ class BrokerProcess:
         self.frontend = fields.get("f1") or fields["f2"]
         self.backend = fields.get("b1") or fields["b2"]
         self.control = fields.get("c1") or fields["c2"]
+        self.restricted_frontend = fields.get("rf1") or fields.get("rf2")
+        self.restricted_backend = fields.get("rb1") or fields.get("rb2")
         http = fields.get("h1") or fields.get("h2")
         self.http = None if http in (None, "none") else http
         return self

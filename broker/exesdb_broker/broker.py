@@ -48,8 +48,8 @@ from .feed import Feed
 from .grace import expected_subscribers, remember_subscribers
 from .journal import JOURNAL_OPS, Journal, JournalSettings, journal_feeds
 from .mailbox import Mailbox
-from .proxy import Proxy
-from .security import HANDSHAKE_FAILURES, Security, SecurityMonitor
+from .proxy import Proxy, plane_of
+from .security import HANDSHAKE_FAILURES, Security, SecurityMonitor, check_restricted
 from .service import STOP, InboxItem, Service, ServiceWiring
 from .stats import StatsBook
 from .supervisor import Supervisor
@@ -113,6 +113,11 @@ class Broker:
         self.frontend = self.config.frontend
         self.backend = self.config.backend
         self.control = self.config.control
+        self.restricted_frontend: str | None = None
+        """The restricted class's frontend as bound (``None``: no class)."""
+        self.restricted_backend: str | None = None
+        """The restricted class's backend as bound (``None``: no class)."""
+        self._restricted_proxy: Proxy | None = None
         self._context: zmq.Context[Any] | None = None
         self._lock = threading.Lock()
         self._started = False
@@ -145,6 +150,7 @@ class Broker:
             check_settings(self.config)
             check_settings(self.federation_config)
             plan = federation_plan(self.federation_config, self.config)
+            check_restricted(self.config, self.connector_configs)
             self._security = Security(self.config)  # keys, allowlists, the loopback rule: before any bind
             self._http = HttpSurface(self.config, self._security.enabled)  # its tokens, before any bind
             self._context = zmq.Context()
@@ -199,6 +205,10 @@ class Broker:
         self._sockets = [frontend, backend, control, proxy_control]
         for socket, role in ((frontend, "frontend"), (backend, "backend"), (control, "control")):
             self._security.secure(socket, role)
+        restricted = self._security.restricted
+        monitors: dict[str, zmq.Socket[Any]] = {}
+        if restricted:
+            self._restricted_proxy = self._restricted_pair(context, monitors)
 
         self.backend = self._bind(backend, "backend", config.backend)
         expected = expected_subscribers(config.data_dir, self.backend) if config.start_grace > 0 else 0
@@ -211,14 +221,14 @@ class Broker:
         frontend.bind(base + "-frontend")
         backend.bind(base + "-backend")
         proxy_control.bind(base + "-proxy")
-        monitors = {
+        monitors |= {
             "frontend": frontend.get_monitor_socket(_MONITOR_EVENTS),
             "backend": backend.get_monitor_socket(_MONITOR_EVENTS),
             "control": control.get_monitor_socket(HANDSHAKE_FAILURES | zmq.EVENT_ACCEPT_FAILED),
         }
         self._sockets.extend(monitors.values())
 
-        self._tap = Tap(context, base + "-backend")
+        self._tap = Tap(context, base + "-backend", base + "-r-backend" if restricted else None, restricted)
         journal_settings = JournalSettings(
             data_dir=config.data_dir,
             instances=journal_instances(config.journal),
@@ -231,7 +241,14 @@ class Broker:
             node=config.node,
         )
         self._feeds = [
-            Feed(context, label, instance, prefixes, backend=base + "-backend", base=base)
+            Feed(
+                context,
+                label,
+                instance,
+                prefixes,
+                backend=base + plane_of(instance, restricted) + "-backend",
+                base=base,
+            )
             for label, instance, prefixes in journal_feeds(journal_settings)
         ]
         self._journal = Journal(
@@ -240,6 +257,8 @@ class Broker:
             feeds=self._feeds,
             frontend=base + "-frontend",
             reply=lambda frames: self._inbox.put(("reply", frames)),
+            restricted_frontend=base + "-r-frontend" if restricted else None,
+            restricted=restricted,
         )
         self._proxy = Proxy(frontend, backend, proxy_control)
         self._sockets = [socket for socket in self._sockets if socket not in (frontend, backend, proxy_control)]
@@ -254,6 +273,8 @@ class Broker:
                 base + "-proxy",
                 self._inbox,
                 endpoints,  # shared with the security monitor: the frontend may be bound later
+                restricted_frontend=base + "-r-frontend" if restricted else None,
+                restricted=restricted,
             ),
             self._book,
             self._proxy,
@@ -267,8 +288,10 @@ class Broker:
             ping_extra=lambda: {"http": self.http},
             journal_ops=JOURNAL_OPS,
             to_journal=self._journal.submit,
+            classes=self._classes,
         )
         self._service.security = SecurityMonitor(self._security, config.node, self._service.publish, endpoints)
+        self._service.security.misrouted = self._tap.counters.misrouted
         if self.connector_configs:
             self._connectors = ConnectorsChild(self.connector_configs, context, base, config.data_dir, config.node)
             for op, operation in zip(
@@ -289,10 +312,13 @@ class Broker:
             raise BrokerUnavailableError(base + "-backend", _START_TIMEOUT, "journal")
         supervisor.start(self._service)
         supervisor.start(self._proxy)
+        if self._restricted_proxy is not None:
+            supervisor.start(self._restricted_proxy)
         # The broker's own publisher is ready once the tap's subscription has come back up
         # through the proxy, and the journal once its sync marker has come back through every
         # feed: only then is the frontend bound, so nothing a publisher sends is missed.
-        for name, event in (("proxy", self._service.ready), ("journal feeds", self._journal.synced)):
+        waits = [("proxy", self._service.ready), ("restricted proxy", self._service.restricted_ready)]
+        for name, event in (*waits, ("journal feeds", self._journal.synced)):
             if not event.wait(_START_TIMEOUT):
                 raise BrokerUnavailableError(base + "-frontend", _START_TIMEOUT, name)
         # Opening the journal may convert an older one (seconds per million records): the
@@ -317,6 +343,52 @@ class Broker:
         if expected:
             self._grace(expected)
         self.frontend = self._service.bind_frontend(config.frontend)
+
+    def _restricted_pair(self, context: zmq.Context[Any], monitors: dict[str, zmq.Socket[Any]]) -> Proxy:
+        """The restricted class's proxy pair: an XSUB frontend and an XPUB backend of their own,
+        each a CURVE server of its own ZAP domain, and inproc binds for the broker's threads.
+        Both are bound now: unlike the public frontend, its frontend does not wait for the
+        journal's feeds (a restricted publisher connected in the broker's first moments may lose
+        a message to the journal, never to a subscriber that was there)."""
+        config, base = self.config, self._base
+        frontend = context.socket(zmq.XSUB)
+        frontend.setsockopt(zmq.RCVHWM, config.hwm)
+        frontend.setsockopt(zmq.MAXMSGSIZE, config.max_message_size)
+        frontend.setsockopt(zmq.LINGER, 0)
+        frontend.send(b"\x01")  # the broker's own subscription to everything, as on the public frontend
+        backend = context.socket(zmq.XPUB)
+        backend.setsockopt(zmq.SNDHWM, config.hwm)
+        backend.setsockopt(zmq.LINGER, _BACKEND_LINGER_MS)
+        control = context.socket(zmq.DEALER)
+        control.setsockopt(zmq.LINGER, 0)
+        self._security.secure(frontend, "restricted_frontend")
+        self._security.secure(backend, "restricted_backend")
+        try:
+            self.restricted_backend = self._bind(backend, "restricted_backend", config.restricted_backend)
+            self.restricted_frontend = self._bind(frontend, "restricted_frontend", config.restricted_frontend)
+            frontend.bind(base + "-r-frontend")
+            backend.bind(base + "-r-backend")
+            control.bind(base + "-r-proxy")
+        except BaseException:
+            for socket in (frontend, backend, control):
+                socket.close(linger=0)
+            raise
+        monitors["restricted_frontend"] = frontend.get_monitor_socket(_MONITOR_EVENTS)
+        monitors["restricted_backend"] = backend.get_monitor_socket(_MONITOR_EVENTS)
+        return Proxy(frontend, backend, control, name="proxy-restricted")
+
+    def _classes(self) -> list[dict[str, Any]]:
+        """The privilege classes of the ``instances`` reply: the restricted one, if any."""
+        if self._restricted_proxy is None:
+            return []
+        return [
+            {
+                "name": "restricted",
+                "instances": sorted(instance.value for instance in self._security.restricted),
+                "frontend": self.restricted_frontend or self.config.restricted_frontend,
+                "backend": self.restricted_backend,
+            }
+        ]
 
     def _grace(self, expected: int) -> None:
         """Wait until ``expected`` subscribers have completed their handshake (their
@@ -375,7 +447,11 @@ class Broker:
         return extra
 
     def _stop_after_proxy(self) -> None:
-        """Run by the service once the proxy has stopped: the tap ends, the journal drains."""
+        """Run by the service once the proxy has stopped: the restricted proxy stops, the tap
+        ends, the journal drains."""
+        if self._restricted_proxy is not None and self._context is not None:
+            self._restricted_proxy.stop()
+            Proxy.interrupt(self._context, self._base + "-r-proxy")
         self._tap.stop()
         self._journal.stop()
 
@@ -452,6 +528,7 @@ class Broker:
                     socket.close(linger=0)
                 context.term()
             supervisor.join("proxy", timeout * 0.25)
+            supervisor.join("proxy-restricted", timeout * 0.25)
             self._inbox.close()
             self._journal.inbox.close()
             log.info("broker stopped")

@@ -20,6 +20,7 @@ from .config import LOG_FORMATS, LOG_LEVELS, load_config, load_federation
 from .fds import raise_fd_limit
 from .federation import federation_plan
 from .logs import readiness_line, setup_logging
+from .security import check_restricted
 
 __all__ = ["main", "serve"]
 
@@ -52,6 +53,9 @@ HELP = (
     "endpoint; --allow-publishers, --allow-subscribers and --allow-admins name directories of "
     "allowed public key files; with it, every HTTP route but /healthz needs a bearer token from the "
     "--http-token-* files (at least one: the broker refuses to start without, unless --http none). "
+    "--restricted security,audit puts those instances on a pair of endpoints of their own "
+    "(--restricted-frontend, --restricted-backend) with their own key directories "
+    "(--allow-restricted-publishers, --allow-restricted-subscribers). "
     "Without it only loopback addresses may be bound, the HTTP surface's included, unless "
     "--allow-insecure.\n\n"
     "Exit status: 0 clean stop, 1 runtime failure (e.g. an endpoint in use), 2 bad configuration "
@@ -108,6 +112,24 @@ def serve(
     ] = None,
     allow_admins: Annotated[
         str | None, typer.Option(help="Directory of public key files allowed every control op")
+    ] = None,
+    restricted: Annotated[
+        str | None,
+        typer.Option(
+            help="Instances of the restricted class, e.g. security,audit: own endpoints and keys [default: none]"
+        ),
+    ] = None,
+    restricted_frontend: Annotated[
+        str | None, typer.Option(help="Frontend of the restricted instances [default: tcp://127.0.0.1:7103]")
+    ] = None,
+    restricted_backend: Annotated[
+        str | None, typer.Option(help="Backend of the restricted instances [default: tcp://127.0.0.1:7104]")
+    ] = None,
+    allow_restricted_publishers: Annotated[
+        str | None, typer.Option(help="Directory of public key files allowed to publish restricted instances")
+    ] = None,
+    allow_restricted_subscribers: Annotated[
+        str | None, typer.Option(help="Directory of public key files allowed to read restricted instances")
     ] = None,
     allow_insecure: Annotated[
         bool, typer.Option("--allow-insecure", help="Allow a non-loopback bind without CURVE (logs a warning)")
@@ -221,6 +243,11 @@ def serve(
         "allow_publishers": allow_publishers,
         "allow_subscribers": allow_subscribers,
         "allow_admins": allow_admins,
+        "restricted": restricted,
+        "restricted_frontend": restricted_frontend,
+        "restricted_backend": restricted_backend,
+        "allow_restricted_publishers": allow_restricted_publishers,
+        "allow_restricted_subscribers": allow_restricted_subscribers,
         "allow_insecure": True if allow_insecure else None,
         "data_dir": data_dir,
         "journal": journal,
@@ -261,6 +288,7 @@ def serve(
             document=document,
         )
         federation_plan(federation, settings)  # every federation error here, in one line, before start-up
+        check_restricted(settings, connectors)
     except ExesdbError as exc:
         _fail(str(exc), EXIT_USAGE)
     setup_logging(settings.log_level, settings.log_format)
@@ -281,7 +309,12 @@ def serve(
     log.info("file descriptors: limit %d%s", after, f" (raised from {before})" if after != before else "")
     # one write, line and newline together: print() writes them apart, and a broker thread's log
     # line may land between them (the federation's, reconnecting, did), breaking the line scripts read
-    ready = readiness_line(settings.log_format, broker.frontend, broker.backend, broker.control, broker.http)
+    pair = (
+        (broker.restricted_frontend, broker.restricted_backend)
+        if broker.restricted_frontend is not None and broker.restricted_backend is not None
+        else None
+    )
+    ready = readiness_line(settings.log_format, broker.frontend, broker.backend, broker.control, broker.http, pair)
     sys.stderr.write(ready + "\n")
     sys.stderr.flush()
     try:

@@ -13,6 +13,8 @@ from exesdb_sdk.endpoints import (
     DEFAULT_BACKEND,
     DEFAULT_CONTROL,
     DEFAULT_FRONTEND,
+    DEFAULT_RESTRICTED_BACKEND,
+    DEFAULT_RESTRICTED_FRONTEND,
     validate_endpoint,
 )
 from exesdb_sdk.errors import ExesdbError
@@ -159,6 +161,17 @@ class BrokerConfig:
     """Directory of public key files allowed to subscribe (the backend)."""
     allow_admins: str = field(default="", metadata={"check": _directory})
     """Directory of public key files allowed every control op."""
+    restricted: str = field(default="", metadata={"check": journal_instances})
+    """Instances of the restricted class (comma-separated names or aliases, e.g. ``security,audit``;
+    empty or ``none``: no class). They travel only through the class's own endpoints."""
+    restricted_frontend: str = field(default=DEFAULT_RESTRICTED_FRONTEND, metadata={"check": _bind_url})
+    """XSUB endpoint publishers of the restricted instances connect to."""
+    restricted_backend: str = field(default=DEFAULT_RESTRICTED_BACKEND, metadata={"check": _bind_url})
+    """XPUB endpoint subscribers of the restricted instances connect to."""
+    allow_restricted_publishers: str = field(default="", metadata={"check": _directory})
+    """Directory of public key files allowed to publish restricted instances (their frontend)."""
+    allow_restricted_subscribers: str = field(default="", metadata={"check": _directory})
+    """Directory of public key files allowed to read restricted instances (their backend, replay, last)."""
     allow_insecure: bool = False
     """Allow binding a non-loopback address without CURVE (logged as a warning)."""
     data_dir: str = field(default_factory=default_data_dir, metadata={"check": _data_dir})

@@ -41,15 +41,18 @@ class ControlHandler:
         node: str,
         stats: Callable[[], dict[str, Any]],
         *,
-        authorize: Callable[[str, str | None], str | None] | None = None,
+        authorize: Callable[[str, str | None, dict[str, Any]], str | None] | None = None,
         ping_extra: Callable[[], dict[str, Any]] | None = None,
+        classes: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._node = node
         self._ping_extra = ping_extra
         """More fields of the ``ping`` reply (the HTTP surface's URL)."""
         self._stats = stats
         self._authorize = authorize
-        """``authorize(op, user_id)``: ``None`` to allow, else why not (a ``forbidden`` reply)."""
+        """``authorize(op, user_id, request)``: ``None`` to allow, else why not (a ``forbidden`` reply)."""
+        self._classes = classes
+        """The privilege classes for the ``instances`` reply (their endpoints as bound)."""
         self._ops: dict[str, Operation] = {
             "ping": self._ping,
             "stats": self._stats_op,
@@ -95,7 +98,7 @@ class ControlHandler:
         if operation is None and send is None:
             known = ", ".join(sorted({*self._ops, *self._forwards}))
             return encode_error_reply("unknown_op", f"unknown op {request['op']!r} (known: {known})", request_id)
-        if self._authorize is not None and (refusal := self._authorize(request["op"], user_id)) is not None:
+        if self._authorize is not None and (refusal := self._authorize(request["op"], user_id, request)) is not None:
             return encode_error_reply("forbidden", refusal, request_id)
         if send is not None:
             send([*head, frame])
@@ -127,4 +130,4 @@ class ControlHandler:
         }
 
     def _instances(self, request: dict[str, Any]) -> dict[str, Any]:
-        return {"instances": instance_table()}
+        return {"instances": instance_table(), "classes": self._classes() if self._classes is not None else []}

@@ -97,16 +97,27 @@ def _secret(key: str, value: str) -> str:
     return text
 
 
-def _instances(key: str, value: str, journaled: tuple[Instance, ...]) -> tuple[Instance, ...]:
+def _instances(
+    key: str, value: str, journaled: tuple[Instance, ...], restricted: tuple[Instance, ...]
+) -> tuple[Instance, ...]:
+    """The instances an ``exports`` or ``imports`` setting names; ``all`` and ``live`` leave out
+    the restricted class, which NATS would carry to keys outside it, and naming one is an error."""
     word = value.strip().lower()
     if word == FEDERATION_ALL:
-        return tuple(Instance)
+        return tuple(instance for instance in Instance if instance not in restricted)
     if word == FEDERATION_LIVE:
-        return tuple(instance for instance in Instance if instance not in journaled)
+        return tuple(instance for instance in Instance if instance not in journaled and instance not in restricted)
     try:
-        return journal_instances(value)
+        named = journal_instances(value)
     except ValueError as exc:
         raise ConfigError(f"federation {key}: {exc}") from None
+    for instance in named:
+        if instance in restricted:
+            raise ConfigError(
+                f"federation {key}: {instance.value} is restricted: it is not federated "
+                "(NATS would carry it to keys outside its class)"
+            )
+    return named
 
 
 def federation_plan(federation: FederationConfig, broker: BrokerConfig) -> FederationPlan | None:
@@ -122,8 +133,9 @@ def federation_plan(federation: FederationConfig, broker: BrokerConfig) -> Feder
         raise ConfigError("federation: user and password_file go together")
     if federation.user and federation.token_file:
         raise ConfigError("federation: use either user and password_file, or token_file")
-    exports = _instances("exports", federation.exports, journaled)
-    imports = _instances("imports", federation.imports, journaled)
+    restricted = journal_instances(broker.restricted)
+    exports = _instances("exports", federation.exports, journaled, restricted)
+    imports = _instances("imports", federation.imports, journaled, restricted)
     jetstream = JetStreamPlan(
         exports=tuple(i for i in exports if i in journaled),
         imports=tuple(i for i in imports if i in journaled),

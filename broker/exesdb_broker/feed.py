@@ -113,11 +113,11 @@ class FeedLink:
             if totals is not None:
                 sampled(label, totals.frames_out, time.monotonic())
 
-    def send_sync(self, pub: zmq.Socket[Any], number: int) -> None:
-        """Send sync marker ``number`` through every feed, by way of the proxy (``pub`` is a
-        publisher into the frontend). Raises ``zmq.ZMQError`` when it cannot."""
+    def send_sync(self, pub: Callable[[Instance | None], zmq.Socket[Any]], number: int) -> None:
+        """Send sync marker ``number`` through every feed, by way of the proxy (``pub(instance)``
+        is a publisher into the frontend of the feed's instance). Raises ``zmq.ZMQError`` when it cannot."""
         for feed in self._feeds:
-            send_frames(pub, feed.sync_prefix + str(number).encode(), b"")
+            send_frames(pub(feed.instance), feed.sync_prefix + str(number).encode(), b"")
 
     def terminate(self) -> None:
         """End every feed (at stop, once they are drained)."""

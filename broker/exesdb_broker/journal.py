@@ -181,6 +181,8 @@ class Journal:
         feeds: Sequence[Feed],
         frontend: str,
         reply: Callable[[list[bytes]], None],
+        restricted_frontend: str | None = None,
+        restricted: frozenset[Instance] = frozenset(),
     ) -> None:
         self.settings = settings
         self.counters = JournalCounters()
@@ -200,6 +202,9 @@ class Journal:
         self._context = context
         self._feeds = list(feeds)
         self._frontend = frontend
+        self._restricted_frontend = restricted_frontend
+        self._restricted = restricted
+        """Instances of the restricted class: forwarded (and synced) through its own frontend."""
         self._reply = reply
         self._store: JournalStore | None = None
         self._journaled = frozenset(settings.instances)
@@ -211,6 +216,9 @@ class Journal:
         self._decoder = Decoder()
         self._encoder = Encoder(src=settings.node or "exesdb-broker")
         self._pub: zmq.Socket[Any] | None = None
+        self._rpub: zmq.Socket[Any] | None = None
+        """The publisher into the restricted class's frontend (``None``: no class)."""
+        self._subscribed: set[zmq.Socket[Any]] = set()
         self._view: dict[str, Any] = {}
         self.intake = Intake(
             [(feed.label, feed.instance) for feed in self._feeds],
@@ -303,13 +311,20 @@ class Journal:
         link = FeedLink(self._context, self._feeds)
         pub = self._context.socket(zmq.XPUB)
         self._pub = pub
+        rpub = self._rpub = self._context.socket(zmq.XPUB) if self._restricted_frontend is not None else None
+        self._subscribed = set()
         try:
             prepare_socket(pub, hwm=0, send_timeout=0, linger=0)
             pub.connect(self._frontend)
+            if rpub is not None and self._restricted_frontend is not None:
+                prepare_socket(rpub, hwm=0, send_timeout=0, linger=0)
+                rpub.connect(self._restricted_frontend)
             self.subscribed.set()
             self._loop(link, pub)
         finally:
-            self._pub = None
+            self._pub = self._rpub = None
+            if rpub is not None:
+                rpub.close(linger=0)
             if self._store is not None:
                 self._store.close()
                 self._store = None
@@ -342,6 +357,8 @@ class Journal:
         for poller in (idle, coalescing):
             poller.register(self.inbox.fileno(), zmq.POLLIN)
             poller.register(pub, zmq.POLLIN)
+            if self._rpub is not None:
+                poller.register(self._rpub, zmq.POLLIN)
         idle.register(sub, zmq.POLLIN)
         intake = self.intake
         opened = False
@@ -353,6 +370,8 @@ class Journal:
             ready = dict(poller.poll(int(wait * 1000)))
             if pub in ready:
                 self._drain_subscriptions(pub)
+            if self._rpub is not None and self._rpub in ready:
+                self._drain_subscriptions(self._rpub)
             if not opened:
                 opened = self._start_up(link, pub)
             stop, durable, queries = self._requests(
@@ -470,7 +489,7 @@ class Journal:
         """Send a sync marker through every feed; return its number."""
         self._syncs += 1
         try:
-            link.send_sync(pub, self._syncs)
+            link.send_sync(lambda instance: self._publisher_of(instance, pub), self._syncs)
         except zmq.ZMQError as exc:  # not forwarding (stopping): the drain at stop answers
             log.debug("journal sync marker not sent: %s", exc)
         else:
@@ -551,13 +570,20 @@ class Journal:
         except zmq.ZMQError as exc:
             log.warning("journal alert not sent: %s", exc)
 
+    def _publisher_of(self, instance: Instance | None, pub: zmq.Socket[Any]) -> zmq.Socket[Any]:
+        """The publisher into the frontend of ``instance``'s class (``pub``: the public one)."""
+        return self._rpub if self._rpub is not None and instance in self._restricted else pub
+
     def _drain_subscriptions(self, pub: zmq.Socket[Any]) -> None:
         for _ in range(10_000):
             try:
                 pub.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.ready.set()  # the frontend's subscription: what it sends now is forwarded
+            # the frontend's subscription: what it sends now is forwarded (on every plane)
+            self._subscribed.add(pub)
+            if len(self._subscribed) == (1 if self._rpub is None else 2):
+                self.ready.set()
 
     # -- committing --------------------------------------------------------------------------
 
@@ -598,7 +624,7 @@ class Journal:
         try:
             if pub is None:
                 raise zmq.Again()
-            send_frames(pub, record.topic, record.body)
+            send_frames(self._publisher_of(record.instance, pub), record.topic, record.body)
         except zmq.Again:  # unbounded HWM: only while stopping
             log.warning("durable message on %s committed but not forwarded", record.topic.decode())
         else:

@@ -49,18 +49,30 @@ def setup_logging(level: str, log_format: str) -> None:
     root.propagate = False
 
 
-def readiness_line(log_format: str, frontend: str, backend: str, control: str, http: str | None = None) -> str:
+def readiness_line(
+    log_format: str,
+    frontend: str,
+    backend: str,
+    control: str,
+    http: str | None = None,
+    restricted: tuple[str, str] | None = None,
+) -> str:
     """The one line printed on stderr once every endpoint is bound, whatever the log level
-    (``http``: the HTTP surface's URL, ``None`` when it is off)."""
+    (``http``: the HTTP surface's URL, ``None`` when it is off; ``restricted``: the restricted
+    class's frontend and backend, at the end of the line, when there is one)."""
     if log_format == "json":
-        return json.dumps(
-            {
-                "ts": _iso(time.time()),
-                "event": "ready",
-                "frontend": frontend,
-                "backend": backend,
-                "control": control,
-                "http": http,
-            }
-        )
-    return f"exesdb-broker ready frontend={frontend} backend={backend} control={control} http={http or 'none'}"
+        fields: dict[str, Any] = {
+            "ts": _iso(time.time()),
+            "event": "ready",
+            "frontend": frontend,
+            "backend": backend,
+            "control": control,
+            "http": http,
+        }
+        if restricted is not None:
+            fields["restricted_frontend"], fields["restricted_backend"] = restricted
+        return json.dumps(fields)
+    line = f"exesdb-broker ready frontend={frontend} backend={backend} control={control} http={http or 'none'}"
+    if restricted is not None:
+        line += f" restricted_frontend={restricted[0]} restricted_backend={restricted[1]}"
+    return line

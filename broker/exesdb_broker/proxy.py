@@ -18,8 +18,9 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import zmq
+from exesdb_sdk.instances import Instance
 
-__all__ = ["Proxy", "ProxyCommand"]
+__all__ = ["Proxy", "ProxyCommand", "plane_of"]
 
 log = logging.getLogger("exesdb.broker")
 
@@ -33,10 +34,18 @@ _COMMANDS_PER_PAUSE: Final = 100
 class Proxy:
     """The proxy child of the broker's supervisor."""
 
-    name = "proxy"
     restartable = False
 
-    def __init__(self, frontend: zmq.Socket[Any], backend: zmq.Socket[Any], control: zmq.Socket[Any]) -> None:
+    def __init__(
+        self,
+        frontend: zmq.Socket[Any],
+        backend: zmq.Socket[Any],
+        control: zmq.Socket[Any],
+        *,
+        name: str = "proxy",
+    ) -> None:
+        self.name = name
+        """``proxy`` for the public pair, ``proxy-restricted`` for the restricted class's."""
         self._frontend = frontend
         self._backend = backend
         self._control = control
@@ -53,6 +62,16 @@ class Proxy:
     def stop(self) -> None:
         """Make the next ``TERMINATE`` final."""
         self._commands.put(_STOP)
+
+    @staticmethod
+    def interrupt(context: zmq.Context[Any], control: str) -> None:
+        """Send ``TERMINATE`` to the proxy whose control socket is bound at inproc ``control``."""
+        tell = context.socket(zmq.DEALER)
+        try:
+            tell.connect(control)
+            tell.send(b"TERMINATE")
+        finally:
+            tell.close(linger=1000)
 
     def run(self) -> None:
         self.started.set()
@@ -80,3 +99,9 @@ class Proxy:
             except zmq.ZMQError as exc:
                 log.error("proxy command failed: %s", exc)
         return True
+
+
+def plane_of(instance: Instance | None, restricted: frozenset[Instance]) -> str:
+    """The suffix of the inproc endpoints of ``instance``'s pair: ``-r`` for the restricted
+    class, ``""`` for the public pair (``None``: topics of no one instance, public)."""
+    return "-r" if instance is not None and instance in restricted else ""

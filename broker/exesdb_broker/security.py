@@ -28,21 +28,23 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import zmq
+from exesdb_connect.config import ConnectorConfig
 from exesdb_sdk.curve import KeyPair, apply_server_keys, load_key_file
 from exesdb_sdk.endpoints import is_loopback
-from exesdb_sdk.errors import ConfigError
+from exesdb_sdk.errors import ConfigError, ExesdbError
+from exesdb_sdk.instances import Instance
 from exesdb_sdk.messages import AccessViolation, Payload, SecurityAlert
 from exesdb_web.server import http_url
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
-from .config import BrokerConfig, http_address
+from .config import BrokerConfig, http_address, journal_instances, last_value_prefixes
 
 __all__ = [
     "ADMINS",
@@ -50,6 +52,9 @@ __all__ = [
     "HANDSHAKE_FAILURES",
     "OP_ROLES",
     "PUBLISHERS",
+    "RESTRICTED_PUBLISHERS",
+    "RESTRICTED_ROLES",
+    "RESTRICTED_SUBSCRIBERS",
     "ROLES",
     "SUBSCRIBERS",
     "Allowlists",
@@ -58,6 +63,7 @@ __all__ = [
     "SecurityMonitor",
     "TokenBucket",
     "check_binds",
+    "check_restricted",
 ]
 
 log = logging.getLogger("exesdb.broker.security")
@@ -65,11 +71,24 @@ log = logging.getLogger("exesdb.broker.security")
 PUBLISHERS: Final = "publishers"
 SUBSCRIBERS: Final = "subscribers"
 ADMINS: Final = "admins"
-ROLES: Final = (PUBLISHERS, SUBSCRIBERS, ADMINS)
+RESTRICTED_PUBLISHERS: Final = "restricted_publishers"
+RESTRICTED_SUBSCRIBERS: Final = "restricted_subscribers"
+ROLES: Final = (PUBLISHERS, SUBSCRIBERS, ADMINS, RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS)
 ANY_ROLE: Final = frozenset(ROLES)
 
-DOMAINS: Final = {"frontend": PUBLISHERS, "backend": SUBSCRIBERS, "control": ADMINS}
+DOMAINS: Final = {
+    "frontend": PUBLISHERS,
+    "backend": SUBSCRIBERS,
+    "control": ADMINS,
+    "restricted_frontend": RESTRICTED_PUBLISHERS,
+    "restricted_backend": RESTRICTED_SUBSCRIBERS,
+}
 """The ZAP domain (and role) of each endpoint."""
+RESTRICTED_ROLES: Final[Mapping[str, frozenset[str]]] = {
+    "publish": frozenset({RESTRICTED_PUBLISHERS, ADMINS}),
+    "replay": frozenset({RESTRICTED_SUBSCRIBERS, ADMINS}),
+}
+"""Who may run an op on a restricted instance (in place of :data:`OP_ROLES`)."""
 
 OP_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "ping": ANY_ROLE,
@@ -101,12 +120,33 @@ _SUMMARY_INTERVAL: Final = 10.0
 # -- settings -----------------------------------------------------------------------------------
 
 
+def check_restricted(config: BrokerConfig, connectors: Sequence[ConnectorConfig]) -> None:
+    """Refuse what would carry a restricted instance past its class: a connector (its sink is
+    outside the broker's keys) and last values of it (``last`` is open to every subscriber).
+    Raises :class:`ConfigError` (one line)."""
+    restricted = journal_instances(config.restricted)
+    for connector in connectors:
+        for instance, _ in connector.subscriptions:
+            if instance in restricted:
+                raise ConfigError(
+                    f"connector {connector.name}: {instance.value} is restricted: a connector would carry it "
+                    "to a sink outside its class"
+                )
+    for prefix in last_value_prefixes(config.last_values):
+        head = prefix.decode().partition("/")[0]
+        if Instance.resolve(head) in restricted:
+            raise ConfigError(f"last_values: {prefix.decode()!r} is in the restricted instance {head}: not kept")
+
+
 def check_binds(config: BrokerConfig, secure: bool) -> list[str]:
     """Refuse a non-loopback endpoint (the HTTP surface's included) without CURVE unless
     ``allow_insecure``; return the warnings to log for those allowed anyway. Raises
     :class:`ConfigError` (one line)."""
     warnings = []
-    for role in ("frontend", "backend", "control"):
+    roles = ["frontend", "backend", "control"]
+    if journal_instances(config.restricted):
+        roles += ["restricted_frontend", "restricted_backend"]
+    for role in roles:
         url = getattr(config, role)
         if secure or is_loopback(url):
             continue
@@ -277,6 +317,8 @@ class SecurityMonitor:
         self.failures: dict[str, int] = {"auth": 0, "protocol": 0, "no_detail": 0}
         self.failures_by_endpoint: dict[str, int] = dict.fromkeys(DOMAINS, 0)
         self.forbidden = 0
+        self.misrouted: Mapping[str, int] = {}
+        """Per restricted instance, its messages sent to the public frontend (the tap's count)."""
         self.published = 0
         self.suppressed = 0
         self._unreported = 0
@@ -296,11 +338,15 @@ class SecurityMonitor:
                 principal, source, reason = denial.key, denial.address or None, denial.reason
         self._violation(principal, f"{endpoint} {self._endpoints.get(endpoint, '')}".strip(), "connect", reason, source)
 
-    def authorize(self, op: str, user_id: str | None) -> str | None:
-        """``None`` if the op may run for this client, else why not (and report it)."""
+    def authorize(self, op: str, user_id: str | None, request: Mapping[str, Any] | None = None) -> str | None:
+        """``None`` if the op may run for this client, else why not (and report it). A
+        ``publish`` or ``replay`` of a restricted instance needs that class's role."""
         if not self._security.enabled:
             return None
         allowed = OP_ROLES.get(op, frozenset({ADMINS}))
+        instance = self._security.restricted_target(op, request)
+        if instance is not None:
+            allowed = RESTRICTED_ROLES[op]
         if allowed == ANY_ROLE or user_id is None:
             # No User-Id under CURVE: an inproc peer (ZAP grants every TCP or IPC client one). Only
             # this process can reach the inproc endpoints (the HTTP surface's control client): trusted.
@@ -311,8 +357,9 @@ class SecurityMonitor:
         self.forbidden += 1
         has = ", ".join(sorted(roles)) or "none"
         needs = " or ".join(sorted(allowed))
-        message = f"op {op!r} needs the role {needs}; this key has: {has}"
-        self._violation(user_id or "unknown", f"control op {op}", op, message, None)
+        target = f" on {instance.value}" if instance is not None else ""
+        message = f"op {op!r}{target} needs the role {needs}; this key has: {has}"
+        self._violation(user_id or "unknown", f"control op {op}{target}", op, message, None)
         return message
 
     def _violation(self, principal: str, resource: str, action: str, reason: str, source: str | None) -> None:
@@ -361,6 +408,8 @@ class SecurityMonitor:
             "handshake_failures_by_kind": dict(self.failures),
             "handshake_failures_by_endpoint": dict(self.failures_by_endpoint),
             "forbidden_ops": self.forbidden,
+            "restricted": sorted(instance.value for instance in self._security.restricted),
+            "misrouted": dict(self.misrouted),
             "violations_published": self.published,
             "violations_suppressed": self.suppressed,
             "allowlists": self._security.counts(),
@@ -377,10 +426,16 @@ class Security:
     def __init__(self, config: BrokerConfig) -> None:
         directories = {PUBLISHERS: config.allow_publishers, SUBSCRIBERS: config.allow_subscribers}
         directories[ADMINS] = config.allow_admins
+        directories[RESTRICTED_PUBLISHERS] = config.allow_restricted_publishers
+        directories[RESTRICTED_SUBSCRIBERS] = config.allow_restricted_subscribers
         self.enabled = bool(config.broker_key)
+        self.restricted = frozenset(journal_instances(config.restricted))
+        """The instances of the restricted class (none: no class)."""
         if not self.enabled and any(directories.values()):
             given = ", ".join(f"allow_{role}" for role, path in directories.items() if path)
             raise ConfigError(f"{given} given without broker_key: the allowlists need CURVE (set broker_key)")
+        if not self.restricted and (config.allow_restricted_publishers or config.allow_restricted_subscribers):
+            raise ConfigError("allow_restricted_* given without restricted: name the restricted instances")
         self._server: KeyPair | None = None
         self._allowlists = Allowlists({}, {})
         self.warnings = check_binds(config, self.enabled)
@@ -407,8 +462,24 @@ class Security:
         counts = " ".join(f"{role}={n}" for role, n in self.counts().items())
         log.info("security on: CURVE on every endpoint; allowlists %s", counts)
         for role, n in self.counts().items():
-            if n == 0:
+            if n == 0 and (self.restricted or role not in (RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS)):
                 log.warning("allow_%s is empty: no client can connect as %s", role, role)
+
+    def restricted_target(self, op: str, request: Mapping[str, Any] | None) -> Instance | None:
+        """The restricted instance a ``publish`` or ``replay`` request is for, else ``None``
+        (an unknown instance or a bad topic is the op's own error to report)."""
+        if not self.restricted or request is None or op not in RESTRICTED_ROLES:
+            return None
+        name = request.get("topic") if op == "publish" else request.get("instance")
+        if isinstance(name, bytes):
+            name = name.decode("utf-8", "replace")
+        if not isinstance(name, str):
+            return None
+        try:
+            instance = Instance.resolve(name.partition("/")[0] if op == "publish" else name)
+        except ExesdbError:
+            return None
+        return instance if instance in self.restricted else None
 
     def secure(self, socket: zmq.Socket[Any], endpoint: str) -> None:
         """Make ``socket`` (frontend, backend or control) a CURVE server of its role's domain."""

@@ -21,6 +21,7 @@ from typing import Any, Final
 import zmq
 from exesdb_sdk import __version__
 from exesdb_sdk.errors import BindError
+from exesdb_sdk.instances import Instance
 from exesdb_sdk.messages import BrokerMetrics, Payload, SystemAlert, SystemEvent, SystemLifecycle
 from exesdb_sdk.protocol import PROBE_PREFIX, Encoder
 from exesdb_sdk.publisher import prepare_socket
@@ -40,6 +41,8 @@ log = logging.getLogger("exesdb.broker")
 SYSTEM_NAME: Final = "exesdb_broker"
 STOP: Final = ("stop", None)
 """The inbox item that makes the service shut the broker down."""
+_GUARDED: Final = ("frontend", "backend", "control")
+"""The endpoints the accept guard may pause (not yet the restricted class's)."""
 _PROBE: Final = b"\x01" + PROBE_PREFIX.encode()
 _SAMPLE_INTERVAL: Final = 1.0
 _TAP_CHECK_INTERVAL: Final = 0.1
@@ -71,6 +74,10 @@ class ServiceWiring:
     inbox: Mailbox[InboxItem]
     endpoints: dict[str, str]
     """The bound endpoint of each role (frontend, backend, control), to unbind and bind again."""
+    restricted_frontend: str | None = None
+    """The inproc frontend of the restricted class (``None``: no class)."""
+    restricted: frozenset[Instance] = frozenset()
+    """Its instances: the broker's own messages of these go to its frontend."""
 
 
 class Service:
@@ -95,6 +102,7 @@ class Service:
         journal_ops: tuple[str, ...] = (),
         to_journal: Callable[[list[bytes]], None] | None = None,
         ping_extra: Callable[[], dict[str, Any]] | None = None,
+        classes: Callable[[], list[dict[str, Any]]] | None = None,
     ) -> None:
         self._wiring = wiring
         self._book = book
@@ -111,7 +119,9 @@ class Service:
         self._remembered = 0
         self._to_journal = to_journal
         self._encoder = Encoder(src=node)
-        self._handler = ControlHandler(node, self._stats, authorize=self._authorize, ping_extra=ping_extra)
+        self._handler = ControlHandler(
+            node, self._stats, authorize=self._authorize, ping_extra=ping_extra, classes=classes
+        )
         if to_journal is not None:
             self._handler.forward(journal_ops, self._hand_to_journal)
         self.security: SecurityMonitor | None = None
@@ -123,6 +133,10 @@ class Service:
         self.stopped = threading.Event()
         """Set once the shutdown sequence has run."""
         self._publisher: zmq.Socket[Any] | None = None
+        self._restricted_publisher: zmq.Socket[Any] | None = None
+        """The broker's own publisher of the restricted instances (their class's frontend)."""
+        self.restricted_ready = threading.Event()
+        """Set once that publisher is connected through the restricted proxy (or there is no class)."""
         self._proxy: zmq.Socket[Any] | None = None
         self._announced = False
         self._last_metrics = (time.monotonic(), 0)
@@ -136,9 +150,10 @@ class Service:
 
     def publish(self, payload: Payload) -> None:
         """Publish one of the broker's own typed messages on its default sub-topic."""
-        publisher = self._publisher
+        restricted = payload.__instance__ in self._wiring.restricted
+        publisher = self._restricted_publisher if restricted else self._publisher
         topic = self._encoder.topic(payload.__instance__, payload.default_subtopic())
-        if publisher is None or not self.ready.is_set():
+        if publisher is None or not (self.restricted_ready if restricted else self.ready).is_set():
             log.warning("own message on %s dropped: the broker's publisher is not connected", topic.decode())
             return
         body = self._encoder.encode(topic, type(payload).__name__, payload)
@@ -178,24 +193,36 @@ class Service:
         wiring = self._wiring
         publisher = wiring.context.socket(zmq.XPUB)
         proxy = wiring.context.socket(zmq.DEALER)
-        self._publisher, self._proxy = publisher, proxy
+        restricted = wiring.context.socket(zmq.XPUB) if wiring.restricted_frontend is not None else None
+        self._publisher, self._proxy, self._restricted_publisher = publisher, proxy, restricted
         self.ready.clear()  # until this run's publisher has its subscription
+        self.restricted_ready.clear()
         try:
             prepare_socket(publisher, hwm=10_000, send_timeout=0, linger=0)
             publisher.connect(wiring.frontend)
+            if restricted is not None and wiring.restricted_frontend is not None:
+                prepare_socket(restricted, hwm=10_000, send_timeout=0, linger=0)
+                restricted.connect(wiring.restricted_frontend)
+            else:
+                self.restricted_ready.set()
             proxy.setsockopt(zmq.LINGER, 0)
             proxy.connect(wiring.proxy_control)
             self._loop(publisher)
         finally:
-            self._publisher = self._proxy = None
+            self._publisher = self._proxy = self._restricted_publisher = None
             publisher.close(linger=0)
             proxy.close(linger=0)
+            if restricted is not None:
+                restricted.close(linger=0)
 
     def _loop(self, publisher: zmq.Socket[Any]) -> None:
         wiring = self._wiring
         poller = zmq.Poller()
+        restricted = self._restricted_publisher
         for socket in (wiring.control, publisher, *wiring.monitors.values()):
             poller.register(socket, zmq.POLLIN)
+        if restricted is not None:
+            poller.register(restricted, zmq.POLLIN)
         poller.register(wiring.inbox.fileno(), zmq.POLLIN)
         roles = {socket: role for role, socket in wiring.monitors.items()}
         next_sample = next_tap_check = time.monotonic()
@@ -216,6 +243,8 @@ class Service:
             ready = dict(poller.poll(wait_ms))
             if publisher in ready:
                 self._drain_subscriptions(publisher)
+            if restricted is not None and restricted in ready:
+                self._drain_subscriptions(restricted)
             if wiring.control in ready:
                 self._serve_control()
             for socket in ready:
@@ -364,8 +393,8 @@ class Service:
         if outcome is not None:
             raise outcome
 
-    def _authorize(self, op: str, user_id: str | None) -> str | None:
-        return None if self.security is None else self.security.authorize(op, user_id)
+    def _authorize(self, op: str, user_id: str | None, request: dict[str, Any]) -> str | None:
+        return None if self.security is None else self.security.authorize(op, user_id, request)
 
     def _hand_to_journal(self, frames: list[bytes]) -> None:
         assert self._to_journal is not None
@@ -388,7 +417,7 @@ class Service:
             failures = self.accept_failures[role] = self.accept_failures.get(role, 0) + 1
             if failures == 1:
                 log.error("%s: cannot accept a connection: %s", role, zmq.strerror(message["value"]))
-            if role not in self.accepting.paused:
+            if role not in self.accepting.paused and role in _GUARDED:
                 self._sample_fds()  # usage now, at the limit, before the guard frees any
                 self.accepting.on_accept_failed(role, message["value"])
             return
@@ -401,13 +430,15 @@ class Service:
                 self._book.subscribers_back += 1
             return
         delta = 1 if event == zmq.EVENT_ACCEPTED else -1 if event == zmq.EVENT_DISCONNECTED else 0
-        if role == "backend":
+        if role in ("backend", "restricted_backend"):
             self._book.subscribers = max(0, self._book.subscribers + delta)
         else:
             self._book.publishers = max(0, self._book.publishers + delta)
 
-    def _on_subscription(self, message: bytes) -> None:
-        if not self.ready.is_set():
+    def _on_subscription(self, message: bytes, publisher: zmq.Socket[Any]) -> None:
+        if publisher is self._restricted_publisher:
+            self.restricted_ready.set()
+        elif not self.ready.is_set():
             self.ready.set()  # the first subscription through the proxy: the publisher is connected
             if not self._announced:
                 self._announced = True
@@ -417,7 +448,7 @@ class Service:
             topic = message[1:]
             body = self._encoder.encode(topic, "ProbeAck", {"token": topic[len(_PROBE) - 1 :].decode(errors="replace")})
             try:
-                self._publisher.send_multipart((topic, body), zmq.NOBLOCK)  # type: ignore[union-attr]
+                publisher.send_multipart((topic, body), zmq.NOBLOCK)  # on the plane it came from
             except zmq.Again:
                 log.warning("probe ack dropped: frontend queue full")
 
@@ -460,7 +491,7 @@ class Service:
     def _drain_subscriptions(self, publisher: zmq.Socket[Any]) -> None:
         for _ in range(_READ_BURST):
             try:
-                self._on_subscription(publisher.recv(zmq.NOBLOCK))
+                self._on_subscription(publisher.recv(zmq.NOBLOCK), publisher)
             except zmq.Again:
                 return
 

@@ -20,7 +20,7 @@ from exesdb_web import BusAccess, WebServer, WebSettings
 from exesdb_web.auth import ROLES, Tokens, load_token_file
 from exesdb_web.server import bind_socket
 
-from .config import BrokerConfig, http_address
+from .config import BrokerConfig, http_address, journal_instances
 
 __all__ = ["HttpSurface", "load_tokens"]
 
@@ -76,6 +76,7 @@ class HttpSurface:
                 tokens=self.tokens,
                 max_message_size=self.config.max_message_size,
                 sse_max_rate=self.config.http_stream_rate,
+                restricted=frozenset(journal_instances(self.config.restricted)),
             ),
             sock=sock,
         )

@@ -18,6 +18,8 @@ __all__ = [
     "DEFAULT_BACKEND",
     "DEFAULT_CONTROL",
     "DEFAULT_FRONTEND",
+    "DEFAULT_RESTRICTED_BACKEND",
+    "DEFAULT_RESTRICTED_FRONTEND",
     "ENV_BACKEND",
     "ENV_CONTROL",
     "ENV_FRONTEND",
@@ -35,6 +37,10 @@ DEFAULT_BACKEND: Final = "tcp://127.0.0.1:7101"
 """Where subscribers connect (the broker's XPUB socket)."""
 DEFAULT_CONTROL: Final = "tcp://127.0.0.1:7102"
 """Where control clients connect (the broker's ROUTER socket)."""
+DEFAULT_RESTRICTED_FRONTEND: Final = "tcp://127.0.0.1:7103"
+"""Where publishers of the restricted instances connect (their class's XSUB socket)."""
+DEFAULT_RESTRICTED_BACKEND: Final = "tcp://127.0.0.1:7104"
+"""Where subscribers of the restricted instances connect (their class's XPUB socket)."""
 
 ENV_FRONTEND: Final = "EXESDB_FRONTEND"
 ENV_BACKEND: Final = "EXESDB_BACKEND"

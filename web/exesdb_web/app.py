@@ -12,6 +12,7 @@ from typing import Any, Final
 from aiohttp import web
 from exesdb_sdk import AsyncControlClient
 from exesdb_sdk.errors import BrokerUnavailableError, ControlError, ExesdbError
+from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import DEFAULT_MAX_MESSAGE_SIZE
 
 from . import auth
@@ -39,6 +40,8 @@ class WebSettings:
     """Seconds a stream's write may stay blocked (the client stopped reading) before it is cut off."""
     sse_keepalive: float = 15.0
     """Seconds of silence after which a stream sends a comment (and looks for journal gap markers)."""
+    restricted: frozenset[Instance] = frozenset()
+    """The broker's restricted instances: not served (403), and left out of a stream of every instance."""
 
 
 class Bus:

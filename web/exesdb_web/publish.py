@@ -203,6 +203,8 @@ async def _publish(request: web.Request) -> tuple[int, bool]:
         instance = Instance.resolve(name)
     except ExesdbError as exc:
         raise _Refused(404, "unknown_instance", str(exc)) from None
+    if instance in request.app[SETTINGS].restricted:
+        raise _Refused(403, "forbidden", f"{instance.value} is restricted: it is not published over HTTP")
     subtopic = request.match_info["subtopic"]
     limit = request.app[SETTINGS].max_message_size
     type_name, data, corr, cause, trace = _parse(await _body(request, limit))

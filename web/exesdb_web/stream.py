@@ -400,6 +400,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """Messages as they arrive (journaled instances from the journal, with ids), until the
     client goes away."""
     wanted = stream_subscriptions(request)
+    restricted = request.app[SETTINGS].restricted
+    refused = next((instance for instance, _ in wanted if instance in restricted), None)
+    if refused is not None and ("instance" in request.query or "topic" in request.query):  # named, not all
+        raise web.HTTPForbidden(text=f"{refused.value} is restricted: it is not served over HTTP")
+    wanted = [(instance, pattern) for instance, pattern in wanted if instance not in restricted]
     rate = stream_rate(request, request.app[SETTINGS].sse_max_rate)
     resume: Cursor | None = None
     last_id = request.headers.get("Last-Event-ID")
