@@ -22,7 +22,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from ._nesting import HEADER_TABLE, SHORT_BODY, nests_deeper
-from .errors import ControlError, MessageTooLargeError, ProtocolError, UnknownInstanceError
+from .errors import ControlError, MessageTooLargeError, ProtocolError, UnknownInstanceError, ValidationError
 from .instances import Instance
 from .signing import sign, verify
 
@@ -166,7 +166,8 @@ class Message(msgspec.Struct, gc=False, repr_omit_defaults=True):
     # the typed payload. The odd wire names keep any envelope key from landing here.
     topic: str = msgspec.field(default="", name="~topic")
     payload: Any = msgspec.field(default=None, name="~payload")
-    """The typed message (e.g. ``NodeHealth``) when ``type`` is in the catalogue, else None."""
+    """The typed message (e.g. ``NodeHealth``) when ``type`` is in the catalogue, else None (also
+    when ``data`` does not fit the type). A subscriber builds it from ``data`` on first read."""
     replayed: bool = msgspec.field(default=False, name="~replayed")
     """True when the message came from the broker's journal or last values, not live."""
 
@@ -191,6 +192,74 @@ class Message(msgspec.Struct, gc=False, repr_omit_defaults=True):
     def time(self) -> datetime:
         """``ts`` as an aware UTC datetime (microsecond precision)."""
         return datetime.fromtimestamp(self.ts / 1e9, UTC)
+
+    # Equality, repr and pickling read the fields in C, past the payload property below: the
+    # payload is converted first, so they see what they saw when it was converted on receipt.
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Message:
+            return NotImplemented
+        _payload(self)
+        _payload(other)
+        equal: bool = msgspec.Struct.__eq__(self, other)
+        return equal
+
+    def __repr__(self) -> str:
+        _payload(self)
+        return msgspec.Struct.__repr__(self)
+
+    def __reduce__(self) -> Any:
+        _payload(self)
+        return msgspec.Struct.__reduce__(self)
+
+
+class PayloadCounter:
+    """Where lazily typed messages report data that did not fit their type (a subscriber's
+    ``stats.invalid_payloads``)."""
+
+    __slots__ = ("invalid",)
+
+    def __init__(self) -> None:
+        self.invalid = 0
+
+
+class Unconverted:
+    """The payload slot of a received :class:`Message` until its payload is first read: the
+    type to build from ``data`` and the counter to tell when ``data`` does not fit it. One per
+    (subscriber, type), shared by its messages."""
+
+    __slots__ = ("counter", "from_data")
+
+    def __init__(self, cls: Any, counter: PayloadCounter) -> None:
+        self.from_data: Callable[[Mapping[str, Any]], Any] = cls.from_data
+        self.counter = counter
+
+
+# Message.payload is a msgspec field (so constructing, msgspec.structs.replace and the field
+# list are as before); reading it goes through this property, which converts an Unconverted.
+_PAYLOAD_SLOT: Final = Message.__dict__["payload"]
+_get_payload: Final = _PAYLOAD_SLOT.__get__
+_set_payload: Final = _PAYLOAD_SLOT.__set__
+
+
+def _payload(message: Message) -> Any:
+    value = _get_payload(message, Message)
+    if type(value) is not Unconverted:
+        return value
+    try:
+        payload = value.from_data(message.data)
+    except ValidationError:  # still delivered, as a generic message: never lost
+        value.counter.invalid += 1
+        payload = None
+    _set_payload(message, payload)
+    return payload
+
+
+setattr(Message, "payload", property(_payload, _set_payload, doc="The typed message, built on first read."))  # noqa: B010
+
+
+set_unconverted: Final[Callable[[Message, Unconverted], None]] = _set_payload
+"""``set_unconverted(message, pending)`` puts ``pending`` in ``message``'s payload slot: the
+payload is built when first read."""
 
 
 class Encoder:
@@ -471,6 +540,26 @@ class Decoder:
 
     def decode(self, frames: Sequence[bytes]) -> list[Message]:
         """Decode one data message (a single envelope or a batch) into messages."""
+        # The common case inlined (a known topic, a small single envelope, no secret): the
+        # checks of _topic and _envelopes in one call; anything else takes the general path.
+        if len(frames) >= 2 and self._secret is None:
+            topic = self._topics.get(frames[0])
+            body = frames[1]
+            size = len(body)
+            if topic is not None and 0 < size < SHORT_BODY and body[0] not in _ARRAY_MARKERS:
+                if size <= MAX_DEPTH or body.translate(HEADER_TABLE).count(1) <= MAX_DEPTH:
+                    try:
+                        message: Message = self._single.decode(body)
+                    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                        pass  # classified by the general path below, which raises
+                    else:
+                        message.topic = topic
+                        return [message]
+                elif nests_deeper(body, MAX_DEPTH):
+                    raise ProtocolError("too_deep", f"body {_TOO_DEEP}")
+        return self._decode(frames)
+
+    def _decode(self, frames: Sequence[bytes]) -> list[Message]:
         topic = self._topic(frames)
         try:
             messages: list[Message] = self._envelopes(self._single, self._batch, frames[1])
