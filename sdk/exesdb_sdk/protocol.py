@@ -538,28 +538,38 @@ class Decoder:
         except RecursionError:  # the nesting check ran first; this is only a backstop
             raise ProtocolError("too_deep", f"body {_TOO_DEEP}") from None
 
-    def decode(self, frames: Sequence[bytes]) -> list[Message]:
-        """Decode one data message (a single envelope or a batch) into messages."""
-        # The common case inlined (a known topic, a small single envelope, no secret): the
-        # checks of _topic and _envelopes in one call; anything else takes the general path.
-        if len(frames) >= 2 and self._secret is None:
-            topic = self._topics.get(frames[0])
+    def decode_run(self, received: Sequence[Sequence[bytes]], start: int, out: list[Message]) -> int:
+        """Decode ``received[start:]`` into ``out`` for as long as each is what most are: one small
+        envelope of a topic seen before (and no secret) that decodes; return the index of the
+        first that is not (``len(received)`` when none), for :meth:`decode` to take.
+
+        What it decodes, :meth:`decode` would decode the same; whatever it declines is
+        left untouched: malformed messages are for :meth:`decode` to classify."""
+        if self._secret is not None:
+            return start
+        topics, single, append = self._topics.get, self._single.decode, out.append
+        for index in range(start, len(received)):
+            frames = received[index]
+            if len(frames) < 2:
+                return index
+            topic = topics(frames[0])
             body = frames[1]
             size = len(body)
-            if topic is not None and 0 < size < SHORT_BODY and body[0] not in _ARRAY_MARKERS:
-                if size <= MAX_DEPTH or body.translate(HEADER_TABLE).count(1) <= MAX_DEPTH:
-                    try:
-                        message: Message = self._single.decode(body)
-                    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-                        pass  # classified by the general path below, which raises
-                    else:
-                        message.topic = topic
-                        return [message]
-                elif nests_deeper(body, MAX_DEPTH):
-                    raise ProtocolError("too_deep", f"body {_TOO_DEEP}")
-        return self._decode(frames)
+            if topic is None or not 0 < size < SHORT_BODY or body[0] in _ARRAY_MARKERS:
+                return index
+            # _topic's nesting check for a short body (one that may nest too deep is declined)
+            if size > MAX_DEPTH and body.translate(HEADER_TABLE).count(1) > MAX_DEPTH:
+                return index
+            try:
+                message: Message = single(body)
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                return index
+            message.topic = topic
+            append(message)
+        return len(received)
 
-    def _decode(self, frames: Sequence[bytes]) -> list[Message]:
+    def decode(self, frames: Sequence[bytes]) -> list[Message]:
+        """Decode one data message (a single envelope or a batch) into messages."""
         topic = self._topic(frames)
         try:
             messages: list[Message] = self._envelopes(self._single, self._batch, frames[1])

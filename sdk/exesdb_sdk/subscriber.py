@@ -311,18 +311,17 @@ class SubscriberCore:
         """:meth:`take` for several received messages at once: each is decoded (or skipped, as
         :meth:`take` skips it), then the envelopes of all are typed, admitted and counted for
         gaps in one pass, in order."""
-        decode, slow = self._decoder.decode, self._decode
-        plain = not self.topics.active
+        count = len(received)
+        run = self._decoder.decode_run if not self.topics.active else None
         messages: list[Message] = []
-        for frames in received:
-            # _decode's checks inlined for a data message with every subscription plain
-            if plain and not frames[0].startswith(_RESERVED):
-                try:
-                    messages += decode(frames)
-                    continue
-                except ProtocolError:
-                    pass  # counted and reported by _decode, decoding it again
-            messages += slow(frames)
+        index = 0
+        for _ in range(count):  # each pass takes at least one message
+            if run is not None:  # the common ones in one call; the first it declines, here
+                index = run(received, index, messages)
+            if index >= count:
+                break
+            messages += self._decode(received[index])
+            index += 1
         return self._finish(messages, False) if messages else messages
 
     def _decode(self, frames: Sequence[bytes]) -> list[Message]:
