@@ -35,6 +35,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "REORDER_WINDOW",
     "RESERVED_PREFIX",
+    "TOPIC_CACHE_LIMIT",
     "Decoder",
     "Encoder",
     "GapTracker",
@@ -71,7 +72,8 @@ PROBE_PREFIX: Final = "_exesdb/probe/"
 """A subscriber subscribes to ``PROBE_PREFIX + token``; the broker echoes a ``ProbeAck`` there."""
 
 _RESERVED_BYTES: Final = RESERVED_PREFIX.encode()
-_TOPIC_CACHE_LIMIT: Final = 4096
+TOPIC_CACHE_LIMIT: Final = 4096
+"""Distinct topics a :class:`Decoder` keeps parsed (past it, it forgets them all and parses again)."""
 _GAP_TRACKER_LIMIT: Final = 100_000
 _TOO_DEEP: Final = f"nests arrays and maps more than {MAX_DEPTH} deep"
 
@@ -147,7 +149,9 @@ class Message(msgspec.Struct, gc=False, repr_omit_defaults=True):
 
     ``data`` is the payload map; ``seq`` is the per (publisher, topic) sequence (0 when the
     publisher sent none). Keys the envelope does not have take the defaults below; keys
-    this version does not know are ignored. Treat instances as read-only.
+    this version does not know are ignored. Treat instances as read-only. A subscriber's
+    ``payload`` is built on first read; ``msgspec.structs`` functions read the field as it is
+    stored, so read ``payload`` before handing a message to them.
     """
 
     type: Annotated[str, msgspec.Meta(min_length=1)]
@@ -294,7 +298,7 @@ class Encoder:
         cached = self._topics.get(key)
         if cached is None:
             cached = build_topic(instance, subtopic).encode("utf-8")
-            if len(self._topics) >= _TOPIC_CACHE_LIMIT:
+            if len(self._topics) >= TOPIC_CACHE_LIMIT:
                 self._topics.clear()
             self._topics[key] = cached
         return cached
@@ -462,12 +466,17 @@ class Decoder:
       not an envelope or a non-empty batch of envelopes; a key of the wrong type) or
       ``out_of_range`` (``seq`` or ``ts`` outside 0 to :data:`MAX_INT`, ``v`` outside 1 to
       :data:`MAX_VERSION`).
+
+    Topics are parsed and validated once per distinct topic bytes, then looked up: at most
+    :data:`TOPIC_CACHE_LIMIT` are kept; past that the cache is emptied and topics are parsed
+    again as they come (``topics_forgotten`` counts those times).
     """
 
-    __slots__ = ("_batch", "_header", "_headers", "_raws", "_secret", "_single", "_topics")
+    __slots__ = ("_batch", "_header", "_headers", "_raws", "_secret", "_single", "_topics", "topics_forgotten")
 
     def __init__(self, secret: bytes | None = None) -> None:
         self._topics: dict[bytes, str] = {}  # valid topics seen, bounded
+        self.topics_forgotten = 0
         self._single = msgspec.msgpack.Decoder(Message)
         self._batch = msgspec.msgpack.Decoder(list[Message])
         self._header = msgspec.msgpack.Decoder(_Header)
@@ -496,8 +505,9 @@ class Decoder:
             raise ProtocolError("reserved_topic", f"{topic[:64]!r} is a protocol topic")
         parse_topic(topic)
         text = topic.decode("utf-8")
-        if len(self._topics) >= _TOPIC_CACHE_LIMIT:
+        if len(self._topics) >= TOPIC_CACHE_LIMIT:
             self._topics.clear()
+            self.topics_forgotten += 1
         self._topics[topic] = text
         return text
 

@@ -119,7 +119,8 @@ class SubscriberStats:
     rejected: int = 0
     """Messages skipped because their signature was missing or wrong (with a secret only)."""
     invalid_payloads: int = 0
-    """Envelopes of a catalogue type whose data did not fit it: delivered with ``payload`` None."""
+    """Envelopes of a catalogue type whose data did not fit it: delivered with ``payload`` None.
+    Counted when the payload is read (it is built from ``data`` then), not on receipt."""
     duplicates: int = 0
     """Live envelopes skipped because a replay had delivered them already (the catch-up seam)."""
     replayed: int = 0
