@@ -32,7 +32,8 @@ server a subprocess started fresh for each run on a free 127.0.0.1 port):
   ``hiredis`` happens to be installed (not a dependency of this project).
 - ``sdk``: ``Publisher.publish_message(NodeHealth(...))`` (a typed message built per publish,
   validated and encoded) -> ``exesdb-broker`` -> ``Subscriber.recv`` with ``subscribe("health")``,
-  each message decoded into a typed ``NodeHealth`` payload (the subscriber checks it is one).
+  each message decoded into a typed ``NodeHealth`` payload (the subscriber checks it is one;
+  payloads are built on first read, so the check builds every one: the honest figure).
 - ``sdk_batch``: the same, but ``publish_batch`` of 100 NodeHealth-like dicts per call; the
   subscriber still receives (and types) them one by one.
 

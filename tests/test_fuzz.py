@@ -35,6 +35,7 @@ from exesdb_sdk.protocol import (
     MAX_INT,
     Decoder,
     Encoder,
+    Message,
     decode_reply,
     decode_request,
     encode_request,
@@ -112,6 +113,13 @@ def assert_decoders_agree(decoder: Decoder, frames: list[bytes]) -> tuple[str, i
     decoded = outcome(decoder.decode, frames)
     checked = outcome(decoder.check, frames)
     assert outcome(decoder.inspect, frames) == checked
+    # the topic is known now (when valid): the run a subscriber decodes with either gives what
+    # decode gives or declines the message (for decode to classify)
+    run: list[Message] = []
+    if decoder.decode_run([frames], 0, run) == 1:
+        assert run == decoder.decode(frames) and decoded == ("ok", len(run))
+    else:
+        assert run == []
     if decoded != checked:
         assert checked[0] == "ok" and decoded[0] in {"bad_body", "bad_envelope"}, (decoded, checked)
         assert data_refused(frames[1]), (decoded, checked, frames)
@@ -172,6 +180,37 @@ bodies = st.one_of(st.binary(max_size=200), mutated(), st.sampled_from(GOOD_BODI
 @example(frames=[b"ex_esdb_health/x", b"\x81\xa4data\x81\xa1\x80\x00"], secret=None)
 def test_random_frames_decode_or_raise_protocol_error_alike(frames: list[bytes], secret: bytes | None) -> None:
     assert_decoders_agree(Decoder(secret), frames)
+
+
+def test_the_subscribers_run_decodes_the_common_message_and_declines_the_rest() -> None:
+    """What ``decode_run`` takes it decodes as ``decode`` does; the rest it leaves to ``decode``."""
+    decoder = Decoder()
+    good = [TOPIC, GOOD_BODIES[0]]
+    assert decoder.decode_run([good], 0, []) == 0  # the topic is not known yet
+    expected_messages = decoder.decode(good)
+    chain: Any = 1
+    for _ in range(MAX_DEPTH):
+        chain = [chain]
+    declined = [
+        [TOPIC],
+        [TOPIC, b""],
+        [TOPIC, GOOD_BODIES[1]],  # a batch
+        [TOPIC, pack({"type": "T", "data": {"d": chain}})],  # short, but may nest too deep
+        [TOPIC, b"\x81\xa4type\xa2\xff\xfe"],  # not UTF-8
+        [TOPIC, pack({"data": {}})],  # no type
+        [b"ex_esdb_health/other", GOOD_BODIES[0]],
+        [b"_exesdb/probe/abc", GOOD_BODIES[0]],
+    ]
+    out: list[Message] = []
+    received = [good, *declined, good]
+    index = 1
+    for frames in declined:
+        assert decoder.decode_run(received, index, out) == index, frames
+        index += 1
+    assert decoder.decode_run(received, index, out) == len(received)
+    assert decoder.decode_run(received, 0, out) == 1
+    assert out == expected_messages * 2
+    assert Decoder(SECRET).decode_run([good, good], 0, []) == 0
 
 
 def test_mutations_reach_past_the_topic_and_the_nesting_check() -> None:

@@ -14,6 +14,7 @@ from exesdb_sdk.errors import ControlError, ProtocolError
 from exesdb_sdk.protocol import (
     MAX_DEPTH,
     MAX_INT,
+    TOPIC_CACHE_LIMIT,
     Decoder,
     Encoder,
     GapTracker,
@@ -130,6 +131,18 @@ def test_topic_grammar() -> None:
         with pytest.raises(ProtocolError) as caught:
             parse_topic(topic)
         assert caught.value.reason == reason
+
+
+def test_the_decoders_topic_cache_is_bounded_and_forgets_every_topic_past_it() -> None:
+    decoder = Decoder()
+    body = msgspec.msgpack.encode({"type": "T", "data": {}})
+    for n in range(TOPIC_CACHE_LIMIT + 10):
+        assert decoder.decode([f"ex_esdb_health/t{n}".encode(), body])[0].topic == f"ex_esdb_health/t{n}"
+    assert decoder.topics_forgotten == 1
+    assert decoder.decode([b"ex_esdb_health/t0", body])[0].topic == "ex_esdb_health/t0"  # parsed again
+    with pytest.raises(ProtocolError) as caught:
+        decoder.decode([b"ex_esdb_nowhere/t0", body])
+    assert caught.value.reason == "unknown_instance"
 
 
 def test_gap_tracker() -> None:

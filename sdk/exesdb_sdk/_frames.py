@@ -14,11 +14,13 @@ from typing import Any, Final
 import zmq
 from zmq.backend import Socket as _Base
 
-__all__ = ["recv_frames", "send_frames"]
+__all__ = ["frame_recv", "recv_frames", "recv_rest", "send_frames"]
 
 _SNDMORE: Final = int(zmq.SNDMORE)
 _send = _Base.send
 _recv = _Base.recv
+frame_recv: Final = _recv
+"""pyzmq's receive without the Python wrapper: ``frame_recv(socket, flags, False)`` gives a ``Frame``."""
 
 
 def send_frames(socket: zmq.Socket[Any], topic: bytes, body: bytes) -> None:
@@ -34,9 +36,14 @@ def recv_frames(socket: zmq.Socket[Any], flags: int = 0) -> list[bytes]:
         return [first.bytes]
     frame = _recv(socket, 0, False)
     frames = [first.bytes, frame.bytes]
+    return recv_rest(socket, frames) if frame.more else frames
+
+
+def recv_rest(socket: zmq.Socket[Any], frames: list[bytes]) -> list[bytes]:
+    """Append the frames after ``frames`` (whose last frame had ``more`` set) and return them."""
     for _ in range(1_000_000):  # bounded, as every loop here; libzmq caps parts far lower
-        if not frame.more:
-            break
         frame = _recv(socket, 0, False)
         frames.append(frame.bytes)
+        if not frame.more:
+            break
     return frames

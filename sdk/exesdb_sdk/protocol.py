@@ -22,7 +22,7 @@ from typing import Annotated, Any, Final
 import msgspec
 
 from ._nesting import HEADER_TABLE, SHORT_BODY, nests_deeper
-from .errors import ControlError, MessageTooLargeError, ProtocolError, UnknownInstanceError
+from .errors import ControlError, MessageTooLargeError, ProtocolError, UnknownInstanceError, ValidationError
 from .instances import Instance
 from .signing import sign, verify
 
@@ -35,6 +35,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "REORDER_WINDOW",
     "RESERVED_PREFIX",
+    "TOPIC_CACHE_LIMIT",
     "Decoder",
     "Encoder",
     "GapTracker",
@@ -71,7 +72,8 @@ PROBE_PREFIX: Final = "_exesdb/probe/"
 """A subscriber subscribes to ``PROBE_PREFIX + token``; the broker echoes a ``ProbeAck`` there."""
 
 _RESERVED_BYTES: Final = RESERVED_PREFIX.encode()
-_TOPIC_CACHE_LIMIT: Final = 4096
+TOPIC_CACHE_LIMIT: Final = 4096
+"""Distinct topics a :class:`Decoder` keeps parsed (past it, it forgets them all and parses again)."""
 _GAP_TRACKER_LIMIT: Final = 100_000
 _TOO_DEEP: Final = f"nests arrays and maps more than {MAX_DEPTH} deep"
 
@@ -147,7 +149,9 @@ class Message(msgspec.Struct, gc=False, repr_omit_defaults=True):
 
     ``data`` is the payload map; ``seq`` is the per (publisher, topic) sequence (0 when the
     publisher sent none). Keys the envelope does not have take the defaults below; keys
-    this version does not know are ignored. Treat instances as read-only.
+    this version does not know are ignored. Treat instances as read-only. A subscriber's
+    ``payload`` is built on first read; ``msgspec.structs`` functions read the field as it is
+    stored, so read ``payload`` before handing a message to them.
     """
 
     type: Annotated[str, msgspec.Meta(min_length=1)]
@@ -166,7 +170,8 @@ class Message(msgspec.Struct, gc=False, repr_omit_defaults=True):
     # the typed payload. The odd wire names keep any envelope key from landing here.
     topic: str = msgspec.field(default="", name="~topic")
     payload: Any = msgspec.field(default=None, name="~payload")
-    """The typed message (e.g. ``NodeHealth``) when ``type`` is in the catalogue, else None."""
+    """The typed message (e.g. ``NodeHealth``) when ``type`` is in the catalogue, else None (also
+    when ``data`` does not fit the type). A subscriber builds it from ``data`` on first read."""
     replayed: bool = msgspec.field(default=False, name="~replayed")
     """True when the message came from the broker's journal or last values, not live."""
 
@@ -191,6 +196,74 @@ class Message(msgspec.Struct, gc=False, repr_omit_defaults=True):
     def time(self) -> datetime:
         """``ts`` as an aware UTC datetime (microsecond precision)."""
         return datetime.fromtimestamp(self.ts / 1e9, UTC)
+
+    # Equality, repr and pickling read the fields in C, past the payload property below: the
+    # payload is converted first, so they see what they saw when it was converted on receipt.
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Message:
+            return NotImplemented
+        _payload(self)
+        _payload(other)
+        equal: bool = msgspec.Struct.__eq__(self, other)
+        return equal
+
+    def __repr__(self) -> str:
+        _payload(self)
+        return msgspec.Struct.__repr__(self)
+
+    def __reduce__(self) -> Any:
+        _payload(self)
+        return msgspec.Struct.__reduce__(self)
+
+
+class PayloadCounter:
+    """Where lazily typed messages report data that did not fit their type (a subscriber's
+    ``stats.invalid_payloads``)."""
+
+    __slots__ = ("invalid",)
+
+    def __init__(self) -> None:
+        self.invalid = 0
+
+
+class Unconverted:
+    """The payload slot of a received :class:`Message` until its payload is first read: the
+    type to build from ``data`` and the counter to tell when ``data`` does not fit it. One per
+    (subscriber, type), shared by its messages."""
+
+    __slots__ = ("counter", "from_data")
+
+    def __init__(self, cls: Any, counter: PayloadCounter) -> None:
+        self.from_data: Callable[[Mapping[str, Any]], Any] = cls.from_data
+        self.counter = counter
+
+
+# Message.payload is a msgspec field (so constructing, msgspec.structs.replace and the field
+# list are as before); reading it goes through this property, which converts an Unconverted.
+_PAYLOAD_SLOT: Final = Message.__dict__["payload"]
+_get_payload: Final = _PAYLOAD_SLOT.__get__
+_set_payload: Final = _PAYLOAD_SLOT.__set__
+
+
+def _payload(message: Message) -> Any:
+    value = _get_payload(message, Message)
+    if type(value) is not Unconverted:
+        return value
+    try:
+        payload = value.from_data(message.data)
+    except ValidationError:  # still delivered, as a generic message: never lost
+        value.counter.invalid += 1
+        payload = None
+    _set_payload(message, payload)
+    return payload
+
+
+setattr(Message, "payload", property(_payload, _set_payload, doc="The typed message, built on first read."))  # noqa: B010
+
+
+set_unconverted: Final[Callable[[Message, Unconverted], None]] = _set_payload
+"""``set_unconverted(message, pending)`` puts ``pending`` in ``message``'s payload slot: the
+payload is built when first read."""
 
 
 class Encoder:
@@ -225,7 +298,7 @@ class Encoder:
         cached = self._topics.get(key)
         if cached is None:
             cached = build_topic(instance, subtopic).encode("utf-8")
-            if len(self._topics) >= _TOPIC_CACHE_LIMIT:
+            if len(self._topics) >= TOPIC_CACHE_LIMIT:
                 self._topics.clear()
             self._topics[key] = cached
         return cached
@@ -393,12 +466,17 @@ class Decoder:
       not an envelope or a non-empty batch of envelopes; a key of the wrong type) or
       ``out_of_range`` (``seq`` or ``ts`` outside 0 to :data:`MAX_INT`, ``v`` outside 1 to
       :data:`MAX_VERSION`).
+
+    Topics are parsed and validated once per distinct topic bytes, then looked up: at most
+    :data:`TOPIC_CACHE_LIMIT` are kept; past that the cache is emptied and topics are parsed
+    again as they come (``topics_forgotten`` counts those times).
     """
 
-    __slots__ = ("_batch", "_header", "_headers", "_raws", "_secret", "_single", "_topics")
+    __slots__ = ("_batch", "_header", "_headers", "_raws", "_secret", "_single", "_topics", "topics_forgotten")
 
     def __init__(self, secret: bytes | None = None) -> None:
         self._topics: dict[bytes, str] = {}  # valid topics seen, bounded
+        self.topics_forgotten = 0
         self._single = msgspec.msgpack.Decoder(Message)
         self._batch = msgspec.msgpack.Decoder(list[Message])
         self._header = msgspec.msgpack.Decoder(_Header)
@@ -427,8 +505,9 @@ class Decoder:
             raise ProtocolError("reserved_topic", f"{topic[:64]!r} is a protocol topic")
         parse_topic(topic)
         text = topic.decode("utf-8")
-        if len(self._topics) >= _TOPIC_CACHE_LIMIT:
+        if len(self._topics) >= TOPIC_CACHE_LIMIT:
             self._topics.clear()
+            self.topics_forgotten += 1
         self._topics[topic] = text
         return text
 
@@ -468,6 +547,36 @@ class Decoder:
             raise ProtocolError("bad_body", f"a string in the body is not UTF-8: {exc.reason}") from None
         except RecursionError:  # the nesting check ran first; this is only a backstop
             raise ProtocolError("too_deep", f"body {_TOO_DEEP}") from None
+
+    def decode_run(self, received: Sequence[Sequence[bytes]], start: int, out: list[Message]) -> int:
+        """Decode ``received[start:]`` into ``out`` for as long as each is what most are: one small
+        envelope of a topic seen before (and no secret) that decodes; return the index of the
+        first that is not (``len(received)`` when none), for :meth:`decode` to take.
+
+        What it decodes, :meth:`decode` would decode the same; whatever it declines is
+        left untouched: malformed messages are for :meth:`decode` to classify."""
+        if self._secret is not None:
+            return start
+        topics, single, append = self._topics.get, self._single.decode, out.append
+        for index in range(start, len(received)):
+            frames = received[index]
+            if len(frames) < 2:
+                return index
+            topic = topics(frames[0])
+            body = frames[1]
+            size = len(body)
+            if topic is None or not 0 < size < SHORT_BODY or body[0] in _ARRAY_MARKERS:
+                return index
+            # _topic's nesting check for a short body (one that may nest too deep is declined)
+            if size > MAX_DEPTH and body.translate(HEADER_TABLE).count(1) > MAX_DEPTH:
+                return index
+            try:
+                message: Message = single(body)
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                return index
+            message.topic = topic
+            append(message)
+        return len(received)
 
     def decode(self, frames: Sequence[bytes]) -> list[Message]:
         """Decode one data message (a single envelope or a batch) into messages."""

@@ -30,7 +30,7 @@ from ._flows import (
     run,
     subscribe_durable,
 )
-from ._frames import recv_frames
+from ._frames import frame_recv, recv_frames, recv_rest
 from ._owner import ControlLink, Owner, S, SocketOwner
 from .control import DEFAULT_CONTROL_TIMEOUT, ControlClient
 from .curve import KeyPath, resolve_client_keys
@@ -43,10 +43,19 @@ from .durable import (
     last_frames,
 )
 from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, Endpoints, Rotation, resolve_endpoints
-from .errors import ProtocolError, ReceiveTimeoutError, ValidationError
+from .errors import ProtocolError, ReceiveTimeoutError
 from .instances import Instance
 from .messages import registry
-from .protocol import PROBE_PREFIX, RESERVED_PREFIX, Decoder, GapTracker, Message
+from .protocol import (
+    PROBE_PREFIX,
+    RESERVED_PREFIX,
+    Decoder,
+    GapTracker,
+    Message,
+    PayloadCounter,
+    Unconverted,
+    set_unconverted,
+)
 from .signing import resolve_secret
 
 __all__ = [
@@ -110,7 +119,8 @@ class SubscriberStats:
     rejected: int = 0
     """Messages skipped because their signature was missing or wrong (with a secret only)."""
     invalid_payloads: int = 0
-    """Envelopes of a catalogue type whose data did not fit it: delivered with ``payload`` None."""
+    """Envelopes of a catalogue type whose data did not fit it: delivered with ``payload`` None.
+    Counted when the payload is read (it is built from ``data`` then), not on receipt."""
     duplicates: int = 0
     """Live envelopes skipped because a replay had delivered them already (the catch-up seam)."""
     replayed: int = 0
@@ -206,7 +216,9 @@ class SubscriberCore:
     __slots__ = (
         "_decoder",
         "_gaps",
+        "_payloads",
         "_types",
+        "_unconverted",
         "acked",
         "catchups",
         "decode_errors",
@@ -218,7 +230,6 @@ class SubscriberCore:
         "held_keys",
         "held_scanned",
         "horizon",
-        "invalid_payloads",
         "journal_gaps",
         "on_error",
         "on_gap",
@@ -241,12 +252,14 @@ class SubscriberCore:
         self._decoder = Decoder(resolve_secret(secret))
         self._gaps = GapTracker()
         self._types = registry() if typed else {}
+        self._payloads = PayloadCounter()
+        self._unconverted: dict[str, Unconverted] = {}
+        """One per catalogue type met (so bounded by the catalogue): put in messages' payload slots."""
         self.pending: deque[Message] = deque()
         self.acked: set[str] = set()
         self.received = 0
         self.decode_errors = 0
         self.rejected = 0
-        self.invalid_payloads = 0
         self.on_gap = on_gap
         self.on_error = on_error
         self.held: deque[Sequence[bytes]] | None = None
@@ -297,12 +310,19 @@ class SubscriberCore:
 
     def take_many(self, received: Sequence[Sequence[bytes]]) -> list[Message]:
         """:meth:`take` for several received messages at once: each is decoded (or skipped, as
-        :meth:`take` skips it), then the envelopes of all are converted, admitted and counted
-        for gaps in one pass, in order."""
-        decode = self._decode
+        :meth:`take` skips it), then the envelopes of all are typed, admitted and counted for
+        gaps in one pass, in order."""
+        count = len(received)
+        run = self._decoder.decode_run if not self.topics.active else None
         messages: list[Message] = []
-        for frames in received:
-            messages += decode(frames)
+        index = 0
+        for _ in range(count):  # each pass takes at least one message
+            if run is not None:  # the common ones in one call; the first it declines, here
+                index = run(received, index, messages)
+            if index >= count:
+                break
+            messages += self._decode(received[index])
+            index += 1
         return self._finish(messages, False) if messages else messages
 
     def _decode(self, frames: Sequence[bytes]) -> list[Message]:
@@ -331,21 +351,30 @@ class SubscriberCore:
         if replayed:
             for message in messages:
                 message.replayed = True
-        types = self._types
-        if types:
-            get = types.get
+        if self._types:  # each payload is built from data on first read (Message.payload)
+            get, unconverted = self._unconverted.get, self._unconverted_for
             for message in messages:
-                cls = get(message.type)
-                if cls is not None:
-                    try:
-                        message.payload = cls.from_data(message.data)
-                    except ValidationError:  # still delivered, as a generic message: never lost
-                        self.invalid_payloads += 1
+                pending = get(message.type) or unconverted(message.type)
+                if pending is not None:
+                    set_unconverted(message, pending)
         if self.horizon:
             messages = self._admit(messages)
         self._gaps.observe_all(messages, self.on_gap)
         self.received += len(messages)
         return messages
+
+    def _unconverted_for(self, type_name: str) -> Unconverted | None:
+        """The payload slot's marker for a catalogue type (``None`` for any other type)."""
+        cls = self._types.get(type_name)
+        if cls is None:
+            return None
+        pending = self._unconverted[type_name] = Unconverted(cls, self._payloads)
+        return pending
+
+    @property
+    def invalid_payloads(self) -> int:
+        """Catalogue-type envelopes whose data did not fit their type, found as the payload was read."""
+        return self._payloads.invalid
 
     def _admit(self, messages: list[Message]) -> list[Message]:
         """Drop live messages a replay delivered already; forget a key once live passes it."""
@@ -657,14 +686,20 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         time, decoded together, until one of them gives an envelope or the socket is empty (at
         most :data:`_FAST_READS` messages: probe echoes and filtered messages give nothing)."""
         core = self._core
-        socket, take_many, pending = self._live(), core.take_many, core.pending
+        socket, take_many, pending, recv = self._live(), core.take_many, core.pending, frame_recv
         for _ in range(max(1, _FAST_READS // max(1, limit))):
-            received = []
-            for _ in range(limit):
+            received: list[list[bytes]] = []
+            for _ in range(limit):  # recv_frames inlined for [topic, body]: one call less a message
                 try:
-                    received.append(recv_frames(socket, _NOBLOCK))
+                    first = recv(socket, _NOBLOCK, False)
                 except zmq.Again:
                     break
+                if first.more:
+                    second = recv(socket, 0, False)
+                    frames = [first.bytes, second.bytes]
+                    received.append(recv_rest(socket, frames) if second.more else frames)
+                else:
+                    received.append([first.bytes])
             if received:
                 pending.extend(take_many(received))
             if pending or len(received) < limit:
@@ -740,6 +775,16 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
             ready = watch.wait(wait_ms) if step.watch or watch.armed else socket.poll(wait_ms)
             return recv_frames(socket) if ready else None
         return self._step_now(step)
+
+    def recv(self, timeout: float | None = None) -> Message:
+        """The next message; waits up to ``timeout`` seconds (``None``: forever).
+
+        Raises :class:`~exesdb_sdk.errors.ReceiveTimeoutError` when none arrives in time.
+        """
+        pending = self._core.pending
+        if pending:  # what SubscriberBase.recv does first for a pending message, without its calls
+            return pending.popleft()
+        return super().recv(timeout)
 
     def recv_batch(self, max_messages: int = DEFAULT_BATCH, timeout: float | None = None) -> list[Message]:
         """Every message pending or queued at the socket now, up to ``max_messages``, in order,
