@@ -38,7 +38,7 @@ def _message(suffix: str, n: int) -> list[Any]:
 
 
 def test_each_message_gets_its_own_result_in_order(start_broker: StartBroker, tmp_path: Path) -> None:
-    broker = start_broker("--data-dir", str(tmp_path), "--max-message-size", "4096")
+    broker = start_broker("--data-dir", str(tmp_path), "--max-message-size", "4096", "--last-values", "audit/many")
     good = [_message("many", n) for n in range(6)]
     messages: list[Any] = [
         good[0],
@@ -72,6 +72,8 @@ def test_each_message_gets_its_own_result_in_order(start_broker: StartBroker, tm
         assert all(r["message"] for r in results if isinstance(r, dict))
         live = [sub.recv(timeout=5) for _ in range(6)]
         assert [m.data["n"] for m in live] == list(range(6))
+        last = control.request("last", {"prefix": "ex_esdb_audit/many"})["records"]
+        assert [(topic, body) for topic, _, body in last] == [tuple(good[5])]  # kept as a publish keeps it
         # forwarded once each: the next message live is the one published after them
         assert control.request("publish", {"topic": good[0][0], "body": _message("many", 99)[1]})["seq"] == 7
         assert sub.recv(timeout=5).data["n"] == 99

@@ -615,7 +615,7 @@ class Journal:
         if len(injected) >= INJECTED_LIMIT:
             injected.clear()
         injected[record.body] = None
-        if any(record.topic.startswith(prefix) for prefix in self.settings.last_values):
+        if record.topic.startswith(self.settings.last_values):
             self.last.keep(record.topic, record.body, checked=True)
         pub = self._pub
         try:
