@@ -9,14 +9,16 @@ import io
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
-from exesdb_sdk import ControlClient, ControlError, Subscriber
+from exesdb_sdk import ControlClient, ControlError, DurabilityError, Subscriber
 from exesdb_sdk.protocol import Encoder
 
+from . import conftest
 from .conftest import StartBroker, wait_until
 from .test_journal import journal, replay_all
 from .test_security import Keys, keys, secure
@@ -117,6 +119,32 @@ def test_commit_many_sends_chunks_and_the_broker_groups_them(start_broker: Start
     stats = journal(broker)
     # 200 in chunks of window // 2 = 8, then 6 of 25 KB in chunks of about 60 KiB: two each
     assert stats["publish_many"] == 25 + 3 and stats["durable"] == 206
+
+
+def test_a_failing_commit_refuses_every_good_message_of_the_request(
+    start_broker: StartBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a file size limit stands in for a full disk, as in test_journal
+    limited = [
+        sys.executable, "-c",
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000)); "
+        "from exesdb_broker.cli import main; sys.argv[0] = 'exesdb-broker'; main()",
+    ]  # fmt: skip
+    monkeypatch.setattr(conftest, "broker_command", lambda: limited)
+    broker = start_broker("--data-dir", str(tmp_path))
+    topic = b"ex_esdb_audit/big"
+    messages = [(topic, _encoder.encode(topic, "Custom", {"n": n, "pad": "x" * 20_000})) for n in range(100)]
+    with Subscriber(broker.backend) as sub, ControlClient(broker.control) as control:
+        sub.subscribe("audit")
+        results = control.commit_many(messages, window=8)
+        acked = [r for r in results if isinstance(r, int)]
+        failed = [r for r in results if not isinstance(r, int)]
+        assert acked == list(range(1, len(acked) + 1)) and acked  # a failed commit takes no numbers
+        assert failed and all(isinstance(r, DurabilityError) and r.code == "commit_failed" for r in failed)
+        assert len(list(sub.iter(timeout=0.5))) == len(acked)  # the refused ones were not forwarded
+        assert control.ping()["pong"]
+    stats = journal(broker)
+    assert stats["refused"] == len(failed) and "commit failed" in stats["last_error"]
 
 
 def test_publish_many_needs_the_publish_role(secure: Any, keys: Keys) -> None:
