@@ -1,5 +1,7 @@
 """The journal: records the journaled instances, keeps last values, and answers ``publish``
-(durable), ``replay`` and ``last``. It is a child of the broker's supervisor.
+(durable), ``publish_many`` (many durable publishes in one request, each checked, sequenced,
+committed, forwarded and answered as a ``publish`` is, in one group), ``replay`` and ``last``.
+It is a child of the broker's supervisor.
 
 Sockets, created and closed by every :meth:`Journal.run`:
 
@@ -142,7 +144,7 @@ class JournalCounters:
     durable: int = 0
     """Durable publishes committed and acknowledged."""
     refused: int = 0
-    """Durable publishes answered with an error."""
+    """Durable publishes answered with an error (and ``publish_many`` requests refused whole)."""
     publish_many: int = 0
     """``publish_many`` requests taken (each message of one also counts in ``durable`` or ``refused``)."""
     failed: int = 0

@@ -511,7 +511,7 @@ def _chunks(
         except UnicodeDecodeError:
             results[index] = ControlError("bad_request", "topic is not UTF-8")
             continue
-        cost = len(topic) + len(body) + 8
+        cost = len(topic) + len(body) + 10  # the MessagePack array, str and bin headers, at most
         if indexes and (len(indexes) >= size or used + cost > MANY_BYTES):
             chunks.append((indexes, pairs))
             indexes, pairs, used = [], [], 0
