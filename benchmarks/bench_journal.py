@@ -21,10 +21,12 @@ Scenarios, each two sides measured in the same run:
   the price of the fsync. The journal lives on the machine's disk (the run's temporary
   directory), not in memory.
 - ``durable_pipelined``: the same durable publishes on the default ``durable`` policy, one
-  ``Publisher`` acknowledged one by one (``publish(..., durable=True)``) vs pipelined
-  (``publish_durable_many``, 256 in flight, each still confirmed on its own, sharing the
-  journal's group commits). Reported: acknowledged publishes per second; target: pipelined
-  >= 20,000/s.
+  ``Publisher`` acknowledged one by one (``publish(..., durable=True)``), pipelined one
+  ``publish`` request per message (``per_message``: the path an older broker without
+  ``publish_many`` gets, and what ``publish_durable_many`` did before that op), and pipelined
+  in ``publish_many`` chunks (``pipelined``: ``publish_durable_many``, 256 in flight, each
+  still confirmed on its own, sharing the journal's group commits). Reported: acknowledged
+  publishes per second; target: pipelined >= 20,000/s.
 - ``journal_ingest``: a raw publisher floods ``ex_esdb_audit`` (journaled) with 100-byte and
   with 1,000-byte envelopes; reported: records committed per second, from the first send until
   the broker's ``stats`` accounts for every message (committed, or shed and counted; polled
@@ -88,11 +90,14 @@ def durable_run(kind: str, count: int) -> dict[str, Any]:
     return {"acked_per_s": count / elapsed, "mean_ack_us": elapsed / count * 1e6, "acked": count}
 
 
-def pipelined_run(kind: str, count: int) -> dict[str, Any]:
-    """``count`` durable publishes sent with ``publish_durable_many`` (256 in flight), each confirmed."""
+def pipelined_run(kind: str, count: int, per_message: bool = False) -> dict[str, Any]:
+    """``count`` durable publishes sent with ``publish_durable_many`` (256 in flight), each
+    confirmed: in ``publish_many`` chunks, or (``per_message``) one ``publish`` request each."""
     with started_broker(kind) as handle:
         assert handle.control is not None
         with Publisher(handle.frontend, control=handle.control, node="bench") as pub:
+            if per_message:  # as if the broker had answered publish_many with unknown_op
+                pub._control.get()._without_many.add(handle.control)
             items = [("audit", "bench", "Custom", {"n": n, "pad": "x" * 60}) for n in range(count)]
             start = time.perf_counter()
             results = pub.publish_durable_many(items)
@@ -103,8 +108,17 @@ def pipelined_run(kind: str, count: int) -> dict[str, Any]:
     return {"acked_per_s": count / elapsed, "mean_ack_us": elapsed / count * 1e6, "acked": count}
 
 
+def per_message_run(kind: str, count: int) -> dict[str, Any]:
+    """:func:`pipelined_run` with one ``publish`` request per message."""
+    return pipelined_run(kind, count, per_message=True)
+
+
 def durable_pipelined(config: Config, count: int) -> dict[str, Any]:
-    sides = (("one_by_one", durable_run, count), ("pipelined", pipelined_run, count * 10))
+    sides = (
+        ("one_by_one", durable_run, count),
+        ("per_message", per_message_run, count * 10),
+        ("pipelined", pipelined_run, count * 10),
+    )
     print("  durable pipelined: ", end="", flush=True)
     if config.warmup:
         for _, run, n in sides:
@@ -121,16 +135,26 @@ def durable_pipelined(config: Config, count: int) -> dict[str, Any]:
         name: {"acked_per_s": [min(r["acked_per_s"] for r in rs), max(r["acked_per_s"] for r in rs)]}
         for name, rs in runs.items()
     }
-    base, other = medians["one_by_one"], medians["pipelined"]
+    base, per_message, other = medians["one_by_one"], medians["per_message"], medians["pipelined"]
+    ratio = other["acked_per_s"] / per_message["acked_per_s"] if per_message["acked_per_s"] else float("nan")
     return {
-        "title": "durable publish (fsync durable): acknowledged one by one vs pipelined (publish_durable_many)",
-        "sides": [name for name, _, _ in sides],
+        "title": "durable publish (fsync durable): acknowledged one by one vs pipelined one publish per message vs "
+        "pipelined in publish_many chunks (publish_durable_many)",
+        "sides": ["one_by_one", "pipelined"],
+        "also": ["per_message"],
+        "notes": [
+            f"per_message (one publish request each, pipelined): {per_message['acked_per_s']:,.0f} acked/s; "
+            f"pipelined / per_message = {ratio:.2f}"
+        ],
         "count_per_run": count,
         "pipelined_count_per_run": count * 10,
         "runs": runs,
         "medians": medians,
         "spread": spread,
         "ratios": {k: other[k] / base[k] if base[k] else float("nan") for k in ("acked_per_s", "mean_ack_us")},
+        "ratios_vs_per_message": {
+            k: other[k] / per_message[k] if per_message[k] else float("nan") for k in ("acked_per_s", "mean_ack_us")
+        },
         "target": {
             "metric": "acked_per_s",
             "op": ">=",

@@ -639,7 +639,8 @@ def render(report: dict[str, Any], title: str = "exesdb-pubsub benchmark") -> st
     A scenario dict has ``title``, ``sides`` (two names), ``medians`` (side -> metric -> value),
     ``ratios`` (metric -> right/left) and ``target``: ``None``; a ratio target
     ``{"metric", "op", "value", "met"}``; or, with a ``"side"`` key, an absolute target on that
-    side's value. ``count_per_run``, ``body_bytes`` and ``min_delivered_fraction`` are optional.
+    side's value. ``count_per_run``, ``body_bytes``, ``min_delivered_fraction`` and ``notes``
+    (lines printed under the scenario, e.g. about a third side it measured) are optional.
     """
     env = report["environment"]
     lines = [
@@ -676,6 +677,7 @@ def render(report: dict[str, Any], title: str = "exesdb-pubsub benchmark") -> st
         low = scenario.get("min_delivered_fraction")
         if low:
             lines.append(f"  {'min delivered_fraction':<36} {fmt(low[left]):>22} {fmt(low[right]):>22}")
+        lines.extend(f"  {note}" for note in scenario.get("notes", ()))
     return "\n".join(lines)
 
 

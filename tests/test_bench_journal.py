@@ -25,9 +25,10 @@ def test_quick_journal_benchmark_reports_both_figures(tmp_path: Path) -> None:
         assert is_number(durable["medians"][side]["acked_per_s"]) and durable["medians"][side]["acked_per_s"] > 0
     assert is_number(durable["ratios"]["acked_per_s"])
     pipelined = scenarios["durable_pipelined"]
-    assert pipelined["sides"] == ["one_by_one", "pipelined"]
-    assert all(pipelined["medians"][side]["acked_per_s"] > 0 for side in pipelined["sides"])
+    assert pipelined["sides"] == ["one_by_one", "pipelined"] and pipelined["also"] == ["per_message"]
+    assert all(pipelined["medians"][side]["acked_per_s"] > 0 for side in ["one_by_one", "per_message", "pipelined"])
     assert is_number(pipelined["ratios"]["acked_per_s"]) and isinstance(pipelined["target"]["met"], bool)
+    assert is_number(pipelined["ratios_vs_per_message"]["acked_per_s"])
     ingest = scenarios["journal_ingest"]
     assert all(is_number(ingest["medians"][side]["records_per_s"]) for side in ingest["sides"])
     assert all(0 <= ingest["medians"][side]["shed_fraction"] <= 1 for side in ingest["sides"])

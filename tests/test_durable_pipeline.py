@@ -23,7 +23,7 @@ from exesdb_sdk import (
 from exesdb_sdk.messages import NodeHealth
 from exesdb_sdk.protocol import Encoder
 
-from .conftest import StartBroker
+from .conftest import StartBroker, wait_until
 from .peers import freeze
 from .test_journal import journal, replay_all
 
@@ -99,6 +99,8 @@ def test_the_asyncio_twins_pipeline_too(start_broker: StartBroker, tmp_path: Pat
     bodies = [encoder.encode(b"ex_esdb_audit/b", "Custom", {"n": n}) for n in range(20)]
     mine, raw = asyncio.run(main())
     assert mine == list(range(1, 101)) and raw == list(range(101, 121))
+    # through publish_many: chunks of window // 2 (100 in 25 requests, 20 in 10)
+    assert wait_until(lambda: journal(broker)["publish_many"] == 35, 10)
 
 
 def test_a_broker_that_stops_answering_leaves_unanswered_and_unsent_entries(

@@ -330,7 +330,7 @@ def test_op_role_table(keys: Keys) -> None:
     monitor, _, _ = _monitor(keys)
     allowed = {
         (op, role)
-        for op in ("ping", "instances", "stats", "publish", "replay", "last", "future_op")
+        for op in ("ping", "instances", "stats", "publish", "publish_many", "replay", "last", "future_op")
         for role in ("publishers", "subscribers", "admins", "publishers,subscribers")
         if monitor.authorize(op, role) is None
     }
@@ -340,11 +340,12 @@ def test_op_role_table(keys: Keys) -> None:
         *(("instances", r) for r in any_role),
         ("stats", "admins"),
         ("publish", "publishers"), ("publish", "admins"), ("publish", "publishers,subscribers"),
+        ("publish_many", "publishers"), ("publish_many", "admins"), ("publish_many", "publishers,subscribers"),
         ("replay", "subscribers"), ("replay", "admins"), ("replay", "publishers,subscribers"),
         ("last", "subscribers"), ("last", "admins"), ("last", "publishers,subscribers"),
         ("future_op", "admins"),
     }  # fmt: skip
-    assert set(OP_ROLES) == {"ping", "instances", "stats", "publish", "replay", "last"}
+    assert set(OP_ROLES) == {"ping", "instances", "stats", "publish", "publish_many", "replay", "last"}
     open_monitor, _, _ = _monitor(None)
     assert all(open_monitor.authorize(op, None) is None for op in ("stats", "publish", "future_op"))
 

@@ -1,5 +1,7 @@
 """The journal: records the journaled instances, keeps last values, and answers ``publish``
-(durable), ``replay`` and ``last``. It is a child of the broker's supervisor.
+(durable), ``publish_many`` (many durable publishes in one request, each checked, sequenced,
+committed, forwarded and answered as a ``publish`` is, in one group), ``replay`` and ``last``.
+It is a child of the broker's supervisor.
 
 Sockets, created and closed by every :meth:`Journal.run`:
 
@@ -63,6 +65,7 @@ __all__ = [
     "DEFAULT_JOURNAL_BUFFER",
     "DURABLE_ROUND",
     "JOURNAL_OPS",
+    "MAX_PUBLISH_MANY",
     "READ_ROUND",
     "Journal",
     "JournalSettings",
@@ -71,7 +74,7 @@ __all__ = [
 
 log = logging.getLogger("exesdb.broker.journal")
 
-JOURNAL_OPS: Final = ("publish", "replay", "last")
+JOURNAL_OPS: Final = ("publish", "publish_many", "replay", "last")
 """Control operations the service hands to the journal thread."""
 DEFAULT_JOURNAL_BUFFER: Final = 64 << 20
 """Bytes of input the journal holds before it sheds (``journal_buffer``)."""
@@ -82,6 +85,8 @@ COMMIT_ROUND: Final = 20_000
 DURABLE_ROUND: Final = 2_000
 """Buffered records committed with durable publishes (they wait for no more than that)."""
 INJECTED_LIMIT: Final = 100_000
+MAX_PUBLISH_MANY: Final = 1_000
+"""Messages one ``publish_many`` request may carry (its bytes are bounded by the control endpoint's size)."""
 _COALESCE: Final = 0.010
 """Seconds the loop waits, after reading some, before it looks at the SUB again."""
 _COMMIT_EVERY: Final = 0.010
@@ -139,7 +144,9 @@ class JournalCounters:
     durable: int = 0
     """Durable publishes committed and acknowledged."""
     refused: int = 0
-    """Durable publishes answered with an error."""
+    """Durable publishes answered with an error (and ``publish_many`` requests refused whole)."""
+    publish_many: int = 0
+    """``publish_many`` requests taken (each message of one also counts in ``durable`` or ``refused``)."""
     failed: int = 0
     """Live messages a failed commit lost from the journal (they were forwarded)."""
     malformed: int = 0
@@ -162,9 +169,14 @@ class _Query:
 
 @dataclass(slots=True)
 class _Durable:
+    """A durable ``publish`` (one record, ``results`` ``None``) or a ``publish_many``: its good
+    records in order, and per message of the request its error map, or ``None`` where one of
+    ``records`` waits for its sequence number."""
+
     head: list[bytes]
     request_id: Any
-    record: Record
+    records: list[Record]
+    results: list[Any] | None = None
 
 
 class Journal:
@@ -266,6 +278,7 @@ class Journal:
             "committed_live": c.live,
             "durable": c.durable,
             "refused": c.refused,
+            "publish_many": c.publish_many,
             "failed": c.failed,
             "dropped": sum(i.dropped.values()),
             "dropped_by_instance": dict(i.dropped),
@@ -335,9 +348,8 @@ class Journal:
         """After a failed run: what was buffered is lost (counted and marked), and durable
         publishes that were being committed get an error reply (their outcome is unknown)."""
         for item in self._in_flight:
-            self._refuse(
-                item.head,
-                item.request_id,
+            self._refuse_all(
+                item,
                 "journal_unavailable",
                 "the journal restarted while committing this publish: it may or may not be recorded",
             )
@@ -596,7 +608,7 @@ class Journal:
         if not durable and not self.intake.buffer and not self.intake.gaps_pending:
             return
         live = self.intake.pop(limit)
-        records = live + [item.record for item in durable]
+        records = live + [record for item in durable for record in item.records]
         try:
             store.write(records)
         except sqlite3.Error as exc:
@@ -604,7 +616,7 @@ class Journal:
             log.error("journal commit failed (%d records): %s", len(records), exc)
             counters.failed += len(live)
             for item in durable:
-                self._refuse(item.head, item.request_id, "commit_failed", f"journal commit failed: {exc}")
+                self._refuse_all(item, "commit_failed", f"journal commit failed: {exc}")
             return
         counters.committed += len(records)
         counters.live += sum(1 for record in live if record.topic is not GAP_TOPIC)
@@ -613,12 +625,25 @@ class Journal:
             self._forward(item)
 
     def _forward(self, item: _Durable) -> None:
-        record = item.record
+        """Forward the committed records of ``item`` to live subscribers, then acknowledge it."""
+        for record in item.records:
+            self._forward_record(record)
+        self.counters.durable += len(item.records)
+        if item.results is None:
+            record = item.records[0]
+            reply = encode_reply({"seq": record.seq, "instance": record.instance.value}, item.request_id)
+        else:
+            seqs = iter(item.records)
+            results = [next(seqs).seq if result is None else result for result in item.results]
+            reply = encode_reply({"results": results}, item.request_id)
+        self._reply([*item.head, reply])
+
+    def _forward_record(self, record: Record) -> None:
         injected = self.intake.injected
         if len(injected) >= INJECTED_LIMIT:
             injected.clear()
         injected[record.body] = None
-        if any(record.topic.startswith(prefix) for prefix in self.settings.last_values):
+        if record.topic.startswith(self.settings.last_values):
             self.last.keep(record.topic, record.body, checked=True)
         pub = self._pub
         try:
@@ -629,9 +654,16 @@ class Journal:
             log.warning("durable message on %s committed but not forwarded", record.topic.decode())
         else:
             self.intake.expect_echo(record.instance)
-        self.counters.durable += 1
-        reply = encode_reply({"seq": record.seq, "instance": record.instance.value}, item.request_id)
-        self._reply([*item.head, reply])
+
+    def _refuse_all(self, item: _Durable, code: str, message: str) -> None:
+        """Answer every record of ``item`` still waiting with the error ``code`` (nothing recorded)."""
+        if item.results is None:
+            self._refuse(item.head, item.request_id, code, message)
+            return
+        self.counters.refused += len(item.records)
+        error = {"code": code, "message": message}
+        results = [error if result is None else result for result in item.results]
+        self._reply([*item.head, encode_reply({"results": results}, item.request_id)])
 
     def _refuse(self, head: list[bytes], request_id: Any, code: str, message: str) -> None:
         self.counters.refused += 1
@@ -652,13 +684,49 @@ class Journal:
             self._reply([*head, encode_error_reply("bad_request", exc.detail)])
             return
         request_id = request.get("id")
-        if request["op"] != "publish":
+        op = request["op"]
+        if op == "publish_many":
+            self._take_many(head, request_id, request, durable)
+            return
+        if op != "publish":
             queries.append((head, request_id, request))
             return
         try:
-            durable.append(_Durable(head, request_id, self._durable(request)))
+            durable.append(_Durable(head, request_id, [self._durable(request)]))
         except Refused as exc:
             self._refuse(head, request_id, exc.code, exc.message)
+
+    def _take_many(self, head: list[bytes], request_id: Any, request: dict[str, Any], durable: list[_Durable]) -> None:
+        """A ``publish_many``: each message checked as a ``publish`` is; a bad one is refused
+        alone, in its place among the results; a request malformed as a whole gets one error."""
+        messages = request.get("messages")
+        if not isinstance(messages, list) or len(messages) > MAX_PUBLISH_MANY:
+            problem = "not an array" if not isinstance(messages, list) else f"{len(messages)} messages"
+            self._refuse(
+                head,
+                request_id,
+                "bad_request",
+                f"publish_many needs 'messages', an array of at most {MAX_PUBLISH_MANY} [topic, body] pairs "
+                f"({problem})",
+            )
+            return
+        self.counters.publish_many += 1
+        records: list[Record] = []
+        results: list[Any] = []
+        for message in messages:
+            try:
+                if not (isinstance(message, list) and len(message) == 2):
+                    raise Refused("bad_request", "each message of publish_many must be a [topic, body] pair")
+                records.append(self._durable({"topic": message[0], "body": message[1]}))
+            except Refused as exc:
+                self.counters.refused += 1
+                results.append({"code": exc.code, "message": exc.message})
+            else:
+                results.append(None)
+        if records:
+            durable.append(_Durable(head, request_id, records, results))
+        else:  # nothing to commit: answered at once
+            self._reply([*head, encode_reply({"results": results}, request_id)])
 
     def _durable(self, request: dict[str, Any]) -> Record:
         try:

@@ -95,6 +95,7 @@ OP_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "instances": ANY_ROLE,
     "stats": frozenset({ADMINS}),
     "publish": frozenset({PUBLISHERS, ADMINS}),
+    "publish_many": frozenset({PUBLISHERS, ADMINS}),
     "replay": frozenset({SUBSCRIBERS, ADMINS}),
     "last": frozenset({SUBSCRIBERS, ADMINS}),
 }

@@ -23,7 +23,7 @@ from .durable import ReplayFrom, durability_error, durable_request, durable_seq
 from .endpoints import Rotation
 from .errors import BrokerUnavailableError, ControlError, ProtocolError, ReceiveTimeoutError
 from .instances import Instance
-from .protocol import Message, encode_request
+from .protocol import MAX_INT, Message, encode_request
 
 if TYPE_CHECKING:
     from .control import ReplyMatcher
@@ -47,6 +47,8 @@ __all__ = [
     "WaitReady",
     "arun",
     "catch_up",
+    "commit_chunked",
+    "commit_many",
     "commit_pipelined",
     "connect_any",
     "control_failover",
@@ -456,6 +458,165 @@ def commit_pipelined(
     unknown = ControlError("unanswered", f"no reply from {endpoint} within {timeout:g} s: outcome unknown")
     never = ControlError("not_sent", f"not sent: {endpoint} stopped answering")
     return [(unknown if index < sent else never) if result is None else result for index, result in enumerate(results)]
+
+
+MANY_MESSAGES: Final = 1_000
+"""Messages per ``publish_many`` request at most (the broker's bound)."""
+MANY_BYTES: Final = 60 << 10
+"""Bytes of topics and bodies per ``publish_many`` request, about: under the 64 KiB every
+broker's control endpoint takes (a larger message goes alone, as it would in a ``publish``)."""
+_FALLBACK: Final = ControlError("unknown_op", "publish_many unknown to the broker")
+"""The placeholder result of a message whose ``publish_many`` the broker does not know."""
+
+
+def commit_many(
+    matcher: ReplyMatcher,
+    messages: Sequence[tuple[bytes, bytes]],
+    window: int,
+    timeout: float,
+    endpoint: str,
+    after: str | None,
+    without_many: set[str],
+) -> Flow[list[int | ControlError]]:
+    """Commit ``messages`` as :meth:`~exesdb_sdk.control.ControlBase.commit_many` says: in
+    ``publish_many`` chunks (:func:`commit_chunked`), or, where the broker answered that op
+    with ``unknown_op`` (an older broker; remembered in ``without_many``), one ``publish``
+    request per message (:func:`commit_pipelined`)."""
+    if endpoint in without_many:
+        return (yield from commit_pipelined(matcher, messages, window, timeout, endpoint, after))
+    results = yield from commit_chunked(matcher, messages, window, timeout, endpoint, after)
+    rest = [index for index, result in enumerate(results) if result is _FALLBACK]
+    if not rest:
+        return results
+    without_many.add(endpoint)
+    again = yield from commit_pipelined(matcher, [messages[i] for i in rest], window, timeout, endpoint, after)
+    for index, result in zip(rest, again, strict=True):
+        results[index] = result
+    return results
+
+
+def _chunks(
+    messages: Sequence[tuple[bytes, bytes]], size: int, results: list[int | ControlError | None]
+) -> list[tuple[list[int], list[tuple[str, bytes]]]]:
+    """The message indexes and ``[topic, body]`` pairs of consecutive ``publish_many`` chunks
+    of at most ``size`` messages and about :data:`MANY_BYTES`; a topic that is not UTF-8 gets
+    its ``bad_request`` in ``results`` and is not sent."""
+    chunks: list[tuple[list[int], list[tuple[str, bytes]]]] = []
+    indexes: list[int] = []
+    pairs: list[tuple[str, bytes]] = []
+    used = 0
+    for index, (topic, body) in enumerate(messages):
+        try:
+            text = topic.decode()
+        except UnicodeDecodeError:
+            results[index] = ControlError("bad_request", "topic is not UTF-8")
+            continue
+        cost = len(topic) + len(body) + 10  # the MessagePack array, str and bin headers, at most
+        if indexes and (len(indexes) >= size or used + cost > MANY_BYTES):
+            chunks.append((indexes, pairs))
+            indexes, pairs, used = [], [], 0
+        indexes.append(index)
+        pairs.append((text, body))
+        used += cost
+    if indexes:
+        chunks.append((indexes, pairs))
+    return chunks
+
+
+def _many_results(reply: dict[str, Any] | ControlError, count: int) -> list[int | ControlError]:
+    """Per message, the outcome a ``publish_many`` reply gives (the error of a refused request for each)."""
+    if isinstance(reply, ControlError):
+        return [_FALLBACK if reply.code == "unknown_op" else durability_error(reply)] * count
+    results = reply.get("results")
+    if type(results) is not list or len(results) != count:
+        error = ControlError("bad_reply", f"publish_many reply without {count} 'results'")
+        return [error] * count
+    outcomes: list[int | ControlError] = []
+    for result in results:
+        if type(result) is int and 0 <= result <= MAX_INT:
+            outcomes.append(result)
+        elif type(result) is dict:
+            code, message = result.get("code"), result.get("message")
+            outcomes.append(durability_error(ControlError(str(code or "error"), str(message or ""))))
+        else:
+            outcomes.append(
+                ControlError("bad_reply", f"publish_many result neither a seq nor an error: {result!r:.60}")
+            )
+    return outcomes
+
+
+def commit_chunked(
+    matcher: ReplyMatcher,
+    messages: Sequence[tuple[bytes, bytes]],
+    window: int,
+    timeout: float,
+    endpoint: str,
+    after: str | None = None,
+) -> Flow[list[int | ControlError]]:
+    """:func:`commit_pipelined` with ``publish_many`` requests: chunks of at most ``window // 2``
+    messages (so two requests are in flight: the broker commits one while the client waits for
+    the other's reply and sends the next; at most :data:`MANY_MESSAGES` and about
+    :data:`MANY_BYTES` each), no more than ``window`` messages unanswered (or one chunk). A
+    chunk the broker answers with ``unknown_op`` gets :data:`_FALLBACK` per message and no more
+    chunks are sent (those get it too), unless the broker stopped answering: then the ones
+    not committed are ``not_sent``."""
+    count = len(messages)
+    results: list[int | ControlError | None] = [None] * count
+    chunks = _chunks(messages, max(1, min(MANY_MESSAGES, window // 2)), results)
+    first = matcher.ids(len(chunks)).start
+    sent = unanswered = 0  # chunks sent; messages unanswered
+    pending: set[int] = set()
+    unknown = False
+    deadline = time.monotonic() + timeout
+    for _ in range(_STEPS):
+        if sent < len(chunks) and not unknown:
+            batch: list[list[bytes]] = []
+            flying = unanswered
+            for at in range(sent, len(chunks)):
+                indexes, pairs = chunks[at]
+                if flying and flying + len(indexes) > window:
+                    break
+                batch.append([b"", encode_request("publish_many", {"messages": pairs}, first + at)])
+                flying += len(indexes)
+            done = (yield SendMany(batch)) if batch else 0
+            for at in range(sent, sent + done):
+                pending.add(at)
+                unanswered += len(chunks[at][0])
+            sent += done
+        if not pending and (sent == len(chunks) or unknown):
+            break
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        received = yield ReceiveMany(remaining, max(1, len(pending)))
+        for frames in received:
+            answered = matcher.answer(frames)
+            if answered is None:
+                continue
+            request_id, reply = answered
+            at = request_id - first if type(request_id) is int else -1
+            if at not in pending:
+                continue  # a late reply to an earlier request, or a repeat
+            pending.discard(at)
+            indexes = chunks[at][0]
+            for index, outcome in zip(indexes, _many_results(reply, len(indexes)), strict=True):
+                results[index] = outcome
+            unknown = unknown or (isinstance(reply, ControlError) and reply.code == "unknown_op")
+            unanswered -= len(indexes)
+            deadline = time.monotonic() + timeout
+    else:  # pragma: no cover (bounded by design)
+        raise AssertionError("a client flow did not end")
+    if pending and after is not None:
+        yield Reconnect(after)
+    elif sent:
+        yield Settle()
+    gone = ControlError("unanswered", f"no reply from {endpoint} within {timeout:g} s: outcome unknown")
+    never = ControlError("not_sent", f"not sent: {endpoint} stopped answering")
+    fallback = _FALLBACK if unknown and not pending else never
+    for at in pending:
+        for index in chunks[at][0]:
+            results[index] = gone
+    return [fallback if result is None or result is _FALLBACK else result for result in results]
 
 
 def connect_any(rotation: Rotation, order: list[str], timeout: float) -> Flow[None]:

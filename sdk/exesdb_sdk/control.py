@@ -19,7 +19,7 @@ from ._flows import (
     Send,
     SendMany,
     Step,
-    commit_pipelined,
+    commit_many,
     control_failover,
     control_request,
     run,
@@ -35,7 +35,7 @@ __all__ = ["DEFAULT_COMMIT_WINDOW", "DEFAULT_CONTROL_TIMEOUT", "MAX_COMMIT_WINDO
 
 DEFAULT_CONTROL_TIMEOUT: Final = 5.0
 """Seconds to wait for a control reply."""
-_NOT_REPEATED: Final = frozenset({"publish"})
+_NOT_REPEATED: Final = frozenset({"publish", "publish_many"})
 """Ops not sent again to another broker when unanswered: the first may have done it."""
 DEFAULT_COMMIT_WINDOW: Final = 256
 """Durable publishes :meth:`ControlBase.commit_many` keeps in flight by default."""
@@ -142,6 +142,8 @@ class ControlBase(Owner[S], Generic[S, D, L]):
         self._rotation = Rotation(resolve_endpoints(endpoint, ENV_CONTROL, DEFAULT_CONTROL, "control"))
         self.timeout = timeout
         self._matcher = ReplyMatcher()
+        self._without_many: set[str] = set()
+        """Endpoints whose broker answered ``publish_many`` with ``unknown_op`` (older brokers)."""
         super().__init__(zmq.DEALER, context, resolve_client_keys(client_key, server_key))
         socket = self._live()
         socket.setsockopt(zmq.LINGER, 0)
@@ -195,8 +197,12 @@ class ControlBase(Owner[S], Generic[S, D, L]):
         """Commit raw ``(topic, body)`` messages as durable publishes, ``window`` in flight at once;
         return, per message in order, the broker's sequence number or the error.
 
-        Each body is sent unchanged (its envelope keeps its own ``pub`` and ``seq``). The broker
-        commits what arrives together in one group commit, then forwards each message live. An
+        Each body is sent unchanged (its envelope keeps its own ``pub`` and ``seq``), in
+        ``publish_many`` requests of up to ``window // 2`` messages (at most 1,000 and about
+        60 KiB each; docs/protocol.md 10.8). The broker commits what arrives together in one
+        group commit, then forwards each message live. A broker that answers ``unknown_op`` to
+        ``publish_many`` (an older one) gets one ``publish`` request per message instead, from
+        then on (this client remembers it per endpoint). An
         entry is a :class:`~exesdb_sdk.errors.DurabilityError` (nothing recorded),
         another :class:`~exesdb_sdk.errors.ControlError` the broker answered with (e.g.
         ``too_large``, ``bad_request``), or, when the broker stops answering for ``timeout``
@@ -218,7 +224,7 @@ class ControlBase(Owner[S], Generic[S, D, L]):
         timeout = self.timeout if timeout is None else timeout
         rotation = self._rotation
         after = rotation.following()[0] if rotation.several else None
-        flow = commit_pipelined(self._matcher, messages, window, timeout, self.endpoint, after)
+        flow = commit_many(self._matcher, messages, window, timeout, self.endpoint, after, self._without_many)
         return self._drive(flow)
 
 

@@ -581,8 +581,10 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
         return self._deliver(topic, body, count, durable, True)  # durable: one journal record for all
 
     def publish_durable_many(self, items: Iterable[DurableItem], *, window: int = DEFAULT_COMMIT_WINDOW) -> Any:
-        """Durable publishes of many messages, ``window`` in flight at once, sharing the
-        broker's group commits; return, per item in order, the broker's sequence number (as
+        """Durable publishes of many messages, ``window`` in flight at once, sent in
+        ``publish_many`` requests (one ``publish`` per message to a broker without that op; see
+        :meth:`~exesdb_sdk.control.ControlBase.commit_many`) and sharing the broker's group
+        commits; return, per item in order, the broker's sequence number (as
         :meth:`publish` with ``durable`` returns) or the error that refused it.
 
         Each item is confirmed or refused on its own: an entry is a
