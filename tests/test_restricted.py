@@ -144,6 +144,9 @@ def test_a_publisher_key_outside_the_class_gets_no_message_onto_a_restricted_ins
             with pytest.raises(ControlError, match="restricted_publishers") as refused:
                 control.request("publish", {"topic": "ex_esdb_audit/forged", "body": b"\x80"})
             assert refused.value.code == "forbidden"
+            with pytest.raises(ControlError, match="restricted_publishers"):  # one restricted message among many
+                messages = [["ex_esdb_alerts/fine", b"\x80"], ["ex_esdb_audit/forged", b"\x80"]]
+                control.request("publish_many", {"messages": messages})
         with Publisher(restricted.restricted_frontend, control=restricted.control, **keys.client("rpub")) as rpub:
             rpub.publish("audit", "genuine", "Custom", {"n": 1}, durable=True)
         assert inside.recv(timeout=TIMEOUT).topic == "ex_esdb_audit/genuine"
@@ -157,7 +160,7 @@ def test_a_publisher_key_outside_the_class_gets_no_message_onto_a_restricted_ins
         assert control.request("replay", {"instance": "alerts"})["instance"] == "ex_esdb_alerts"
     stats = _stats(restricted, keys)
     assert stats["instances"]["ex_esdb_audit"]["messages"] == 1  # the forged five are not audit traffic
-    assert stats["security"]["forbidden_ops"] == 2
+    assert stats["security"]["forbidden_ops"] == 3
 
 
 def _reload(broker: BrokerProcess) -> None:

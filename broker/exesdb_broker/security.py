@@ -86,6 +86,7 @@ DOMAINS: Final = {
 """The ZAP domain (and role) of each endpoint."""
 RESTRICTED_ROLES: Final[Mapping[str, frozenset[str]]] = {
     "publish": frozenset({RESTRICTED_PUBLISHERS, ADMINS}),
+    "publish_many": frozenset({RESTRICTED_PUBLISHERS, ADMINS}),
     "replay": frozenset({RESTRICTED_SUBSCRIBERS, ADMINS}),
 }
 """Who may run an op on a restricted instance (in place of :data:`OP_ROLES`)."""
@@ -449,7 +450,11 @@ class Security:
         self.reloads = 0
 
     def counts(self) -> dict[str, int]:
-        return self._allowlists.counts()
+        """Keys per role (the restricted class's roles only when there is a class)."""
+        counts = self._allowlists.counts()
+        if not self.restricted:
+            del counts[RESTRICTED_PUBLISHERS], counts[RESTRICTED_SUBSCRIBERS]
+        return counts
 
     def start(self, context: zmq.Context[Any]) -> None:
         """Start the ZAP handler on ``context`` (before any socket binds) and log the set-up."""
@@ -471,13 +476,25 @@ class Security:
         (an unknown instance or a bad topic is the op's own error to report)."""
         if not self.restricted or request is None or op not in RESTRICTED_ROLES:
             return None
-        name = request.get("topic") if op == "publish" else request.get("instance")
+        if op == "replay":
+            return self._restricted_of(request.get("instance"), topic=False)
+        if op == "publish":
+            return self._restricted_of(request.get("topic"), topic=True)
+        messages = request.get("messages")
+        for message in messages if isinstance(messages, list) else ():
+            if isinstance(message, list) and message:
+                found = self._restricted_of(message[0], topic=True)
+                if found is not None:
+                    return found  # one restricted message makes the whole request the class's
+        return None
+
+    def _restricted_of(self, name: Any, *, topic: bool) -> Instance | None:
         if isinstance(name, bytes):
             name = name.decode("utf-8", "replace")
         if not isinstance(name, str):
             return None
         try:
-            instance = Instance.resolve(name.partition("/")[0] if op == "publish" else name)
+            instance = Instance.resolve(name.partition("/")[0] if topic else name)
         except ExesdbError:
             return None
         return instance if instance in self.restricted else None
