@@ -186,22 +186,11 @@ class Broker:
         base = self._base
         self._security.start(context)
 
-        frontend = context.socket(zmq.XSUB)
-        frontend.setsockopt(zmq.RCVHWM, config.hwm)
-        frontend.setsockopt(zmq.MAXMSGSIZE, config.max_message_size)
-        frontend.setsockopt(zmq.LINGER, 0)
-        # The broker's own subscription to everything, held by the socket that never restarts:
-        # publishers send it all even while the tap (which also subscribes to all) restarts.
-        frontend.send(b"\x01")
-        backend = context.socket(zmq.XPUB)
-        backend.setsockopt(zmq.SNDHWM, config.hwm)
-        backend.setsockopt(zmq.LINGER, _BACKEND_LINGER_MS)
+        frontend, backend, proxy_control = self._pair(context)
         control = context.socket(zmq.ROUTER)
         # Room for a durable publish of the largest message (plus its request map).
         control.setsockopt(zmq.MAXMSGSIZE, max(_CONTROL_MAX_MESSAGE, config.max_message_size + 4096))
         control.setsockopt(zmq.LINGER, 0)
-        proxy_control = context.socket(zmq.DEALER)
-        proxy_control.setsockopt(zmq.LINGER, 0)
         self._sockets = [frontend, backend, control, proxy_control]
         for socket, role in ((frontend, "frontend"), (backend, "backend"), (control, "control")):
             self._security.secure(socket, role)
@@ -344,6 +333,23 @@ class Broker:
             self._grace(expected)
         self.frontend = self._service.bind_frontend(config.frontend)
 
+    def _pair(self, context: zmq.Context[Any]) -> tuple[zmq.Socket[Any], zmq.Socket[Any], zmq.Socket[Any]]:
+        """A proxy pair's sockets, not yet bound: the XSUB frontend, the XPUB backend and the
+        DEALER its proxy is steered by."""
+        frontend = context.socket(zmq.XSUB)
+        frontend.setsockopt(zmq.RCVHWM, self.config.hwm)
+        frontend.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_size)
+        frontend.setsockopt(zmq.LINGER, 0)
+        # The broker's own subscription to everything, held by the socket that never restarts:
+        # publishers send it all even while the tap (which also subscribes to all) restarts.
+        frontend.send(b"\x01")
+        backend = context.socket(zmq.XPUB)
+        backend.setsockopt(zmq.SNDHWM, self.config.hwm)
+        backend.setsockopt(zmq.LINGER, _BACKEND_LINGER_MS)
+        steer = context.socket(zmq.DEALER)
+        steer.setsockopt(zmq.LINGER, 0)
+        return frontend, backend, steer
+
     def _restricted_pair(self, context: zmq.Context[Any], monitors: dict[str, zmq.Socket[Any]]) -> Proxy:
         """The restricted class's proxy pair: an XSUB frontend and an XPUB backend of their own,
         each a CURVE server of its own ZAP domain, and inproc binds for the broker's threads.
@@ -351,16 +357,7 @@ class Broker:
         journal's feeds (a restricted publisher connected in the broker's first moments may lose
         a message to the journal, never to a subscriber that was there)."""
         config, base = self.config, self._base
-        frontend = context.socket(zmq.XSUB)
-        frontend.setsockopt(zmq.RCVHWM, config.hwm)
-        frontend.setsockopt(zmq.MAXMSGSIZE, config.max_message_size)
-        frontend.setsockopt(zmq.LINGER, 0)
-        frontend.send(b"\x01")  # the broker's own subscription to everything, as on the public frontend
-        backend = context.socket(zmq.XPUB)
-        backend.setsockopt(zmq.SNDHWM, config.hwm)
-        backend.setsockopt(zmq.LINGER, _BACKEND_LINGER_MS)
-        control = context.socket(zmq.DEALER)
-        control.setsockopt(zmq.LINGER, 0)
+        frontend, backend, control = self._pair(context)
         self._security.secure(frontend, "restricted_frontend")
         self._security.secure(backend, "restricted_backend")
         try:
