@@ -113,7 +113,8 @@ def test_a_key_outside_the_class_receives_no_restricted_message_on_any_endpoint(
                 rpub.publish("audit", "change", "Custom", {"n": n})
         got: list[str] = []
         deadline = time.monotonic() + TIMEOUT
-        while len(got) < 21 and time.monotonic() < deadline:
+        # one refused connect may be reported as more than one AccessViolation: read until the 20 audits
+        while got.count("ex_esdb_audit/change") < 20 and time.monotonic() < deadline:
             got.append(inside.recv(timeout=TIMEOUT).topic)
     assert got.count("ex_esdb_audit/change") == 20
     assert any(topic.startswith("ex_esdb_security/") for topic in got), got
