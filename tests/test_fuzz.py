@@ -541,7 +541,7 @@ def test_durable_parsers_read_good_replies() -> None:
 
 
 def handler(forwarded: list[list[bytes]]) -> ControlHandler:
-    control = ControlHandler("fuzz-node", lambda: {"malformed": 0}, authorize=lambda op, user: None)
+    control = ControlHandler("fuzz-node", lambda: {"malformed": 0}, authorize=lambda op, user, request: None)
     control.register("echo", lambda request: {"echo": request})
     control.forward(["replay", "publish", "last"], forwarded.append)
     return control
