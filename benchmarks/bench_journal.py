@@ -24,7 +24,7 @@ Scenarios, each two sides measured in the same run:
   ``Publisher`` acknowledged one by one (``publish(..., durable=True)``), pipelined one
   ``publish`` request per message (``per_message``: the path an older broker without
   ``publish_many`` gets, and what ``publish_durable_many`` did before that op), and pipelined
-  in ``publish_many`` chunks (``pipelined``: ``publish_durable_many``, 256 in flight, each
+  in ``publish_many`` chunks (``pipelined``: ``publish_durable_many``, 1,024 in flight by default, each
   still confirmed on its own, sharing the journal's group commits). Reported: acknowledged
   publishes per second; target: pipelined >= 20,000/s.
 - ``journal_ingest``: a raw publisher floods ``ex_esdb_audit`` (journaled) with 100-byte and
@@ -91,7 +91,7 @@ def durable_run(kind: str, count: int) -> dict[str, Any]:
 
 
 def pipelined_run(kind: str, count: int, per_message: bool = False) -> dict[str, Any]:
-    """``count`` durable publishes sent with ``publish_durable_many`` (256 in flight), each
+    """``count`` durable publishes sent with ``publish_durable_many`` (1,024 in flight by default), each
     confirmed: in ``publish_many`` chunks, or (``per_message``) one ``publish`` request each."""
     with started_broker(kind) as handle:
         assert handle.control is not None

@@ -554,8 +554,8 @@ def commit_chunked(
     after: str | None = None,
 ) -> Flow[list[int | ControlError]]:
     """:func:`commit_pipelined` with ``publish_many`` requests: chunks of at most ``window // 2``
-    messages (so two requests are in flight: the broker commits one while the client waits for
-    the other's reply and sends the next; at most :data:`MANY_MESSAGES` and about
+    messages (so two or more requests are in flight: the broker commits one while the client
+    reads the other's reply and sends the next; at most :data:`MANY_MESSAGES` and about
     :data:`MANY_BYTES` each), no more than ``window`` messages unanswered (or one chunk). A
     chunk the broker answers with ``unknown_op`` gets :data:`_FALLBACK` per message and no more
     chunks are sent (those get it too), unless the broker stopped answering: then the ones

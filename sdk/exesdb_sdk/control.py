@@ -37,8 +37,9 @@ DEFAULT_CONTROL_TIMEOUT: Final = 5.0
 """Seconds to wait for a control reply."""
 _NOT_REPEATED: Final = frozenset({"publish", "publish_many"})
 """Ops not sent again to another broker when unanswered: the first may have done it."""
-DEFAULT_COMMIT_WINDOW: Final = 256
-"""Durable publishes :meth:`ControlBase.commit_many` keeps in flight by default."""
+DEFAULT_COMMIT_WINDOW: Final = 1_024
+"""Durable publishes :meth:`ControlBase.commit_many` keeps in flight by default (in ``publish_many``
+chunks of half that: the broker commits more per group than at 256, about a third more per second)."""
 MAX_COMMIT_WINDOW: Final = 10_000
 """The most it may keep in flight (the broker's queue for a client is bounded too)."""
 
