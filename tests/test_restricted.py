@@ -20,6 +20,7 @@ import pytest
 import zmq
 from exesdb_broker.security import RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS
 from exesdb_sdk import AuthenticationError, ControlClient, ControlError, Publisher, Subscriber
+from exesdb_sdk.protocol import Encoder
 
 from .conftest import FREE, BrokerProcess, StartBroker, wait_until
 from .test_security import RELOADED, TIMEOUT, Keys, _curve_socket, keys
@@ -136,9 +137,20 @@ def test_a_publisher_key_outside_the_class_gets_no_message_onto_a_restricted_ins
     with Subscriber(restricted.restricted_backend, **keys.client("rsub")) as inside:
         inside.subscribe("audit")
         inside.wait_ready(TIMEOUT)
-        with Publisher(restricted.frontend, coalesce=0, **keys.client("pub")) as pub:  # the public frontend
+        with Publisher(restricted.frontend, coalesce=0, **keys.client("pub")) as pub:
+            with pytest.raises(AuthenticationError, match="may not publish to ex_esdb_audit"):
+                pub.publish("audit", "forged", "Custom", {"n": 0})  # the SDK routes it to the class
+        forger = _curve_socket(zmq.XPUB, keys, "pub")  # raw: straight to the public frontend
+        try:
+            forger.connect(restricted.frontend)
+            assert forger.poll(int(TIMEOUT * 1000)), "the broker's subscription never reached the forger"
+            encoder = Encoder(src="forger")
             for n in range(5):
-                pub.publish("audit", "forged", "Custom", {"n": n})
+                forger.send_multipart(
+                    [b"ex_esdb_audit/forged", encoder.encode("ex_esdb_audit/forged", "Custom", {"n": n})]
+                )
+        finally:
+            forger.close(linger=1000)
         with pytest.raises(AuthenticationError):
             Publisher(restricted.restricted_frontend, connect_timeout=TIMEOUT, **keys.client("pub"))
         with ControlClient(restricted.control, **keys.client("pub")) as control:

@@ -37,6 +37,7 @@ from typing import Any, Final, Self
 
 import zmq
 from exesdb_connect.config import ConnectorConfig
+from exesdb_sdk.classes import encode_classes
 from exesdb_sdk.errors import BindError, BrokerUnavailableError, ConfigError, ExesdbError
 from exesdb_sdk.settings import check_settings
 from exesdb_web import WebServer
@@ -217,7 +218,8 @@ class Broker:
         }
         self._sockets.extend(monitors.values())
 
-        self._tap = Tap(context, base + "-backend", base + "-r-backend" if restricted else None, restricted)
+        announce = encode_classes(self._classes()) if restricted else b""
+        self._tap = Tap(context, base + "-backend", base + "-r-backend" if restricted else None, restricted, announce)
         journal_settings = JournalSettings(
             data_dir=config.data_dir,
             instances=journal_instances(config.journal),

@@ -119,6 +119,8 @@ class Service:
         self._remembered = 0
         self._to_journal = to_journal
         self._encoder = Encoder(src=node)
+        self._classes = classes() if classes is not None else []
+        """The privilege classes, told to every subscriber in its ``ProbeAck`` (protocol 12.1)."""
         self._handler = ControlHandler(
             node, self._stats, authorize=self._authorize, ping_extra=ping_extra, classes=classes
         )
@@ -446,7 +448,10 @@ class Service:
                 self.lifecycle("started")
         if message.startswith(_PROBE):
             topic = message[1:]
-            body = self._encoder.encode(topic, "ProbeAck", {"token": topic[len(_PROBE) - 1 :].decode(errors="replace")})
+            ack: dict[str, Any] = {"token": topic[len(_PROBE) - 1 :].decode(errors="replace")}
+            if self._classes and publisher is self._publisher:
+                ack["classes"] = self._classes
+            body = self._encoder.encode(topic, "ProbeAck", ack)
             try:
                 publisher.send_multipart((topic, body), zmq.NOBLOCK)  # on the plane it came from
             except zmq.Again:

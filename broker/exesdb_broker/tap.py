@@ -41,6 +41,7 @@ from typing import Any, Final
 
 import zmq
 from exesdb_sdk._frames import recv_frames
+from exesdb_sdk.classes import CLASSES_PREFIX
 from exesdb_sdk.errors import ProtocolError
 from exesdb_sdk.instances import Instance
 from exesdb_sdk.protocol import Decoder, is_reserved
@@ -176,8 +177,12 @@ class Tap:
         backend_inproc: str,
         restricted_inproc: str | None = None,
         restricted: frozenset[Instance] = frozenset(),
+        announce: bytes = b"",
     ) -> None:
         self.counters = TapCounters()
+        self._announce = announce
+        """The class table to announce to publishers (a subscription on the public pair; see
+        :mod:`exesdb_sdk.classes`), or nothing."""
         self._context = context
         self._backend = backend_inproc
         self._restricted_backend = restricted_inproc
@@ -219,6 +224,8 @@ class Tap:
                     socket.setsockopt(zmq.LINGER, 0)
                     socket.setsockopt(zmq.SUBSCRIBE, b"")
                     socket.connect(endpoint)
+            if self._announce:
+                sub.setsockopt(zmq.SUBSCRIBE, CLASSES_PREFIX + self._announce)
             self.ready.set()
             wait = _TICK
             # Wake on a timer, not per message: a reader woken for every message makes the proxy

@@ -29,10 +29,11 @@ from ._flows import (
 )
 from ._frames import recv_frames, send_frames
 from ._owner import ControlLink, Owner, S, SocketOwner
+from .classes import PrivilegeClass, classes_from_subscription
 from .control import DEFAULT_COMMIT_WINDOW, DEFAULT_CONTROL_TIMEOUT, ControlClient, check_window
 from .curve import KeyPath, resolve_client_keys
 from .endpoints import DEFAULT_FRONTEND, ENV_FRONTEND, Endpoints, Rotation, resolve_endpoints
-from .errors import ConfigError, ControlError, PublishTimeoutError, ValidationError
+from .errors import AuthenticationError, ConfigError, ControlError, ProtocolError, PublishTimeoutError, ValidationError
 from .instances import Instance
 from .messages.base import Payload, registry
 from .protocol import DEFAULT_MAX_MESSAGE_SIZE, Encoder, default_node, join_bodies
@@ -209,6 +210,21 @@ class PublisherCore:
         self._messages = 0
         self._envelopes = 0
         self._bytes = 0
+        self._routes: dict[bytes, PrivilegeClass] = {}
+        """Instance names (topic heads) of the broker's privilege classes, learned from its
+        announcement (see :mod:`.classes`); empty: everything goes to the public frontend."""
+
+    def _note(self, frames: list[bytes] | None) -> list[bytes] | None:
+        """Learn the broker's privilege classes from a subscription message that announces
+        them (the first announcement that names classes only: see :mod:`.classes`)."""
+        if frames and not self._routes:
+            try:
+                found = classes_from_subscription(frames[0], self.frontend)
+            except ProtocolError:
+                found = None
+            for cls in found or ():
+                self._routes |= {instance.value.encode(): cls for instance in cls.instances}
+        return frames
 
     @property
     def frontend(self) -> str:
@@ -469,11 +485,26 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
         coalesce: float | None = None,
     ) -> None:
         PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret, coalesce)
-        Owner.__init__(self, zmq.XPUB, context, resolve_client_keys(client_key, server_key))
+        resolved = resolve_client_keys(client_key, server_key)
+        Owner.__init__(self, zmq.XPUB, context, resolved)
         self.connect_timeout = connect_timeout
         self._linger = linger
         keys = (client_key, server_key)
         self._control: ControlLink[C] = ControlLink(self._control_type, control, control_timeout, self._context, keys)
+        self._key = f"key {resolved.client.public.decode()}" if resolved is not None else "this client (no CURVE key)"
+        self._options: dict[str, Any] = {
+            "node": self._encoder.src,
+            "connect_timeout": connect_timeout,
+            "send_timeout": send_timeout,
+            "linger": linger,
+            "hwm": hwm,
+            "max_message_size": max_message_size,
+            "client_key": client_key,
+            "server_key": server_key,
+            "coalesce": 0,
+        }
+        """What the publisher at a privilege class's frontend is made with (its sends are this one's)."""
+        self._class_publishers: dict[str, Any] = {}
         try:
             prepare_socket(self._live(), hwm=hwm, send_timeout=send_timeout, linger=linger)
             self._start()
@@ -606,7 +637,7 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
         socket = self._live()
         for _ in range(10_000):
             try:
-                recv_frames(socket, _NOBLOCK)
+                self._note(recv_frames(socket, _NOBLOCK))
             except zmq.Again:
                 return
 
@@ -657,6 +688,13 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
 
     def _send(self, topic: bytes, body: bytes, envelopes: int) -> None:
         """Send one message now, waiting up to ``send_timeout`` (the lock is held)."""
+        if self._routes and (cls := self._routes.get(topic.partition(b"/")[0])) is not None:
+            try:
+                send_frames(self._in_class(cls, topic)._live(), topic, body)
+            except zmq.Again:
+                raise self._timed_out(topic) from None
+            self._count(topic, body, envelopes)
+            return
         if self._several and _monotonic() >= self._check_at and self._broker_lost():
             self._failover()
         try:
@@ -706,7 +744,11 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
                 if now >= due:
                     bodies, coalesced = self._held, self._coalesced
                     topic, body, envelopes = self._take_held()
-                    if send_frames_nowait(socket, topic, body):
+                    routed = self._routes.get(topic.partition(b"/")[0]) if self._routes else None
+                    if routed is not None:  # the class's publisher exists: the held topic was sent before
+                        inner = self._class_publishers.get(routed.name)
+                        socket = inner._socket if inner is not None else None
+                    if socket is not None and send_frames_nowait(socket, topic, body):
                         self._count(topic, body, envelopes)  # a drain waits for the caller's next send
                     else:  # still held: another try one coalesce period later
                         self._held, self._held_bytes, self._coalesced = bodies, sum(map(len, bodies)), coalesced
@@ -735,8 +777,22 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
             return self._control.get().commit_many(step.messages, step.window)
         if isinstance(step, Receive):
             socket = self._live()
-            return recv_frames(socket) if self._watch.wait(max(1, int(step.timeout * 1000))) else None
+            return self._note(recv_frames(socket)) if self._watch.wait(max(1, int(step.timeout * 1000))) else None
         return self._step_io(step)
+
+    def _in_class(self, cls: PrivilegeClass, topic: bytes) -> Publisher:
+        """The publisher connected to ``cls``'s frontend (made on first use; a key the class
+        refuses raises :class:`~exesdb_sdk.errors.AuthenticationError` naming it)."""
+        inner = self._class_publishers.get(cls.name)
+        if inner is None:
+            try:
+                inner = Publisher(cls.frontend, context=self._context, **self._options)
+            except AuthenticationError as exc:
+                instance = topic.partition(b"/")[0].decode()
+                detail = f"{self._key} may not publish to {instance} ({exc.detail})"
+                raise AuthenticationError(exc.endpoint, detail) from None
+            self._class_publishers = {**self._class_publishers, cls.name: inner}
+        return inner
 
     def close(self, linger: float | None = None) -> None:
         """Send what coalescing holds, then close the connection, flushing unsent messages for
@@ -755,4 +811,7 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
             control = self._control.take()
             if control is not None:
                 control.close()
+            inners, self._class_publishers = self._class_publishers, {}
+            for inner in inners.values():
+                inner.close(linger)
             self._close(self._linger if linger is None else linger)

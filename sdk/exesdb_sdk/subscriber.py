@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import re
 import secrets
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Final, Generic, TypeVar
 
+import msgspec
 import zmq
 
 from ._flows import (
@@ -32,6 +35,7 @@ from ._flows import (
 )
 from ._frames import frame_recv, recv_frames, recv_rest
 from ._owner import ControlLink, Owner, S, SocketOwner
+from .classes import PrivilegeClass, class_of, decode_classes
 from .control import DEFAULT_CONTROL_TIMEOUT, ControlClient
 from .curve import KeyPath, resolve_client_keys
 from .durable import (
@@ -43,7 +47,7 @@ from .durable import (
     last_frames,
 )
 from .endpoints import DEFAULT_BACKEND, ENV_BACKEND, Endpoints, Rotation, resolve_endpoints
-from .errors import ProtocolError, ReceiveTimeoutError
+from .errors import AuthenticationError, ProtocolError, ReceiveTimeoutError
 from .instances import Instance
 from .messages import registry
 from .protocol import (
@@ -139,6 +143,13 @@ class SubscriberStats:
     brokers). Live messages the new broker sends again are skipped, counted in ``duplicates``."""
 
 
+_STATS_FIELDS: Final = tuple(field.name for field in fields(SubscriberStats))
+_MERGED_WAIT: Final = 1.0
+"""Seconds a read over several sockets (a privilege class's too) waits at most per round."""
+_MERGED_ROUNDS: Final = 1_000_000
+_log: Final = logging.getLogger("exesdb_sdk")
+
+
 def subscription_prefixes(instance: Instance | str | None, prefix: str) -> list[bytes]:
     """The ZeroMQ subscriptions for ``instance`` (``None``: all ten) narrowed by ``prefix``
     (a glob is subscribed by its literal start: see :class:`TopicFilter`)."""
@@ -221,6 +232,7 @@ class SubscriberCore:
         "_unconverted",
         "acked",
         "catchups",
+        "classes",
         "decode_errors",
         "duplicates",
         "failover_timeout",
@@ -231,6 +243,7 @@ class SubscriberCore:
         "held_scanned",
         "horizon",
         "journal_gaps",
+        "near",
         "on_error",
         "on_gap",
         "pending",
@@ -279,6 +292,26 @@ class SubscriberCore:
         self.failover_timeout = DEFAULT_SUBSCRIBE_TIMEOUT
         """Seconds each broker tried at a failover has to confirm the subscriptions."""
         self.failovers = 0
+        self.near = ""
+        """The backend in use, for a class endpoint bound on every interface (see :mod:`.classes`)."""
+        self.classes: tuple[PrivilegeClass, ...] | None = None
+        """The broker's privilege classes, learned from a ``ProbeAck`` (``None``: none seen yet).
+        A class once learned is kept: a later echo cannot take it away (see :meth:`learn`)."""
+
+    def learn(self, body: bytes, near: str) -> None:
+        """Note the classes a ``ProbeAck`` body names (``near``: the backend it came from).
+
+        Only an echo that names classes teaches anything, and only the first: an echo any
+        publisher could forge (it sees probe subscriptions) cannot remove a class or move it."""
+        if self.classes:
+            return
+        try:
+            envelope = msgspec.msgpack.decode(body)
+            data = envelope.get("data") if isinstance(envelope, dict) else None
+            raw = data.get("classes", []) if isinstance(data, dict) else []
+            self.classes = decode_classes(raw, near)
+        except (msgspec.DecodeError, ProtocolError):
+            self.decode_errors += 1
 
     def bridge(self) -> None:
         """Before subscribing at another broker: what it sends at or below the last ``seq`` seen
@@ -331,6 +364,8 @@ class SubscriberCore:
         if frames[0].startswith(_RESERVED):
             if frames[0].startswith(_PROBE_BYTES):
                 self.acked.add(frames[0][len(_PROBE_BYTES) :].decode("ascii", "replace"))
+                if len(frames) > 1 and not self.classes:
+                    self.learn(frames[1], self.rotation.current if self.rotation is not None else self.near)
             return []
         if self.topics.active and not self.topics.wants(frames[0]):
             self.filtered += 1
@@ -565,9 +600,27 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         if self._rotation.several:
             self._core.rotation = self._rotation
             self._core.failover_timeout = subscribe_timeout
-        super().__init__(zmq.SUB, context, resolve_client_keys(client_key, server_key))
+        resolved = resolve_client_keys(client_key, server_key)
+        self._key = f"key {resolved.client.public.decode()}" if resolved is not None else "this client (no CURVE key)"
+        super().__init__(zmq.SUB, context, resolved)
         keys = (client_key, server_key)
         self._control: ControlLink[C] = ControlLink(self._control_type, control, control_timeout, self._context, keys)
+        self._core.near = self.backend
+        self._options: dict[str, Any] = {
+            "hwm": hwm,
+            "subscribe_timeout": subscribe_timeout,
+            "on_gap": on_gap,
+            "on_error": on_error,
+            "secret": secret,
+            "typed": typed,
+            "control": control,
+            "control_timeout": control_timeout,
+            "client_key": client_key,
+            "server_key": server_key,
+        }
+        """What a subscriber at a privilege class's backend is made with (see :mod:`.classes`)."""
+        self.skipped: list[Instance] = []
+        """Instances a subscription to every instance left out: their class refused this key."""
         socket = self._live()
         socket.setsockopt(zmq.RCVHWM, hwm)
         socket.setsockopt(zmq.LINGER, 0)
@@ -758,8 +811,120 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
 
     _control_type = ControlClient
 
+    _unrouted: list[tuple[Instance | str | None, str]] = []  # noqa: RUF012 (replaced, never mutated)
+    _classes: dict[str, _ClassSubscriber] = {}  # noqa: RUF012 (replaced per instance, never mutated)
+    """A subscriber per privilege class subscribed to, at that class's backend."""
+
     def _drive(self, flow: Flow[Any]) -> Any:
         return run(flow, self._perform)
+
+    def subscribe(
+        self,
+        instance: Instance | str | None = None,
+        prefix: str = "",
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        replay_from: ReplayFrom | None = None,
+        with_last: bool = False,
+    ) -> None:
+        """See :meth:`SubscriberBase.subscribe`. A restricted instance (docs/protocol.md 12.1)
+        is subscribed to at its class's backend, which the broker names in its probe echo: the
+        first subscription that waits asks first. A key the class refuses raises
+        :class:`~exesdb_sdk.errors.AuthenticationError` ("key ... may not subscribe to
+        ex_esdb_security"); a subscription to every instance leaves such instances out
+        instead, logs a warning and lists them in :attr:`skipped`."""
+        if wait and self._core.classes is None:
+            self.wait_ready(timeout)
+        if self._core.classes is None:  # put right by the next wait_ready, once the broker has told
+            self._unrouted = [*self._unrouted, (instance, prefix)]
+        classes = self._core.classes or ()
+        routed = class_of(classes, Instance.resolve(instance)) if classes and instance is not None else None
+        if not classes or (instance is not None and routed is None):
+            return super().subscribe(
+                instance, prefix, wait=wait, timeout=timeout, replay_from=replay_from, with_last=with_last
+            )
+        if instance is not None:
+            assert routed is not None
+            return self._in_class(routed, Instance.resolve(instance)).subscribe(
+                instance, prefix, wait=wait, timeout=timeout, replay_from=replay_from, with_last=with_last
+            )
+        if replay_from is not None or with_last or prefix:
+            raise ValueError("replay_from, with_last and a prefix need an instance")
+        for each in Instance:
+            cls = class_of(classes, each)
+            if cls is None:
+                super().subscribe(each, wait=False)
+                continue
+            try:
+                self._in_class(cls, each).subscribe(each, wait=wait, timeout=timeout)
+            except AuthenticationError as exc:
+                self.skipped.append(each)
+                _log.warning("exesdb subscriber: %s; subscribed to every other instance", exc)
+        return self.wait_ready(timeout) if wait else None
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """See :meth:`SubscriberBase.wait_ready`. When the broker's echo is the first to name its
+        privilege classes, the subscriptions made before without waiting move to them."""
+        super().wait_ready(timeout)
+        unrouted, self._unrouted = self._unrouted, []
+        if self._core.classes:
+            for instance, prefix in unrouted:
+                if instance is None or class_of(self._core.classes, Instance.resolve(instance)) is not None:
+                    super().unsubscribe(instance, prefix)
+                    self.subscribe(instance, prefix, timeout=timeout)
+
+    def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
+        """Undo a :meth:`subscribe` with the same arguments."""
+        classes = self._core.classes or ()
+        if not classes:
+            return super().unsubscribe(instance, prefix)
+        for each in [Instance.resolve(instance)] if instance is not None else list(Instance):
+            cls = class_of(classes, each)
+            inner = self._classes.get(cls.name) if cls is not None else None
+            if cls is None:
+                super().unsubscribe(each, prefix)
+            elif inner is not None and each not in self.skipped:
+                inner.unsubscribe(each, prefix)
+        return None
+
+    def _in_class(self, cls: PrivilegeClass, instance: Instance) -> Subscriber:
+        """The subscriber at ``cls``'s backend (made on first use), whose refusal of this
+        client's key becomes an error naming the key and ``instance``."""
+        if not self._classes:
+            self._classes = {}
+        inner = self._classes.get(cls.name)
+        if inner is None:
+            inner = self._classes[cls.name] = _ClassSubscriber(cls.backend, context=self._context, **self._options)
+            inner._core.classes = ()  # it is at the class's backend already
+        inner.refusal = f"{self._key} may not subscribe to {instance.value}"
+        return inner
+
+    def _readers(self) -> list[Subscriber]:
+        """This subscriber and those at class backends, the next to read first (fairness)."""
+        readers = [self, *self._classes.values()]
+        self._turn = (getattr(self, "_turn", 0) + 1) % len(readers)
+        return readers[self._turn :] + readers[: self._turn]
+
+    def _merged(self, max_messages: int, timeout: float | None) -> list[Message]:
+        """:meth:`recv_batch` over this subscriber and its class subscribers: what one of them
+        has now, else a wait on all their sockets until one has something or ``timeout``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(_MERGED_ROUNDS):
+            for reader in self._readers():
+                try:
+                    return reader._own_batch(max_messages, 0)
+                except ReceiveTimeoutError:
+                    continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            poller = zmq.Poller()
+            for reader in (self, *self._classes.values()):
+                poller.register(reader._live(), zmq.POLLIN)
+            wait = _MERGED_WAIT if remaining is None else min(remaining, _MERGED_WAIT)
+            poller.poll(max(1, int(wait * 1000)))
+        raise ReceiveTimeoutError(timeout or 0.0)
 
     def _now(self, message: Message) -> Message:
         return message
@@ -784,6 +949,10 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
         pending = self._core.pending
         if pending:  # what SubscriberBase.recv does first for a pending message, without its calls
             return pending.popleft()
+        if self._classes:
+            first, *rest = self._merged(DEFAULT_BATCH, timeout)
+            pending.extend(rest)  # kept in order for the next recv
+            return first
         return super().recv(timeout)
 
     def recv_batch(self, max_messages: int = DEFAULT_BATCH, timeout: float | None = None) -> list[Message]:
@@ -795,6 +964,12 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
         the catch-up seam, wildcards and failover alike); what is left over stays pending.
         Raises :class:`~exesdb_sdk.errors.ReceiveTimeoutError` when none arrives in time.
         """
+        if self._classes and not self._core.pending:
+            return self._merged(max_messages, timeout)
+        return self._own_batch(max_messages, timeout)
+
+    def _own_batch(self, max_messages: int, timeout: float | None) -> list[Message]:
+        """:meth:`recv_batch` from this subscriber's own socket only."""
         batch = self._batch(max_messages)
         if batch:
             return batch
@@ -818,8 +993,43 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
     def __iter__(self) -> Iterator[Message]:
         return self.iter()
 
+    @property
+    def stats(self) -> SubscriberStats:
+        """Counters since this subscriber was created (its class subscribers' included)."""
+        mine = self._core.stats()
+        if not self._classes:
+            return mine
+        parts = [mine, *(inner.stats for inner in self._classes.values())]
+        return SubscriberStats(**{name: sum(getattr(part, name) for part in parts) for name in _STATS_FIELDS})
+
     def _close(self, linger: float | None) -> None:
         control = self._control.take()
         if control is not None:
             control.close()
+        inners, self._classes = self._classes, {}
+        for inner in inners.values():
+            inner.close()
         super()._close(linger)
+
+
+class _ClassSubscriber(Subscriber):
+    """A subscriber at a privilege class's backend: a refused key is named in the error."""
+
+    refusal = ""
+
+    def subscribe(
+        self,
+        instance: Instance | str | None = None,
+        prefix: str = "",
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        replay_from: ReplayFrom | None = None,
+        with_last: bool = False,
+    ) -> None:
+        try:
+            return super().subscribe(
+                instance, prefix, wait=wait, timeout=timeout, replay_from=replay_from, with_last=with_last
+            )
+        except AuthenticationError as exc:
+            raise AuthenticationError(exc.endpoint, f"{self.refusal} ({exc.detail})") from None

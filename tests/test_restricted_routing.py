@@ -1,0 +1,113 @@
+"""The SDK routes the restricted class by itself: a ``Publisher`` and a ``Subscriber`` given only
+the public endpoints learn the class's endpoints from the broker (its frontend's announcement,
+its probe echo) and use them for the class's instances; a key the class refuses is told which
+instance it may not use.
+
+Every test runs a real CURVE ``exesdb-broker`` with ``--restricted security,audit`` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+from exesdb_broker.security import PUBLISHERS, RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS, SUBSCRIBERS
+from exesdb_sdk import AuthenticationError, Instance, Message, Publisher, ReceiveTimeoutError, Subscriber
+from exesdb_sdk.curve import write_key_pair
+
+from .conftest import BrokerProcess, StartBroker
+from .test_restricted import _args, _stats
+from .test_security import TIMEOUT, Keys, keys
+
+__all__ = ["keys"]
+pytestmark = pytest.mark.timeout(60)
+
+RESTRICTED = {Instance.SECURITY, Instance.AUDIT}
+
+
+@pytest.fixture
+def routed(start_broker: StartBroker, keys: Keys) -> BrokerProcess:
+    """A class broker, with a key ``both`` allowed on both pairs for each direction."""
+    keys.clients["both"] = write_key_pair(keys.root / "clients", "both")[1]
+    args = _args(keys)
+    for role in (PUBLISHERS, SUBSCRIBERS, RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS):
+        keys.allow("both", role)
+    return start_broker(*args)
+
+
+def _collect(sub: Subscriber, count: int) -> list[Message]:
+    got: list[Message] = []
+    deadline = time.monotonic() + TIMEOUT
+    for _ in range(10_000):
+        if len(got) >= count or time.monotonic() > deadline:
+            break
+        try:
+            got.extend(sub.recv_batch(timeout=0.5))
+        except ReceiveTimeoutError:  # look at the deadline again
+            continue
+    return got
+
+
+def test_one_publisher_and_one_subscriber_carry_public_and_restricted_instances(
+    routed: BrokerProcess, keys: Keys
+) -> None:
+    with Subscriber(routed.backend, **keys.client("both")) as sub:
+        sub.subscribe()  # every instance, the class's at its backend
+        assert sub.skipped == []
+        with Publisher(routed.frontend, coalesce=0, **keys.client("both")) as pub:
+            for n in range(20):
+                pub.publish("metrics", "m", "Metric", {"n": n})
+                pub.publish("security", "access_violations", "TestViolation", {"n": n})
+                pub.publish("audit", "admin_actions", "TestAction", {"n": n})
+            got = _collect(sub, 60)
+        by_instance = {instance: [m.data["n"] for m in got if m.instance == instance] for instance in RESTRICTED}
+        assert by_instance == {Instance.SECURITY: list(range(20)), Instance.AUDIT: list(range(20))}
+        assert [m.data["n"] for m in got if m.instance is Instance.METRICS] == list(range(20))
+        assert sub.stats.received == 60 and sub.stats.gaps == 0
+    security = _stats(routed, keys)["security"]
+    assert security["misrouted"] == {}  # nothing of the class went to the public pair
+
+
+def test_a_subscriber_outside_the_class_is_told_and_every_instance_skips_it(routed: BrokerProcess, keys: Keys) -> None:
+    with Subscriber(routed.backend, **keys.client("sub")) as sub:
+        with pytest.raises(AuthenticationError, match=r"may not subscribe to ex_esdb_security"):
+            sub.subscribe("security", timeout=5)
+    with Subscriber(routed.backend, **keys.client("sub")) as sub:
+        sub.subscribe()
+        assert sorted(sub.skipped) == sorted(RESTRICTED)
+        with Publisher(routed.frontend, coalesce=0, **keys.client("both")) as pub:
+            pub.publish("security", "access_violations", "TestViolation", {"n": 0})
+            pub.publish("metrics", "m", "Metric", {"n": 1})
+            got = _collect(sub, 1)
+    assert [m.instance for m in got] == [Instance.METRICS]
+
+
+def test_a_publisher_outside_the_class_is_told_which_instance_it_may_not_publish(
+    routed: BrokerProcess, keys: Keys
+) -> None:
+    with Publisher(routed.frontend, coalesce=0, connect_timeout=5, **keys.client("pub")) as pub:
+        pub.publish("metrics", "m", "Metric", {"n": 1})  # the public pair takes it
+        with pytest.raises(AuthenticationError, match=r"may not publish to ex_esdb_security"):
+            pub.publish("security", "access_violations", "TestViolation", {"n": 0})
+
+
+def test_the_cli_says_in_one_line_which_instance_a_key_may_not_read(routed: BrokerProcess, keys: Keys) -> None:
+    env = {
+        **os.environ,
+        "EXESDB_BACKEND": routed.backend,
+        "EXESDB_CONTROL": routed.control,
+        "EXESDB_CLIENT_KEY": str(keys.clients["sub"]),
+        "EXESDB_SERVER_KEY": str(keys.server_public),
+    }
+    done = subprocess.run(
+        ["exesdb", "tail", "security", "--count", "1", "--timeout", "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=40,
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "may not subscribe to ex_esdb_security" in lines[0], done.stderr
