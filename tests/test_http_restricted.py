@@ -244,26 +244,38 @@ def test_only_a_token_of_the_class_publishes_restricted_instances(secured: Broke
     assert secured.http_counters()["auth_forbidden"] == 3
 
 
+def _revoked(events: Events) -> Event:
+    """The stream's ``revoked`` error, after what was on its way before the reload; the stream then ends."""
+    end = time.monotonic() + TIMEOUT * 2
+    for _ in range(10_000):
+        event = events.next(end)
+        assert event is not None, "the stream ended without saying why"
+        if event.event == "error":
+            assert event.data["code"] == "revoked", event
+            assert events.next(time.monotonic() + TIMEOUT) is None  # and then it ended
+            return event
+    raise AssertionError("no revoked error in 10000 events")
+
+
 def test_sighup_moves_a_token_out_of_the_class_and_back(secured: Broker, raw_rpub: zmq.Socket[bytes]) -> None:
     token = TOKENS["restricted_subscribers"]
     with _client(secured) as http:
         response, events = _open(secured, http, token, instance="security")
+        mixed, everything = _open(secured, http, BOTH)  # subscribers and restricted_subscribers
         public, untouched = _open(secured, http, TOKENS["subscribers"])
         _ready(secured, raw_rpub)
         _send(raw_rpub, Instance.SECURITY, "x", "before")
         assert _titles(events.until("before"), "ex_esdb_security")[-1] == "before"
-        secured.files["restricted_subscribers"].write_text(f"{BOTH}\n")
+        assert _titles(everything.until("before"), "ex_esdb_security")[-1] == "before"
+        secured.files["restricted_subscribers"].write_text("# nobody\n")
         secured.reload()
-        last = events.take(1, TIMEOUT * 2)[-1]
-        for _ in range(100):  # what was on its way before the reload, then the end
-            if last.event == "error":
-                break
-            last = events.take(1, TIMEOUT * 2)[-1]
-        assert last.event == "error" and last.data["code"] == "revoked", last
-        assert "ex_esdb_security" in last.data["message"] or "no longer known" in last.data["message"]
-        assert events.next(time.monotonic() + TIMEOUT) is None  # the stream ended
-        response.close()
+        assert "no longer known" in _revoked(events).data["message"]
+        why = _revoked(everything).data["message"]  # the token stays, the class's role went
+        assert "is restricted" in why and "restricted_subscribers" in why, why
+        for stream in (response, mixed):
+            stream.close()
         assert secured.get("/v1/stream", token, instance="security").status_code == 401
+        assert secured.get("/v1/stream", BOTH, instance="security").status_code == 403
         # a stream whose token keeps its rights goes on
         with Publisher(secured.process.frontend, **secured.keys.client("pub")) as pub:
             pub.publish("alerts", "critical", "SystemAlert", {"severity": "critical", "title": "after"})
@@ -271,9 +283,12 @@ def test_sighup_moves_a_token_out_of_the_class_and_back(secured: Broker, raw_rpu
         public.close()
         secured.files["restricted_subscribers"].write_text(f"{BOTH}\n{token}\n")
         secured.reload()
-        again, _ = _open(secured, http, token, instance="security")
+        again, events = _open(secured, http, token, instance="security")
+        _send(raw_rpub, Instance.SECURITY, "x", "back")
+        assert _titles(events.until("back"), "ex_esdb_security")[-1] == "back"
         again.close()
-    assert secured.http_counters()["sse_streams_revoked"] == 1
+    counters = secured.http_counters()
+    assert counters["sse_streams_revoked"] == 2 and counters["auth_forbidden"] == 1
 
 
 def test_a_restricted_token_file_without_a_class_is_a_one_line_error(
