@@ -187,6 +187,12 @@ def serve(
         str | None, typer.Option(help="File of HTTP bearer tokens allowed every route")
     ] = None,
     http_token_metrics: Annotated[str | None, typer.Option(help="File of HTTP bearer tokens allowed /metrics")] = None,
+    http_token_restricted_publishers: Annotated[
+        str | None, typer.Option(help="File of HTTP bearer tokens allowed POST /v1/publish of the restricted instances")
+    ] = None,
+    http_token_restricted_subscribers: Annotated[
+        str | None, typer.Option(help="File of HTTP bearer tokens allowed /v1/stream of the restricted instances")
+    ] = None,
     http_stream_rate: Annotated[
         int | None,
         typer.Option(help="Events a second one /v1/stream delivers at most; past it, shed and counted [default: 2000]"),
@@ -264,6 +270,8 @@ def serve(
         "http_token_subscribers": http_token_subscribers,
         "http_token_admins": http_token_admins,
         "http_token_metrics": http_token_metrics,
+        "http_token_restricted_publishers": http_token_restricted_publishers,
+        "http_token_restricted_subscribers": http_token_restricted_subscribers,
         "http_stream_rate": http_stream_rate,
     }
     try:

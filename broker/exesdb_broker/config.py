@@ -203,6 +203,10 @@ class BrokerConfig:
     """File of bearer tokens allowed every HTTP route."""
     http_token_metrics: str = field(default="", metadata={"check": _file})
     """File of bearer tokens allowed ``/metrics`` (a scraper's)."""
+    http_token_restricted_publishers: str = field(default="", metadata={"check": _file})
+    """File of bearer tokens allowed ``POST /v1/publish`` of the restricted instances (needs ``restricted``)."""
+    http_token_restricted_subscribers: str = field(default="", metadata={"check": _file})
+    """File of bearer tokens allowed ``/v1/stream`` of the restricted instances (needs ``restricted``)."""
     http_stream_rate: int = field(default=2000, metadata={"check": _not_negative})
     """Events a second one ``/v1/stream`` delivers at most (past it the broker sheds for that
     stream, counted as its gaps; 0: no limit)."""

@@ -1,6 +1,8 @@
 """The broker's HTTP surface: :class:`exesdb_web.WebServer` as a supervised child, over the
 broker's inproc endpoints and its own ZeroMQ context, with the bearer tokens of the
-``http_token_*`` files.
+``http_token_*`` files. With a restricted class the surface reaches the class's pair over
+its inproc binds too (``<base>-r-frontend``, ``<base>-r-backend``), and the tokens of
+``http_token_restricted_*`` may use its instances.
 
 With security on (``broker_key``) the surface needs tokens: a broker with security on, the
 HTTP surface on and no token file refuses to start (one line naming ``http_token_admins`` and
@@ -17,7 +19,7 @@ from typing import Any
 import zmq
 from exesdb_sdk.errors import ConfigError
 from exesdb_web import BusAccess, WebServer, WebSettings
-from exesdb_web.auth import ROLES, Tokens, load_token_file
+from exesdb_web.auth import RESTRICTED_ROLES, ROLES, Tokens, load_token_file
 from exesdb_web.server import bind_socket
 
 from .config import BrokerConfig, http_address, journal_instances
@@ -48,6 +50,10 @@ class HttpSurface:
                 "security is on (broker_key) but no HTTP token file is set: set http_token_admins (and "
                 "http_token_subscribers, http_token_publishers, http_token_metrics as needed), or pass --http none"
             )
+        self.restricted = frozenset(journal_instances(config.restricted))
+        for role in RESTRICTED_ROLES:
+            if files[role] and not self.restricted:
+                raise ConfigError(f"http_token_{role} given without restricted: name the restricted instances")
         self.tokens = Tokens(load_tokens(config), required=secure or any(files.values()))
         self.server: WebServer | None = None
         self._sock: socket.socket | None = None
@@ -63,8 +69,15 @@ class HttpSurface:
         """The supervised child serving the surface (``None`` when ``http`` is ``none``)."""
         if self.address is None:
             return None
+        restricted = bool(self.restricted)
         access = BusAccess(
-            frontend=base + "-frontend", backend=base + "-backend", control=control, context=context, health=health
+            frontend=base + "-frontend",
+            backend=base + "-backend",
+            control=control,
+            context=context,
+            health=health,
+            restricted_frontend=base + "-r-frontend" if restricted else None,
+            restricted_backend=base + "-r-backend" if restricted else None,
         )
         host, port = self.address
         sock, self._sock = self._sock, None
@@ -76,7 +89,7 @@ class HttpSurface:
                 tokens=self.tokens,
                 max_message_size=self.config.max_message_size,
                 sse_max_rate=self.config.http_stream_rate,
-                restricted=frozenset(journal_instances(self.config.restricted)),
+                restricted=self.restricted,
             ),
             sock=sock,
         )

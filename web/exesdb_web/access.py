@@ -11,6 +11,7 @@ import zmq
 import zmq.asyncio
 from exesdb_sdk import AsyncControlClient, AsyncPublisher, AsyncSubscriber
 from exesdb_sdk.curve import KeyPath
+from exesdb_sdk.errors import ConfigError
 
 __all__ = ["BusAccess"]
 
@@ -23,6 +24,9 @@ class BusAccess:
     ones (no CURVE handshake, no TCP hop); ``health`` then reports what only the process can see
     (``None``: serving; else why not). Standalone, the endpoints are the broker's public ones,
     with this client's CURVE keys when the broker wants them.
+
+    ``restricted_frontend`` and ``restricted_backend`` are the restricted class's pair (``None``:
+    the application serves no restricted instance).
     """
 
     frontend: str
@@ -32,6 +36,8 @@ class BusAccess:
     server_key: KeyPath | None = None
     context: zmq.Context[Any] | None = None
     health: Callable[[], str | None] | None = None
+    restricted_frontend: str | None = None
+    restricted_backend: str | None = None
     _async_context: zmq.asyncio.Context | None = field(default=None, init=False, repr=False)
 
     def async_context(self) -> zmq.asyncio.Context:
@@ -43,10 +49,16 @@ class BusAccess:
             )
         return self._async_context
 
-    def subscriber(self, **options: Any) -> AsyncSubscriber:
-        """A new subscriber to the broker's backend (``options`` as for :class:`AsyncSubscriber`)."""
+    @property
+    def serves_restricted(self) -> bool:
+        """Whether the restricted class's endpoints are known (else its instances are refused)."""
+        return self.restricted_frontend is not None and self.restricted_backend is not None
+
+    def subscriber(self, *, restricted: bool = False, **options: Any) -> AsyncSubscriber:
+        """A new subscriber to the broker's backend, or with ``restricted`` to the restricted
+        class's (``options`` as for :class:`AsyncSubscriber`)."""
         return AsyncSubscriber(
-            self.backend,
+            self._endpoint(self.restricted_backend if restricted else self.backend),
             control=self.control,
             context=self.async_context(),
             client_key=self.client_key,
@@ -54,10 +66,11 @@ class BusAccess:
             **options,
         )
 
-    def publisher(self, **options: Any) -> AsyncPublisher:
-        """A new (not yet connected) publisher to the broker's frontend."""
+    def publisher(self, *, restricted: bool = False, **options: Any) -> AsyncPublisher:
+        """A new (not yet connected) publisher to the broker's frontend, or with ``restricted``
+        to the restricted class's."""
         return AsyncPublisher(
-            self.frontend,
+            self._endpoint(self.restricted_frontend if restricted else self.frontend),
             control=self.control,
             context=self.async_context(),
             client_key=self.client_key,
@@ -74,6 +87,12 @@ class BusAccess:
             server_key=self.server_key,
             **options,
         )
+
+    @staticmethod
+    def _endpoint(endpoint: str | None) -> str:
+        if endpoint is None:  # the routes check serves_restricted first
+            raise ConfigError("the restricted class's endpoints are not known to this HTTP surface")
+        return endpoint
 
     def close(self) -> None:
         """Terminate the shared context if this object made it (a shadow is left to its owner)."""

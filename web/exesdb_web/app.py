@@ -26,7 +26,8 @@ class WebSettings:
     """What the HTTP application needs besides the way to the broker."""
 
     tokens: auth.Tokens = field(default_factory=auth.Tokens)
-    """Bearer tokens accepted per role (``publishers``, ``subscribers``, ``admins``, ``metrics``);
+    """Bearer tokens accepted per role (``publishers``, ``subscribers``, ``admins``, ``metrics``,
+    ``restricted_publishers``, ``restricted_subscribers``);
     none: no authentication (security off). Replaced in place on reload (see :mod:`.auth`)."""
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     """The broker's limit: a ``POST /v1/publish`` body or message over it is refused (413)."""
@@ -41,7 +42,10 @@ class WebSettings:
     sse_keepalive: float = 15.0
     """Seconds of silence after which a stream sends a comment (and looks for journal gap markers)."""
     restricted: frozenset[Instance] = frozenset()
-    """The broker's restricted instances: not served (403), and left out of a stream of every instance."""
+    """The broker's restricted instances: streamed only for ``restricted_subscribers`` (or
+    ``admins``) from the restricted backend, published only by ``restricted_publishers`` (or
+    ``admins``) to the restricted frontend (see :func:`.auth.instance_refusal`); refused (403)
+    when the :class:`BusAccess` has no restricted endpoints."""
 
 
 class Bus:

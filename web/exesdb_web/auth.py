@@ -7,6 +7,12 @@ or unknown, 403 when its role does not fit. Browsers cannot send headers with
 ``EventSource``, so ``GET /?token=T`` with a valid token sets the HttpOnly, SameSite=Strict
 cookie ``exesdb_token`` and redirects to ``/``; the cookie then counts as the bearer token.
 
+The broker's restricted instances (``restricted``) have roles of their own: a restricted
+instance is read by ``restricted_subscribers`` or ``admins`` and published by
+``restricted_publishers`` or ``admins`` (:func:`read_roles`, :func:`write_roles`); the routes
+check that per instance, once the middleware has let the request in and noted its roles
+(:data:`REQUEST_ROLES`).
+
 The policy (:class:`Tokens`, :func:`route_roles`, :func:`load_token_file`) knows nothing of
 aiohttp; :func:`middleware` applies it to requests. Tokens are compared with
 :func:`hmac.compare_digest` and never logged.
@@ -29,19 +35,33 @@ __all__ = [
     "COOKIE",
     "METRICS",
     "PUBLISHERS",
+    "REQUEST_ROLES",
+    "REQUEST_TOKEN",
+    "RESTRICTED_PUBLISHERS",
+    "RESTRICTED_ROLES",
+    "RESTRICTED_SUBSCRIBERS",
     "ROLES",
     "SUBSCRIBERS",
     "Tokens",
+    "instance_refusal",
     "load_token_file",
     "middleware",
+    "read_roles",
+    "request_roles",
+    "request_token",
     "route_roles",
+    "write_roles",
 ]
 
 PUBLISHERS: Final = "publishers"
 SUBSCRIBERS: Final = "subscribers"
 ADMINS: Final = "admins"
 METRICS: Final = "metrics"
-ROLES: Final = (PUBLISHERS, SUBSCRIBERS, ADMINS, METRICS)
+RESTRICTED_PUBLISHERS: Final = "restricted_publishers"
+RESTRICTED_SUBSCRIBERS: Final = "restricted_subscribers"
+ROLES: Final = (PUBLISHERS, SUBSCRIBERS, ADMINS, METRICS, RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS)
+RESTRICTED_ROLES: Final = (RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS)
+"""The roles of the restricted class: meaningful only when the broker has one."""
 COOKIE: Final = "exesdb_token"
 MIN_TOKEN_LENGTH: Final = 16
 """Shorter tokens are refused when a file is read: a guessable token is no protection."""
@@ -49,6 +69,10 @@ _MAX_TOKEN_FILE: Final = 1024 * 1024
 
 _READERS: Final = frozenset({SUBSCRIBERS, ADMINS})
 _PUBLISHING: Final = frozenset({PUBLISHERS, ADMINS})
+_RESTRICTED_READERS: Final = frozenset({RESTRICTED_SUBSCRIBERS, ADMINS})
+_RESTRICTED_PUBLISHING: Final = frozenset({RESTRICTED_PUBLISHERS, ADMINS})
+_STREAMING: Final = _READERS | _RESTRICTED_READERS
+_ANY_PUBLISHING: Final = _PUBLISHING | _RESTRICTED_PUBLISHING
 _SCRAPERS: Final = frozenset({METRICS, ADMINS})
 _ADMINS_ONLY: Final = frozenset({ADMINS})
 
@@ -57,17 +81,70 @@ def route_roles(method: str, path: str) -> frozenset[str] | None:
     """The roles allowed for a request, or ``None`` for a route open to all (``/healthz``).
 
     Paths the application does not serve need ``admins``, so that probing without a token
-    learns nothing of what exists (401, not 404).
+    learns nothing of what exists (401, not 404). ``/v1/stream`` and ``/v1/publish`` let the
+    restricted class's roles in too: the route then checks each instance (:func:`read_roles`).
     """
     if path == "/healthz":
         return None
     if path.startswith("/v1/publish/"):
-        return _PUBLISHING
+        return _ANY_PUBLISHING
     if path == "/metrics":
         return _SCRAPERS
-    if path in ("/", "/v1/stream", "/v1/stats") or path.startswith("/static/"):
+    if path == "/v1/stream":
+        return _STREAMING
+    if path in ("/", "/v1/stats") or path.startswith("/static/"):
         return _READERS
     return _ADMINS_ONLY
+
+
+def read_roles(restricted: bool) -> frozenset[str]:
+    """The roles that may stream an instance (``restricted``: of the restricted class)."""
+    return _RESTRICTED_READERS if restricted else _READERS
+
+
+def write_roles(restricted: bool) -> frozenset[str]:
+    """The roles that may publish an instance (``restricted``: of the restricted class)."""
+    return _RESTRICTED_PUBLISHING if restricted else _PUBLISHING
+
+
+def instance_refusal(roles: frozenset[str] | None, instance: str, restricted: bool, *, publish: bool) -> str | None:
+    """Why a token of ``roles`` may not stream (or ``publish``) ``instance``, else ``None``.
+
+    ``roles`` ``None`` (no token required) may use every public instance and no restricted one:
+    without tokens nobody holds the class's roles.
+    """
+    allowed = write_roles(restricted) if publish else read_roles(restricted)
+    if roles is not None and roles & allowed:
+        return None
+    if roles is None and not restricted:
+        return None
+    what = "publishing" if publish else "streaming"
+    head = f"{instance} is restricted" if restricted else instance
+    needs = " or ".join(sorted(allowed))
+    tail = ", and this HTTP surface has no tokens" if roles is None else ""
+    return f"{head}: {what} it needs a token of the role {needs}{tail}"
+
+
+REQUEST_ROLES: Final = "exesdb_roles"
+"""The request key under which the middleware notes the roles of the request's token (absent
+while tokens are not required: then nobody holds a restricted role)."""
+
+
+REQUEST_TOKEN: Final = "exesdb_token"
+"""The request key under which the middleware notes the request's token (to check it again
+when the tokens are reloaded during a long request)."""
+
+
+def request_roles(request: web.Request) -> frozenset[str] | None:
+    """The roles of the request's token, or ``None`` when the surface requires no token."""
+    roles: frozenset[str] | None = request.get(REQUEST_ROLES)
+    return roles
+
+
+def request_token(request: web.Request) -> str | None:
+    """The request's token, or ``None`` when the surface requires no token."""
+    token: str | None = request.get(REQUEST_TOKEN)
+    return token
 
 
 def load_token_file(path: str | Path, role: str) -> frozenset[str]:
@@ -108,15 +185,19 @@ class Tokens:
 
     ``required`` (default: whether any role has a token) turns authentication on: it stays
     on when a reload empties every file, so that an empty file locks out rather than opens.
+    ``generation`` counts the replacements: a holder of a long-lived request (an SSE stream)
+    compares it to see when to check its token again.
     """
 
     def __init__(self, by_role: Mapping[str, Iterable[str]] | None = None, *, required: bool | None = None) -> None:
         self._by_role = _frozen(by_role or {})
         self.required = any(self._by_role.values()) if required is None else required
+        self.generation = 0
 
     def replace(self, by_role: Mapping[str, Iterable[str]]) -> None:
         """Put a fresh set of tokens in force (the broker's SIGHUP)."""
         self._by_role = _frozen(by_role)
+        self.generation += 1
 
     def roles_of(self, token: str) -> frozenset[str]:
         """The roles of ``token`` (empty: unknown). Every known token is compared, in constant
@@ -175,6 +256,8 @@ def middleware(tokens: Tokens, error: ErrorResponse, counters: Counter[str]) -> 
             counters["auth_forbidden"] += 1
             needs = " or ".join(sorted(allowed))
             return error(403, "forbidden", f"{request.path} needs a token of the role {needs}")
+        request[REQUEST_ROLES] = roles
+        request[REQUEST_TOKEN] = token
         return await handler(request)
 
     return authenticate

@@ -5,7 +5,9 @@ as ``exesdb publish`` checks its input (a catalogue type's fields, the size limi
 message as a subscriber would check it, all before anything is sent: a refused request sends
 nothing. ``?durable=true`` answers once the broker's journal has committed the message, with
 its broker sequence number. Every request goes through one publisher, shared by the
-application (connected on first use, one publish at a time, closed with the application).
+application (connected on first use, one publish at a time, closed with the application); a
+restricted instance through a second one, on the restricted class's frontend, and only for a
+token of ``restricted_publishers`` or ``admins`` (403 naming the instance and the role else).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from exesdb_sdk.errors import (
 from exesdb_sdk.protocol import Decoder, Encoder
 from exesdb_sdk.publisher import checked_data
 
+from . import auth
 from .access import BusAccess
 from .app import ACCESS, COUNTERS, SETTINGS, json_error
 
@@ -54,9 +57,10 @@ class SharedPublisher:
     """The application's one :class:`AsyncPublisher`: connected on first use, one publish at a
     time (an asyncio lock), closed with the application."""
 
-    def __init__(self, access: BusAccess, max_message_size: int) -> None:
+    def __init__(self, access: BusAccess, max_message_size: int, *, restricted: bool = False) -> None:
         self._access = access
         self._max_message_size = max_message_size
+        self._restricted = restricted
         self._publisher: AsyncPublisher | None = None
         self._lock = asyncio.Lock()
 
@@ -76,7 +80,7 @@ class SharedPublisher:
         the broker's. Raises as :meth:`AsyncPublisher.publish` and ``connect``."""
         async with self._lock:
             if self._publisher is None:
-                publisher = self._access.publisher(max_message_size=self._max_message_size)
+                publisher = self._access.publisher(restricted=self._restricted, max_message_size=self._max_message_size)
                 await publisher.connect()  # closes itself when it fails: the next request tries afresh
                 self._publisher = publisher
             return await self._publisher.publish(
@@ -92,11 +96,14 @@ class SharedPublisher:
 
 
 PUBLISHER: Final = web.AppKey("publisher", SharedPublisher)
+RESTRICTED_PUBLISHER: Final = web.AppKey("restricted_publisher", SharedPublisher)
+"""The publisher of the restricted instances (connected on first use, to the class's frontend)."""
 
 
 def install(app: web.Application) -> None:
-    """Add the publish route to ``app``, with its shared publisher (closed on cleanup)."""
+    """Add the publish route to ``app``, with its shared publishers (closed on cleanup)."""
     app[PUBLISHER] = SharedPublisher(app[ACCESS], app[SETTINGS].max_message_size)
+    app[RESTRICTED_PUBLISHER] = SharedPublisher(app[ACCESS], app[SETTINGS].max_message_size, restricted=True)
     app.add_routes(routes)
     app.cleanup_ctx.append(_lifetime)
 
@@ -106,6 +113,7 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     # cleanup contexts end in reverse: this runs before the application's own closes the
     # context, whose termination would wait for the publisher's socket forever
     await app[PUBLISHER].aclose()
+    await app[RESTRICTED_PUBLISHER].aclose()
 
 
 class _Refused(Exception):
@@ -203,14 +211,20 @@ async def _publish(request: web.Request) -> tuple[int, bool]:
         instance = Instance.resolve(name)
     except ExesdbError as exc:
         raise _Refused(404, "unknown_instance", str(exc)) from None
-    if instance in request.app[SETTINGS].restricted:
-        raise _Refused(403, "forbidden", f"{instance.value} is restricted: it is not published over HTTP")
+    restricted = instance in request.app[SETTINGS].restricted
+    refusal = auth.instance_refusal(auth.request_roles(request), instance.value, restricted, publish=True)
+    if refusal is None and restricted and not request.app[ACCESS].serves_restricted:
+        refusal = f"{instance.value} is restricted and this HTTP surface does not know the class's endpoints"
+    if refusal is not None:
+        request.app[COUNTERS]["auth_forbidden"] += 1
+        raise _Refused(403, "forbidden", refusal)
     subtopic = request.match_info["subtopic"]
     limit = request.app[SETTINGS].max_message_size
     type_name, data, corr, cause, trace = _parse(await _body(request, limit))
     _check(instance, subtopic, type_name, data, limit, corr=corr, cause=cause, trace=trace)
     try:
-        seq = await request.app[PUBLISHER].publish(
+        publisher = request.app[RESTRICTED_PUBLISHER if restricted else PUBLISHER]
+        seq = await publisher.publish(
             instance, subtopic, type_name, data, corr=corr, cause=cause, trace=trace, durable=durable
         )
     except DurabilityError as exc:

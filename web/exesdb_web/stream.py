@@ -17,6 +17,13 @@ messages (beyond that the broker drops for it: the client gets an ``event: gap``
 at a time and only when the client has taken the previous one, the transport buffers at most
 about 128 KiB, and a client whose writes stay blocked for ``WebSettings.sse_write_timeout``
 seconds is cut off. See docs/http.md for the format.
+
+The broker's restricted instances are read from the restricted class's backend, by a second
+subscriber, and only for a token that may read them (``restricted_subscribers`` or ``admins``:
+:func:`.auth.instance_refusal`); a stream of every instance leaves out what its token may not
+read. When a reload of the tokens takes from a stream's token the right to one of its
+instances, the stream ends with an ``event: error`` of code ``revoked`` (counted as
+``sse_streams_revoked``).
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from exesdb_sdk.jsonview import message_json
 from exesdb_sdk.protocol import MAX_INT, MAX_SUBTOPIC_BYTES
 from exesdb_sdk.subscriber import SubscriberCore
 
+from . import auth
 from .app import ACCESS, COUNTERS, SETTINGS
 
 __all__ = [
@@ -180,6 +188,87 @@ class _CutOff(Exception):
     """The stream ends: the client went away, was cut off, or the stream was stopped."""
 
 
+class _Inbox:
+    """A stream's one or two subscribers (the public backend's, the restricted class's) read
+    as one. With two, they take turns so that neither starves, and each has at most one
+    receive waiting at a time: beyond its socket's queue (the RCVHWM), at most one message per
+    subscriber is held here."""
+
+    def __init__(self, subscribers: list[AsyncSubscriber]) -> None:
+        self.subscribers = subscribers
+        self._waiting: dict[int, asyncio.Task[Message]] = {}
+        self._turn = 0
+
+    async def recv(self, timeout: float) -> Message:
+        """The next message of either subscriber; raises :class:`ReceiveTimeoutError` when
+        none arrives within ``timeout`` seconds."""
+        subscribers = self.subscribers
+        if len(subscribers) == 1:
+            return await subscribers[0].recv(timeout)
+        self._turn = (self._turn + 1) % len(subscribers)
+        order = list(range(self._turn, len(subscribers))) + list(range(self._turn))
+        for index in order:
+            task = self._waiting.get(index)
+            if task is not None:
+                if not task.done():
+                    continue
+                del self._waiting[index]
+                if not isinstance(task.exception(), ReceiveTimeoutError):
+                    return task.result()
+            with contextlib.suppress(ReceiveTimeoutError):
+                return await subscribers[index].recv(0)
+        if timeout <= 0:
+            raise ReceiveTimeoutError(timeout)
+        for index in order:
+            if index not in self._waiting:
+                self._waiting[index] = asyncio.ensure_future(subscribers[index].recv(timeout))
+        done, _ = await asyncio.wait(self._waiting.values(), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for index in order:
+            task = self._waiting[index]
+            if task in done:
+                del self._waiting[index]
+                if not isinstance(task.exception(), ReceiveTimeoutError):
+                    return task.result()
+        raise ReceiveTimeoutError(timeout)
+
+    async def aclose(self) -> None:
+        """Stop the waiting receives and close the subscribers."""
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
+        for task in waiting:
+            task.cancel()
+        for task in waiting:
+            with contextlib.suppress(asyncio.CancelledError, ExesdbError):
+                await task
+        for subscriber in self.subscribers:
+            await subscriber.aclose()
+
+
+@dataclass(slots=True, eq=False)
+class _Grant:
+    """What a stream's token was allowed when it opened, to be checked again after a reload."""
+
+    tokens: auth.Tokens
+    token: str
+    instances: frozenset[Instance]
+    restricted: frozenset[Instance]
+    generation: int
+
+    def revoked(self) -> str | None:
+        """Why the token may no longer read one of the stream's instances, else ``None``."""
+        if self.generation == self.tokens.generation:
+            return None
+        self.generation = self.tokens.generation
+        roles = self.tokens.roles_of(self.token)
+        if not roles:
+            return "the stream's token is no longer known"
+        for instance in sorted(self.instances, key=list(Instance).index):
+            refusal = auth.instance_refusal(roles, instance.value, instance in self.restricted, publish=False)
+            if refusal is not None:
+                return refusal
+        return None
+
+
 @dataclass(slots=True, eq=False)
 class _Stream:
     request: web.Request
@@ -190,8 +279,9 @@ class _Stream:
     follows: dict[Instance, Follow] = field(default_factory=dict)
     missed: Counter[Instance] = field(default_factory=Counter)
     """Live messages lost before the next live event, per instance (from sequence gaps)."""
-    subscriber: AsyncSubscriber | None = None
+    subscriber: _Inbox | None = None
     control: AsyncControlClient | None = None
+    grant: _Grant | None = None
     out: list[bytes] = field(default_factory=list)
     out_bytes: int = 0
     last_write: float = field(default_factory=time.monotonic)
@@ -332,6 +422,12 @@ class _Stream:
         rung: set[Instance] = set(follows)  # at once: a resumed stream has catching up to do
         read = 0
         while True:
+            if self.grant is not None and (why := self.grant.revoked()) is not None:
+                self.counters["sse_streams_revoked"] += 1
+                self.emit(_JSON.encode({"code": "revoked", "message": why}), event="error")
+                await self.flush()
+                log.info("stream of %s ended: %s", self.request.remote, why)
+                return
             paused = self.pace.delay()
             if paused:
                 # over the stream's rate: read nothing meanwhile, so the broker sheds for this
@@ -380,6 +476,29 @@ class _Stream:
 _STREAMS: Final = web.AppKey("streams", set[_Stream])
 
 
+def _permitted(request: web.Request, wanted: list[tuple[Instance, str]]) -> list[tuple[Instance, str]]:
+    """What of ``wanted`` the request's token may read: a named instance it may not read is a
+    403 (counted as ``auth_forbidden``); a stream of every instance leaves such ones out."""
+    settings, access = request.app[SETTINGS], request.app[ACCESS]
+    roles = auth.request_roles(request)
+    named = "instance" in request.query or "topic" in request.query
+    kept: list[tuple[Instance, str]] = []
+    for instance, pattern in wanted:
+        restricted = instance in settings.restricted
+        refusal = auth.instance_refusal(roles, instance.value, restricted, publish=False)
+        if refusal is None and restricted and not access.serves_restricted:
+            refusal = f"{instance.value} is restricted and this HTTP surface does not know the class's endpoints"
+        if refusal is None:
+            kept.append((instance, pattern))
+        elif named:
+            request.app[COUNTERS]["auth_forbidden"] += 1
+            raise web.HTTPForbidden(text=refusal)
+    if not kept:
+        request.app[COUNTERS]["auth_forbidden"] += 1
+        raise web.HTTPForbidden(text="this token may stream no instance")
+    return kept
+
+
 def install(app: web.Application) -> None:
     """Add the stream route to ``app``, and end open streams when it shuts down."""
     app[_STREAMS] = set()
@@ -399,12 +518,8 @@ async def _end_streams(app: web.Application) -> None:
 async def stream(request: web.Request) -> web.StreamResponse:
     """Messages as they arrive (journaled instances from the journal, with ids), until the
     client goes away."""
-    wanted = stream_subscriptions(request)
+    wanted = _permitted(request, stream_subscriptions(request))
     restricted = request.app[SETTINGS].restricted
-    refused = next((instance for instance, _ in wanted if instance in restricted), None)
-    if refused is not None and ("instance" in request.query or "topic" in request.query):  # named, not all
-        raise web.HTTPForbidden(text=f"{refused.value} is restricted: it is not served over HTTP")
-    wanted = [(instance, pattern) for instance, pattern in wanted if instance not in restricted]
     rate = stream_rate(request, request.app[SETTINGS].sse_max_rate)
     resume: Cursor | None = None
     last_id = request.headers.get("Last-Event-ID")
@@ -425,12 +540,25 @@ async def stream(request: web.Request) -> web.StreamResponse:
         task=asyncio.current_task(),
         pace=Pace(rate),
     )
-    subscriber = stream.subscriber = app[ACCESS].subscriber(hwm=settings.sse_queue, typed=False, on_gap=stream.on_gap)
+    subscribers = [
+        app[ACCESS].subscriber(restricted=of_class, hwm=settings.sse_queue, typed=False, on_gap=stream.on_gap)
+        for of_class in (False, True)
+        if any((instance in restricted) == of_class for instance, _ in wanted)
+    ]
+    subscriber = stream.subscriber = _Inbox(subscribers)
+    token = auth.request_token(request)
+    if token is not None:
+        tokens = settings.tokens
+        instances = frozenset(instance for instance, _ in wanted)
+        stream.grant = _Grant(tokens, token, instances, restricted, tokens.generation)
     streams = app[_STREAMS]
     try:
         for instance, pattern in wanted:
-            await subscriber.subscribe(instance, pattern, wait=False)
-        await subscriber.wait_ready()
+            await subscribers[0 if len(subscribers) == 1 or instance not in restricted else 1].subscribe(
+                instance, pattern, wait=False
+            )
+        for one in subscribers:
+            await one.wait_ready()
         stream.control = app[ACCESS].control_client(timeout=_CONTROL_TIMEOUT)
         await stream.open_journals(wanted, resume)
         await response.prepare(request)
