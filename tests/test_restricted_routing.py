@@ -8,9 +8,16 @@ Every test runs a real CURVE ``exesdb-broker`` with ``--restricted security,audi
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shlex
+import socket
 import subprocess
+import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from exesdb_broker.security import PUBLISHERS, RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS, SUBSCRIBERS
@@ -71,9 +78,11 @@ def test_one_publisher_and_one_subscriber_carry_public_and_restricted_instances(
 
 
 def test_a_subscriber_outside_the_class_is_told_and_every_instance_skips_it(routed: BrokerProcess, keys: Keys) -> None:
-    with Subscriber(routed.backend, **keys.client("sub")) as sub:
-        with pytest.raises(AuthenticationError, match=r"may not subscribe to ex_esdb_security"):
-            sub.subscribe("security", timeout=5)
+    with (
+        Subscriber(routed.backend, **keys.client("sub")) as sub,
+        pytest.raises(AuthenticationError, match=r"may not subscribe to ex_esdb_security"),
+    ):
+        sub.subscribe("security", timeout=5)
     with Subscriber(routed.backend, **keys.client("sub")) as sub:
         sub.subscribe()
         assert sorted(sub.skipped) == sorted(RESTRICTED)
@@ -111,3 +120,63 @@ def test_the_cli_says_in_one_line_which_instance_a_key_may_not_read(routed: Brok
     assert done.returncode != 0
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "may not subscribe to ex_esdb_security" in lines[0], done.stderr
+
+
+def _block(marker: str) -> list[str]:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", readme[readme.index(marker) :], re.DOTALL)
+    assert block
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+@pytest.mark.timeout(150)
+def test_the_readme_restricted_setup_works(
+    tmp_path: Path, clean_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = _block("<!-- security set-up: run by tests/test_security.py -->")
+    second = _block("<!-- restricted set-up: run by tests/test_restricted_routing.py -->")
+    setup = [line for line in first if line.startswith(("exesdb keygen", "mkdir", "cp"))]
+    broker_at = next(i for i, line in enumerate(second) if line.startswith("exesdb-broker "))
+    setup += second[:broker_at]
+    broker_cmd, tail_cmd, publish_cmd, refused_cmd = second[broker_at:]
+    monkeypatch.chdir(tmp_path)  # the commands use paths relative to where they run
+    env = {**clean_env, "PATH": str(Path(sys.executable).parent) + os.pathsep + clean_env.get("PATH", "")}
+    for name in ("FRONTEND", "BACKEND", "CONTROL", "RESTRICTED_FRONTEND", "RESTRICTED_BACKEND"):
+        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{_free_port()}"
+
+    def sh(command: str, **options: Any) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(command, shell=True, env=env, capture_output=True, text=True, **options)
+
+    for command in setup:
+        done = sh(command, timeout=30)
+        assert done.returncode == 0, f"{command}: {done.stderr}"
+    program, *args = shlex.split(broker_cmd)
+    assert program == "exesdb-broker"
+    broker = BrokerProcess(args, env=env).wait_ready()
+    try:
+        assert broker.restricted_backend == env["EXESDB_RESTRICTED_BACKEND"]
+        tail = subprocess.Popen(
+            tail_cmd + " --count 1 --timeout 20 --json",
+            shell=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert tail.stderr is not None
+        line = tail.stderr.readline()
+        assert line.startswith("exesdb tail: following"), line + tail.stderr.read()
+        done = sh(publish_cmd, timeout=30)
+        assert done.returncode == 0, done.stderr
+        out, _ = tail.communicate(timeout=30)
+        assert tail.returncode == 0
+        message = json.loads(out)
+        assert (message["type"], message["data"]["principal"]) == ("AccessViolation", "sensor")
+        done = sh(refused_cmd + " --timeout 10", timeout=40)
+        assert done.returncode == 1
+        assert done.stderr.startswith("exesdb: error: authentication failed at " + env["EXESDB_RESTRICTED_BACKEND"])
+        assert "may not subscribe to ex_esdb_security" in done.stderr and done.stderr.count("\n") == 1
+    finally:
+        assert broker.stop() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
