@@ -137,9 +137,11 @@ def test_a_publisher_key_outside_the_class_gets_no_message_onto_a_restricted_ins
     with Subscriber(restricted.restricted_backend, **keys.client("rsub")) as inside:
         inside.subscribe("audit")
         inside.wait_ready(TIMEOUT)
-        with Publisher(restricted.frontend, coalesce=0, **keys.client("pub")) as pub:
-            with pytest.raises(AuthenticationError, match="may not publish to ex_esdb_audit"):
-                pub.publish("audit", "forged", "Custom", {"n": 0})  # the SDK routes it to the class
+        with (
+            Publisher(restricted.frontend, coalesce=0, **keys.client("pub")) as pub,
+            pytest.raises(AuthenticationError, match="may not publish to ex_esdb_audit"),
+        ):
+            pub.publish("audit", "forged", "Custom", {"n": 0})  # the SDK routes it to the class
         forger = _curve_socket(zmq.XPUB, keys, "pub")  # raw: straight to the public frontend
         try:
             forger.connect(restricted.frontend)
