@@ -16,7 +16,7 @@ CURVE on, through today's broker (``no_class``) and through the same broker with
 class configured (``with_class``: ``--restricted security,audit``, its own proxy pair and its
 two allowlists with a key each, and one idle restricted subscriber connected to the class's
 backend). Target: the delivered rate of ``with_class`` >= 0.95 of ``no_class``. Each run also
-reads the broker's threads, descriptors (sockets among them) and RSS from ``/proc`` once it is
+reads the broker's threads, descriptors (OS sockets and eventfds among them) and RSS from ``/proc`` once it is
 idle after start, before any client connects; the medians' differences are the cost of a class.
 ``restricted_class_plain`` is the same with security off (informative, no target).
 """
@@ -246,16 +246,20 @@ def broker(extra: list[str]) -> Iterator[Running]:
 
 
 def _resources(pid: int) -> dict[str, float]:
-    """Threads, open descriptors, sockets among them and RSS (MiB) of a process, from /proc."""
-    sockets = 0
+    """Threads, open descriptors, OS sockets and eventfds among them (libzmq gives each ZMQ socket
+    an eventfd as its mailbox) and RSS (MiB) of a process, from /proc."""
+    sockets = eventfds = 0
     descriptors = os.listdir(f"/proc/{pid}/fd")
     for fd in descriptors:
         with suppress(OSError):  # closed between the listing and the read
-            sockets += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            sockets += target.startswith("socket:")
+            eventfds += target == "anon_inode:[eventfd]"
     return {
         "idle_threads": len(os.listdir(f"/proc/{pid}/task")),
         "idle_fds": len(descriptors),
         "idle_socket_fds": sockets,
+        "idle_eventfds": eventfds,
         "idle_rss_mib": process_rss_mb(pid),
     }
 
@@ -415,7 +419,12 @@ def curve_throughput(*, quick: bool, reps: int) -> dict[str, Any]:
 CLASS_SIDES: Final = ("no_class", "with_class")
 CLASS_TARGET: Final = 0.95
 """Issue 18: an unrestricted instance keeps >= 0.95 of its throughput with a class configured."""
-COST_METRICS: Final = {"idle_threads": "threads", "idle_fds": "fds", "idle_socket_fds": "socket_fds"}
+COST_METRICS: Final = {
+    "idle_threads": "threads",
+    "idle_fds": "fds",
+    "idle_socket_fds": "socket_fds",
+    "idle_eventfds": "eventfds",
+}
 
 
 def restricted_class(*, quick: bool, reps: int, secure: bool = True) -> dict[str, Any]:
@@ -452,7 +461,8 @@ def restricted_class(*, quick: bool, reps: int, secure: bool = True) -> dict[str
         "cost_per_class": cost,
         "notes": [
             f"cost per class (idle broker, medians, with_class - no_class): {cost['threads']:+g} threads, "
-            f"{cost['fds']:+g} descriptors of which {cost['socket_fds']:+g} sockets, {cost['rss_mib']:+.2f} MiB RSS"
+            f"{cost['fds']:+g} descriptors ({cost['socket_fds']:+g} OS sockets, {cost['eventfds']:+g} eventfds: one "
+            f"per ZMQ socket), {cost['rss_mib']:+.2f} MiB RSS"
         ],
     }
 
