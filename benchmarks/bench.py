@@ -13,7 +13,8 @@ Suites, each a module of this directory with ``scenarios(quick=..., reps=...)``:
 - ``peers``: NATS (nats-server + nats-py) and Redis pub/sub (redis-server + redis-py), skipped
   when their servers or clients are not installed (``pip install '.[bench]'``; Debian packages
   ``redis-server`` and ``nats-server``);
-- ``security``: CURVE on vs off, 100 B throughput through exesdb-broker;
+- ``security``: CURVE on vs off, 100 B throughput through exesdb-broker, and a public instance
+  with and without a restricted class (with its cost in threads, descriptors and memory);
 - ``journal``: live throughput on a non-journaled instance with the journal off and on,
   acknowledged durable publishes per second (fsync never vs the default policy), and the
   journal's ingest rate under a flood;
