@@ -8,6 +8,8 @@ Every test runs a real CURVE ``exesdb-broker`` with ``--restricted security,audi
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -21,7 +23,16 @@ from typing import Any
 
 import pytest
 from exesdb_broker.security import PUBLISHERS, RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS, SUBSCRIBERS
-from exesdb_sdk import AuthenticationError, Instance, Message, Publisher, ReceiveTimeoutError, Subscriber
+from exesdb_sdk import (
+    AsyncPublisher,
+    AsyncSubscriber,
+    AuthenticationError,
+    Instance,
+    Message,
+    Publisher,
+    ReceiveTimeoutError,
+    Subscriber,
+)
 from exesdb_sdk.curve import write_key_pair
 
 from .conftest import BrokerProcess, StartBroker
@@ -75,6 +86,35 @@ def test_one_publisher_and_one_subscriber_carry_public_and_restricted_instances(
         assert sub.stats.received == 60 and sub.stats.gaps == 0
     security = _stats(routed, keys)["security"]
     assert security["misrouted"] == {}  # nothing of the class went to the public pair
+
+
+def test_the_asyncio_clients_route_the_class_too(routed: BrokerProcess, keys: Keys) -> None:
+    async def scenario() -> tuple[list[Message], list[Instance]]:
+        async with (
+            AsyncSubscriber(routed.backend, **keys.client("both")) as sub,
+            AsyncSubscriber(routed.backend, **keys.client("sub")) as outsider,
+        ):
+            await sub.subscribe()
+            await outsider.subscribe()
+            with pytest.raises(AuthenticationError, match=r"may not subscribe to ex_esdb_audit"):
+                await outsider.subscribe("audit", timeout=5)
+            async with AsyncPublisher(routed.frontend, coalesce=0, **keys.client("both")) as pub:
+                for n in range(10):
+                    await pub.publish("audit", "admin_actions", "TestAction", {"n": n})
+                    await pub.publish("alerts", "a", "TestAlert", {"n": n})
+            got: list[Message] = []
+            for _ in range(100):
+                if len(got) >= 20:
+                    break
+                with contextlib.suppress(ReceiveTimeoutError):
+                    got.extend(await sub.recv_batch(timeout=0.5))
+            assert sub.stats.received == len(got)
+            return got, outsider.skipped
+
+    got, skipped = asyncio.run(asyncio.wait_for(scenario(), 40))
+    assert [m.data["n"] for m in got if m.instance is Instance.AUDIT] == list(range(10))
+    assert [m.data["n"] for m in got if m.instance is Instance.ALERTS] == list(range(10))
+    assert sorted(skipped) == sorted(RESTRICTED)
 
 
 def test_a_subscriber_outside_the_class_is_told_and_every_instance_skips_it(routed: BrokerProcess, keys: Keys) -> None:

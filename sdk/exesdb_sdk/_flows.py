@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CommitMany",
     "Flow",
+    "InClass",
     "ReadHeld",
     "Receive",
     "ReceiveMany",
@@ -129,6 +130,21 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class InClass:
+    """Subscribe (or, with ``unsubscribe``, undo it) at a privilege class's backend, through
+    the subscriber the driver keeps there (see :mod:`.classes`)."""
+
+    backend: str
+    instance: Instance
+    prefix: str = ""
+    wait: bool = True
+    timeout: float | None = None
+    replay_from: ReplayFrom | None = None
+    with_last: bool = False
+    unsubscribe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Settle:
     """The peer has answered: stop watching the handshakes (see :class:`~.curve.HandshakeWatch`)."""
 
@@ -169,6 +185,7 @@ class CommitMany:
 
 Step = (
     WaitReady
+    | InClass
     | Request
     | ReadHeld
     | Send

@@ -19,6 +19,7 @@ import zmq.asyncio
 from ._flows import (
     CommitMany,
     Flow,
+    InClass,
     Receive,
     ReceiveMany,
     Reconnect,
@@ -35,11 +36,12 @@ from ._flows import (
 )
 from ._frames import recv_frames
 from ._owner import AsyncSocketOwner
+from .classes import PrivilegeClass
 from .control import DEFAULT_COMMIT_WINDOW, ControlBase, receive_held, send_many
-from .errors import ClosedError, ControlError, ReceiveTimeoutError
+from .errors import AuthenticationError, ClosedError, ControlError, ReceiveTimeoutError
 from .protocol import Message
 from .publisher import DurableItem, PublisherBase, send_frames_nowait
-from .subscriber import DEFAULT_BATCH, SubscriberBase
+from .subscriber import _MERGED_ROUNDS, _MERGED_WAIT, DEFAULT_BATCH, SubscriberBase
 
 __all__ = ["AsyncControlClient", "AsyncPublisher", "AsyncSubscriber"]
 
@@ -145,6 +147,14 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
         socket = self._live()
         if not self._connected:
             raise ClosedError("publisher is not connected: await connect() first")
+        if (cls := self._routed(topic)) is not None:
+            inner = await self._in_class(cls, topic)
+            try:
+                await inner._live().send_multipart((topic, body))
+            except zmq.Again:
+                raise self._timed_out(topic) from None
+            self._count(topic, body, envelopes)
+            return
         if self._several and _monotonic() >= self._check_at and self._broker_lost():
             await self._failover()
             socket = self._live()
@@ -164,6 +174,17 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
             self._sending -= 1
         if self._count(topic, body, envelopes):
             self._drain()
+
+    async def _in_class(self, cls: PrivilegeClass, topic: bytes) -> AsyncPublisher:
+        """The publisher connected to ``cls``'s frontend (see :meth:`Publisher._in_class`)."""
+        inner = self._class_publishers.get(cls.name)
+        if inner is None:
+            try:
+                inner = await AsyncPublisher(cls.frontend, context=self._context, **self._options).connect()
+            except AuthenticationError as exc:
+                raise self._class_refusal(exc, topic) from None
+            self._class_publishers = {**self._class_publishers, cls.name: inner}
+        return inner
 
     async def flush(self) -> None:
         """Send what coalescing holds now (waiting up to ``send_timeout``, as a publish does)."""
@@ -185,7 +206,11 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
         if now >= due and not self._sending:
             bodies, coalesced = self._held, self._coalesced
             topic, body, envelopes = self._take_held()
-            if send_frames_nowait(socket, topic, body):
+            routed = self._routed(topic)
+            if routed is not None:  # its publisher exists: the held topic was sent through it before
+                inner = self._class_publishers.get(routed.name)
+                socket = inner._socket if inner is not None else None
+            if socket is not None and send_frames_nowait(socket, topic, body):
                 self._count(topic, body, envelopes)
                 return
             self._held, self._held_bytes, self._coalesced = bodies, sum(map(len, bodies)), coalesced
@@ -213,7 +238,7 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
         if isinstance(step, Receive):
             socket = self._live()
             ready = await self._watch.await_readable(socket, max(1, int(step.timeout * 1000)))
-            return await socket.recv_multipart() if ready else None
+            return self._note(await socket.recv_multipart()) if ready else None
         return self._step_io(step)
 
     async def aclose(self, linger: float | None = None) -> None:
@@ -231,6 +256,9 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
             control = self._control.take()
             if control is not None:
                 await control.aclose()
+            inners, self._class_publishers = self._class_publishers, {}
+            for inner in inners.values():
+                await inner.aclose(linger)
             await super().aclose(self._linger if linger is None else linger)
 
 
@@ -261,6 +289,18 @@ class AsyncSubscriber(
             return await self.wait_ready(step.timeout)
         if isinstance(step, Request):
             return await self._control.get().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, InClass):
+            inner = self._class_subscriber(step.backend)
+            if step.unsubscribe:
+                return await inner.unsubscribe(step.instance, step.prefix)
+            return await inner.subscribe(
+                step.instance,
+                step.prefix,
+                wait=step.wait,
+                timeout=step.timeout,
+                replay_from=step.replay_from,
+                with_last=step.with_last,
+            )
         if isinstance(step, Receive):
             # short polls: another task reading this subscriber may take what we wait for,
             # and it is noted in the shared core all the same
@@ -274,10 +314,44 @@ class AsyncSubscriber(
             return None
         return self._step_now(step)
 
+    async def recv(self, timeout: float | None = None) -> Message:
+        """The next message; waits up to ``timeout`` seconds (``None``: forever) (see
+        :meth:`~exesdb_sdk.Subscriber.recv`)."""
+        pending = self._core.pending
+        if self._classes and not pending:
+            pending.extend(await self._merged(DEFAULT_BATCH, timeout))
+        return await super().recv(timeout)
+
     async def recv_batch(self, max_messages: int = DEFAULT_BATCH, timeout: float | None = None) -> list[Message]:
         """Every message pending or queued now, up to ``max_messages``; when there is none, it
         waits up to ``timeout`` seconds for the first (see
         :meth:`~exesdb_sdk.Subscriber.recv_batch`)."""
+        if self._classes and not self._core.pending:
+            return await self._merged(max_messages, timeout)
+        return await self._own_batch(max_messages, timeout)
+
+    async def _merged(self, max_messages: int, timeout: float | None) -> list[Message]:
+        """:meth:`recv_batch` over this subscriber and its class subscribers (see
+        :meth:`~exesdb_sdk.Subscriber.recv_batch`)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for _ in range(_MERGED_ROUNDS):
+            for reader in self._readers():
+                try:
+                    return await reader._own_batch(max_messages, 0)
+                except ReceiveTimeoutError:
+                    continue
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            poller = zmq.asyncio.Poller()
+            for socket in [self._live(), *(inner._live() for inner in self._classes.values())]:
+                poller.register(socket, zmq.POLLIN)
+            wait = _MERGED_WAIT if remaining is None else min(remaining, _MERGED_WAIT)
+            await poller.poll(max(1, int(wait * 1000)))
+        raise ReceiveTimeoutError(timeout or 0.0)
+
+    async def _own_batch(self, max_messages: int, timeout: float | None) -> list[Message]:
+        """:meth:`recv_batch` from this subscriber's own socket only."""
         batch = self._batch(max_messages)
         if batch:
             return batch
@@ -306,4 +380,7 @@ class AsyncSubscriber(
         control = self._control.take()
         if control is not None:
             await control.aclose()
+        inners, self._classes = self._classes, {}
+        for inner in inners.values():
+            await inner.aclose(linger)
         await super().aclose(linger)

@@ -632,6 +632,15 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
         """Send what coalescing holds now (waiting up to ``send_timeout``, as a publish does)."""
         raise NotImplementedError
 
+    def _routed(self, topic: bytes) -> PrivilegeClass | None:
+        """The privilege class ``topic`` travels in, or ``None`` for the public pair."""
+        return self._routes.get(topic.partition(b"/")[0]) if self._routes else None
+
+    def _class_refusal(self, exc: AuthenticationError, topic: bytes) -> AuthenticationError:
+        """The error for a class frontend that refused this client's key."""
+        instance = topic.partition(b"/")[0].decode()
+        return AuthenticationError(exc.endpoint, f"{self._key} may not publish to {instance} ({exc.detail})")
+
     def _drain(self) -> None:
         """Read the subscription messages the broker sends, so they never pile up."""
         socket = self._live()
@@ -688,7 +697,7 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
 
     def _send(self, topic: bytes, body: bytes, envelopes: int) -> None:
         """Send one message now, waiting up to ``send_timeout`` (the lock is held)."""
-        if self._routes and (cls := self._routes.get(topic.partition(b"/")[0])) is not None:
+        if (cls := self._routed(topic)) is not None:
             try:
                 send_frames(self._in_class(cls, topic)._live(), topic, body)
             except zmq.Again:
@@ -744,7 +753,7 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
                 if now >= due:
                     bodies, coalesced = self._held, self._coalesced
                     topic, body, envelopes = self._take_held()
-                    routed = self._routes.get(topic.partition(b"/")[0]) if self._routes else None
+                    routed = self._routed(topic)
                     if routed is not None:  # the class's publisher exists: the held topic was sent before
                         inner = self._class_publishers.get(routed.name)
                         socket = inner._socket if inner is not None else None
@@ -788,9 +797,7 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
             try:
                 inner = Publisher(cls.frontend, context=self._context, **self._options)
             except AuthenticationError as exc:
-                instance = topic.partition(b"/")[0].decode()
-                detail = f"{self._key} may not publish to {instance} ({exc.detail})"
-                raise AuthenticationError(exc.endpoint, detail) from None
+                raise self._class_refusal(exc, topic) from None
             self._class_publishers = {**self._class_publishers, cls.name: inner}
         return inner
 

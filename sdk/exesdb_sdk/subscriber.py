@@ -10,13 +10,14 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Final, Generic, TypeVar
+from typing import Any, ClassVar, Final, Generic, Self, TypeVar
 
 import msgspec
 import zmq
 
 from ._flows import (
     Flow,
+    InClass,
     ReadHeld,
     Receive,
     Reconnect,
@@ -26,7 +27,6 @@ from ._flows import (
     Subscribe,
     Unsubscribe,
     WaitReady,
-    done,
     probe,
     probe_any,
     receive,
@@ -621,6 +621,11 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         """What a subscriber at a privilege class's backend is made with (see :mod:`.classes`)."""
         self.skipped: list[Instance] = []
         """Instances a subscription to every instance left out: their class refused this key."""
+        self._unrouted: list[tuple[Instance | str | None, str]] = []
+        """Subscriptions made before the broker named its classes (moved by :meth:`wait_ready`)."""
+        self._classes: dict[str, Self] = {}
+        """The subscriber kept at each privilege class's backend subscribed to."""
+        self._turn = 0
         socket = self._live()
         socket.setsockopt(zmq.RCVHWM, hwm)
         socket.setsockopt(zmq.LINGER, 0)
@@ -649,8 +654,12 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
 
     @property
     def stats(self) -> SubscriberStats:
-        """Counters since this subscriber was created."""
-        return self._core.stats()
+        """Counters since this subscriber was created (its class subscribers' included)."""
+        mine = self._core.stats()
+        if not self._classes:
+            return mine
+        parts = [mine, *(inner.stats for inner in self._classes.values())]
+        return SubscriberStats(**{name: sum(getattr(part, name) for part in parts) for name in _STATS_FIELDS})
 
     def subscribe(
         self,
@@ -680,39 +689,125 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         broker's last message of each last-value topic under the prefix (e.g. the latest
         ``HealthSummary`` per store). Such messages have ``replayed`` set.
         """
-        socket = self._live()
-        durable = replay_from is not None or with_last
-        if durable and instance is None:
-            raise ValueError("replay_from and with_last need an instance")
-        for topic in subscription_prefixes(instance, prefix):
-            socket.setsockopt(zmq.SUBSCRIBE, topic)
-        self._core.topics.add(instance, prefix)
-        if durable:
-            flow = subscribe_durable(self._core, instance, literal_prefix(prefix), replay_from, with_last, timeout)
-        else:
-            flow = self._probe(timeout) if wait else done()
-        result: N = self._drive(flow)
+        result: N = self._drive(self._subscribe_flow(instance, prefix, wait, timeout, replay_from, with_last))
         return result
+
+    def _subscribe_flow(
+        self,
+        instance: Instance | str | None,
+        prefix: str,
+        wait: bool,
+        timeout: float | None,
+        replay_from: ReplayFrom | None,
+        with_last: bool,
+    ) -> Flow[None]:
+        """:meth:`subscribe`, routed: a restricted instance at its class's backend (see
+        :mod:`.classes`), whose classes the first subscription that waits asks for first."""
+        if (replay_from is not None or with_last) and instance is None:
+            raise ValueError("replay_from and with_last need an instance")
+        core = self._core
+        if wait and core.classes is None:
+            yield from self._probe(timeout)
+        if core.classes is None:  # put right by the next wait_ready, once the broker has told
+            self._unrouted.append((instance, prefix))
+        classes = core.classes or ()
+        target = None if instance is None else Instance.resolve(instance)
+        if not classes or (target is not None and class_of(classes, target) is None):
+            yield from self._subscribe_here(instance, prefix, wait, timeout, replay_from, with_last)
+            return
+        if prefix and target is None:
+            raise ValueError("a prefix needs an instance")
+        for each in [target] if target is not None else list(Instance):
+            cls = class_of(classes, each)
+            if cls is None:
+                yield from self._subscribe_here(each, "", False, timeout, None, False)
+                continue
+            try:
+                yield InClass(cls.backend, each, prefix, wait, timeout, replay_from, with_last)
+            except AuthenticationError as exc:
+                refused = AuthenticationError(exc.endpoint, f"{self._key} may not subscribe to {each.value}")
+                if target is not None:
+                    raise refused from None
+                self.skipped.append(each)
+                _log.warning("exesdb subscriber: %s; subscribed to every other instance", refused)
+        if target is None and wait:
+            yield from self._probe(timeout)
+
+    def _subscribe_here(
+        self,
+        instance: Instance | str | None,
+        prefix: str,
+        wait: bool,
+        timeout: float | None,
+        replay_from: ReplayFrom | None,
+        with_last: bool,
+    ) -> Flow[None]:
+        """A subscription at this subscriber's own backend."""
+        for topic in subscription_prefixes(instance, prefix):
+            yield Subscribe(topic)
+        self._core.topics.add(instance, prefix)
+        if replay_from is not None or with_last:
+            yield from subscribe_durable(self._core, instance, literal_prefix(prefix), replay_from, with_last, timeout)
+        elif wait:
+            yield from self._probe(timeout)
 
     def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> N:
         """Undo a :meth:`subscribe` with the same arguments."""
-        socket = self._live()
-        for topic in subscription_prefixes(instance, prefix):
-            socket.setsockopt(zmq.UNSUBSCRIBE, topic)
-        self._core.topics.remove(instance, prefix)
-        result: N = self._drive(done())
+        self._live()
+        result: N = self._drive(self._unsubscribe_flow(instance, prefix))
         return result
+
+    def _unsubscribe_flow(self, instance: Instance | str | None, prefix: str) -> Flow[None]:
+        classes = self._core.classes or ()
+        if not classes:
+            yield from self._unsubscribe_here(instance, prefix)
+            return
+        for each in [Instance.resolve(instance)] if instance is not None else list(Instance):
+            cls = class_of(classes, each)
+            if cls is None:
+                yield from self._unsubscribe_here(each, prefix if instance is not None else "")
+            elif each not in self.skipped:
+                yield InClass(cls.backend, each, prefix, unsubscribe=True)
+
+    def _unsubscribe_here(self, instance: Instance | str | None, prefix: str) -> Flow[None]:
+        for topic in subscription_prefixes(instance, prefix):
+            yield Unsubscribe(topic)
+        self._core.topics.remove(instance, prefix)
 
     def wait_ready(self, timeout: float | None = None) -> N:
         """Return once the broker has applied every subscription made so far.
 
         It subscribes to a one-off probe topic, which the broker echoes; subscriptions
         travel in order, so the echo proves the earlier ones arrived. Messages received
-        meanwhile are kept for :meth:`recv`.
+        meanwhile are kept for :meth:`recv`. When the echo is the first to name the broker's
+        privilege classes, the subscriptions made before without waiting move to them.
         """
         self._live()
-        result: N = self._drive(self._probe(timeout))
+        result: N = self._drive(self._ready_flow(timeout))
         return result
+
+    def _ready_flow(self, timeout: float | None) -> Flow[None]:
+        yield from self._probe(timeout)
+        unrouted, self._unrouted = self._unrouted, []
+        classes = self._core.classes
+        for instance, prefix in unrouted if classes else ():
+            if instance is None or class_of(classes or (), Instance.resolve(instance)) is not None:
+                yield from self._unsubscribe_here(instance, prefix)
+                yield from self._subscribe_flow(instance, prefix, True, timeout, None, False)
+
+    def _class_subscriber(self, backend: str) -> Self:
+        """The subscriber this one keeps at a class's ``backend`` (made on first use)."""
+        inner = self._classes.get(backend)
+        if inner is None:
+            inner = self._classes[backend] = type(self)(backend, context=self._context, **self._options)
+            inner._core.classes = ()  # it is at the class's backend already: no class to route to
+        return inner
+
+    def _readers(self) -> list[Self]:
+        """This subscriber and those at class backends, the next to read first (fairness)."""
+        readers = [self, *self._classes.values()]
+        self._turn = (self._turn + 1) % len(readers)
+        return readers[self._turn :] + readers[: self._turn]
 
     def _probe(self, timeout: float | None) -> Flow[None]:
         wait = self.subscribe_timeout if timeout is None else timeout
@@ -811,100 +906,8 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
 
     _control_type = ControlClient
 
-    _unrouted: list[tuple[Instance | str | None, str]] = []  # noqa: RUF012 (replaced, never mutated)
-    _classes: dict[str, _ClassSubscriber] = {}  # noqa: RUF012 (replaced per instance, never mutated)
-    """A subscriber per privilege class subscribed to, at that class's backend."""
-
     def _drive(self, flow: Flow[Any]) -> Any:
         return run(flow, self._perform)
-
-    def subscribe(
-        self,
-        instance: Instance | str | None = None,
-        prefix: str = "",
-        *,
-        wait: bool = True,
-        timeout: float | None = None,
-        replay_from: ReplayFrom | None = None,
-        with_last: bool = False,
-    ) -> None:
-        """See :meth:`SubscriberBase.subscribe`. A restricted instance (docs/protocol.md 12.1)
-        is subscribed to at its class's backend, which the broker names in its probe echo: the
-        first subscription that waits asks first. A key the class refuses raises
-        :class:`~exesdb_sdk.errors.AuthenticationError` ("key ... may not subscribe to
-        ex_esdb_security"); a subscription to every instance leaves such instances out
-        instead, logs a warning and lists them in :attr:`skipped`."""
-        if wait and self._core.classes is None:
-            self.wait_ready(timeout)
-        if self._core.classes is None:  # put right by the next wait_ready, once the broker has told
-            self._unrouted = [*self._unrouted, (instance, prefix)]
-        classes = self._core.classes or ()
-        routed = class_of(classes, Instance.resolve(instance)) if classes and instance is not None else None
-        if not classes or (instance is not None and routed is None):
-            return super().subscribe(
-                instance, prefix, wait=wait, timeout=timeout, replay_from=replay_from, with_last=with_last
-            )
-        if instance is not None:
-            assert routed is not None
-            return self._in_class(routed, Instance.resolve(instance)).subscribe(
-                instance, prefix, wait=wait, timeout=timeout, replay_from=replay_from, with_last=with_last
-            )
-        if replay_from is not None or with_last or prefix:
-            raise ValueError("replay_from, with_last and a prefix need an instance")
-        for each in Instance:
-            cls = class_of(classes, each)
-            if cls is None:
-                super().subscribe(each, wait=False)
-                continue
-            try:
-                self._in_class(cls, each).subscribe(each, wait=wait, timeout=timeout)
-            except AuthenticationError as exc:
-                self.skipped.append(each)
-                _log.warning("exesdb subscriber: %s; subscribed to every other instance", exc)
-        return self.wait_ready(timeout) if wait else None
-
-    def wait_ready(self, timeout: float | None = None) -> None:
-        """See :meth:`SubscriberBase.wait_ready`. When the broker's echo is the first to name its
-        privilege classes, the subscriptions made before without waiting move to them."""
-        super().wait_ready(timeout)
-        unrouted, self._unrouted = self._unrouted, []
-        if self._core.classes:
-            for instance, prefix in unrouted:
-                if instance is None or class_of(self._core.classes, Instance.resolve(instance)) is not None:
-                    super().unsubscribe(instance, prefix)
-                    self.subscribe(instance, prefix, timeout=timeout)
-
-    def unsubscribe(self, instance: Instance | str | None = None, prefix: str = "") -> None:
-        """Undo a :meth:`subscribe` with the same arguments."""
-        classes = self._core.classes or ()
-        if not classes:
-            return super().unsubscribe(instance, prefix)
-        for each in [Instance.resolve(instance)] if instance is not None else list(Instance):
-            cls = class_of(classes, each)
-            inner = self._classes.get(cls.name) if cls is not None else None
-            if cls is None:
-                super().unsubscribe(each, prefix)
-            elif inner is not None and each not in self.skipped:
-                inner.unsubscribe(each, prefix)
-        return None
-
-    def _in_class(self, cls: PrivilegeClass, instance: Instance) -> Subscriber:
-        """The subscriber at ``cls``'s backend (made on first use), whose refusal of this
-        client's key becomes an error naming the key and ``instance``."""
-        if not self._classes:
-            self._classes = {}
-        inner = self._classes.get(cls.name)
-        if inner is None:
-            inner = self._classes[cls.name] = _ClassSubscriber(cls.backend, context=self._context, **self._options)
-            inner._core.classes = ()  # it is at the class's backend already
-        inner.refusal = f"{self._key} may not subscribe to {instance.value}"
-        return inner
-
-    def _readers(self) -> list[Subscriber]:
-        """This subscriber and those at class backends, the next to read first (fairness)."""
-        readers = [self, *self._classes.values()]
-        self._turn = (getattr(self, "_turn", 0) + 1) % len(readers)
-        return readers[self._turn :] + readers[: self._turn]
 
     def _merged(self, max_messages: int, timeout: float | None) -> list[Message]:
         """:meth:`recv_batch` over this subscriber and its class subscribers: what one of them
@@ -920,8 +923,8 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
             if remaining is not None and remaining <= 0:
                 break
             poller = zmq.Poller()
-            for reader in (self, *self._classes.values()):
-                poller.register(reader._live(), zmq.POLLIN)
+            for socket in [self._live(), *(inner._live() for inner in self._classes.values())]:
+                poller.register(socket, zmq.POLLIN)
             wait = _MERGED_WAIT if remaining is None else min(remaining, _MERGED_WAIT)
             poller.poll(max(1, int(wait * 1000)))
         raise ReceiveTimeoutError(timeout or 0.0)
@@ -935,6 +938,18 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
             return self.wait_ready(step.timeout)
         if isinstance(step, Request):
             return self._control.get().request(step.op, step.args, timeout=step.timeout)
+        if isinstance(step, InClass):
+            inner = self._class_subscriber(step.backend)
+            if step.unsubscribe:
+                return inner.unsubscribe(step.instance, step.prefix)
+            return inner.subscribe(
+                step.instance,
+                step.prefix,
+                wait=step.wait,
+                timeout=step.timeout,
+                replay_from=step.replay_from,
+                with_last=step.with_last,
+            )
         if isinstance(step, Receive):
             socket, watch, wait_ms = self._live(), self._watch, max(1, int(step.timeout * 1000))
             ready = watch.wait(wait_ms) if step.watch or watch.armed else socket.poll(wait_ms)
@@ -993,15 +1008,6 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
     def __iter__(self) -> Iterator[Message]:
         return self.iter()
 
-    @property
-    def stats(self) -> SubscriberStats:
-        """Counters since this subscriber was created (its class subscribers' included)."""
-        mine = self._core.stats()
-        if not self._classes:
-            return mine
-        parts = [mine, *(inner.stats for inner in self._classes.values())]
-        return SubscriberStats(**{name: sum(getattr(part, name) for part in parts) for name in _STATS_FIELDS})
-
     def _close(self, linger: float | None) -> None:
         control = self._control.take()
         if control is not None:
@@ -1010,26 +1016,3 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
         for inner in inners.values():
             inner.close()
         super()._close(linger)
-
-
-class _ClassSubscriber(Subscriber):
-    """A subscriber at a privilege class's backend: a refused key is named in the error."""
-
-    refusal = ""
-
-    def subscribe(
-        self,
-        instance: Instance | str | None = None,
-        prefix: str = "",
-        *,
-        wait: bool = True,
-        timeout: float | None = None,
-        replay_from: ReplayFrom | None = None,
-        with_last: bool = False,
-    ) -> None:
-        try:
-            return super().subscribe(
-                instance, prefix, wait=wait, timeout=timeout, replay_from=replay_from, with_last=with_last
-            )
-        except AuthenticationError as exc:
-            raise AuthenticationError(exc.endpoint, f"{self.refusal} ({exc.detail})") from None
