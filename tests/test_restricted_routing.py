@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from exesdb_broker.security import PUBLISHERS, RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS, SUBSCRIBERS
+from exesdb_broker.security import ADMINS, PUBLISHERS, RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS, SUBSCRIBERS
 from exesdb_sdk import (
     AsyncPublisher,
     AsyncSubscriber,
@@ -35,7 +36,8 @@ from exesdb_sdk import (
 )
 from exesdb_sdk.curve import write_key_pair
 
-from .conftest import BrokerProcess, StartBroker
+from .conftest import BrokerProcess, StartBroker, cli_env
+from .test_http_core import _dashboard
 from .test_restricted import _args, _stats
 from .test_security import TIMEOUT, Keys, keys
 
@@ -47,11 +49,15 @@ RESTRICTED = {Instance.SECURITY, Instance.AUDIT}
 
 @pytest.fixture
 def routed(start_broker: StartBroker, keys: Keys) -> BrokerProcess:
-    """A class broker, with a key ``both`` allowed on both pairs for each direction."""
+    """A class broker, with a key ``both`` allowed on both pairs for each direction, and ``dash``
+    a reader of both and an admin."""
     keys.clients["both"] = write_key_pair(keys.root / "clients", "both")[1]
     args = _args(keys)
     for role in (PUBLISHERS, SUBSCRIBERS, RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS):
         keys.allow("both", role)
+    keys.clients["dash"] = write_key_pair(keys.root / "clients", "dash")[1]  # a standalone dashboard's
+    for role in (ADMINS, SUBSCRIBERS, RESTRICTED_SUBSCRIBERS):
+        keys.allow("dash", role)
     return start_broker(*args)
 
 
@@ -220,3 +226,29 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@pytest.mark.timeout(60)
+def test_exesdb_dashboard_serves_the_class_as_the_broker_does(
+    routed: BrokerProcess, keys: Keys, clean_env: dict[str, str]
+) -> None:
+    env = {
+        **cli_env(routed, clean_env),
+        "EXESDB_CLIENT_KEY": str(keys.clients["dash"]),
+        "EXESDB_SERVER_KEY": str(keys.server_public),
+    }
+    with _dashboard(env) as (_, _, _, url):
+        refused = httpx.get(url + "/v1/stream", params={"instance": "security"}, timeout=10)
+        assert refused.status_code == 403 and "ex_esdb_security is restricted" in refused.text
+        with httpx.stream("GET", url + "/v1/stream", timeout=20) as stream:
+            assert stream.status_code == 200, stream.read()
+            with Publisher(routed.frontend, coalesce=0, **keys.client("both")) as pub:
+                pub.publish("security", "access_violations", "TestViolation", {"n": 0})
+                pub.publish("alerts", "a", "TestAlert", {"n": 1})
+            seen: list[str] = []
+            for line in stream.iter_lines():
+                if line.startswith("data: "):
+                    seen.append(json.loads(line[6:])["instance"])
+                    if "ex_esdb_alerts" in seen or len(seen) > 100:
+                        break
+    assert "ex_esdb_security" not in seen and "ex_esdb_alerts" in seen

@@ -441,6 +441,10 @@ the broker at ...".
 A non-loopback --http needs token files (one bearer token a line): then every route but
 /healthz wants "Authorization: Bearer <token>" of a role allowed for it.
 
+At start it asks the broker's control endpoint for its restricted class (5 s at most; no answer
+is an error): the class's instances are then served only to tokens of the
+--token-file-restricted-* roles, over the class's endpoints, as the broker's own surface does.
+
 Examples:
 
   exesdb dashboard --control tcp://10.0.0.5:7102 --backend tcp://10.0.0.5:7101 --frontend tcp://10.0.0.5:7100
@@ -465,6 +469,8 @@ def dashboard(
     token_file_subscribers: TokenFile = None,
     token_file_publishers: TokenFile = None,
     token_file_metrics: TokenFile = None,
+    token_file_restricted_subscribers: TokenFile = None,
+    token_file_restricted_publishers: TokenFile = None,
 ) -> None:
     def action() -> int:
         from .dashboard import run_dashboard
@@ -481,6 +487,8 @@ def dashboard(
                 "subscribers": token_file_subscribers,
                 "publishers": token_file_publishers,
                 "metrics": token_file_metrics,
+                "restricted_subscribers": token_file_restricted_subscribers,
+                "restricted_publishers": token_file_restricted_publishers,
             },
         )
 

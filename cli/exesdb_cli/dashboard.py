@@ -12,6 +12,8 @@ import threading
 from collections.abc import Mapping
 from typing import Final
 
+from exesdb_sdk import ControlClient
+from exesdb_sdk.classes import PrivilegeClass
 from exesdb_sdk.curve import resolve_client_keys
 from exesdb_sdk.endpoints import (
     DEFAULT_BACKEND,
@@ -23,17 +25,34 @@ from exesdb_sdk.endpoints import (
     is_loopback,
     resolve_endpoints,
 )
-from exesdb_sdk.errors import ConfigError, ExesdbError
+from exesdb_sdk.errors import BrokerUnavailableError, ConfigError, ExesdbError
 from exesdb_web import BusAccess, WebServer, WebSettings
 from exesdb_web.auth import Tokens, load_token_file
-from exesdb_web.server import http_url, parse_listen
+from exesdb_web.server import bind_socket, http_url, parse_listen
 
 __all__ = ["run_dashboard"]
 
 _BIND_TIMEOUT: Final = 10.0
+_CLASSES_TIMEOUT: Final = 5.0
 _STOP_TIMEOUT: Final = 5.0
 _WAKE: Final = 0.5
 """Seconds between looks at the server thread while serving (Ctrl-C interrupts the wait)."""
+
+
+def _classes(access: BusAccess) -> tuple[PrivilegeClass, ...]:
+    """The broker's privilege classes, which the surface must serve as the broker does."""
+    with ControlClient(
+        access.control, client_key=access.client_key, server_key=access.server_key, timeout=_CLASSES_TIMEOUT
+    ) as control:
+        try:
+            found: tuple[PrivilegeClass, ...] = control.classes()
+        except BrokerUnavailableError:
+            raise BrokerUnavailableError(
+                access.control, _CLASSES_TIMEOUT, "broker control endpoint (asked for its privilege classes)"
+            ) from None
+    if len(found) > 1:
+        raise ConfigError(f"the broker has {len(found)} privilege classes: the dashboard serves one at most")
+    return found
 
 
 def run_dashboard(
@@ -68,7 +87,16 @@ def run_dashboard(
             f"--http {http} is not a loopback address: give --token-file-admins (and the other --token-file-* "
             "options as needed) so that only token holders can read the bus"
         )
-    server = WebServer(access, host, port, WebSettings(tokens=Tokens(tokens)))
+    sock = bind_socket(host, port)  # a port in use is the first thing to say
+    try:
+        classes = _classes(access)
+    except BaseException:
+        sock.close()
+        raise
+    restricted = frozenset(instance for cls in classes for instance in cls.instances)
+    if classes:
+        access.restricted_frontend, access.restricted_backend = classes[0].frontend, classes[0].backend
+    server = WebServer(access, host, port, WebSettings(tokens=Tokens(tokens), restricted=restricted), sock=sock)
     thread = threading.Thread(target=server.run, name="exesdb-dashboard", daemon=True)
     thread.start()
     if not server.ready.wait(_BIND_TIMEOUT):

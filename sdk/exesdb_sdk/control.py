@@ -26,6 +26,7 @@ from ._flows import (
 )
 from ._frames import recv_frames
 from ._owner import Owner, S, SocketOwner
+from .classes import PrivilegeClass, decode_classes
 from .curve import KeyPath, resolve_client_keys
 from .endpoints import DEFAULT_CONTROL, ENV_CONTROL, Endpoints, Rotation, resolve_endpoints
 from .errors import ControlError, ProtocolError
@@ -188,6 +189,13 @@ class ControlBase(Owner[S], Generic[S, D, L]):
         result: L = self._drive(_field(self._request("instances", None, None), "instances"))
         return result
 
+    def classes(self) -> Any:
+        """The broker's privilege classes (docs/protocol.md 12.1): a tuple of
+        :class:`~exesdb_sdk.classes.PrivilegeClass`, empty without a class. Raises
+        :class:`~exesdb_sdk.errors.ProtocolError` for a malformed table."""
+        result = self._drive(_classes_of(self._request("instances", None, None), self.endpoint))
+        return result
+
     def commit_many(
         self,
         messages: Sequence[tuple[bytes, bytes]],
@@ -255,6 +263,11 @@ def receive_held(socket: zmq.Socket[Any], limit: int) -> list[list[bytes]]:
 def _field(flow: Flow[dict[str, Any]], key: str) -> Flow[Any]:
     reply = yield from flow
     return reply[key]
+
+
+def _classes_of(flow: Flow[dict[str, Any]], near: str) -> Flow[tuple[PrivilegeClass, ...]]:
+    reply = yield from flow
+    return decode_classes(reply.get("classes", []), near)  # an older broker: no field, no class
 
 
 class ControlClient(ControlBase[zmq.Socket[Any], dict[str, Any], list[dict[str, Any]]], SocketOwner):
