@@ -179,10 +179,11 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
         """The publisher connected to ``cls``'s frontend (see :meth:`Publisher._in_class`)."""
         inner = self._class_publishers.get(cls.name)
         if inner is None:
+            self._still_refused(cls, topic)
             try:
                 inner = await AsyncPublisher(cls.frontend, context=self._context, **self._options).connect()
             except AuthenticationError as exc:
-                raise self._class_refusal(exc, topic) from None
+                raise self._class_refusal(cls, exc, topic) from None
             self._class_publishers = {**self._class_publishers, cls.name: inner}
         return inner
 
@@ -290,17 +291,11 @@ class AsyncSubscriber(
         if isinstance(step, Request):
             return await self._control.get().request(step.op, step.args, timeout=step.timeout)
         if isinstance(step, InClass):
-            inner = self._class_subscriber(step.backend)
-            if step.unsubscribe:
-                return await inner.unsubscribe(step.instance, step.prefix)
-            return await inner.subscribe(
-                step.instance,
-                step.prefix,
-                wait=step.wait,
-                timeout=step.timeout,
-                replay_from=step.replay_from,
-                with_last=step.with_last,
-            )
+            try:
+                return await self._in_class(step)
+            except AuthenticationError:  # the class refuses this key: no retrying handshake left behind
+                await self._classes.pop(step.backend).aclose()
+                raise
         if isinstance(step, Receive):
             # short polls: another task reading this subscriber may take what we wait for,
             # and it is noted in the shared core all the same

@@ -69,6 +69,8 @@ COALESCE_MAX_BYTES: Final = 64 * 1024
 """Bytes of bodies held at most (also never more than ``max_message_size``): then they go."""
 COALESCE_MAX_COUNT: Final = 1024
 """Envelopes held at most: then they go."""
+REFUSAL_HOLD: Final = 5.0
+"""Seconds a privilege class's refusal of a publisher's key is given again without a new handshake."""
 
 _DRAIN_EVERY: Final = 4096
 _NOBLOCK: Final = int(zmq.NOBLOCK)
@@ -505,6 +507,8 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
         }
         """What the publisher at a privilege class's frontend is made with (its sends are this one's)."""
         self._class_publishers: dict[str, Any] = {}
+        self._refusals: dict[str, tuple[float, str, str]] = {}
+        """Per class: until when its refusal of this key stands, and what it said."""
         try:
             prepare_socket(self._live(), hwm=hwm, send_timeout=send_timeout, linger=linger)
             self._start()
@@ -636,10 +640,24 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
         """The privilege class ``topic`` travels in, or ``None`` for the public pair."""
         return self._routes.get(topic.partition(b"/")[0]) if self._routes else None
 
-    def _class_refusal(self, exc: AuthenticationError, topic: bytes) -> AuthenticationError:
-        """The error for a class frontend that refused this client's key."""
+    def _class_refusal(self, cls: PrivilegeClass, exc: AuthenticationError, topic: bytes) -> AuthenticationError:
+        """The error for a class frontend that refused this client's key, remembered for
+        :data:`REFUSAL_HOLD` seconds (each new try is a handshake the broker reports)."""
+        self._refusals[cls.name] = (_monotonic() + REFUSAL_HOLD, exc.endpoint, exc.detail)
+        return self._refusal_error(exc.endpoint, exc.detail, topic)
+
+    def _still_refused(self, cls: PrivilegeClass, topic: bytes) -> None:
+        """Raise the class's refusal again while it is remembered."""
+        held = self._refusals.get(cls.name)
+        if held is not None:
+            until, endpoint, detail = held
+            if _monotonic() < until:
+                raise self._refusal_error(endpoint, detail, topic)
+            del self._refusals[cls.name]
+
+    def _refusal_error(self, endpoint: str, detail: str, topic: bytes) -> AuthenticationError:
         instance = topic.partition(b"/")[0].decode()
-        return AuthenticationError(exc.endpoint, f"{self._key} may not publish to {instance} ({exc.detail})")
+        return AuthenticationError(endpoint, f"{self._key} may not publish to {instance} ({detail})")
 
     def _drain(self) -> None:
         """Read the subscription messages the broker sends, so they never pile up."""
@@ -794,10 +812,11 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
         refuses raises :class:`~exesdb_sdk.errors.AuthenticationError` naming it)."""
         inner = self._class_publishers.get(cls.name)
         if inner is None:
+            self._still_refused(cls, topic)
             try:
                 inner = Publisher(cls.frontend, context=self._context, **self._options)
             except AuthenticationError as exc:
-                raise self._class_refusal(exc, topic) from None
+                raise self._class_refusal(cls, exc, topic) from None
             self._class_publishers = {**self._class_publishers, cls.name: inner}
         return inner
 

@@ -688,7 +688,14 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         :class:`~exesdb_sdk.errors.DurabilityError` now. ``with_last`` first yields the
         broker's last message of each last-value topic under the prefix (e.g. the latest
         ``HealthSummary`` per store). Such messages have ``replayed`` set.
+
+        A restricted instance (docs/protocol.md 12.1) is subscribed to at its class's backend,
+        which the broker names in its probe echo (the first subscription that waits asks
+        first). A key the class refuses raises :class:`~exesdb_sdk.errors.AuthenticationError`
+        ("key ... may not subscribe to ex_esdb_security"); a subscription to every instance
+        leaves such instances out instead, logs a warning and lists them in :attr:`skipped`.
         """
+        self._live()
         result: N = self._drive(self._subscribe_flow(instance, prefix, wait, timeout, replay_from, with_last))
         return result
 
@@ -717,14 +724,18 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
             return
         if prefix and target is None:
             raise ValueError("a prefix needs an instance")
+        refusing: set[str] = set()
         for each in [target] if target is not None else list(Instance):
             cls = class_of(classes, each)
             if cls is None:
                 yield from self._subscribe_here(each, "", False, timeout, None, False)
                 continue
             try:
+                if cls.backend in refusing:  # one handshake per class tells: the key is not in its list
+                    raise AuthenticationError(cls.backend, "refused")
                 yield InClass(cls.backend, each, prefix, wait, timeout, replay_from, with_last)
             except AuthenticationError as exc:
+                refusing.add(cls.backend)
                 refused = AuthenticationError(exc.endpoint, f"{self._key} may not subscribe to {each.value}")
                 if target is not None:
                     raise refused from None
@@ -794,6 +805,20 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
             if instance is None or class_of(classes or (), Instance.resolve(instance)) is not None:
                 yield from self._unsubscribe_here(instance, prefix)
                 yield from self._subscribe_flow(instance, prefix, True, timeout, None, False)
+
+    def _in_class(self, step: InClass) -> N:
+        """Carry out :class:`~._flows.InClass` with the subscriber kept at its backend."""
+        inner = self._class_subscriber(step.backend)
+        if step.unsubscribe:
+            return inner.unsubscribe(step.instance, step.prefix)
+        return inner.subscribe(
+            step.instance,
+            step.prefix,
+            wait=step.wait,
+            timeout=step.timeout,
+            replay_from=step.replay_from,
+            with_last=step.with_last,
+        )
 
     def _class_subscriber(self, backend: str) -> Self:
         """The subscriber this one keeps at a class's ``backend`` (made on first use)."""
@@ -939,17 +964,11 @@ class Subscriber(SubscriberBase[zmq.Socket[Any], ControlClient, None, Message], 
         if isinstance(step, Request):
             return self._control.get().request(step.op, step.args, timeout=step.timeout)
         if isinstance(step, InClass):
-            inner = self._class_subscriber(step.backend)
-            if step.unsubscribe:
-                return inner.unsubscribe(step.instance, step.prefix)
-            return inner.subscribe(
-                step.instance,
-                step.prefix,
-                wait=step.wait,
-                timeout=step.timeout,
-                replay_from=step.replay_from,
-                with_last=step.with_last,
-            )
+            try:
+                return self._in_class(step)
+            except AuthenticationError:  # the class refuses this key: no retrying handshake left behind
+                self._classes.pop(step.backend).close()
+                raise
         if isinstance(step, Receive):
             socket, watch, wait_ms = self._live(), self._watch, max(1, int(step.timeout * 1000))
             ready = watch.wait(wait_ms) if step.watch or watch.armed else socket.poll(wait_ms)
