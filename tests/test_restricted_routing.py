@@ -132,6 +132,8 @@ def test_a_subscriber_outside_the_class_is_told_and_every_instance_skips_it(rout
     with Subscriber(routed.backend, **keys.client("sub")) as sub:
         sub.subscribe()
         assert sorted(sub.skipped) == sorted(RESTRICTED)
+        # the refusal is visible at the broker too (counted, and published as an AccessViolation)
+        assert _stats(routed, keys)["security"]["handshake_failures_by_endpoint"]["restricted_backend"] >= 1
         with Publisher(routed.frontend, coalesce=0, **keys.client("both")) as pub:
             pub.publish("security", "access_violations", "TestViolation", {"n": 0})
             pub.publish("metrics", "m", "Metric", {"n": 1})
