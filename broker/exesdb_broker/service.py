@@ -150,6 +150,8 @@ class Service:
         self.restricted_ready = threading.Event()
         """Set once that publisher is connected through the restricted proxy (or there is no class)."""
         self._proxy: zmq.Socket[Any] | None = None
+        self._restricted_proxy: zmq.Socket[Any] | None = None
+        """This run's DEALER to the restricted proxy's control socket (a peer for its replies)."""
         self._announced = False
         self._last_metrics = (time.monotonic(), 0)
         self.accept_failures: dict[str, int] = {}
@@ -209,7 +211,9 @@ class Service:
         publisher = wiring.context.socket(zmq.XPUB)
         proxy = wiring.context.socket(zmq.DEALER)
         restricted = wiring.context.socket(zmq.XPUB) if wiring.restricted_frontend is not None else None
+        steer = wiring.context.socket(zmq.DEALER) if wiring.restricted_proxy_control is not None else None
         self._publisher, self._proxy, self._restricted_publisher = publisher, proxy, restricted
+        self._restricted_proxy = steer
         self.ready.clear()  # until this run's publisher has its subscription
         self.restricted_ready.clear()
         try:
@@ -222,11 +226,16 @@ class Service:
                 self.restricted_ready.set()
             proxy.setsockopt(zmq.LINGER, 0)
             proxy.connect(wiring.proxy_control)
+            if steer is not None and wiring.restricted_proxy_control is not None:
+                steer.setsockopt(zmq.LINGER, 0)
+                steer.connect(wiring.restricted_proxy_control)
             self._loop(publisher)
         finally:
-            self._publisher = self._proxy = self._restricted_publisher = None
+            self._publisher = self._proxy = self._restricted_publisher = self._restricted_proxy = None
             publisher.close(linger=0)
             proxy.close(linger=0)
+            if steer is not None:
+                steer.close(linger=0)
             if restricted is not None:
                 restricted.close(linger=0)
 
@@ -438,11 +447,16 @@ class Service:
             self._proxy_child.submit(lambda frontend, backend: action(frontend if role == "frontend" else backend))
             if self._proxy is not None:
                 self._proxy.send(b"TERMINATE")
-        elif wiring.restricted_proxy is not None and wiring.restricted_proxy_control is not None:
+        elif wiring.restricted_proxy is not None and self._restricted_proxy is not None:
             wiring.restricted_proxy.submit(
                 lambda frontend, backend: action(frontend if role == "restricted_frontend" else backend)
             )
-            Proxy.interrupt(wiring.context, wiring.restricted_proxy_control)
+            steer = self._restricted_proxy
+            for _ in range(_READ_BURST):  # the proxy's replies to earlier commands (libzmq 4.3.5 answers each)
+                if not steer.poll(0):
+                    break
+                steer.recv_multipart()
+            steer.send(b"TERMINATE")
 
     def _cut_one(self, role: str, url: str, why: str, socket: zmq.Socket[Any]) -> None:
         """Unbind ``url`` (its accepted sessions end with the listener) and bind it again."""
