@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 import pytest
 import zmq
 from exesdb_broker.security import PUBLISHERS, RESTRICTED_PUBLISHERS, RESTRICTED_SUBSCRIBERS, SUBSCRIBERS
+from exesdb_sdk import ControlClient, ControlError, ExesdbError
 from exesdb_sdk.curve import write_key_pair
 from zmq.utils.monitor import recv_monitor_message
 
@@ -34,7 +35,7 @@ ABSENT = 0.5
 
 
 def _cut(endpoint: str) -> re.Pattern[str]:
-    return re.compile(rf"reload: .* lost \d+ keys?: connections to {endpoint} \S+ cut; peers reconnect")
+    return re.compile(rf"reload: .*: connections to {endpoint} \S+ cut; peers reconnect")
 
 
 @pytest.fixture
@@ -254,3 +255,25 @@ def test_a_reload_that_only_adds_keys_cuts_nothing(
     assert zmq.EVENT_DISCONNECTED not in events, events
     security = _stats(broker, keys)["security"]
     assert security["reloads"] == 1 and set(security["cuts"].values()) == {0}
+
+
+def test_a_control_connection_loses_the_role_its_key_lost(broker: BrokerProcess, keys: Keys) -> None:
+    keys.allow("rsub", SUBSCRIBERS)  # rsub keeps a role: its control connection comes back, with fewer roles
+    _sighup(broker)
+    with ControlClient(broker.control, timeout=1.0, **keys.client("rsub")) as control:
+        assert control.request("replay", {"instance": "audit"})["instance"] == "ex_esdb_audit"
+        (keys.dirs[RESTRICTED_SUBSCRIBERS] / "rsub.key").unlink()
+        _sighup(broker, _cut("control"))
+
+        def refused() -> bool:
+            try:
+                control.request("replay", {"instance": "audit"})
+            except ControlError as exc:
+                return exc.code == "forbidden"
+            except ExesdbError:  # the request in flight at the cut: no reply
+                return False
+            return False
+
+        assert wait_until(refused, TIMEOUT)
+        assert control.request("replay", {"instance": "alerts"})["instance"] == "ex_esdb_alerts"
+    assert _stats(broker, keys)["security"]["cuts"]["control"] == 1
