@@ -71,6 +71,7 @@ _MONITOR_EVENTS: Final = (
     | zmq.EVENT_DISCONNECTED
     | zmq.EVENT_ACCEPT_FAILED
     | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_CLOSED
     | HANDSHAKE_FAILURES
 )
 _STOP_SERVICE_TIMEOUT: Final = 2.0
@@ -255,6 +256,11 @@ class Broker:
         self._sockets = [socket for socket in self._sockets if socket not in (frontend, backend, proxy_control)]
         self._book = StatsBook(self._tap.counters)
         endpoints = {"frontend": self.frontend, "backend": self.backend, "control": self.control}
+        if self.restricted_frontend is not None and self.restricted_backend is not None:
+            endpoints |= {
+                "restricted_frontend": self.restricted_frontend,
+                "restricted_backend": self.restricted_backend,
+            }
         self._service = Service(
             ServiceWiring(
                 context,
@@ -266,6 +272,8 @@ class Broker:
                 endpoints,  # shared with the security monitor: the frontend may be bound later
                 restricted_frontend=base + "-r-frontend" if restricted else None,
                 restricted=restricted,
+                restricted_proxy=self._restricted_proxy,
+                restricted_proxy_control=base + "-r-proxy" if restricted else None,
             ),
             self._book,
             self._proxy,
@@ -428,6 +436,9 @@ class Broker:
             return "the proxy is not forwarding"
         if self._journal.state not in ("ok", "disabled"):
             return f"journal {self._journal.state}: {self._journal.reason or 'no reason given'}"
+        monitor = self._service.security
+        if monitor is not None and monitor.unbound:
+            return "not bound again after a reload's cut: " + ", ".join(sorted(monitor.unbound))
         return None
 
     def _watch_zap(self) -> None:
@@ -533,15 +544,20 @@ class Broker:
             log.info("broker stopped")
 
     def reload(self) -> bool:
-        """Re-read the key allowlists and the HTTP token files (SIGHUP in the daemon);
-        connections already up stay up. Returns whether new lists or tokens are in force; a
-        bad file keeps the old ones (logged)."""
+        """Re-read the key allowlists and the HTTP token files (SIGHUP in the daemon). Returns
+        whether new lists or tokens are in force; a bad file keeps the old ones (logged).
+
+        The endpoints that lost a key get their open connections cut (by the service thread,
+        after this returns; ``stats.security.cuts`` counts them): every peer of such an
+        endpoint reconnects, and the removed keys are refused. Added keys cut nothing."""
         with self._lock:
             if not self._started or self._stopped:
                 return False
-        keys = self._security.reload()
+        lost = self._security.reload()
+        if lost:
+            self._service.cut(lost)
         tokens = self._http.reload()
-        return keys or tokens
+        return lost is not None or tokens
 
     def __enter__(self) -> Self:
         return self.start()

@@ -29,6 +29,7 @@ ProxyCommand = Callable[[zmq.Socket[Any], zmq.Socket[Any]], None]
 
 _STOP: Final = object()
 _COMMANDS_PER_PAUSE: Final = 100
+_REPLY_WAIT_MS: Final = 1000
 
 
 class Proxy:
@@ -65,13 +66,16 @@ class Proxy:
 
     @staticmethod
     def interrupt(context: zmq.Context[Any], control: str) -> None:
-        """Send ``TERMINATE`` to the proxy whose control socket is bound at inproc ``control``."""
+        """Send ``TERMINATE`` to the proxy whose control socket is bound at inproc ``control``,
+        and wait (at most a second) for its reply: libzmq 4.3.5 answers ``TERMINATE``, and its
+        DEALER would block the proxy thread for good on a reply to a peer already gone."""
         tell = context.socket(zmq.DEALER)
         try:
             tell.connect(control)
             tell.send(b"TERMINATE")
+            tell.poll(_REPLY_WAIT_MS)
         finally:
-            tell.close(linger=1000)
+            tell.close(linger=0)
 
     def run(self) -> None:
         self.started.set()

@@ -64,6 +64,7 @@ __all__ = [
     "TokenBucket",
     "check_binds",
     "check_restricted",
+    "lost_keys",
 ]
 
 log = logging.getLogger("exesdb.broker.security")
@@ -204,6 +205,29 @@ class Allowlists:
         return {role: len(self.keys.get(role, ())) for role in ROLES}
 
 
+def lost_keys(old: Allowlists, new: Allowlists) -> dict[str, str]:
+    """The endpoints whose ZAP domain admits fewer keys under ``new`` than under ``old``, each
+    with why. A data endpoint loses a key when its role's set shrinks. The control endpoint
+    admits a key of any list, but the User-Id of each of its connections holds the roles the
+    key had at its handshake: so it loses a key when any key loses any role."""
+    lost: dict[str, str] = {}
+    for endpoint, role in DOMAINS.items():
+        if role == ADMINS:
+            continue
+        gone = old.keys.get(role, frozenset()) - new.keys.get(role, frozenset())
+        if gone:
+            lost[endpoint] = f"allow_{role} lost {_keys(len(gone))}"
+    everyone = frozenset().union(*old.keys.values())
+    demoted = [key for key in everyone if old.roles_of(key) - new.roles_of(key)]
+    if demoted:
+        lost["control"] = f"{_keys(len(demoted))} lost a role"
+    return lost
+
+
+def _keys(n: int) -> str:
+    return f"{n} key" if n == 1 else f"{n} keys"
+
+
 # -- the ZAP handler (its own thread) ---------------------------------------------------------------
 
 
@@ -323,6 +347,12 @@ class SecurityMonitor:
         """Per restricted instance, its messages sent to the public frontend (the tap's count)."""
         self.published = 0
         self.suppressed = 0
+        self.cuts: dict[str, int] = dict.fromkeys(DOMAINS, 0)
+        """Per endpoint, the reloads that cut its connections (each written by the thread owning its socket)."""
+        self.rebind_failures: dict[str, int] = dict.fromkeys(DOMAINS, 0)
+        """Per endpoint, the failed binds after a cut (each retried, see :attr:`unbound`)."""
+        self.unbound: dict[str, str] = {}
+        """The endpoints cut and not bound again yet (role -> address): retried once a second."""
         self._unreported = 0
         self._next_summary = time.monotonic() + _SUMMARY_INTERVAL
 
@@ -416,6 +446,9 @@ class SecurityMonitor:
             "violations_suppressed": self.suppressed,
             "allowlists": self._security.counts(),
             "reloads": self._security.reloads,
+            "cuts": dict(self.cuts),
+            "rebind_failures": dict(self.rebind_failures),
+            "unbound": dict(self.unbound),
         }
 
 
@@ -514,22 +547,26 @@ class Security:
         except (KeyError, IndexError):
             return None
 
-    def reload(self) -> bool:
+    def reload(self) -> dict[str, str] | None:
         """Re-read the allowlist directories; keep the old lists on any error. Logs either way.
 
-        Connections already made stay up (ZAP runs only at a handshake): a removed key is
-        refused from its next connection on.
+        Returns ``None`` when no new lists are in force, else the endpoints that lost a key,
+        each with why (``{"restricted_backend": "allow_restricted_subscribers lost 1 key"}``;
+        empty when keys were only added). ZAP runs only at a handshake, so the broker cuts the
+        open connections of those endpoints (:meth:`~.service.Service.cut`): their peers
+        reconnect, and ZAP refuses the removed keys.
         """
         with self._lock:
             if self._authenticator is None:
                 log.info("reload: security is off, no allowlists to reload")
-                return False
+                return None
             try:
                 fresh = Allowlists.load(self._allowlists.directories)
             except ConfigError as exc:
                 log.error("allowlists not reloaded, the previous ones stay in force: %s", exc)
-                return False
-            before = self._allowlists.counts()
+                return None
+            old = self._allowlists
+            before = old.counts()
             self._allowlists = fresh
             self._authenticator.allowlists = fresh
             self.reloads += 1
@@ -538,7 +575,7 @@ class Security:
                 "allowlists reloaded: %s",
                 " ".join(f"{role}={after[role]} (was {before[role]})" for role in ROLES),
             )
-            return True
+            return lost_keys(old, fresh)
 
     def zap_alive(self) -> bool:
         """Whether the ZAP handler thread runs (always true with security off)."""

@@ -10,6 +10,7 @@ to the proxy's control socket are made fresh by every :meth:`Service.run`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
@@ -52,10 +53,17 @@ _FLUSH: Final = b"_exesdb/flush/"
 _FLUSH_TIMEOUT: Final = 0.5
 _PROXY_STOP_TIMEOUT: Final = 1.0
 _READ_BURST: Final = 1000
+_REBIND_WAIT: Final = 1.0
+"""Seconds a cut endpoint's owner retries its bind at once: libzmq closes the listening
+descriptor in its I/O thread, a moment after the unbind (EADDRINUSE until then)."""
+_REBIND_STEP: Final = 0.005
+_REBIND_TRIES: Final = 60
+"""Further binds of an endpoint left unbound after a cut, once a second each, before giving up (logged)."""
 
 InboxItem = tuple[str, Any]
 """``("stop", None)``; ``("reply", frames)``: a control reply another thread produced;
-``("proxy", command)``: a :data:`~.proxy.ProxyCommand` to run in the proxy thread."""
+``("proxy", command)``: a :data:`~.proxy.ProxyCommand` to run in the proxy thread;
+``("cut", {endpoint: why})``: cut the connections of those endpoints (a reload removed keys)."""
 
 
 @dataclass(slots=True)
@@ -78,6 +86,10 @@ class ServiceWiring:
     """The inproc frontend of the restricted class (``None``: no class)."""
     restricted: frozenset[Instance] = frozenset()
     """Its instances: the broker's own messages of these go to its frontend."""
+    restricted_proxy: Proxy | None = None
+    """The restricted class's proxy, which owns its data sockets (``None``: no class)."""
+    restricted_proxy_control: str | None = None
+    """The inproc endpoint of that proxy's control socket."""
 
 
 class Service:
@@ -140,9 +152,14 @@ class Service:
         self.restricted_ready = threading.Event()
         """Set once that publisher is connected through the restricted proxy (or there is no class)."""
         self._proxy: zmq.Socket[Any] | None = None
+        self._restricted_proxy: zmq.Socket[Any] | None = None
+        """This run's DEALER to the restricted proxy's control socket (a peer for its replies)."""
         self._announced = False
         self._last_metrics = (time.monotonic(), 0)
         self.accept_failures: dict[str, int] = {}
+        self._connections: dict[str, int] = {}
+        """Per data endpoint, its accepted connections (from its monitor's events)."""
+        self._rebind_tries: dict[str, int] = {}
 
     def register_op(self, op: str, operation: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
         """Answer control op ``op`` in this thread (before the first run)."""
@@ -196,7 +213,9 @@ class Service:
         publisher = wiring.context.socket(zmq.XPUB)
         proxy = wiring.context.socket(zmq.DEALER)
         restricted = wiring.context.socket(zmq.XPUB) if wiring.restricted_frontend is not None else None
+        steer = wiring.context.socket(zmq.DEALER) if wiring.restricted_proxy_control is not None else None
         self._publisher, self._proxy, self._restricted_publisher = publisher, proxy, restricted
+        self._restricted_proxy = steer
         self.ready.clear()  # until this run's publisher has its subscription
         self.restricted_ready.clear()
         try:
@@ -209,11 +228,16 @@ class Service:
                 self.restricted_ready.set()
             proxy.setsockopt(zmq.LINGER, 0)
             proxy.connect(wiring.proxy_control)
+            if steer is not None and wiring.restricted_proxy_control is not None:
+                steer.setsockopt(zmq.LINGER, 0)
+                steer.connect(wiring.restricted_proxy_control)
             self._loop(publisher)
         finally:
-            self._publisher = self._proxy = self._restricted_publisher = None
+            self._publisher = self._proxy = self._restricted_publisher = self._restricted_proxy = None
             publisher.close(linger=0)
             proxy.close(linger=0)
+            if steer is not None:
+                steer.close(linger=0)
             if restricted is not None:
                 restricted.close(linger=0)
 
@@ -265,6 +289,8 @@ class Service:
                 self._proxy_child.submit(value)
                 if self._proxy is not None:
                     self._proxy.send(b"TERMINATE")
+            elif kind == "cut":
+                self._cut(value)
             elif kind == "stop":
                 self._shut_down()
                 return True
@@ -279,6 +305,9 @@ class Service:
             self.security.tick()
             if self._watch_zap is not None:
                 self._watch_zap()
+            for role, url in list(self.security.unbound.items()):
+                if self._rebind_tries.get(role, 0) < _REBIND_TRIES:
+                    self._in_owner(role, functools.partial(self._bind_again, role, url))
 
     def _sample_fds(self) -> None:
         warning = self.fds.sample()
@@ -395,6 +424,86 @@ class Service:
         if outcome is not None:
             raise outcome
 
+    def cut(self, lost: dict[str, str]) -> None:
+        """Cut the open connections of the endpoints in ``lost`` (endpoint -> why), from any
+        thread: ZAP runs only at a handshake, so this is how a key removed by a reload is
+        refused at once. Each is unbound and bound again, which ends every session accepted
+        on it; its peers reconnect by themselves and ZAP refuses the removed keys."""
+        self._wiring.inbox.put(("cut", lost))
+
+    def _cut(self, lost: dict[str, str]) -> None:
+        for role, why in lost.items():
+            url = self._wiring.endpoints.get(role)
+            unbound = self.security is not None and role in self.security.unbound
+            if url is None or unbound or role in self.accepting.paused:
+                continue  # no such endpoint (no restricted class), or unbound already: nothing to cut
+            self._in_owner(role, functools.partial(self._cut_one, role, url, why))
+
+    def _in_owner(self, role: str, action: Callable[[zmq.Socket[Any]], None]) -> None:
+        """Run ``action`` on the socket of ``role`` in the thread owning it, without waiting:
+        the control ROUTER here, a data socket in its proxy's thread between two forwarding runs."""
+        wiring = self._wiring
+        if role == "control":
+            action(wiring.control)
+        elif role in ("frontend", "backend"):
+            self._proxy_child.submit(lambda frontend, backend: action(frontend if role == "frontend" else backend))
+            if self._proxy is not None:
+                self._proxy.send(b"TERMINATE")
+        elif wiring.restricted_proxy is not None and self._restricted_proxy is not None:
+            wiring.restricted_proxy.submit(
+                lambda frontend, backend: action(frontend if role == "restricted_frontend" else backend)
+            )
+            steer = self._restricted_proxy
+            for _ in range(_READ_BURST):  # the proxy's replies to earlier commands (libzmq 4.3.5 answers each)
+                if not steer.poll(0):
+                    break
+                steer.recv_multipart()
+            steer.send(b"TERMINATE")
+
+    def _cut_one(self, role: str, url: str, why: str, socket: zmq.Socket[Any]) -> None:
+        """Unbind ``url`` (its accepted sessions end with the listener) and bind it again."""
+        try:
+            socket.unbind(url)
+        except zmq.ZMQError as exc:
+            log.error("reload: %s: connections to %s %s not cut: %s", why, role, url, exc)
+            return
+        if self.security is not None:
+            self.security.cuts[role] = self.security.cuts.get(role, 0) + 1
+        log.warning("reload: %s: connections to %s %s cut; peers reconnect", why, role, url)
+        self._bind_again(role, url, socket, first=True)
+
+    def _bind_again(self, role: str, url: str, socket: zmq.Socket[Any], *, first: bool = False) -> None:
+        """Bind a cut endpoint again (in the thread owning its socket), retrying for
+        :data:`_REBIND_WAIT`; a failure is logged, counted and retried once a second."""
+        security = self.security
+        if security is None or (not first and role not in security.unbound):
+            return  # bound by an earlier retry meanwhile
+        error = ""
+        for _ in range(int(_REBIND_WAIT / _REBIND_STEP)):
+            try:
+                socket.bind(url)
+            except zmq.ZMQError as exc:
+                error = zmq.strerror(exc.errno or 0)
+                time.sleep(_REBIND_STEP)  # the I/O thread closes the old listener meanwhile
+                continue
+            if security.unbound.pop(role, None) is not None:
+                log.warning("%s %s bound again after %d failed tries", role, url, self._rebind_tries.get(role, 0))
+            self._rebind_tries.pop(role, None)
+            return
+        security.unbound[role] = url
+        security.rebind_failures[role] = security.rebind_failures.get(role, 0) + 1
+        tries = self._rebind_tries[role] = self._rebind_tries.get(role, 0) + (0 if first else 1)
+        if tries >= _REBIND_TRIES:
+            log.error(
+                "%s %s is NOT BOUND: %d binds after the cut failed (%s); giving up: restart the broker",
+                role,
+                url,
+                tries,
+                error,
+            )
+        else:
+            log.error("%s %s not bound again after the cut: %s; retrying once a second", role, url, error)
+
     def _authorize(self, op: str, user_id: str | None, request: dict[str, Any]) -> str | None:
         return None if self.security is None else self.security.authorize(op, user_id, request)
 
@@ -432,6 +541,11 @@ class Service:
                 self._book.subscribers_back += 1
             return
         delta = 1 if event == zmq.EVENT_ACCEPTED else -1 if event == zmq.EVENT_DISCONNECTED else 0
+        if event == zmq.EVENT_CLOSED:
+            # The listener closed (an unbind: a cut, the accept guard): libzmq ends the sessions
+            # it accepted without a DISCONNECTED event each.
+            delta = -self._connections.get(role, 0)
+        self._connections[role] = max(0, self._connections.get(role, 0) + delta)
         if role in ("backend", "restricted_backend"):
             self._book.subscribers = max(0, self._book.subscribers + delta)
         else:
