@@ -166,7 +166,7 @@ def _old_checkout(where: Path) -> Path:
     if git is None or not (REPO / ".git").exists():
         pytest.skip("needs git and this repository's history for an older broker")
     archive = subprocess.run(
-        [git, "-C", str(REPO), "archive", OLD_BROKER, "broker/exesdb_broker", "sdk/exesdb_sdk"],
+        [git, "-C", str(REPO), "archive", OLD_BROKER, "broker/exesdb_broker", "sdk/exesdb_sdk", "web/exesdb_web"],
         capture_output=True,
         timeout=30,
     )
@@ -181,7 +181,7 @@ def test_commit_many_falls_back_to_one_publish_per_message_at_an_older_broker(
     start_broker: StartBroker, tmp_path: Path
 ) -> None:
     old = _old_checkout(tmp_path / "old")
-    env = {**os.environ, "PYTHONPATH": f"{old / 'sdk'}{os.pathsep}{old / 'broker'}"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(old / part) for part in ("sdk", "broker", "web"))}
     broker = start_broker("--data-dir", str(tmp_path / "data"), env=env)
     messages = [(topic.encode(), body) for topic, body in (_message("old", n) for n in range(40))]
     messages.insert(10, (b"ex_esdb_metrics/old", messages[0][1]))
