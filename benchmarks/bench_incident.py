@@ -17,7 +17,7 @@ separate processes, on the same 2-core machine as the broker):
   still had to commit then, the seconds to exit, and what was left uncommitted (0).
 - ``stats_accuracy``: three SDK subscriber processes and one SDK publisher process pacing
   itself by spinning (one core at 100%), at 20,000 and at 50,000 msg/s for 5 s (1 s quick);
-  reported: the share of the messages ``stats`` counted and whether it says its counts are
+  reported: the share of the envelopes ``stats`` counted and whether it says its counts are
   exact (target >= 0.999 at 20,000 msg/s).
 
 Absolute figures drift 30-50% between runs on this machine; the targets are absolute because
@@ -215,7 +215,7 @@ def accuracy_run(rate: int, seconds: float) -> dict[str, float]:
             for sub in subs:
                 assert sub.stdout is not None and sub.stdout.readline().strip() == "ready"
             with ControlClient(handle.control) as cc:
-                before = cc.stats()["instances"]["ex_esdb_diagnostics"]["messages"]
+                before = cc.stats()["instances"]["ex_esdb_diagnostics"]["envelopes"]
                 publisher = subprocess.run(
                     [sys.executable, "-c", PACED, handle.frontend, str(rate), str(count)],
                     capture_output=True, text=True, timeout=120,
@@ -225,7 +225,7 @@ def accuracy_run(rate: int, seconds: float) -> dict[str, float]:
                 counted = 0
                 while time.monotonic() < deadline:  # the tap catches up when the load stops
                     stats = cc.stats()
-                    counted = stats["instances"]["ex_esdb_diagnostics"]["messages"] - before
+                    counted = stats["instances"]["ex_esdb_diagnostics"]["envelopes"] - before
                     if counted >= count:
                         break
                     time.sleep(0.05)  # polling interval of the broker's stats
