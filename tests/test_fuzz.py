@@ -1,6 +1,6 @@
 """Fuzzing the decoders: any bytes in, a result or a ``ProtocolError`` out, never anything else.
 
-Four properties, all in-process (no sockets):
+Five properties, all in-process (no sockets):
 
 - (a) random topics and bodies (and mutations of valid ones), with and without a secret:
   ``Decoder.decode``, ``check`` and ``inspect`` raise only ``ProtocolError`` and agree on
@@ -13,7 +13,9 @@ Four properties, all in-process (no sockets):
 - (c) control requests and replies, and the durable reply parsers, on random and structured
   input;
 - (d) the broker's ``ControlHandler.handle`` on random frames: never raises, and answers
-  ``None`` or frames whose last one is a reply.
+  ``None`` or frames whose last one is a reply;
+- (e) the broker's class announcements (a subscription publishers see, a ``ProbeAck``'s
+  ``classes``): a table or ``ProtocolError``, never a wildcard endpoint to connect to.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import msgpack
 import msgspec
 import pytest
 from exesdb_broker.control import ControlHandler
+from exesdb_sdk.classes import CLASSES_PREFIX, classes_from_subscription
 from exesdb_sdk.durable import CatchUp, durable_seq, last_frames
 from exesdb_sdk.errors import ControlError, ProtocolError
 from exesdb_sdk.protocol import (
@@ -41,6 +44,7 @@ from exesdb_sdk.protocol import (
     encode_request,
 )
 from exesdb_sdk.signing import sign
+from exesdb_sdk.subscriber import SubscriberCore
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -595,3 +599,52 @@ def test_control_handler_echoes_deep_ids_within_the_limit() -> None:
 def test_floats_as_values_and_keys_inside_data_are_fine() -> None:
     assert expected({"type": "T", "data": {"f": math.inf, "n": {1.5: None}}}) == ("ok", 1)
     assert outcome(Decoder().decode, [TOPIC, pack({"type": "T", "data": {"n": {1.5: None}}})]) == ("ok", 1)
+
+
+# -- (e) the class announcements: a subscription, and a ProbeAck's classes ------------------------
+
+class_tables = (
+    st.lists(
+        st.fixed_dictionaries(
+            {
+                "name": st.text(max_size=8) | control_values,
+                "instances": st.lists(st.sampled_from(["security", "audit", "ex_esdb_alerts", "nope"]), max_size=3)
+                | control_values,
+                "frontend": st.sampled_from(["tcp://0.0.0.0:7103", "tcp://127.0.0.1:7103", "ipc:///x", "nope"])
+                | control_values,
+                "backend": st.sampled_from(["tcp://[::]:7104", "tcp://127.0.0.1:7104", "inproc://y", ""])
+                | control_values,
+            }
+        ),
+        max_size=10,
+    )
+    | control_values
+)
+
+
+@FUZZ
+@given(
+    raw=st.binary(max_size=200) | class_tables.map(pack),
+    near=st.sampled_from([None, "tcp://10.1.2.3:7100", "ipc:///a"]),
+)
+def test_class_announcements_decode_or_raise_protocol_error(raw: bytes, near: str | None) -> None:
+    try:
+        found = classes_from_subscription(b"\x01" + CLASSES_PREFIX + raw, near)
+    except ProtocolError as exc:
+        assert exc.reason in {"bad_classes", "too_deep"}
+        return
+    assert found is not None
+    taken = [instance for cls in found for instance in cls.instances]
+    assert len(taken) == len(set(taken))  # one instance, one class
+    for cls in found:
+        for endpoint in (cls.frontend, cls.backend):
+            assert endpoint.split("://")[0] in {"tcp", "ipc", "inproc"}
+            assert "0.0.0.0" not in endpoint and "[::]" not in endpoint  # a wildcard is never connected to
+
+
+@FUZZ
+@given(body=st.binary(max_size=200) | class_tables.map(lambda table: pack({"data": {"classes": table}})))
+def test_a_probe_echo_teaches_classes_or_counts_a_decode_error(body: bytes) -> None:
+    core = SubscriberCore(None, None)
+    core.learn(body, "tcp://127.0.0.1:7101")
+    assert core.classes is not None or core.decode_errors == 1

@@ -153,7 +153,8 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
                 await inner._live().send_multipart((topic, body))
             except zmq.Again:
                 raise self._timed_out(topic) from None
-            self._count(topic, body, envelopes)
+            if self._count(topic, body, envelopes):
+                inner._drain()
             return
         if self._several and _monotonic() >= self._check_at and self._broker_lost():
             await self._failover()

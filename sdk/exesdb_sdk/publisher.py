@@ -462,6 +462,14 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
     in ``stats.held``; it is never dropped (a full broker queue makes a publish wait, as without
     coalescing). ``stats.coalesced`` counts envelopes that left with others.
 
+    **Privilege classes.** A broker with a restricted class (docs/protocol.md 12.1) announces it
+    to every publisher that connects; messages of the class's instances then go to the class's
+    frontend, through a second connection made at the first of them, transparently (their
+    sequence numbers and counters are this publisher's). A key the class refuses raises
+    :class:`~exesdb_sdk.errors.AuthenticationError` ("key ... may not publish to
+    ex_esdb_security"), again without a new handshake for :data:`REFUSAL_HOLD` seconds. With
+    several brokers, the class's endpoints are those of the broker that announced them first.
+
     Every method is the same in :class:`Publisher` and :class:`~exesdb_sdk.AsyncPublisher`,
     whose publishes are awaited (``R`` is their result: a sequence number, or a coroutine of one).
     """
@@ -716,11 +724,13 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
     def _send(self, topic: bytes, body: bytes, envelopes: int) -> None:
         """Send one message now, waiting up to ``send_timeout`` (the lock is held)."""
         if (cls := self._routed(topic)) is not None:
+            inner = self._in_class(cls, topic)
             try:
-                send_frames(self._in_class(cls, topic)._live(), topic, body)
+                send_frames(inner._live(), topic, body)
             except zmq.Again:
                 raise self._timed_out(topic) from None
-            self._count(topic, body, envelopes)
+            if self._count(topic, body, envelopes):
+                inner._drain()
             return
         if self._several and _monotonic() >= self._check_at and self._broker_lost():
             self._failover()
