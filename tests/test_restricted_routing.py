@@ -12,9 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -39,7 +37,7 @@ from exesdb_sdk.curve import write_key_pair
 from .conftest import BrokerProcess, StartBroker, cli_env
 from .test_http_core import _dashboard
 from .test_restricted import _args, _stats
-from .test_security import TIMEOUT, Keys, keys
+from .test_security import TIMEOUT, Keys, _free_port, _readme_setup, keys
 
 __all__ = ["keys"]
 pytestmark = pytest.mark.timeout(60)
@@ -170,19 +168,12 @@ def test_the_cli_says_in_one_line_which_instance_a_key_may_not_read(routed: Brok
     assert len(lines) == 1 and "may not subscribe to ex_esdb_security" in lines[0], done.stderr
 
 
-def _block(marker: str) -> list[str]:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    block = re.search(r"```sh\n(.*?)```", readme[readme.index(marker) :], re.DOTALL)
-    assert block
-    return [line for line in block.group(1).splitlines() if line.strip()]
-
-
 @pytest.mark.timeout(150)
 def test_the_readme_restricted_setup_works(
     tmp_path: Path, clean_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    first = _block("<!-- security set-up: run by tests/test_security.py -->")
-    second = _block("<!-- restricted set-up: run by tests/test_restricted_routing.py -->")
+    first = _readme_setup()
+    second = _readme_setup("<!-- restricted set-up: run by tests/test_restricted_routing.py -->")
     setup = [line for line in first if line.startswith(("exesdb keygen", "mkdir", "cp"))]
     broker_at = next(i for i, line in enumerate(second) if line.startswith("exesdb-broker "))
     setup += second[:broker_at]
@@ -222,12 +213,6 @@ def test_the_readme_restricted_setup_works(
         assert "may not subscribe to ex_esdb_security" in done.stderr and done.stderr.count("\n") == 1
     finally:
         assert broker.stop() == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.mark.timeout(60)

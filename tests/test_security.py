@@ -664,9 +664,10 @@ def _rejected(sub: Subscriber) -> int:
 # -- the README's worked set-up ----------------------------------------------------------------------------------
 
 
-def _readme_setup() -> list[str]:
+def _readme_setup(marker: str = "<!-- security set-up: run by tests/test_security.py -->") -> list[str]:
+    """The commands of the README's ``sh`` block after ``marker``, one a line."""
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    start = readme.index("<!-- security set-up: run by tests/test_security.py -->")
+    start = readme.index(marker)
     block = re.search(r"```sh\n(.*?)```", readme[start:], re.DOTALL)
     assert block
     return [line for line in block.group(1).splitlines() if line.strip()]
