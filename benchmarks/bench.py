@@ -1,6 +1,6 @@
 """All benchmarks in one run: one command, one table, one JSON file.
 
-    python benchmarks/bench.py                # everything, about 15 minutes
+    python benchmarks/bench.py                # everything, about 30 minutes
     python benchmarks/bench.py --quick        # a smoke run of every scenario
     python benchmarks/bench.py --only core --only peers --reps 3
 
