@@ -272,6 +272,8 @@ class HandshakeWatch:
         self._monitor: zmq.Socket[Any] | None = None
         self._failure: AuthenticationError | HandshakeError | None = None
         self._failure_kind: int | None = None
+        self._dropped = 0
+        """Dropped handshakes (``NO_DETAIL``) in a row, of a client with keys."""
         self._zmtp: dict[str, bool] = {}
         """Per endpoint, whether its peer greets in ZMTP (asked once per wait: every retry hangs
         up alike)."""
@@ -290,6 +292,7 @@ class HandshakeWatch:
         self._endpoint = endpoint
         self.gone = False
         self._failure = self._failure_kind = None
+        self._dropped = 0
         self._arm()
 
     def _arm(self) -> zmq.Socket[Any]:
@@ -319,6 +322,12 @@ class HandshakeWatch:
                 self.gone = self.gone or self._endpoint is None or lost == self._endpoint
             elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._failure = self._failure_kind = None
+                self._dropped = 0
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and self._keyed and self._dropped < 1:
+                # Once is no verdict: a broker cutting its connections (a reload that removed a
+                # key) or stopping drops a handshake in flight too. A wrong server key drops
+                # every retry, so the next one (within the reconnect interval) tells.
+                self._dropped += 1
             elif kind in _FAILURES and self._failure_kind in (None, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL):
                 # keep the most specific failure: NO_DETAIL (the peer hung up first) says the least
                 raw: Any = event["endpoint"]
