@@ -256,9 +256,12 @@ class HandshakeWatch:
     without blocking, so one class serves the synchronous and the asyncio clients.
 
     With ``disconnects`` (a client given several brokers) a settled watch keeps a monitor of
-    disconnections only, which libzmq reports once per lost connection (not per reconnection
+    disconnections, which libzmq reports once per lost connection (not per reconnection
     attempt), so it does not fill: :meth:`check` then raises :class:`BrokerGone` once the
-    connection to the endpoint :meth:`follow` named was lost.
+    connection to the endpoint :meth:`follow` named was lost. With keys it also keeps watching
+    for a refused handshake (the broker's reload removed the key and cut the connection), which
+    libzmq reports once and does not retry: :meth:`check` then raises
+    :class:`~exesdb_sdk.errors.AuthenticationError`.
     """
 
     def __init__(self, socket: zmq.Socket[Any], keys: ClientKeys | None, *, disconnects: bool = False) -> None:
@@ -397,8 +400,8 @@ class HandshakeWatch:
     @property
     def armed(self) -> bool:
         """Whether the monitor runs (from creation until a wait succeeds, and during waits;
-        always with ``disconnects``)."""
-        return self._monitor is not None
+        always with ``disconnects`` or keys), or a failure waits to be raised."""
+        return self._monitor is not None or self._failure is not None
 
     def settle(self) -> None:
         """The wait succeeded: stop watching the handshakes until the next wait (with
@@ -408,9 +411,13 @@ class HandshakeWatch:
             return
         self._drain()  # a loss reported meanwhile is kept
         self._stop()
-        if self._disconnects:
+        # A client with keys keeps watching for a refusal: a broker's reload that removed its
+        # key cuts its connection, and ZAP refuses the reconnect (once: libzmq does not retry
+        # a refused handshake, so this monitor cannot fill up unread).
+        events = (_GONE if self._disconnects else 0) | (zmq.EVENT_HANDSHAKE_FAILED_AUTH if self._keyed else 0)
+        if events:
             address = f"inproc://exesdb-disconnects-{secrets.token_hex(8)}"
-            self._socket.monitor(address, _GONE)
+            self._socket.monitor(address, events)
             context: zmq.Context[Any] = zmq.Context.shadow(self._socket.context.underlying)
             monitor = context.socket(zmq.PAIR)
             monitor.setsockopt(zmq.LINGER, 0)
