@@ -250,12 +250,17 @@ class Tap:
         counters = self.counters
         check = self._decoder.check
         by_topic = counters.restricted_by_topic if restricted else counters.by_topic
+        # Caught up "as of" when this drain began: every frame the proxy had forwarded by then
+        # was read by the empty receive below, or dropped. A clock read after that receive
+        # could come after a proxy sample taken while this thread was preempted between the
+        # two, and prove drops that never happened.
+        started = time.monotonic()
         for read in range(TAP_HWM):
             try:
                 frames = recv_frames(sub, _NOBLOCK)
             except zmq.Again:
                 if not restricted:
-                    counters.caught_up = (time.monotonic(), counters.frames)
+                    counters.caught_up = (started, counters.frames)
                 return read, True
             if restricted:
                 counters.restricted_frames += len(frames)
