@@ -40,7 +40,9 @@ from harness import (
     RAW_BODY_SIZE,
     SPAWN,
     Child,
+    interleave,
     make_body,
+    medians_of,
     spawn,
     started_broker,
     suite_main,
@@ -124,18 +126,11 @@ def run_once(side: str, count: int) -> dict[str, Any]:
     return summary
 
 
-def _medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
-    return {
-        side: {metric: statistics.median(run[metric] for run in side_runs) for metric in side_runs[0]}
-        for side, side_runs in runs.items()
-    }
-
-
 def _throughput_scenario(
     title: str, sides: tuple[str, str], runs: dict[str, list[dict[str, Any]]], count: int
 ) -> dict[str, Any]:
     chosen = {side: runs[side] for side in sides}
-    medians = _medians(chosen)
+    medians = medians_of(chosen)
     base, other = (medians[side] for side in sides)
     ratios = {m: other[m] / base[m] if base[m] else float("nan") for m in ("msgs_per_s", "publish_msgs_per_s")}
     return {
@@ -158,16 +153,7 @@ def http_throughput(*, quick: bool, reps: int) -> dict[str, dict[str, Any]]:
     count = 5_000 if quick else 200_000
     reps = 1 if quick else reps
     print(f"  raw {RAW_BODY_SIZE} B throughput, bare / exesdb / exesdb_http: ", end="", flush=True)
-    if not quick:
-        for side in SIDES:
-            run_once(side, max(1000, count // 4))
-            print("w", end="", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-    for _ in range(reps):
-        for side in SIDES:
-            runs[side].append(run_once(side, count))
-            print(".", end="", flush=True)
-    print()
+    runs = interleave(SIDES, run_once, count, warmup=not quick, reps=reps)
     for side in ("bare", "exesdb"):
         for run in runs[side]:
             run["sse_fraction"] = 0.0  # no SSE client on these sides

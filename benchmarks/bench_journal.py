@@ -40,7 +40,6 @@ the ratio of medians (right / left).
 
 from __future__ import annotations
 
-import statistics
 import sys
 import time
 from typing import Any
@@ -54,7 +53,9 @@ from harness import (
     Config,
     Side,
     compare,
+    interleave,
     make_body,
+    medians_of,
     started_broker,
     suite_main,
     throughput_summary,
@@ -130,7 +131,7 @@ def durable_pipelined(config: Config, count: int) -> dict[str, Any]:
             runs[name].append(run("exesdb", n))
             print(".", end="", flush=True)
     print()
-    medians = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    medians = medians_of(runs)
     spread = {
         name: {"acked_per_s": [min(r["acked_per_s"] for r in rs), max(r["acked_per_s"] for r in rs)]}
         for name, rs in runs.items()
@@ -168,17 +169,16 @@ def durable_pipelined(config: Config, count: int) -> dict[str, Any]:
 def durable_publish(config: Config, count: int) -> dict[str, Any]:
     sides = (("fsync_never", "exesdb-fsync-never"), ("fsync_durable", "exesdb"))
     print("  durable publish: ", end="", flush=True)
-    if config.warmup:
-        for _, kind in sides:
-            durable_run(kind, max(100, count // 4))
-            print("w", end="", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sides}
-    for _ in range(config.reps):
-        for name, kind in sides:
-            runs[name].append(durable_run(kind, count))
-            print(".", end="", flush=True)
-    print()
-    medians = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    kinds = dict(sides)
+    runs = interleave(
+        list(kinds),
+        lambda name, n: durable_run(kinds[name], n),
+        count,
+        warmup=config.warmup,
+        reps=config.reps,
+        least=100,
+    )
+    medians = medians_of(runs)
     base, other = medians["fsync_never"], medians["fsync_durable"]
     return {
         "title": "durable publish, acknowledged one by one: fsync never vs durable (default)",
@@ -243,7 +243,7 @@ def journal_ingest(config: Config, count: int) -> dict[str, Any]:
             runs[name].append(ingest_run(size, count))
             print(".", end="", flush=True)
     print()
-    medians = {name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in runs.items()}
+    medians = medians_of(runs)
     base, other = medians["body_100B"], medians["body_1000B"]
     return {
         "title": "journal ingest: flood of a journaled instance, records committed per second",

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from collections.abc import Callable, Collection
@@ -82,6 +81,7 @@ from harness import (
     handle_exits,
     latency_summary,
     make_body,
+    medians_of,
     process_cpu_seconds,
     process_rss_mb,
     render,
@@ -382,10 +382,7 @@ def compare_over(
             run_side_over(side, count, transport, str(plan.profile_dir / f"{key}-{side.name}"))
             print("p", end="", flush=True)
     print()
-    medians = {
-        name: {metric: statistics.median(run[metric] for run in side_runs) for metric in side_runs[0]}
-        for name, side_runs in runs.items()
-    }
+    medians = medians_of(runs)
     base, other = (medians[side.name] for side in sides)
     ratio_of = {m: other[m] / base[m] for m in ratios if base[m]}  # none for a zero base (CPU below a tick)
     goal: dict[str, Any] | None = None

@@ -27,7 +27,6 @@ import os
 import queue
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,9 @@ from harness import (
     TOPIC,
     Body,
     Child,
+    interleave,
     make_body,
+    medians_of,
     process_rss_mb,
     spawn,
     stop_process,
@@ -361,28 +362,6 @@ def run_class_once(side: str, keys: KeySet | None, count: int, body: Body) -> di
             return {**flow(running, count, body, keys), **idle}
 
 
-def interleave(
-    sides: tuple[str, str], run: Callable[[str, int], dict[str, Any]], count: int, *, quick: bool, reps: int
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, dict[str, float]]]:
-    """A warm-up of each side (not in quick mode), then ``reps`` interleaved runs; the runs and
-    their medians per side."""
-    if not quick:
-        for side in sides:
-            run(side, max(1000, count // 4))
-            print("w", end="", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
-    for _ in range(reps):
-        for side in sides:
-            runs[side].append(run(side, count))
-            print(".", end="", flush=True)
-    print()
-    medians = {
-        side: {metric: statistics.median(run[metric] for run in side_runs) for metric in side_runs[0]}
-        for side, side_runs in runs.items()
-    }
-    return runs, medians
-
-
 def _ratios(base: dict[str, float], other: dict[str, float]) -> dict[str, float]:
     return {
         metric: other[metric] / base[metric] if base[metric] else float("nan")
@@ -400,7 +379,8 @@ def curve_throughput(*, quick: bool, reps: int) -> dict[str, Any]:
     print(f"  {title}: ", end="", flush=True)
     try:
         keys = KeySet(root)
-        runs, medians = interleave(SIDES, lambda side, n: run_once(side, keys, n, body), count, quick=quick, reps=reps)
+        runs = interleave(SIDES, lambda side, n: run_once(side, keys, n, body), count, warmup=not quick, reps=reps)
+        medians = medians_of(runs)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     return {
@@ -438,9 +418,10 @@ def restricted_class(*, quick: bool, reps: int, secure: bool = True) -> dict[str
     print(f"  {title}: ", end="", flush=True)
     try:
         keys = KeySet(root) if secure else None
-        runs, medians = interleave(
-            CLASS_SIDES, lambda side, n: run_class_once(side, keys, n, body), count, quick=quick, reps=reps
+        runs = interleave(
+            CLASS_SIDES, lambda side, n: run_class_once(side, keys, n, body), count, warmup=not quick, reps=reps
         )
+        medians = medians_of(runs)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     base, other = medians["no_class"], medians["with_class"]

@@ -94,7 +94,9 @@ from harness import (
     Child,
     environment,
     handle_exits,
+    interleave,
     make_body,
+    medians_of,
     process_cpu_seconds,
     process_rss_mb,
     render,
@@ -594,13 +596,6 @@ def _timeout(count: int) -> float:
     return 60.0 + count / 5_000
 
 
-def _medians(runs: dict[str, list[Summary]]) -> dict[str, Summary]:
-    return {
-        name: {metric: statistics.median(run[metric] for run in side_runs) for metric in side_runs[0]}
-        for name, side_runs in runs.items()
-    }
-
-
 def _met(value: float, op: str, limit: float) -> bool:
     return value >= limit if op == ">=" else value <= limit
 
@@ -618,7 +613,7 @@ def assemble(
     left, right = sides
     common = [m for m in runs[left][0] if m in runs[right][0] and m not in extras]
     shown = {name: [{m: run[m] for m in common} for run in side_runs] for name, side_runs in runs.items()}
-    medians = _medians(shown)
+    medians = medians_of(shown)
     ratio_of = {m: medians[right][m] / medians[left][m] for m in ratios if m in common and medians[left][m]}
     scenario: dict[str, Any] = {
         "title": title,
@@ -651,17 +646,13 @@ def assemble(
 def compare(plan: Plan, title: str, ways: tuple[Way, Way], count: int) -> dict[str, list[Summary]]:
     """A warm-up run per side (a quarter of ``count``), then ``plan.reps`` interleaved runs."""
     print(f"  {title}: ", end="", flush=True)
-    if plan.warmup:
-        for way in ways:
-            run_topology(way.broker, way.build(max(1_000, count // 4)), _timeout(count))
-            print("w", end="", flush=True)
-    runs: dict[str, list[Summary]] = {way.name: [] for way in ways}
-    for _ in range(plan.reps):
-        for way in ways:
-            runs[way.name].append(way.summarize(run_topology(way.broker, way.build(count), _timeout(count))))
-            print(".", end="", flush=True)
-    print()
-    return runs
+    by_name = {way.name: way for way in ways}
+
+    def run(name: str, n: int) -> Summary:
+        way = by_name[name]
+        return way.summarize(run_topology(way.broker, way.build(n), _timeout(count)))
+
+    return interleave(list(by_name), run, count, warmup=plan.warmup, reps=plan.reps)
 
 
 def fanout(plan: Plan, subscribers: int, count: int) -> dict[str, Any]:

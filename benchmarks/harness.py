@@ -551,6 +551,39 @@ class Config:
     profile_dir: Path | None
 
 
+def interleave(
+    sides: Sequence[str],
+    run: Callable[[str, int], dict[str, Any]],
+    count: int,
+    *,
+    warmup: bool,
+    reps: int,
+    least: int = 1000,
+) -> dict[str, list[dict[str, Any]]]:
+    """A warm-up run of each side (a quarter of ``count``, at least ``least``; not counted)
+    unless not ``warmup``, then ``reps`` interleaved runs of ``count``: the runs per side.
+    Prints ``w`` and ``.`` as it goes, then ends the line."""
+    if warmup:
+        for side in sides:
+            run(side, max(least, count // 4))
+            print("w", end="", flush=True)
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    for _ in range(reps):
+        for side in sides:
+            runs[side].append(run(side, count))
+            print(".", end="", flush=True)
+    print()
+    return runs
+
+
+def medians_of(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Per side, the median of each metric of its first run over all its runs."""
+    return {
+        side: {metric: statistics.median(run[metric] for run in side_runs) for metric in side_runs[0]}
+        for side, side_runs in runs.items()
+    }
+
+
 def compare(
     key: str,
     title: str,
@@ -578,10 +611,7 @@ def compare(
             run_side(side, count, str(config.profile_dir / f"{key}-{side.name}"))
             print("p", end="", flush=True)
     print()
-    medians = {
-        name: {metric: statistics.median(run[metric] for run in side_runs) for metric in side_runs[0]}
-        for name, side_runs in runs.items()
-    }
+    medians = medians_of(runs)
     base, other = (medians[side.name] for side in sides)
     metric, op, value = target
     ratio_of = {m: other[m] / base[m] if base[m] else float("nan") for m in ratios}
