@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import pytest
@@ -285,17 +285,19 @@ def test_last_returns_the_latest_health_summary_per_store(start_broker: StartBro
     assert latest(again) == {prefix + "billing": 0, prefix + "orders": 2}
 
 
+FULL_DISK_BROKER: Final = [
+    sys.executable, "-c",
+    "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000)); "
+    "from exesdb_broker.cli import main; sys.argv[0] = 'exesdb-broker'; main()",
+]  # fmt: skip
+"""The broker under a file size limit, which stands in for a full disk: past it, SQLite's
+writes fail (EFBIG; Python ignores SIGXFSZ), as they would with ENOSPC."""
+
+
 def test_a_failing_commit_is_an_error_for_the_publisher_not_a_silent_loss(
     start_broker: StartBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A file size limit stands in for a full disk: past it, SQLite's writes fail (EFBIG;
-    # Python ignores SIGXFSZ), as they would with ENOSPC.
-    limited = [
-        sys.executable, "-c",
-        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000)); "
-        "from exesdb_broker.cli import main; sys.argv[0] = 'exesdb-broker'; main()",
-    ]  # fmt: skip
-    monkeypatch.setattr(conftest, "broker_command", lambda: limited)
+    monkeypatch.setattr(conftest, "broker_command", lambda: FULL_DISK_BROKER)
     broker = start_broker("--data-dir", str(tmp_path))
     acked = 0
     with Subscriber(broker.backend) as sub, Publisher(broker.frontend, control=broker.control) as pub:

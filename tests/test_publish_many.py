@@ -9,7 +9,6 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from exesdb_sdk.protocol import Encoder
 
 from . import conftest
 from .conftest import StartBroker, wait_until
-from .test_journal import journal, replay_all
+from .test_journal import FULL_DISK_BROKER, journal, replay_all
 from .test_security import Keys, keys, secure
 
 __all__ = ["keys", "secure"]  # the fixtures this module borrows
@@ -124,13 +123,7 @@ def test_commit_many_sends_chunks_and_the_broker_groups_them(start_broker: Start
 def test_a_failing_commit_refuses_every_good_message_of_the_request(
     start_broker: StartBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # a file size limit stands in for a full disk, as in test_journal
-    limited = [
-        sys.executable, "-c",
-        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (400_000, 400_000)); "
-        "from exesdb_broker.cli import main; sys.argv[0] = 'exesdb-broker'; main()",
-    ]  # fmt: skip
-    monkeypatch.setattr(conftest, "broker_command", lambda: limited)
+    monkeypatch.setattr(conftest, "broker_command", lambda: FULL_DISK_BROKER)
     broker = start_broker("--data-dir", str(tmp_path))
     topic = b"ex_esdb_audit/big"
     messages = [(topic, _encoder.encode(topic, "Custom", {"n": n, "pad": "x" * 20_000})) for n in range(100)]

@@ -23,7 +23,7 @@ from exesdb_sdk.curve import write_key_pair
 from zmq.utils.monitor import recv_monitor_message
 
 from .conftest import BrokerProcess, StartBroker, wait_until
-from .test_restricted import _args, _stats
+from .test_restricted import _args, _stats, _topics
 from .test_security import RELOADED, TIMEOUT, Keys, _curve_socket, keys
 
 __all__ = ["keys"]  # the fixture, shared with test_security
@@ -99,21 +99,6 @@ def _reached(publisher: zmq.Socket[bytes], readers: list[zmq.Socket[bytes]], top
     assert not waiting, f"readers {sorted(waiting)} got no {topic!r} within {TIMEOUT} s"
     for reader in readers:
         _topics(reader, 0.05)
-
-
-def _topics(
-    socket: zmq.Socket[bytes], seconds: float, until: Callable[[list[bytes]], bool] | None = None
-) -> list[bytes]:
-    """The topics ``socket`` receives within ``seconds`` (sooner once ``until`` holds)."""
-    topics: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    for _ in range(100_000):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0 or (until is not None and until(topics)):
-            break
-        if socket.poll(int(remaining * 1000) + 1):
-            topics.append(socket.recv_multipart()[0])
-    return topics
 
 
 def _sighup(broker: BrokerProcess, *waits: re.Pattern[str]) -> None:

@@ -14,10 +14,8 @@ import json
 import os
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -37,7 +35,7 @@ from exesdb_sdk.curve import write_key_pair
 from .conftest import BrokerProcess, StartBroker, cli_env
 from .test_http_core import _dashboard
 from .test_restricted import _args, _stats
-from .test_security import TIMEOUT, Keys, _free_port, _readme_setup, keys
+from .test_security import TIMEOUT, Keys, _readme_env, _readme_setup, _run_all, _tail_one, keys
 
 __all__ = ["keys"]
 pytestmark = pytest.mark.timeout(60)
@@ -179,35 +177,18 @@ def test_the_readme_restricted_setup_works(
     setup += second[:broker_at]
     broker_cmd, tail_cmd, publish_cmd, refused_cmd = second[broker_at:]
     monkeypatch.chdir(tmp_path)  # the commands use paths relative to where they run
-    env = {**clean_env, "PATH": str(Path(sys.executable).parent) + os.pathsep + clean_env.get("PATH", "")}
-    for name in ("FRONTEND", "BACKEND", "CONTROL", "RESTRICTED_FRONTEND", "RESTRICTED_BACKEND"):
-        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{_free_port()}"
-
-    def sh(command: str, **options: Any) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(command, shell=True, env=env, capture_output=True, text=True, **options)
-
-    for command in setup:
-        done = sh(command, timeout=30)
-        assert done.returncode == 0, f"{command}: {done.stderr}"
+    env = _readme_env(clean_env, "RESTRICTED_FRONTEND", "RESTRICTED_BACKEND")
+    _run_all(setup, env)
     program, *args = shlex.split(broker_cmd)
     assert program == "exesdb-broker"
     broker = BrokerProcess(args, env=env).wait_ready()
     try:
         assert broker.restricted_backend == env["EXESDB_RESTRICTED_BACKEND"]
-        tail = subprocess.Popen(
-            tail_cmd + " --count 1 --timeout 20 --json",
-            shell=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert tail.stderr is not None
-        line = tail.stderr.readline()
-        assert line.startswith("exesdb tail: following"), line + tail.stderr.read()
-        done = sh(publish_cmd, timeout=30)
-        assert done.returncode == 0, done.stderr
-        out, _ = tail.communicate(timeout=30)
-        assert tail.returncode == 0
-        message = json.loads(out)
+        message = json.loads(_tail_one(tail_cmd, publish_cmd, env))
         assert (message["type"], message["data"]["principal"]) == ("AccessViolation", "sensor")
-        done = sh(refused_cmd + " --timeout 10", timeout=40)
+        done = subprocess.run(
+            refused_cmd + " --timeout 10", shell=True, env=env, capture_output=True, text=True, timeout=40
+        )
         assert done.returncode == 1
         assert done.stderr.startswith("exesdb: error: authentication failed at " + env["EXESDB_RESTRICTED_BACKEND"])
         assert "may not subscribe to ex_esdb_security" in done.stderr and done.stderr.count("\n") == 1

@@ -682,6 +682,37 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _readme_env(clean_env: dict[str, str], *endpoints: str) -> dict[str, str]:
+    """The environment the README's commands run in: this Python's scripts first on ``PATH``,
+    and ``EXESDB_<endpoint>`` on a free 127.0.0.1 port each."""
+    env = {**clean_env, "PATH": str(Path(sys.executable).parent) + os.pathsep + clean_env.get("PATH", "")}
+    for name in ("FRONTEND", "BACKEND", "CONTROL", *endpoints):
+        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{_free_port()}"
+    return env
+
+
+def _run_all(commands: list[str], env: dict[str, str]) -> None:
+    for command in commands:
+        done = subprocess.run(command, shell=True, env=env, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, f"{command}: {done.stderr}"
+
+
+def _tail_one(tail_cmd: str, publish_cmd: str, env: dict[str, str]) -> str:
+    """Run ``tail_cmd`` for one message (as JSON), ``publish_cmd`` once it follows; the tail's output."""
+    tail = subprocess.Popen(
+        tail_cmd + " --count 1 --timeout 20 --json",
+        shell=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert tail.stderr is not None
+    line = tail.stderr.readline()
+    assert line.startswith("exesdb tail: following"), line + tail.stderr.read()
+    done = subprocess.run(publish_cmd, shell=True, env=env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    out, _ = tail.communicate(timeout=30)
+    assert tail.returncode == 0
+    return out
+
+
 @pytest.mark.timeout(120)
 def test_the_readme_security_setup_works(
     tmp_path: Path, clean_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
@@ -690,28 +721,14 @@ def test_the_readme_security_setup_works(
     broker_at = next(i for i, line in enumerate(lines) if line.startswith("exesdb-broker "))
     setup, (broker_cmd, tail_cmd, publish_cmd, stats_cmd) = lines[:broker_at], lines[broker_at:]
     monkeypatch.chdir(tmp_path)  # the commands use paths relative to where they run
-    env = {**clean_env, "PATH": str(Path(sys.executable).parent) + os.pathsep + clean_env.get("PATH", "")}
-    for name in ("FRONTEND", "BACKEND", "CONTROL"):
-        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{_free_port()}"
-    for command in setup:
-        done = subprocess.run(command, shell=True, env=env, capture_output=True, text=True, timeout=30)
-        assert done.returncode == 0, f"{command}: {done.stderr}"
+    env = _readme_env(clean_env)
+    _run_all(setup, env)
     assert stat.S_IMODE((tmp_path / "keys" / "clients" / "sensor.key_secret").stat().st_mode) == 0o600
     program, *args = shlex.split(broker_cmd)
     assert program == "exesdb-broker"
     broker = BrokerProcess(args, env=env).wait_ready()
     try:
-        tail = subprocess.Popen(
-            tail_cmd + " --count 1 --timeout 20 --json",
-            shell=True, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        assert tail.stderr is not None
-        line = tail.stderr.readline()
-        assert line.startswith("exesdb tail: following"), line + tail.stderr.read()
-        done = subprocess.run(publish_cmd, shell=True, env=env, capture_output=True, text=True, timeout=30)
-        assert done.returncode == 0, done.stderr
-        out, _ = tail.communicate(timeout=30)
-        assert tail.returncode == 0
+        out = _tail_one(tail_cmd, publish_cmd, env)
         assert '"topic": "ex_esdb_health/node_health:node1"' in out
         done = subprocess.run(stats_cmd + " --json", shell=True, env=env, capture_output=True, text=True, timeout=30)
         assert done.returncode == 0, done.stderr
