@@ -48,6 +48,8 @@ class Owner(Generic[S]):
             self._socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, HEARTBEAT_TIMEOUT_MS)
         self._watch = HandshakeWatch(self._socket, keys, disconnects=several)
         self._watch.follow(self._rotation.current)
+        self._key = f"key {keys.client.public.decode()}" if keys is not None else "this client (no CURVE key)"
+        """Who this client is, for an error that names it (a privilege class's refusal)."""
 
     def _tracks_disconnects(self) -> bool:
         """Whether a lost connection is news (a publisher or subscriber with several brokers)."""

@@ -147,7 +147,7 @@ class AsyncPublisher(PublisherBase[zmq.asyncio.Socket, AsyncControlClient, Await
         socket = self._live()
         if not self._connected:
             raise ClosedError("publisher is not connected: await connect() first")
-        if (cls := self._routed(topic)) is not None:
+        if self._routes and (cls := self._routed(topic)) is not None:  # no call per send without a class
             inner = await self._in_class(cls, topic)
             try:
                 await inner._live().send_multipart((topic, body))

@@ -495,13 +495,11 @@ class PublisherBase(Owner[S], PublisherCore, Generic[S, C, R]):
         coalesce: float | None = None,
     ) -> None:
         PublisherCore.__init__(self, frontend, node, max_message_size, send_timeout, secret, coalesce)
-        resolved = resolve_client_keys(client_key, server_key)
-        Owner.__init__(self, zmq.XPUB, context, resolved)
+        Owner.__init__(self, zmq.XPUB, context, resolve_client_keys(client_key, server_key))
         self.connect_timeout = connect_timeout
         self._linger = linger
         keys = (client_key, server_key)
         self._control: ControlLink[C] = ControlLink(self._control_type, control, control_timeout, self._context, keys)
-        self._key = f"key {resolved.client.public.decode()}" if resolved is not None else "this client (no CURVE key)"
         self._options: dict[str, Any] = {
             "node": self._encoder.src,
             "connect_timeout": connect_timeout,
@@ -723,7 +721,7 @@ class Publisher(PublisherBase[zmq.Socket[Any], ControlClient, int], SocketOwner)
 
     def _send(self, topic: bytes, body: bytes, envelopes: int) -> None:
         """Send one message now, waiting up to ``send_timeout`` (the lock is held)."""
-        if (cls := self._routed(topic)) is not None:
+        if self._routes and (cls := self._routed(topic)) is not None:  # no call per send without a class
             inner = self._in_class(cls, topic)
             try:
                 send_frames(inner._live(), topic, body)

@@ -600,9 +600,7 @@ class SubscriberBase(Owner[S], Generic[S, C, N, M]):
         if self._rotation.several:
             self._core.rotation = self._rotation
             self._core.failover_timeout = subscribe_timeout
-        resolved = resolve_client_keys(client_key, server_key)
-        self._key = f"key {resolved.client.public.decode()}" if resolved is not None else "this client (no CURVE key)"
-        super().__init__(zmq.SUB, context, resolved)
+        super().__init__(zmq.SUB, context, resolve_client_keys(client_key, server_key))
         keys = (client_key, server_key)
         self._control: ControlLink[C] = ControlLink(self._control_type, control, control_timeout, self._context, keys)
         self._core.near = self.backend
