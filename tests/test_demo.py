@@ -215,6 +215,7 @@ def _in_order(out: str, markers: list[str]) -> None:
 def test_demo_tells_the_whole_health_story_in_order(clean_env: dict[str, str]) -> None:
     done = _demo(_colour_env(clean_env), "4")
     out = done.stdout
+    # The workers' own lines, in the order they happen.
     _in_order(
         out,
         [
@@ -222,13 +223,26 @@ def test_demo_tells_the_whole_health_story_in_order(clean_env: dict[str, str]) -
             "[failure] ✖ DELIVERY FAILED: orders:projection",
             "(circuit_breaker_opened) - Emission PAUSED",
             "HALF-OPEN: the breaker of orders:projection",
-            "event=circuit_breaker_half_open",
             "(circuit_breaker_closed) - Emission RESUMED",
             "HELD EVENTS DELIVERED",
             "delivered in order",
             "EMITTER WORKER TERMINATION",
             "exesdb demo: what happened",
             "breaker     orders:projection: closed -> open -> half-open",
+        ],
+    )
+    # The health reports come by the bus, later than the line logged as each was sent (by how
+    # much depends on the load): they are in order among themselves and after that line, not at
+    # a fixed place among the later ones. The demo waits for the closed report before it says
+    # the held events are delivered.
+    _in_order(
+        out,
+        [
+            "(circuit_breaker_opened) - Emission PAUSED",
+            "event=circuit_breaker_opened",
+            "event=circuit_breaker_half_open",
+            "event=circuit_breaker_closed",
+            "HELD EVENTS DELIVERED",
         ],
     )
     # Summaries with their numbers, from the bus.

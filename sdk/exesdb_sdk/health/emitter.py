@@ -507,8 +507,9 @@ class EmitterWorker:
         if len(self._buffer) < self._config.buffer_size:
             self._overflowing = False
         if self._config.circuit_breaker_enabled and self._breaker.record_success() == "closed":
-            self._note("circuit_breaker_closed")
+            # the line first, then the report: a reader of both sees them in the order they happen
             self._impact("healthy", "circuit_breaker_closed")
+            self._note("circuit_breaker_closed")
         else:
             self._note("event_delivery_success")
 
@@ -532,8 +533,8 @@ class EmitterWorker:
         else:
             self._put_back(batch)  # retried: nothing is lost to a failing subscriber
         if self._config.circuit_breaker_enabled and self._breaker.record_failure() == "open":
-            self._note("circuit_breaker_opened", error, force=True)
             self._impact("failed", "circuit_breaker_opened")
+            self._note("circuit_breaker_opened", error, force=True)
         elif changed:
             self._pool.report(self, self._state)
 
