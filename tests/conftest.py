@@ -143,6 +143,12 @@ class BrokerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
 
+    def kill(self) -> None:
+        """SIGKILL (if still running) and reap, at once."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self) -> int:
         """SIGTERM, wait up to 5 s, then kill. Returns the exit status."""
         self.terminate()
@@ -216,8 +222,12 @@ def start_broker() -> Iterator[StartBroker]:
         return broker.wait_ready() if ready else broker
 
     yield start
-    for broker in started:
-        broker.stop()
+    try:
+        for broker in started:
+            broker.stop()
+    finally:  # a test's timeout may strike in the middle: no broker is left running unreaped
+        for broker in started:
+            broker.kill()
 
 
 @pytest.fixture

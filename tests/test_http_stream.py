@@ -24,7 +24,7 @@ from exesdb_web import BusAccess, WebServer, WebSettings, create_app
 from exesdb_web import server as web_server
 from exesdb_web.app import COUNTERS
 
-from .conftest import BrokerProcess, StartBroker, wait_until
+from .conftest import BrokerProcess, StartBroker, instance_messages, wait_until
 
 JSON_KEYS = {"topic", "instance", "type", "ts", "src", "seq", "corr", "data"}
 
@@ -185,6 +185,8 @@ def test_several_instances_and_a_glob_each_event_the_tail_json(
         pub.publish("audit", "login:alice", "Custom", {"title": "u1"})
         pub.publish("audit", "logout:alice", "Custom", {"title": "u2"})  # not login:*
         pub.publish("metrics", "x", "Custom", {"title": "m1"})  # not asked for
+        # a durable publish can overtake a live one on its way to the journal (docs/protocol.md 10.5)
+        assert wait_until(lambda: "u1" in _journaled_titles(broker, "ex_esdb_audit"), 10)
         pub.publish("audit", "login:bob", "Custom", {"title": "u3"}, durable=True)
         pub.publish("health", "node_health:b", "Custom", {"title": "h-end"})
         got = events.take(6)
@@ -235,7 +237,12 @@ def test_resume_with_last_event_id_has_no_gap_no_duplicate_and_keeps_order(broke
         assert wait_until(lambda: "a4" in _journaled_titles(broker, "ex_esdb_alerts"), 10)
         alert(pub, "a5", durable=True)
         pub.publish("audit", "x", "Custom", {"title": "u1"})
+        health_before = instance_messages(broker, "ex_esdb_health")
         pub.publish("health", "node_health:a", "Custom", {"title": "h-missed"})
+        # past the broker (its tap counted it) before the client comes back: else, on a loaded
+        # machine, it could still be on its way and reach the new subscription
+        pub.flush()
+        assert wait_until(lambda: instance_messages(broker, "ex_esdb_health") > health_before, 10, 0.05)
         headers = {"Last-Event-ID": last_id}
         with http.stream("GET", "/v1/stream", params=params, headers=headers) as response:
             assert response.status_code == 200
