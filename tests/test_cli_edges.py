@@ -363,10 +363,10 @@ def test_stats_watch_retries_while_the_broker_is_away(clean_env: dict[str, str],
             if latest["started_at"] != json.loads(seen)["started_at"]:
                 break
         assert latest is not None and latest["started_at"] != json.loads(seen)["started_at"]
+        child.interrupt()  # while the broker answers: its stop would be a second outage
+        assert child.wait() == 0
     finally:
         second.stop()
-    child.interrupt()
-    assert child.wait() == 0
     assert child.err.lines.count(notice) == 1  # once per outage, however many retries
 
 

@@ -157,6 +157,18 @@ def _text(driver: Any, selector: str) -> str:
     return text
 
 
+def _wait_text(driver: Any, what: str, selector: str, *parts: str) -> str:
+    """The text of ``selector`` once it has every one of ``parts``, read afresh each time: the
+    page redraws a card or a row as news comes, so an element found once may be replaced."""
+
+    def complete(d: Any) -> str | None:
+        text = _text(d, selector)
+        return text if all(part in text for part in parts) else None
+
+    text: str = _wait(driver, what, complete)
+    return text
+
+
 def _console_errors(driver: Any) -> list[str]:
     return [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
 
@@ -195,21 +207,17 @@ def test_the_dashboard_shows_the_bus_live_in_a_real_browser(
             "orders", "$all", [{"event_type": "OrderPlaced", "stream_id": "o-7", "version": 7}], publisher=pub
         )
 
-        node = _wait(browser, "node-7 unhealthy", lambda d: d.find_element("css selector", '[data-node="node-7"]'))
-        _wait(browser, "node-7's figures", lambda d: "mem 91%" in node.text)
-        assert "unhealthy" in node.text and "load 3.50" in node.text
-        row = _wait(
+        _wait_text(browser, "node-7 unhealthy", '[data-node="node-7"]', "unhealthy", "load 3.50", "mem 91%")
+        _wait_text(
             browser,
             "the failed subscription",
-            lambda d: d.find_element("css selector", '[data-store="orders"] [data-subscription="orders:projection"]'),
+            '[data-store="orders"] [data-subscription="orders:projection"]',
+            "failed",
+            "breaker open",
+            "projection database unavailable",
         )
-        assert "failed" in row.text and "breaker open" in row.text and "projection database unavailable" in row.text
-        item = _wait(
-            browser,
-            "the critical alert",
-            lambda d: d.find_element("css selector", '#alerts li[data-severity="critical"]'),
-        )
-        assert "Disk full on node-7" in item.text and "acknowledged" not in item.text
+        item = _wait_text(browser, "the critical alert", '#alerts li[data-severity="critical"]', "Disk full on node-7")
+        assert "acknowledged" not in item
         _wait(browser, "the FAILING banner", lambda d: _text(d, "#state") == "FAILING")
         assert browser.find_element("id", "banner").get_attribute("data-state") == "fail"
         reasons = _text(browser, "#reasons")
