@@ -31,7 +31,8 @@ Counted in ``stats.federation.jetstream``: per instance exported, imported, ``la
 its journal not yet exported; messages of the stream not yet imported), and what was lost or
 refused: ``lost`` (discarded by the stream's limits before this broker read them, or trimmed
 from its journal before it exported them), ``refused`` (a message this journal will not take),
-``duplicates``, ``echo``.
+``duplicates``, ``echo``, and ``reordered`` (exported messages that reached the stream after
+later ones: a NATS connection dropped with a page in flight).
 """
 
 from __future__ import annotations
@@ -145,6 +146,7 @@ class _Counts:
     lost: int = 0
     refused: int = 0
     journal_gaps: int = 0
+    reordered: int = 0
     export_lag: int = 0
     import_lag: int = 0
     cursor: int = 0
@@ -315,6 +317,7 @@ class JetStreamBridge:
                 "lost": c.lost,
                 "refused": c.refused,
                 "journal_gaps": c.journal_gaps,
+                "reordered": c.reordered,
             }
             for name, c in state.counts.items()
         }
@@ -560,6 +563,7 @@ class JetStreamBridge:
         done, pending = await asyncio.wait(futures, timeout=ACK_TIMEOUT)
         for future in pending:
             future.cancel()  # gives its slot back to nats-py's window
+        self._note_reordered(futures, counts)
         if pending:
             raise TimeoutError(f"no acknowledgement from JetStream in {ACK_TIMEOUT:g} s ({len(pending)} outstanding)")
         for future in done:
@@ -570,6 +574,27 @@ class JetStreamBridge:
                 counts.duplicates += 1
             else:
                 counts.exported += 1
+
+    @staticmethod
+    def _note_reordered(futures: list[asyncio.Future[Any]], counts: _Counts) -> None:
+        """Count the messages of a page that will reach the stream after later ones of it.
+
+        nats-py keeps what it had not yet written when a connection drops and sends it on the
+        next one, while what was on the wire is lost: when a NATS server dies mid-page, a later
+        message can be stored and an earlier one not. The page is published again, in order,
+        and the stream drops what it has, so nothing is lost or doubled, but the earlier ones
+        land after it: counted (``reordered``) and logged, as no publisher can take a message
+        out of a stream again."""
+        stored = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
+        last = max((i for i, ok in enumerate(stored) if ok), default=0)
+        behind = stored[:last].count(False)
+        if behind:
+            counts.reordered += behind
+            log.warning(
+                "federation: %d journaled message(s) reach JetStream after later ones of their page "
+                "(a NATS connection dropped mid-page); none lost",
+                behind,
+            )
 
     # -- import ----------------------------------------------------------------------------
 

@@ -243,6 +243,7 @@ def _jetstream_families(jetstream: dict[str, Any]) -> Iterator[Metric]:
         ("exported", CounterMetricFamily, "Journal records exported to JetStream"),
         ("imported", CounterMetricFamily, "Messages from JetStream committed to this journal"),
         ("lost", CounterMetricFamily, "Messages lost to a stream's or journal's limits before crossing"),
+        ("reordered", CounterMetricFamily, "Exported messages that reached the stream after later ones"),
         ("export_lag", GaugeMetricFamily, "Journal records not yet exported"),
         ("import_lag", GaugeMetricFamily, "Stream messages not yet committed here"),
     )
