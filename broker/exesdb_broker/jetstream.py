@@ -584,7 +584,8 @@ class JetStreamBridge:
         message can be stored and an earlier one not. The page is published again, in order,
         and the stream drops what it has, so nothing is lost or doubled, but the earlier ones
         land after it: counted (``reordered``) and logged, as no publisher can take a message
-        out of a stream again."""
+        out of a stream again. One stored whose acknowledgement was lost counts too: the count
+        is an upper bound."""
         stored = [f.done() and not f.cancelled() and f.exception() is None for f in futures]
         last = max((i for i, ok in enumerate(stored) if ok), default=0)
         behind = stored[:last].count(False)
