@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Final
 
 from exesdb_broker import Broker, BrokerConfig
-from exesdb_sdk import ControlClient, ExesdbError, Message, Publisher, ReceiveTimeoutError, Subscriber
+from exesdb_sdk import ControlClient, Message, Publisher, ReceiveTimeoutError, Subscriber
 from exesdb_sdk import broadcast as bus
 from exesdb_sdk.endpoints import (
     DEFAULT_BACKEND,
@@ -324,9 +324,9 @@ def _run(screen: _Screen, duration: float | None, pace: float, attach: Endpoints
             show(sub.recv(seconds))
         projection.poll()
 
-    with _bus(attach) as (frontend, backend, control):
+    with _bus(attach) as (frontend, backend, control, ping):
         screen.say(f"exesdb demo: broker frontend={frontend} backend={backend} control={control}", "bold")
-        where = _where_to_look(control)
+        where = watch_line(ping)
         if where is not None:
             screen.say(where, "bold")
         started = time.monotonic()
@@ -363,17 +363,18 @@ def _run(screen: _Screen, duration: float | None, pace: float, attach: Endpoints
 
 
 @contextlib.contextmanager
-def _bus(attach: Endpoints | None) -> Iterator[tuple[str, str, str]]:
-    """The endpoints of the broker the demo runs on: ``attach``'s, checked to answer, or an
-    embedded broker's with a journal of its own (the demo's traffic never lands in a real
-    broker's journal) and its HTTP surface on a free port (it runs beside any broker)."""
+def _bus(attach: Endpoints | None) -> Iterator[tuple[str, str, str, Mapping[str, Any]]]:
+    """The endpoints of the broker the demo runs on and its ``ping`` reply (or what it would
+    say): ``attach``'s, checked to answer, or an embedded broker's with a journal of its own
+    (the demo's traffic never lands in a real broker's journal) and its HTTP surface on a free
+    port (it runs beside any broker)."""
     if attach is not None:
         frontend = resolve_endpoint(attach[0], ENV_FRONTEND, DEFAULT_FRONTEND, "frontend")
         backend = resolve_endpoint(attach[1], ENV_BACKEND, DEFAULT_BACKEND, "backend")
         control = resolve_endpoint(attach[2], ENV_CONTROL, DEFAULT_CONTROL, "control")
         with ControlClient(control, timeout=ATTACH_TIMEOUT) as client:
-            client.ping()  # no broker there: one line, before any traffic starts
-        yield frontend, backend, control
+            ping = client.ping()  # no broker there: one line, before any traffic starts
+        yield frontend, backend, control, ping
         return
     with (
         tempfile.TemporaryDirectory(prefix="exesdb-demo-") as data_dir,
@@ -383,7 +384,8 @@ def _bus(attach: Endpoints | None) -> Iterator[tuple[str, str, str]]:
             )
         ) as broker,
     ):
-        yield broker.frontend, broker.backend, broker.control
+        # its own URL, not asked for: a ping of a broker just started could miss its deadline
+        yield broker.frontend, broker.backend, broker.control, {"http": broker.http}
 
 
 def watch_line(ping: Mapping[str, Any]) -> str | None:
@@ -391,15 +393,6 @@ def watch_line(ping: Mapping[str, Any]) -> str | None:
     when the broker serves no HTTP (``"http"`` absent or null)."""
     url = ping.get("http")
     return f"watch it live: {url.rstrip('/')}/" if isinstance(url, str) and url else None
-
-
-def _where_to_look(control: str) -> str | None:
-    """:func:`watch_line` for the broker at ``control``; ``None`` if it does not say."""
-    try:
-        with ControlClient(control, timeout=2.0) as client:
-            return watch_line(client.ping())
-    except ExesdbError:  # the demo goes on without the line
-        return None
 
 
 def _follow_until(deadline: float | None, projection: _Projection, screen: _Screen, follow: Callable[[], None]) -> None:
