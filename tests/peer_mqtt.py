@@ -48,10 +48,18 @@ POISON = ("ex_esdb_alerts", "poison", {"poison": True})
 
 
 class _Gate:
-    """A TCP forwarder from ``port`` (listening only while open) to mosquitto's own port."""
+    """A TCP forwarder from ``port`` (listening only while open) to mosquitto's own port.
 
-    def __init__(self, port: int, upstream: int) -> None:
-        self.port, self.upstream = port, upstream
+    The port stays reserved by a bound socket that never listens, from the start to
+    :meth:`release`: no outgoing connection (the recorder's, say) is given it as its own port
+    meanwhile, and a connection to it is refused while the gate is closed."""
+
+    def __init__(self, upstream: int) -> None:
+        self._reserved = socket.socket()
+        self._reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._reserved.bind(("127.0.0.1", 0))
+        self.port: int = self._reserved.getsockname()[1]
+        self.upstream = upstream
         self._listener: socket.socket | None = None
         self._open: list[socket.socket] = []
         self._lock = threading.Lock()
@@ -70,6 +78,11 @@ class _Gate:
             raise
         self._listener = listener
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def release(self) -> None:
+        """Close, and give the port back."""
+        self.close()
+        self._reserved.close()
 
     def close(self) -> None:
         """Stop listening and cut every forwarded connection (the port closes)."""
@@ -138,11 +151,11 @@ class MqttPeer:
     def __init__(self, tmp_path: Path, users: dict[str, str] | None = None) -> None:
         if MOSQUITTO is None:
             raise RuntimeError("mosquitto is not installed")
-        self.port = free_port()
-        """Where the sink connects: the gate."""
         self._inner = free_port()
         """mosquitto's own port (the recorder's)."""
-        self._gate = _Gate(self.port, self._inner)
+        self._gate = _Gate(self._inner)
+        self.port = self._gate.port
+        """Where the sink connects: the gate."""
         self.dir = tmp_path / f"mosquitto-{self.port}"
         self.dir.mkdir(parents=True)
         self.users = dict(users or {})
@@ -217,6 +230,7 @@ class MqttPeer:
             recorder.disconnect()
             recorder.loop_stop()
         self.stop()
+        self._gate.release()
 
     def sink_options(self) -> dict[str, Any]:
         """The ``mqtt`` sink's options for this peer (short timeouts: everything is local)."""

@@ -54,9 +54,11 @@ def mixed() -> list[Delivery]:
 @pytest.fixture
 def peer(tmp_path: Path) -> Iterator[MqttPeer]:
     server = MqttPeer(tmp_path)
-    server.start()
-    yield server
-    server.close()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
 
 
 def sink_for(peer: MqttPeer, **extra: Any) -> mqtt.MqttSink:
