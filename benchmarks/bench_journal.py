@@ -115,22 +115,15 @@ def per_message_run(kind: str, count: int) -> dict[str, Any]:
 
 
 def durable_pipelined(config: Config, count: int) -> dict[str, Any]:
-    sides = (
-        ("one_by_one", durable_run, count),
-        ("per_message", per_message_run, count * 10),
-        ("pipelined", pipelined_run, count * 10),
-    )
+    # each side's function, and how many times ``count`` it sends (the pipelined ones are fast)
+    sides = {"one_by_one": (durable_run, 1), "per_message": (per_message_run, 10), "pipelined": (pipelined_run, 10)}
     print("  durable pipelined: ", end="", flush=True)
-    if config.warmup:
-        for _, run, n in sides:
-            run("exesdb", max(100, n // 4))
-            print("w", end="", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
-    for _ in range(config.reps):
-        for name, run, n in sides:
-            runs[name].append(run("exesdb", n))
-            print(".", end="", flush=True)
-    print()
+
+    def run(name: str, n: int) -> dict[str, Any]:
+        function, times = sides[name]
+        return function("exesdb", n * times)
+
+    runs = interleave(list(sides), run, count, warmup=config.warmup, reps=config.reps, least=100)
     medians = medians_of(runs)
     spread = {
         name: {"acked_per_s": [min(r["acked_per_s"] for r in rs), max(r["acked_per_s"] for r in rs)]}
@@ -235,19 +228,14 @@ def ingest_run(size: int, count: int) -> dict[str, Any]:
 
 
 def journal_ingest(config: Config, count: int) -> dict[str, Any]:
-    sides = (("body_100B", 100), ("body_1000B", 1000))
+    sizes = {"body_100B": 100, "body_1000B": 1000}
     print("  journal ingest: ", end="", flush=True)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sides}
-    for _ in range(config.reps):
-        for name, size in sides:
-            runs[name].append(ingest_run(size, count))
-            print(".", end="", flush=True)
-    print()
+    runs = interleave(list(sizes), lambda name, n: ingest_run(sizes[name], n), count, warmup=False, reps=config.reps)
     medians = medians_of(runs)
     base, other = medians["body_100B"], medians["body_1000B"]
     return {
         "title": "journal ingest: flood of a journaled instance, records committed per second",
-        "sides": [name for name, _ in sides],
+        "sides": list(sizes),
         "count_per_run": count,
         "runs": runs,
         "medians": medians,
