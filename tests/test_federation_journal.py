@@ -4,6 +4,7 @@ killed mid-stream loses nothing (real three-node ``nats-server`` cluster, real b
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from exesdb_broker.jetstream import JetStreamBridge, _Counts
 from exesdb_sdk import ControlClient, Message, Publisher, Subscriber
 
 from tests.conftest import BrokerProcess, StartBroker, cli_env, wait_until
@@ -274,10 +276,6 @@ def test_without_jetstream_the_journaled_part_is_degraded_and_live_federation_ru
 def test_a_page_whose_later_message_was_stored_before_an_earlier_one_counts_it_reordered(
     outcomes: str, behind: int
 ) -> None:
-    import asyncio
-
-    from exesdb_broker.jetstream import JetStreamBridge, _Counts
-
     async def page() -> _Counts:
         futures: list[asyncio.Future[Any]] = []
         for outcome in outcomes.split():

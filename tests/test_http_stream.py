@@ -25,6 +25,7 @@ from exesdb_web import server as web_server
 from exesdb_web.app import COUNTERS
 
 from .conftest import BrokerProcess, StartBroker, instance_messages, wait_until
+from .test_journal import journal as journal_stats
 
 JSON_KEYS = {"topic", "instance", "type", "ts", "src", "seq", "corr", "data"}
 
@@ -388,11 +389,6 @@ FLOOD = 80_000
 FLOOD_ROUNDS = 5
 
 
-def _journal_dropped(broker: BrokerProcess) -> int:
-    with ControlClient(broker.control) as control:
-        return int(control.stats()["journal"]["dropped_by_instance"].get("ex_esdb_alerts", 0))
-
-
 @pytest.mark.timeout(90)
 def test_journal_gap_markers_become_gap_events(start_broker: StartBroker, serve: Any) -> None:
     broker = start_broker("--journal-buffer", "1")  # the journal takes one message at a time
@@ -408,15 +404,14 @@ def test_journal_gap_markers_become_gap_events(start_broker: StartBroker, serve:
         for _ in range(FLOOD_ROUNDS):
             for n in range(FLOOD):
                 alert(pub, f"live {n}", "warning")
-            if wait_until(lambda: _journal_dropped(broker) > 0, timeout=3, interval=0.1):
+            if wait_until(lambda: journal_stats(broker)["dropped_by_instance"].get("ex_esdb_alerts", 0) > 0, 3, 0.1):
                 break
         alert(pub, "after the shedding", "warning")  # a marker is recorded before the next record
         gap = events.take(1, deadline=20)[0]
     assert any(c == "keepalive" for c in events.comments)
     assert gap.event == "gap" and gap.own_id, gap
     assert gap.data["instance"] == "ex_esdb_alerts" and gap.data["missed"] >= 1 and gap.data["reason"], gap
-    with ControlClient(broker.control) as control:
-        journal = control.stats()["journal"]
+    journal = journal_stats(broker)
     assert 1 <= gap.data["missed"] <= journal["dropped_by_instance"]["ex_esdb_alerts"]
     assert int(gap.id.split(":")[1]) <= journal["heads"]["ex_esdb_alerts"]  # the marker's broker sequence
     assert served.counters["sse_gaps"] >= 1 and served.counters["sse_missed"] >= gap.data["missed"]
