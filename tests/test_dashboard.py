@@ -382,28 +382,34 @@ def test_the_demo_line_says_where_to_look_only_when_the_broker_serves_http() -> 
 
 
 @pytest.mark.timeout(40)
-def test_the_demo_prints_the_dashboard_url_its_broker_reports(clean_env: dict[str, str]) -> None:
+def test_the_demo_prints_the_dashboard_url_its_broker_reports(clean_env: dict[str, str], tmp_path: Path) -> None:
     exesdb = str(Path(sys.executable).with_name("exesdb"))
-    demo = subprocess.Popen(
-        [exesdb, "demo", "--duration", "1.5"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**clean_env, "PYTHONUNBUFFERED": "1"},  # its first line while it runs, not at its exit
-    )
-    try:
-        assert demo.stdout is not None
-        first = demo.stdout.readline()
-        control = re.search(r"control=(\S+)", first)
-        assert control, first
-        with ControlClient(control.group(1), timeout=5) as client:
-            ping = client.ping()
-        out, err = demo.communicate(timeout=30)
-    finally:
-        if demo.poll() is None:
-            demo.kill()
-            demo.communicate(timeout=5)
-    assert demo.returncode == 0, err
+    with (
+        (tmp_path / "stderr").open("w+") as errors,
+        subprocess.Popen(
+            [exesdb, "demo", "--duration", "1.5"],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env={**clean_env, "PYTHONUNBUFFERED": "1"},  # its first line while it runs, not at its exit
+        ) as demo,
+    ):
+        try:
+            assert demo.stdout is not None
+            first = demo.stdout.readline()
+            control = re.search(r"control=(\S+)", first)
+            assert control, first
+            with ControlClient(control.group(1), timeout=5) as client:
+                ping = client.ping()
+            # the rest through the same reader: its buffer may already hold the next lines
+            # (communicate() would read past them, from the pipe itself)
+            out = demo.stdout.read()
+            demo.wait(30)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+        errors.seek(0)
+        assert demo.returncode == 0, errors.read()
     lines = out.splitlines()
     if ping.get("http"):
         assert lines[0] == f"watch it live: {ping['http'].rstrip('/')}/", lines[:2]
