@@ -144,7 +144,8 @@ def test_mixed_stream_arrives_and_a_poison_message_is_parked(peer: Any, tmp_path
         assert not any(r.data.get("poison") is True for r in received)
         stats = _stats(broker)
         assert stats["state"] == "running" and stats["dropped"] == 0 and stats["missed"] == 0
-        assert stats["cursor"]["ex_esdb_alerts"] >= 16
+        # the cursor moves once the connector has the sink's answer, after the peer has the message
+        assert wait_until(lambda: _stats(broker)["cursor"].get("ex_esdb_alerts", 0) >= 16, 10), _stats(broker)
         listed = subprocess.run(
             [sys.executable, "-c", "from exesdb_cli.app import main; main()", "connectors", "--parked", "c", "--json"],
             capture_output=True,

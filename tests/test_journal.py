@@ -309,6 +309,7 @@ def test_a_failing_commit_is_an_error_for_the_publisher_not_a_silent_loss(
         assert info.value.code == "commit_failed"
         assert acked > 0
         assert len(list(sub.iter(timeout=0.5))) == acked  # the refused one was not forwarded
+    assert wait_until(lambda: journal(broker)["refused"] >= 1, 10)  # the stats view is the journal's after its round
     stats = journal(broker)
     assert stats["refused"] == 1 and "commit failed" in stats["last_error"]
     with ControlClient(broker.control) as control:

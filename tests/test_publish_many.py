@@ -136,6 +136,7 @@ def test_a_failing_commit_refuses_every_good_message_of_the_request(
         assert failed and all(isinstance(r, DurabilityError) and r.code == "commit_failed" for r in failed)
         assert len(list(sub.iter(timeout=0.5))) == len(acked)  # the refused ones were not forwarded
         assert control.ping()["pong"]
+    assert wait_until(lambda: journal(broker)["refused"] >= len(failed), 10)  # the view after the journal's round
     stats = journal(broker)
     assert stats["refused"] == len(failed) and "commit failed" in stats["last_error"]
 

@@ -32,7 +32,7 @@ from exesdb_sdk import (
 )
 from exesdb_sdk.curve import write_key_pair
 
-from .conftest import BrokerProcess, StartBroker, cli_env
+from .conftest import BrokerProcess, StartBroker, cli_env, wait_until
 from .test_http_core import _dashboard
 from .test_restricted import _args, _stats
 from .test_security import TIMEOUT, Keys, _readme_env, _readme_setup, _run_all, _tail_one, keys
@@ -140,7 +140,12 @@ def test_a_subscriber_outside_the_class_is_told_and_every_instance_skips_it(rout
         sub.subscribe()
         assert sorted(sub.skipped) == sorted(RESTRICTED)
         # the refusal is visible at the broker too (counted, and published as an AccessViolation)
-        assert _stats(routed, keys)["security"]["handshake_failures_by_endpoint"]["restricted_backend"] >= 1
+        assert wait_until(  # the broker reads its monitor events in its own time
+            lambda: (
+                _stats(routed, keys)["security"]["handshake_failures_by_endpoint"].get("restricted_backend", 0) >= 1
+            ),
+            10,
+        ), _stats(routed, keys)["security"]
         with Publisher(routed.frontend, coalesce=0, **keys.client("both")) as pub:
             pub.publish("security", "access_violations", "TestViolation", {"n": 0})
             pub.publish("metrics", "m", "Metric", {"n": 1})
