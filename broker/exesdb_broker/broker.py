@@ -466,16 +466,26 @@ class Broker:
         self._journal.stop()
 
     def _abort(self, context: zmq.Context[Any]) -> None:
-        """Undo a start that failed part way: stop what runs, then drop every socket."""
-        for child in ("_federation", "_connectors", "_web", "_tap", "_journal"):
+        """Undo a start that failed part way (the frontend is bound last, with every thread
+        running): stop what runs in :meth:`stop`'s order and wait for it, then drop every
+        socket. A thread whose sockets the context closed under it would fail, and the
+        supervisor would report that failure instead of the start's."""
+        supervisor = self._supervisor
+        for child in ("_federation", "_connectors", "_web"):
             if getattr(self, child, None) is not None:
                 getattr(self, child).stop()
-        self._supervisor.join("federation", _HTTP_STOP_TIMEOUT)
-        self._supervisor.join("connectors", _HTTP_STOP_TIMEOUT)
-        self._supervisor.join("http", _HTTP_STOP_TIMEOUT)
+        for name in ("federation", "connectors", "http"):
+            supervisor.join(name, _HTTP_STOP_TIMEOUT)
         self._http.close()
-        if hasattr(self, "_service"):
+        if supervisor.alive("service"):  # it stops the proxies, then the tap and the journal
             self._inbox.put(STOP)
+            supervisor.join("service", _STOP_SERVICE_TIMEOUT)
+        for child in ("_tap", "_journal"):  # no service, or it did not get that far
+            if getattr(self, child, None) is not None:
+                getattr(self, child).stop()
+        feeds = [feed.name for feed in getattr(self, "_feeds", [])]
+        for name in ("proxy", "proxy-restricted", "tap", "journal", *feeds):
+            supervisor.join(name, _STOP_SERVICE_TIMEOUT)
         for socket in getattr(self, "_sockets", []):
             socket.close(linger=0)
         self._security.stop()
