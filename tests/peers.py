@@ -4,13 +4,14 @@ process helpers the peers and the tests that start servers share."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 
 @dataclass(frozen=True)
@@ -20,12 +21,42 @@ class Received:
     data: dict[str, Any]
 
 
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives to outgoing connections and to binds of port 0."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_CHOSEN_FROM: Final = 10_000
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now."""
-    with socket.socket() as probe:
+    """A TCP port free on 127.0.0.1 now, for a server started later.
+
+    It is taken from below the kernel's ephemeral range: a port from that range, free now, may
+    be the local port of a test's next outgoing connection (or a broker's bind of port 0) by
+    the time the server binds it, and that server then fails with "Address already in use"."""
+    low = _ephemeral_low()
+    chooser = random.Random()
+    for _ in range(200) if low > _CHOSEN_FROM + 1000 else ():
+        port = chooser.randrange(_CHOSEN_FROM, low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as probe:  # no such range here: the kernel's choice
         probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+        chosen: int = probe.getsockname()[1]
+        return chosen
+
+
+def free_endpoint() -> str:
+    """``tcp://127.0.0.1:<port>`` at a :func:`free_port`."""
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def accepts(port: int, timeout: float = 0.5) -> bool:

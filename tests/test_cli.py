@@ -16,6 +16,7 @@ from exesdb_sdk import ControlClient, Publisher
 from typer.testing import CliRunner
 
 from .conftest import BrokerProcess, cli_env, default_sigint, instance_messages, wait_until
+from .peers import free_port
 
 EXESDB = str(Path(sys.executable).with_name("exesdb"))
 runner = CliRunner()
@@ -155,11 +156,7 @@ def test_publish_errors_are_one_line_exit_1_and_send_nothing(
 
 
 def test_no_broker_is_a_clear_error_within_the_timeout(clean_env: dict[str, str]) -> None:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     env = {**clean_env, "EXESDB_FRONTEND": f"tcp://127.0.0.1:{port}", "EXESDB_CONTROL": f"tcp://127.0.0.1:{port}"}
     started = time.monotonic()
     done = subprocess.run(

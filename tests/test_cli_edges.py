@@ -9,7 +9,6 @@ import os
 import pty
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,20 +21,14 @@ from exesdb_sdk.endpoints import validate_endpoint
 from exesdb_sdk.errors import ConfigError
 
 from .conftest import FREE, BrokerProcess, Lines, broker_command, cli_env, default_sigint, instance_messages, wait_until
+from .peers import free_port
 
 EXESDB = str(Path(sys.executable).with_name("exesdb"))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _dead_endpoint() -> str:
     """A loopback endpoint nothing listens on."""
-    return f"tcp://127.0.0.1:{_free_port()}"
+    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def _exesdb(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -338,7 +331,7 @@ def test_stats_watch_writes_each_refresh_when_piped(
 
 @pytest.mark.timeout(60)
 def test_stats_watch_retries_while_the_broker_is_away(clean_env: dict[str, str], children: list[Child]) -> None:
-    control = f"tcp://127.0.0.1:{_free_port()}"
+    control = f"tcp://127.0.0.1:{free_port()}"
     args = ["--frontend", FREE, "--backend", FREE, "--control", control]
     first = BrokerProcess(args).wait_ready()
     try:

@@ -6,7 +6,6 @@ data directory): every event its subscription misses is counted (``WorkerStats.m
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,18 +18,13 @@ from exesdb_sdk.messages import EmitterMetrics, MetricsSummary, SubscriptionHeal
 from exesdb_sdk.protocol import Encoder
 
 from .conftest import BrokerProcess, wait_until
+from .peers import free_endpoint
 
 STORE = "restarted"
 SUBSCRIPTION = f"{STORE}:$all"
 CONFIG = HealthConfig(check_interval=60_000, metrics_interval=200, delivery_timeout=2000)
 PACE = 0.002
 """Seconds between two published events: a steady 500 events/s."""
-
-
-def _free_endpoint() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
 class PacedPublisher:
@@ -121,7 +115,7 @@ def test_an_event_gap_degrades_a_subscription_until_the_next_delivery_but_never_
 
 @pytest.mark.timeout(60)
 def test_events_lost_to_a_broker_restart_are_counted_reported_and_degrade_the_subscription(tmp_path: Path) -> None:
-    frontend, backend, control = _free_endpoint(), _free_endpoint(), _free_endpoint()
+    frontend, backend, control = free_endpoint(), free_endpoint(), free_endpoint()
     args = ["--frontend", frontend, "--backend", backend, "--control", control, "--data-dir", str(tmp_path)]
     first = BrokerProcess(args).wait_ready()
     second: BrokerProcess | None = None

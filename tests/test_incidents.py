@@ -16,17 +16,12 @@ import zmq
 from exesdb_sdk import ControlClient, Publisher, ReceiveTimeoutError, Subscriber
 
 from .conftest import FREE, BrokerProcess, wait_until
+from .peers import free_endpoint
 
 
 def _stats(broker: BrokerProcess) -> dict[str, Any]:
     with ControlClient(broker.control, timeout=5) as control:
         return control.stats()
-
-
-def _free_endpoint() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{probe.getsockname()[1]}"
 
 
 SUBSCRIBER = """
@@ -135,7 +130,7 @@ def test_out_of_file_descriptors_the_broker_stays_answerable_and_stops_cleanly()
 
 
 def test_a_restart_delivers_what_publishers_queued_during_the_outage() -> None:
-    frontend, backend, control = _free_endpoint(), _free_endpoint(), _free_endpoint()
+    frontend, backend, control = free_endpoint(), free_endpoint(), free_endpoint()
     args = ["--frontend", frontend, "--backend", backend, "--control", control, "--start-grace", "5"]
     first = BrokerProcess(args).wait_ready()
     second: BrokerProcess | None = None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import socket
 import time
 from collections.abc import Callable, Iterator
 
@@ -14,6 +13,7 @@ from exesdb_sdk.logbridge import BusLogHandler, LogBridgeStats
 from exesdb_sdk.messages import LogEntry
 
 from .conftest import BrokerProcess, StartBroker, wait_until
+from .peers import free_port
 
 Attach = Callable[[str, BusLogHandler], logging.Logger]
 
@@ -23,13 +23,6 @@ class Unpackable:
 
     def __str__(self) -> str:
         return "<unpackable thing>"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def line_after() -> int:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,7 @@ from exesdb_sdk import (
 from exesdb_sdk.protocol import ProtocolError
 
 from .conftest import BrokerProcess, raw_publisher
+from .peers import free_port
 
 
 def test_round_trip_carries_every_envelope_field(broker: BrokerProcess) -> None:
@@ -177,14 +177,8 @@ def test_asyncio_round_trip(broker: BrokerProcess) -> None:
     assert received == [("LifecycleNote", {"n": n}) for n in (1, 2, 3)]
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def test_no_broker_is_a_clear_error_within_the_timeout() -> None:
-    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(BrokerUnavailableError, match=f"no broker answered at {endpoint} within 0.3 s"):
         Publisher(endpoint, connect_timeout=0.3)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import BrokerProcess
+from .peers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -64,19 +65,11 @@ def _section_commands(marker: str) -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _env_with_ports(clean_env: dict[str, str]) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     env = {**clean_env, "PATH": bin_dir + ":" + clean_env.get("PATH", "")}
     for name in ("FRONTEND", "BACKEND", "CONTROL"):
-        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{_free_port()}"
+        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{free_port()}"
     return env
 
 

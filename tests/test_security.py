@@ -53,6 +53,7 @@ from exesdb_sdk.curve import load_key_file, resolve_client_keys, write_key_pair
 from exesdb_sdk.messages import Payload
 
 from .conftest import FREE, BrokerProcess, StartBroker, wait_until
+from .peers import free_port
 
 EXESDB = str(Path(sys.executable).with_name("exesdb"))
 RELOADED = re.compile(r"allowlists reloaded")
@@ -678,20 +679,12 @@ def _readme_setup(marker: str = "<!-- security set-up: run by tests/test_securit
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _readme_env(clean_env: dict[str, str], *endpoints: str) -> dict[str, str]:
     """The environment the README's commands run in: this Python's scripts first on ``PATH``,
     and ``EXESDB_<endpoint>`` on a free 127.0.0.1 port each."""
     env = {**clean_env, "PATH": str(Path(sys.executable).parent) + os.pathsep + clean_env.get("PATH", "")}
     for name in ("FRONTEND", "BACKEND", "CONTROL", *endpoints):
-        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{_free_port()}"
+        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{free_port()}"
     return env
 
 
