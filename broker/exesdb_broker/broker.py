@@ -480,9 +480,11 @@ class Broker:
         if supervisor.alive("service"):  # it stops the proxies, then the tap and the journal
             self._inbox.put(STOP)
             supervisor.join("service", _STOP_SERVICE_TIMEOUT)
-        for child in ("_tap", "_journal"):  # no service, or it did not get that far
-            if getattr(self, child, None) is not None:
-                getattr(self, child).stop()
+        service = getattr(self, "_service", None)
+        if service is None or not service.stopped.is_set():  # no service, or it did not get that far
+            for child in ("_tap", "_journal"):
+                if getattr(self, child, None) is not None:
+                    getattr(self, child).stop()
         feeds = [feed.name for feed in getattr(self, "_feeds", [])]
         for name in ("proxy", "proxy-restricted", "tap", "journal", *feeds):
             supervisor.join(name, _STOP_SERVICE_TIMEOUT)
