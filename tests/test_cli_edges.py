@@ -21,14 +21,9 @@ from exesdb_sdk.endpoints import validate_endpoint
 from exesdb_sdk.errors import ConfigError
 
 from .conftest import FREE, BrokerProcess, Lines, broker_command, cli_env, default_sigint, instance_messages, wait_until
-from .peers import free_port
+from .peers import free_endpoint
 
 EXESDB = str(Path(sys.executable).with_name("exesdb"))
-
-
-def _dead_endpoint() -> str:
-    """A loopback endpoint nothing listens on."""
-    return f"tcp://127.0.0.1:{free_port()}"
 
 
 def _exesdb(*args: str, env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -90,7 +85,7 @@ def children() -> Iterator[list[Child]]:
 
 def test_a_forgotten_subtopic_is_named_not_blamed_on_stdin(clean_env: dict[str, str]) -> None:
     data = '{"node": "n1", "status": "healthy"}'
-    done = _exesdb("publish", "health", data, "--type", "NodeHealth", "--frontend", _dead_endpoint(), env=clean_env)
+    done = _exesdb("publish", "health", data, "--type", "NodeHealth", "--frontend", free_endpoint(), env=clean_env)
     assert done.returncode == 1
     line = _one_error(done)
     assert "missing SUBTOPIC" in line and "looks like DATA" in line, line
@@ -104,7 +99,7 @@ def test_a_forgotten_subtopic_is_named_not_blamed_on_stdin(clean_env: dict[str, 
 def test_publish_on_a_terminal_says_it_reads_stdin(clean_env: dict[str, str], children: list[Child]) -> None:
     controller, terminal = pty.openpty()
     try:
-        child = Child([EXESDB, "publish", "alerts", "x", "--frontend", _dead_endpoint()], clean_env, stdin=terminal)
+        child = Child([EXESDB, "publish", "alerts", "x", "--frontend", free_endpoint()], clean_env, stdin=terminal)
         children.append(child)
         os.close(terminal)
         hint = child.err.wait("stdin", timeout=15)
@@ -203,7 +198,7 @@ def test_usage_errors_of_both_commands_are_one_line_and_help_still_works(clean_e
 
 @pytest.mark.timeout(60)
 def test_timeout_bounds_the_connect_wait(broker: BrokerProcess, clean_env: dict[str, str]) -> None:
-    dead = _dead_endpoint()
+    dead = free_endpoint()
     # A tail that must end within 0.3 s does not wait its 30 s connect timeout for a dead broker.
     done = _exesdb("tail", "--backend", dead, "--timeout", "0.3", "--connect-timeout", "30", env=clean_env, timeout=15)
     assert done.returncode == 1
@@ -331,7 +326,7 @@ def test_stats_watch_writes_each_refresh_when_piped(
 
 @pytest.mark.timeout(60)
 def test_stats_watch_retries_while_the_broker_is_away(clean_env: dict[str, str], children: list[Child]) -> None:
-    control = f"tcp://127.0.0.1:{free_port()}"
+    control = free_endpoint()
     args = ["--frontend", FREE, "--backend", FREE, "--control", control]
     first = BrokerProcess(args).wait_ready()
     try:

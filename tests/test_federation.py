@@ -26,7 +26,7 @@ from exesdb_sdk.protocol import Message
 from tests.conftest import BrokerProcess, StartBroker, wait_until
 from tests.nats_cluster import BINARY, SKIP_REASON, NatsCluster
 from tests.peer_nats import USER, NatsPeer
-from tests.peers import accepts, free_port
+from tests.peers import accepts, free_endpoint, free_port
 
 pytestmark = pytest.mark.skipif(BINARY is None, reason=SKIP_REASON)
 
@@ -320,7 +320,7 @@ def test_readme_several_machines_example(tmp_path: Path, clean_env: dict[str, st
 
     env = {**clean_env, "PATH": str(Path(sys.executable).parent) + ":" + clean_env.get("PATH", "")}
     for name in ("FRONTEND", "BACKEND", "CONTROL"):  # broker a's defaults
-        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{free_port()}"
+        env[f"EXESDB_{name}"] = free_endpoint()
     program, *args = shlex.split(local(server_cmd))
     assert program == "nats-server" and BINARY is not None
     server = subprocess.Popen([BINARY, *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -13,7 +13,7 @@ from exesdb_sdk.logbridge import BusLogHandler, LogBridgeStats
 from exesdb_sdk.messages import LogEntry
 
 from .conftest import BrokerProcess, StartBroker, wait_until
-from .peers import free_port
+from .peers import free_endpoint
 
 Attach = Callable[[str, BusLogHandler], logging.Logger]
 
@@ -141,7 +141,7 @@ def test_secret_signs_the_entries(broker: BrokerProcess, attach: Attach) -> None
 
 def test_broker_down_never_blocks_and_every_record_is_accounted_for(attach: Attach) -> None:
     count = 50_000
-    handler = BusLogHandler(f"tcp://127.0.0.1:{free_port()}", queue_size=100, connect_timeout=0.2)
+    handler = BusLogHandler(free_endpoint(), queue_size=100, connect_timeout=0.2)
     log = attach("app.logbridge.down", handler)
 
     started = time.monotonic()
@@ -166,7 +166,7 @@ def test_broker_down_never_blocks_and_every_record_is_accounted_for(attach: Atta
 
 
 def test_recovers_once_a_broker_appears(start_broker: StartBroker, attach: Attach) -> None:
-    frontend = f"tcp://127.0.0.1:{free_port()}"
+    frontend = free_endpoint()
     handler = BusLogHandler(frontend, connect_timeout=0.3, queue_size=1000)
     log = attach("app.logbridge.recovery", handler)
     log.info("before the broker")

@@ -25,7 +25,7 @@ from exesdb_sdk import (
 from exesdb_sdk.protocol import ProtocolError
 
 from .conftest import BrokerProcess, raw_publisher
-from .peers import free_port
+from .peers import free_endpoint
 
 
 def test_round_trip_carries_every_envelope_field(broker: BrokerProcess) -> None:
@@ -178,7 +178,7 @@ def test_asyncio_round_trip(broker: BrokerProcess) -> None:
 
 
 def test_no_broker_is_a_clear_error_within_the_timeout() -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = free_endpoint()
     started = time.monotonic()
     with pytest.raises(BrokerUnavailableError, match=f"no broker answered at {endpoint} within 0.3 s"):
         Publisher(endpoint, connect_timeout=0.3)

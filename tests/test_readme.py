@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import BrokerProcess
-from .peers import free_port
+from .peers import free_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -69,7 +69,7 @@ def _env_with_ports(clean_env: dict[str, str]) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     env = {**clean_env, "PATH": bin_dir + ":" + clean_env.get("PATH", "")}
     for name in ("FRONTEND", "BACKEND", "CONTROL"):
-        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{free_port()}"
+        env[f"EXESDB_{name}"] = free_endpoint()
     return env
 
 

@@ -53,7 +53,7 @@ from exesdb_sdk.curve import load_key_file, resolve_client_keys, write_key_pair
 from exesdb_sdk.messages import Payload
 
 from .conftest import FREE, BrokerProcess, StartBroker, wait_until
-from .peers import free_port
+from .peers import free_endpoint
 
 EXESDB = str(Path(sys.executable).with_name("exesdb"))
 RELOADED = re.compile(r"allowlists reloaded")
@@ -684,7 +684,7 @@ def _readme_env(clean_env: dict[str, str], *endpoints: str) -> dict[str, str]:
     and ``EXESDB_<endpoint>`` on a free 127.0.0.1 port each."""
     env = {**clean_env, "PATH": str(Path(sys.executable).parent) + os.pathsep + clean_env.get("PATH", "")}
     for name in ("FRONTEND", "BACKEND", "CONTROL", *endpoints):
-        env[f"EXESDB_{name}"] = f"tcp://127.0.0.1:{free_port()}"
+        env[f"EXESDB_{name}"] = free_endpoint()
     return env
 
 
